@@ -1,0 +1,754 @@
+import math
+import numbers
+import string
+
+import keras
+from keras import ops
+
+from keras_attention.layers import _common
+from keras_attention.ops import _checks
+from keras_attention.ops import _masks
+from keras_attention.ops.attention import scaled_dot_product_attention
+
+
+def _proj_equation(free_dims, bound_dims, output_dims):
+    """Einsum equation of a projection, as Keras' MultiHeadAttention builds.
+
+    Returns `(equation, bias_axes, output_rank)`.
+    """
+    letters = string.ascii_lowercase
+    free = letters[:free_dims]
+    bound = letters[free_dims : free_dims + bound_dims]
+    out = letters[free_dims + bound_dims : free_dims + bound_dims + output_dims]
+    equation = f"{free}{bound},{bound}{out}->{free}{out}"
+    return equation, out, free_dims + output_dims
+
+
+def _output_shape(output_rank, known_last_dims):
+    return [None] * (output_rank - len(known_last_dims)) + list(known_last_dims)
+
+
+def _product(dims):
+    result = 1
+    for dim in dims:
+        result = result * dim
+    return result
+
+
+@keras.saving.register_keras_serializable(package="keras_attention")
+class MultiHeadAttention(keras.layers.Layer):
+    """Multi-head scaled dot-product attention, a superset of Keras core's.
+
+    A drop-in replacement for `keras.layers.MultiHeadAttention`: the same
+    constructor and call arguments, and the same weights (names, shapes and
+    order), so `layer.set_weights(keras_layer.get_weights())` carries a
+    trained Keras layer over with the same outputs. `query`, `key` and
+    `value` are projected to `num_heads` heads, attended with
+    `keras_attention.ops.scaled_dot_product_attention`, and projected back.
+
+    What it adds over `keras.layers.MultiHeadAttention` (Keras 3.15):
+
+    - Correct symbolic attention-score shapes: a functional cross-attention
+      model with query length 8 and value length 5 gets scores of shape
+      `(None, num_heads, 8, 5)` (Keras core reports `(None, num_heads, 8, 8)`).
+    - The logits and softmax run in float32 on every code path under mixed
+      precision, so logits up to +-1e4 neither overflow nor lose the argmax.
+    - A call argument `attention_bias`, added to the logits, for ALiBi or
+      relative-position biases.
+    - `num_key_value_heads` for grouped-query attention: `key` and `value`
+      are projected to fewer heads, each shared by
+      `num_heads // num_key_value_heads` query heads.
+    - Fully masked query rows are zeros: a query position that may attend
+      no key (a padded query, or a row the masks empty out entirely) gives
+      an output of exactly zero, never NaN and never a uniform average.
+    - The output carries the query's Keras mask, so padding flows through a
+      stack of layers.
+    - Masks of the wrong shape raise a `ValueError` naming the argument
+      instead of broadcasting silently.
+
+    Masking: `query_mask`, `value_mask` and `key_mask` (filled in from the
+    inputs' Keras masks, e.g. from `Embedding(mask_zero=True)`),
+    `attention_mask`, `use_causal_mask` and `sliding_window` are combined
+    with a logical AND, as in Keras core.
+
+    Args:
+        num_heads: int, number of attention heads.
+        key_dim: int, size of each head for query and key.
+        value_dim: int, size of each head for value. Defaults to `key_dim`.
+        dropout: float in `[0, 1)`, dropout rate on the attention weights.
+        use_bias: bool, whether the projections use bias vectors.
+        output_shape: int or tuple, the shape of the output besides the batch
+            and attention dims. Defaults to the query's last dimension.
+        attention_axes: int or tuple of ints, the axes of the inputs over
+            which attention is applied. `None` means all axes but the batch
+            and feature axes.
+        sliding_window: optional positive int. Each query attends only keys
+            within `sliding_window - 1` positions of itself (Keras' meaning);
+            combine with `use_causal_mask=True` for a causal window.
+        flash_attention: `None` or `False` use this package's exact kernel.
+            `True` hands the attention to the backend's fused kernel through
+            `keras.ops.dot_product_attention(flash_attention=True)`, which
+            raises where the backend has none (the TensorFlow backend, or
+            JAX on CPU), and is incompatible with `dropout` and
+            `return_attention_scores`, as in Keras core.
+        num_key_value_heads: optional int dividing `num_heads`, the number of
+            key/value heads for grouped-query attention. Defaults to
+            `num_heads` (standard multi-head attention).
+        kernel_initializer: initializer for the projection kernels.
+        bias_initializer: initializer for the projection biases.
+        kernel_regularizer: regularizer for the projection kernels.
+        bias_regularizer: regularizer for the projection biases.
+        activity_regularizer: regularizer for the projections' outputs.
+        kernel_constraint: constraint for the projection kernels.
+        bias_constraint: constraint for the projection biases.
+        seed: optional int, seed for the attention dropout.
+        **kwargs: base layer arguments, e.g. `name` and `dtype`.
+
+    Call arguments:
+        query: query tensor of shape `(batch_size, target_length, dim)`.
+        value: value tensor of shape `(batch_size, source_length, dim)`.
+        key: optional key tensor of shape `(batch_size, source_length, dim)`.
+            Defaults to `value`.
+        query_mask: optional boolean `(batch_size, target_length)` padding
+            mask of the query. Padded query positions give zero outputs.
+        value_mask: optional boolean `(batch_size, source_length)` mask.
+        key_mask: optional boolean `(batch_size, source_length)` mask.
+        attention_mask: optional boolean mask of shape `(batch_size,
+            target_length, source_length)`, or broadcastable to
+            `(batch_size, num_heads, target_length, source_length)` after
+            inserting the heads axis; True means attend.
+        attention_bias: optional float tensor added to the logits, of shape
+            `(batch_size, target_length, source_length)` or broadcastable to
+            `(batch_size, num_heads, target_length, source_length)`.
+        return_attention_scores: bool, whether to also return the attention
+            weights.
+        training: bool, whether dropout is active.
+        use_causal_mask: bool, whether query `i` may attend only keys
+            `j <= i`.
+
+    Returns:
+        attention_output: `(batch_size, target_length, E)`, where `E` is the
+            query's last dimension, or `output_shape` when given.
+        attention_scores: only if `return_attention_scores`; the weights
+            after the softmax, of shape `(batch_size, num_heads,
+            target_length, source_length)` (with several attention axes:
+            `(batch_size, <other dims>, num_heads, <target dims>, <source
+            dims>)`, as in Keras core).
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    >>> query = np.random.rand(3, 8, 16).astype("float32")
+    >>> value = np.random.rand(3, 5, 16).astype("float32")
+    >>> output, scores = layer(query, value, return_attention_scores=True)
+    >>> tuple(output.shape), tuple(scores.shape)
+    ((3, 8, 16), (3, 2, 8, 5))
+
+    Reference:
+        [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762);
+        grouped-query attention: [Ainslie et al., 2023](
+        https://arxiv.org/abs/2305.13245).
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim,
+        value_dim=None,
+        dropout=0.0,
+        use_bias=True,
+        output_shape=None,
+        attention_axes=None,
+        sliding_window=None,
+        flash_attention=None,
+        num_key_value_heads=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        seed=None,
+        **kwargs,
+    ):
+        _checks.check_positive_int("num_heads", num_heads)
+        _checks.check_positive_int("key_dim", key_dim)
+        _checks.check_positive_int("value_dim", value_dim, allow_none=True)
+        _checks.check_positive_int(
+            "num_key_value_heads", num_key_value_heads, allow_none=True
+        )
+        if num_key_value_heads is not None and num_heads % num_key_value_heads:
+            raise ValueError(
+                "Received an invalid value for argument `num_key_value_heads`,"
+                " expected a divisor of `num_heads`. Received: "
+                f"num_heads={num_heads}, "
+                f"num_key_value_heads={num_key_value_heads}"
+            )
+        _checks.check_rate("dropout", dropout)
+        _checks.check_bool("use_bias", use_bias)
+        _checks.check_positive_int(
+            "sliding_window", sliding_window, allow_none=True
+        )
+        if flash_attention not in (None, True, False):
+            raise ValueError(
+                "Received an invalid value for argument `flash_attention`, "
+                "expected `None`, `True` or `False`. Received: "
+                f"flash_attention={flash_attention!r}"
+            )
+        if flash_attention and dropout > 0.0:
+            raise ValueError(
+                "Dropout is not supported when flash attention is enabled. "
+                f"Received: dropout={dropout}, flash_attention=True"
+            )
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+        ):
+            raise ValueError(
+                "Received an invalid value for argument `seed`, expected an "
+                f"integer or `None`. Received: seed={seed!r}"
+            )
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.num_heads = int(num_heads)
+        self.key_dim = int(key_dim)
+        self.value_dim = None if value_dim is None else int(value_dim)
+        self.dropout = float(dropout)
+        self.use_bias = use_bias
+        self.partial_output_shape = self._standardize_output_shape(
+            output_shape
+        )
+        self.attention_axes = self._standardize_attention_axes(attention_axes)
+        self.sliding_window = sliding_window
+        self.flash_attention = flash_attention
+        self.num_key_value_heads = num_key_value_heads
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self._activity_regularizer = keras.regularizers.get(
+            activity_regularizer
+        )
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.seed = seed
+        self.seed_generator = (
+            keras.random.SeedGenerator(seed) if self.dropout > 0 else None
+        )
+
+    @staticmethod
+    def _standardize_output_shape(output_shape):
+        if output_shape is None:
+            return None
+        if isinstance(output_shape, numbers.Integral) and not isinstance(
+            output_shape, bool
+        ):
+            output_shape = (output_shape,)
+        if not isinstance(output_shape, (list, tuple)) or not output_shape:
+            raise ValueError(
+                "Received an invalid value for argument `output_shape`, "
+                "expected a positive int or a non-empty tuple of positive "
+                f"ints. Received: output_shape={output_shape!r}"
+            )
+        for dim in output_shape:
+            _checks.check_positive_int("output_shape", dim)
+        return tuple(int(d) for d in output_shape)
+
+    @staticmethod
+    def _standardize_attention_axes(attention_axes):
+        if attention_axes is None:
+            return None
+        if isinstance(attention_axes, numbers.Integral) and not isinstance(
+            attention_axes, bool
+        ):
+            attention_axes = (attention_axes,)
+        if not isinstance(attention_axes, (list, tuple)) or not all(
+            isinstance(a, numbers.Integral) and not isinstance(a, bool)
+            for a in attention_axes
+        ):
+            raise ValueError(
+                "Received an invalid value for argument `attention_axes`, "
+                "expected an int, a tuple of ints or `None`. Received: "
+                f"attention_axes={attention_axes!r}"
+            )
+        return tuple(int(a) for a in attention_axes)
+
+    # ------------------------------------------------------------------
+    # Shapes
+    # ------------------------------------------------------------------
+    def _normalized_axes(self, rank):
+        """Attention axes as input-axis indices in `[1, rank - 2]`."""
+        if self.attention_axes is None:
+            return tuple(range(1, rank - 1))
+        axes = []
+        for axis in self.attention_axes:
+            normalized = axis + rank if axis < 0 else axis
+            if not 1 <= normalized <= rank - 2:
+                raise ValueError(
+                    "Argument `attention_axes` is out of range for inputs of "
+                    f"rank {rank}: each axis must be in [1, {rank - 2}] or "
+                    f"[{1 - rank}, -2] (not the batch or feature axis). "
+                    f"Received: attention_axes={self.attention_axes}"
+                )
+            axes.append(normalized)
+        if len(set(axes)) != len(axes):
+            raise ValueError(
+                "Argument `attention_axes` must not repeat an axis. "
+                f"Received: attention_axes={self.attention_axes}"
+            )
+        return tuple(sorted(axes))
+
+    def _check_shapes(self, query_shape, value_shape, key_shape):
+        query_shape = tuple(query_shape)
+        value_shape = tuple(value_shape)
+        key_shape = value_shape if key_shape is None else tuple(key_shape)
+        if len(query_shape) < 3:
+            raise ValueError(
+                "Argument `query` must have rank >= 3 (batch, <attention "
+                f"dims>, features). Received: query.shape={query_shape}"
+            )
+        for name, shape in (("value", value_shape), ("key", key_shape)):
+            if len(shape) != len(query_shape):
+                raise ValueError(
+                    f"Arguments `query` and `{name}` must have the same rank. "
+                    f"Received: query.shape={query_shape}, "
+                    f"{name}.shape={shape}"
+                )
+        for a, b in zip(value_shape[:-1], key_shape[:-1]):
+            if a is not None and b is not None and a != b:
+                raise ValueError(
+                    "All dimensions of `value` and `key`, except the last "
+                    f"one, must be equal. Received: value.shape={value_shape}"
+                    f", key.shape={key_shape}"
+                )
+        axes = self._normalized_axes(len(query_shape))
+        for i in range(len(query_shape) - 1):
+            if i in axes:
+                continue
+            _checks.check_dims_equal(
+                "query", query_shape[i], "value", value_shape[i],
+                f"dimension {i} (a batch axis)",
+            )
+        return query_shape, value_shape, key_shape, axes
+
+    def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+        query_shape, _, _, _ = self._check_shapes(
+            query_shape, value_shape, key_shape
+        )
+        if self.partial_output_shape:
+            return query_shape[:-1] + self.partial_output_shape
+        return query_shape
+
+    def _scores_shape(self, query_shape, value_shape, axes):
+        batch_dims = [
+            d for i, d in enumerate(query_shape[:-1]) if i not in axes
+        ]
+        return (
+            tuple(batch_dims)
+            + (self.num_heads,)
+            + tuple(query_shape[a] for a in axes)
+            + tuple(value_shape[a] for a in axes)
+        )
+
+    def compute_output_spec(
+        self,
+        query,
+        value,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        attention_bias=None,
+        return_attention_scores=False,
+        training=None,
+        use_causal_mask=False,
+    ):
+        key_shape = None if key is None else key.shape
+        query_shape, value_shape, _, axes = self._check_shapes(
+            query.shape, value.shape, key_shape
+        )
+        output = keras.KerasTensor(
+            self.compute_output_shape(query.shape, value.shape, key_shape),
+            dtype=self.compute_dtype,
+        )
+        if not return_attention_scores:
+            return output
+        scores = keras.KerasTensor(
+            self._scores_shape(query_shape, value_shape, axes),
+            dtype=self.compute_dtype,
+        )
+        return output, scores
+
+    # ------------------------------------------------------------------
+    # Build
+    # ------------------------------------------------------------------
+    def _sublayer_kwargs(self):
+        return dict(
+            kernel_initializer=_common.clone_initializer(
+                self.kernel_initializer
+            ),
+            bias_initializer=_common.clone_initializer(self.bias_initializer),
+            kernel_regularizer=self.kernel_regularizer,
+            bias_regularizer=self.bias_regularizer,
+            activity_regularizer=self._activity_regularizer,
+            kernel_constraint=self.kernel_constraint,
+            bias_constraint=self.bias_constraint,
+            dtype=self.dtype_policy,
+        )
+
+    def _projection(self, rank, heads, head_dim, name):
+        equation, bias_axes, output_rank = _proj_equation(rank - 1, 1, 2)
+        return keras.layers.EinsumDense(
+            equation,
+            output_shape=_output_shape(output_rank - 1, [heads, head_dim]),
+            bias_axes=bias_axes if self.use_bias else None,
+            name=name,
+            **self._sublayer_kwargs(),
+        )
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        query_shape, value_shape, key_shape, axes = self._check_shapes(
+            query_shape, value_shape, key_shape
+        )
+        self._axes = axes
+        rank = len(query_shape)
+        kv_heads = self.num_key_value_heads or self.num_heads
+        value_dim = self.value_dim or self.key_dim
+        self._query_dense = self._projection(
+            rank, self.num_heads, self.key_dim, "query"
+        )
+        self._query_dense.build(query_shape)
+        self._key_dense = self._projection(rank, kv_heads, self.key_dim, "key")
+        self._key_dense.build(key_shape)
+        self._value_dense = self._projection(
+            rank, kv_heads, value_dim, "value"
+        )
+        self._value_dense.build(value_shape)
+        out_dims = self.partial_output_shape or (query_shape[-1],)
+        equation, bias_axes, output_rank = _proj_equation(
+            rank - 1, 2, len(out_dims)
+        )
+        self._output_dense = keras.layers.EinsumDense(
+            equation,
+            output_shape=_output_shape(output_rank - 1, out_dims),
+            bias_axes=bias_axes if self.use_bias else None,
+            name="attention_output",
+            **self._sublayer_kwargs(),
+        )
+        self._output_dense.build(
+            tuple(query_shape[:-1]) + (self.num_heads, value_dim)
+        )
+        self._built_shapes = (query_shape[-1], key_shape[-1], value_shape[-1])
+
+    @property
+    def query_dense(self):
+        return self._query_dense
+
+    @property
+    def key_dense(self):
+        return self._key_dense
+
+    @property
+    def value_dense(self):
+        return self._value_dense
+
+    @property
+    def output_dense(self):
+        return self._output_dense
+
+    # ------------------------------------------------------------------
+    # Call
+    # ------------------------------------------------------------------
+    def _attention_mask(
+        self,
+        query,
+        value,
+        query_mask,
+        value_mask,
+        key_mask,
+        attention_mask,
+        use_causal_mask,
+    ):
+        """Combines all masks, in Keras' `(B, T, S)` layout (or None)."""
+        query_mask = _masks.as_bool(query_mask)
+        value_mask = _masks.as_bool(value_mask)
+        key_mask = _masks.as_bool(key_mask)
+        q_len, v_len = ops.shape(query)[1], ops.shape(value)[1]
+        masks = [
+            None if query_mask is None else ops.expand_dims(query_mask, -1),
+            None if value_mask is None else ops.expand_dims(value_mask, -2),
+            None if key_mask is None else ops.expand_dims(key_mask, -2),
+        ]
+        if use_causal_mask:
+            masks.append(_masks.causal_mask(q_len, v_len)[None])
+        if self.sliding_window is not None:
+            masks.append(
+                _masks.sliding_window_mask(q_len, v_len, self.sliding_window)[
+                    None
+                ]
+            )
+        masks.append(_masks.as_bool(attention_mask))
+        return _masks.and_masks(*masks)
+
+    def _check_call_inputs(
+        self, query, value, key, query_mask, value_mask, key_mask,
+        attention_mask, attention_bias, axes,
+    ):
+        q_dim, k_dim, v_dim = self._built_shapes
+        _common.check_last_dim("query", query.shape, q_dim, "query")
+        _common.check_last_dim("key", key.shape, k_dim, "key")
+        _common.check_last_dim("value", value.shape, v_dim, "value")
+        q_shape = tuple(query.shape[:-1])
+        kv_shape = tuple(value.shape[:-1])
+        _common.check_mask(
+            "query_mask", query_mask, q_shape, "the query's shape less features"
+        )
+        _common.check_mask(
+            "value_mask", value_mask, kv_shape, "the value's shape less features"
+        )
+        _common.check_mask(
+            "key_mask", key_mask, kv_shape, "the key's shape less features"
+        )
+        scores_shape = self._scores_shape(query.shape, value.shape, axes)
+        n_inner = 2 * len(axes)
+        for name, operand in (
+            ("attention_mask", attention_mask),
+            ("attention_bias", attention_bias),
+        ):
+            if operand is None:
+                continue
+            shape = tuple(operand.shape)
+            if len(shape) > len(scores_shape) or len(shape) < n_inner:
+                raise ValueError(
+                    f"Argument `{name}` must have rank between {n_inner} and "
+                    f"{len(scores_shape)}, broadcastable to the attention "
+                    f"scores {scores_shape} once the heads axis is inserted. "
+                    f"Received: {name}.shape={shape}"
+                )
+            expanded = self._expand_to_scores(shape, len(scores_shape), axes)
+            _checks.check_broadcastable(
+                name, expanded, scores_shape,
+                "(batch, <other dims>, num_heads, <target dims>, "
+                "<source dims>)",
+            )
+
+    @staticmethod
+    def _expand_to_scores(x, scores_rank, axes):
+        """Inserts unit axes before the target/source dims, as Keras does.
+
+        Works on a static shape tuple or on a tensor.
+        """
+        axis = -len(axes) * 2 - 1
+        if isinstance(x, tuple):
+            while len(x) < scores_rank:
+                position = len(x) + axis + 1
+                x = x[:position] + (1,) + x[position:]
+            return x
+        while len(x.shape) < scores_rank:
+            x = ops.expand_dims(x, axis=axis)
+        return x
+
+    def _layout(self, rank, axes):
+        """Permutation from the projected layout to `(batch dims, attention
+        dims, heads, channels)`, or None when it is the identity."""
+        batch_axes = [i for i in range(rank - 1) if i not in axes]
+        perm = batch_axes + list(axes) + [rank - 1, rank]
+        return None if perm == list(range(rank + 1)) else perm
+
+    def _to_kernel_layout(self, x, perm, num_attn):
+        """`(B, ..., heads, dim)` -> `(B', L', heads, dim)`."""
+        if perm is not None:
+            x = ops.transpose(x, perm)
+        shape = ops.shape(x)
+        if len(shape) == 4:
+            return x, shape
+        batch = _product(shape[: len(shape) - 2 - num_attn])
+        length = _product(shape[len(shape) - 2 - num_attn : -2])
+        return ops.reshape(x, (batch, length) + tuple(shape[-2:])), shape
+
+    def _from_kernel_layout(self, x, perm, shape):
+        if len(shape) != 4:
+            x = ops.reshape(x, tuple(shape[:-1]) + (ops.shape(x)[-1],))
+        if perm is not None:
+            inverse = [perm.index(i) for i in range(len(perm))]
+            x = ops.transpose(x, inverse)
+        return x
+
+    def _scores_to_kernel_layout(self, x, scores_shape, num_attn):
+        """Keras-layout scores operand -> `(B', heads|1, T', S')`."""
+        if len(scores_shape) == 4:
+            return x
+        heads = x.shape[-2 * num_attn - 1]
+        full = list(scores_shape)
+        full[-2 * num_attn - 1] = heads
+        x = ops.broadcast_to(x, tuple(full))
+        return ops.reshape(
+            x,
+            (
+                _product(full[: -2 * num_attn - 1]),
+                heads,
+                _product(full[-2 * num_attn : -num_attn]),
+                _product(full[-num_attn:]),
+            ),
+        )
+
+    def call(
+        self,
+        query,
+        value,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        attention_bias=None,
+        return_attention_scores=False,
+        training=None,
+        use_causal_mask=False,
+    ):
+        if key is None:
+            key = value
+        axes = self._axes
+        num_attn = len(axes)
+        self._check_call_inputs(
+            query, value, key, query_mask, value_mask, key_mask,
+            attention_mask, attention_bias, axes,
+        )
+        if self.flash_attention and return_attention_scores:
+            raise ValueError(
+                "Returning attention scores is not supported when flash "
+                "attention is enabled. Received: flash_attention=True, "
+                "return_attention_scores=True"
+            )
+        rank = len(query.shape)
+        # Only causal masking: let the kernel build (and later skip) it.
+        causal_only = (
+            use_causal_mask
+            and num_attn == 1
+            and axes == (1,)
+            and query_mask is None
+            and value_mask is None
+            and key_mask is None
+            and attention_mask is None
+            and self.sliding_window is None
+        )
+        mask = None
+        if not causal_only:
+            mask = self._attention_mask(
+                query, value, query_mask, value_mask, key_mask,
+                attention_mask, use_causal_mask,
+            )
+
+        q = self._query_dense(_common.strip_keras_mask(query))
+        k = self._key_dense(_common.strip_keras_mask(key))
+        v = self._value_dense(_common.strip_keras_mask(value))
+
+        perm = self._layout(rank, axes)
+        q, q_shape = self._to_kernel_layout(q, perm, num_attn)
+        k, _ = self._to_kernel_layout(k, perm, num_attn)
+        v, _ = self._to_kernel_layout(v, perm, num_attn)
+
+        full_scores_shape = None
+        if mask is not None or attention_bias is not None:
+            full_scores_shape = self._scores_shape(
+                ops.shape(query), ops.shape(value), axes
+            )
+        scores_rank = rank + 1
+        kernel_mask = None
+        if mask is not None:
+            kernel_mask = self._scores_to_kernel_layout(
+                self._expand_to_scores(mask, scores_rank, axes),
+                full_scores_shape,
+                num_attn,
+            )
+        kernel_bias = None
+        if attention_bias is not None:
+            kernel_bias = self._scores_to_kernel_layout(
+                self._expand_to_scores(
+                    ops.convert_to_tensor(attention_bias), scores_rank, axes
+                ),
+                full_scores_shape,
+                num_attn,
+            )
+
+        scale = 1.0 / math.sqrt(float(self.key_dim))
+        scores = None
+        if self.flash_attention:
+            attended = ops.dot_product_attention(
+                q, k, v, bias=kernel_bias, mask=kernel_mask, scale=scale,
+                is_causal=causal_only, flash_attention=True,
+            )
+        else:
+            attended = scaled_dot_product_attention(
+                q, k, v, mask=kernel_mask, bias=kernel_bias,
+                is_causal=causal_only, scale=scale,
+                dropout_rate=self.dropout, training=bool(training),
+                seed=self.seed_generator,
+                return_scores=return_attention_scores,
+            )
+            if return_attention_scores:
+                attended, scores = attended
+
+        attended = self._from_kernel_layout(attended, perm, q_shape)
+        output = self._output_dense(attended)
+
+        if kernel_mask is not None:
+            # Zero the rows where every head's keys are all masked.
+            row_valid = ops.any(kernel_mask, axis=(1, 3))
+            row_valid = ops.broadcast_to(
+                row_valid, (ops.shape(q)[0], ops.shape(q)[1])
+            )
+            row_valid = self._from_kernel_layout(
+                row_valid[:, :, None, None], perm, q_shape[:-2] + (1, 1)
+            )
+            # (B, <dims>, 1, 1) -> one unit axis per output feature axis.
+            row_valid = row_valid[..., 0]
+            for _ in range(len(output.shape) - len(row_valid.shape)):
+                row_valid = ops.expand_dims(row_valid, -1)
+            output = output * ops.cast(row_valid, output.dtype)
+
+        if return_attention_scores:
+            if num_attn != 1 or rank != 3:
+                scores = ops.reshape(
+                    scores,
+                    self._scores_shape(ops.shape(query), ops.shape(value), axes),
+                )
+            return output, scores
+        return output
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "value_dim": self.value_dim,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "output_shape": self.partial_output_shape,
+                "attention_axes": self.attention_axes,
+                "sliding_window": self.sliding_window,
+                "flash_attention": self.flash_attention,
+                "num_key_value_heads": self.num_key_value_heads,
+                "seed": self.seed,
+                "activity_regularizer": keras.regularizers.serialize(
+                    self._activity_regularizer
+                ),
+            }
+        )
+        config.update(
+            _common.serialize_common(
+                self,
+                (
+                    "kernel_initializer",
+                    "bias_initializer",
+                    "kernel_regularizer",
+                    "bias_regularizer",
+                    "kernel_constraint",
+                    "bias_constraint",
+                ),
+            )
+        )
+        return config

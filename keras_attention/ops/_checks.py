@@ -1,0 +1,86 @@
+"""Static argument and shape checks shared by the ops and the layers.
+
+Every check runs on static shapes and Python values only, so it costs nothing
+at run time and fires before any tensor is allocated. Messages follow the Keras
+style: they name the argument, say what was expected and what was received.
+"""
+
+import numbers
+
+
+def check_positive_int(name, value, allow_none=False):
+    """Raises unless `value` is a positive Python integer (or None)."""
+    if value is None and allow_none:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value <= 0
+    ):
+        expected = "a positive integer" + (" or `None`" if allow_none else "")
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected "
+            f"{expected}. Received: {name}={value!r}"
+        )
+
+
+def check_rate(name, value):
+    """Raises unless `value` is a real number in [0, 1)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0.0 <= float(value) < 1.0
+    ):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a "
+            f"float in the range [0, 1). Received: {name}={value!r}"
+        )
+
+
+def check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a "
+            f"Python bool. Received: {name}={value!r}"
+        )
+
+
+def check_rank(name, shape, ranks):
+    """Raises unless `len(shape)` is one of `ranks`."""
+    if len(shape) not in ranks:
+        expected = " or ".join(str(r) for r in ranks)
+        raise ValueError(
+            f"Argument `{name}` must have rank {expected}. "
+            f"Received: {name}.shape={tuple(shape)}"
+        )
+
+
+def check_dims_equal(name_a, dim_a, name_b, dim_b, what):
+    """Raises when two static dims are known and differ."""
+    if dim_a is not None and dim_b is not None and dim_a != dim_b:
+        raise ValueError(
+            f"The {what} of `{name_a}` and `{name_b}` must match. "
+            f"Received: {name_a} {what}={dim_a}, {name_b} {what}={dim_b}"
+        )
+
+
+def check_broadcastable(name, shape, target_shape, target_desc):
+    """Raises unless `shape` broadcasts to `target_shape` (NumPy rules).
+
+    Unknown (None) dims are accepted on either side: they are checked at run
+    time by the backend.
+    """
+    shape = tuple(shape)
+    target_shape = tuple(target_shape)
+    ok = len(shape) <= len(target_shape)
+    if ok:
+        for dim, target in zip(shape[::-1], target_shape[::-1]):
+            if dim is None or target is None or dim == 1 or dim == target:
+                continue
+            ok = False
+            break
+    if not ok:
+        raise ValueError(
+            f"Argument `{name}` must be broadcastable to {target_desc} = "
+            f"{target_shape}. Received: {name}.shape={shape}"
+        )

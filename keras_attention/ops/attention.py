@@ -1,0 +1,290 @@
+"""Scaled dot-product and additive attention as backend-agnostic functions."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_attention.ops import _checks
+from keras_attention.ops._masks import and_masks
+from keras_attention.ops._masks import as_bool
+from keras_attention.ops._masks import causal_mask
+from keras_attention.ops._softmax import masked_softmax
+
+
+def _check_logits_operand(name, operand, target_shape, target_desc):
+    """Masks and biases are rank 2 `(q, k)` or rank 4 `(b, h, q, k)`.
+
+    Rank 3 is refused on purpose: NumPy broadcasting would align its batch
+    axis with the heads axis and silently give wrong results.
+    """
+    if operand is None:
+        return
+    shape = tuple(operand.shape)
+    if len(shape) not in (2, 4):
+        raise ValueError(
+            f"Argument `{name}` must have rank 2 (q_len, k_len) or rank 4 "
+            f"{target_desc}. For a (batch, q_len, k_len) {name}, pass "
+            f"`{name}[:, None]`. Received: {name}.shape={shape}"
+        )
+    _checks.check_broadcastable(name, shape, target_shape, target_desc)
+
+
+def scaled_dot_product_attention(
+    query,
+    key,
+    value,
+    mask=None,
+    bias=None,
+    is_causal=False,
+    scale=None,
+    dropout_rate=0.0,
+    training=False,
+    seed=None,
+    return_scores=False,
+):
+    """Scaled dot-product attention with exact masking and float32 softmax.
+
+    Computes `softmax(scale * query @ key^T + bias)` over the keys, with the
+    masked positions removed, and returns the weighted sum of `value`. The
+    logits and the softmax always run in float32, whatever the input dtype,
+    so float16 and bfloat16 inputs do not overflow; the weighted sum of the
+    values runs in the dtype of `value`, which is also the output dtype.
+
+    Masked keys get a weight of exactly zero. **A query row whose keys are
+    all masked gives a zero output row (and zero scores), never NaN,** and
+    its gradients are zero too. Keys can be masked by `mask`, by
+    `is_causal`, or by `-inf` entries in `bias`.
+
+    Grouped-query attention is supported: `key` and `value` may have fewer
+    heads than `query`, as long as they divide its number of heads. Query
+    head `n` then uses key/value head `n // (num_heads // num_kv_heads)`,
+    as `keras.ops.repeat(key, num_heads // num_kv_heads, axis=2)` would.
+
+    Args:
+        query: tensor of shape `(batch, q_len, num_heads, dim)`.
+        key: tensor of shape `(batch, k_len, num_kv_heads, dim)`.
+        value: tensor of shape `(batch, k_len, num_kv_heads, value_dim)`.
+        mask: optional boolean tensor of rank 2 `(q_len, k_len)` or rank 4,
+            broadcastable to `(batch, num_heads, q_len, k_len)`. True means
+            attend. Non-boolean masks are cast to boolean (non-zero is True).
+            Rank 3 is refused, because it would broadcast its batch axis
+            against the heads axis.
+        bias: optional float tensor added to the logits, of rank 2 or 4 and
+            broadcastable to `(batch, num_heads, q_len, k_len)`, e.g. ALiBi
+            or relative-position biases.
+        is_causal: if True, query `i` attends only keys `j <= i` (top-left
+            aligned, as Keras' `use_causal_mask`). Combined with `mask`.
+        scale: multiplier of the logits. Defaults to `1 / sqrt(dim)`.
+        dropout_rate: dropout on the attention weights, in `[0, 1)`. Applied
+            only when `training` is True.
+        training: Python bool, whether dropout is active.
+        seed: int or `keras.random.SeedGenerator` for the dropout.
+        return_scores: if True, also return the attention weights (after the
+            softmax, before dropout). They are `(batch, num_heads, q_len,
+            k_len)` in the dtype of `query`; returning them materialises the
+            full matrix by definition.
+
+    Returns:
+        The attention output of shape `(batch, q_len, num_heads, value_dim)`
+        and dtype of `value`, or `(output, scores)` if `return_scores`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> q = np.random.rand(2, 5, 4, 8).astype("float32")
+    >>> kv = np.random.rand(2, 7, 2, 8).astype("float32")
+    >>> out = scaled_dot_product_attention(q, kv, kv, is_causal=True)
+    >>> tuple(out.shape)
+    (2, 5, 4, 8)
+
+    Reference:
+        [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762).
+    """
+    query = ops.convert_to_tensor(query)
+    key = ops.convert_to_tensor(key)
+    value = ops.convert_to_tensor(value)
+    for name, tensor in (("query", query), ("key", key), ("value", value)):
+        _checks.check_rank(name, tensor.shape, (4,))
+    _, _, num_heads, dim = query.shape
+    _, _, num_kv_heads, key_dim = key.shape
+    for name, tensor in (("query", query), ("key", key), ("value", value)):
+        if tensor.shape[2] is None:
+            raise ValueError(
+                f"The number of heads (axis 2) of `{name}` must be static. "
+                f"Received: {name}.shape={tuple(tensor.shape)}"
+            )
+    _checks.check_dims_equal(
+        "query", query.shape[0], "key", key.shape[0], "batch size"
+    )
+    _checks.check_dims_equal(
+        "key", key.shape[0], "value", value.shape[0], "batch size"
+    )
+    _checks.check_dims_equal("query", dim, "key", key_dim, "head dim")
+    _checks.check_dims_equal(
+        "key", key.shape[1], "value", value.shape[1], "sequence length"
+    )
+    _checks.check_dims_equal(
+        "key", num_kv_heads, "value", value.shape[2], "number of heads"
+    )
+    if num_heads % num_kv_heads:
+        raise ValueError(
+            "The number of heads of `query` must be a multiple of the number "
+            f"of heads of `key` and `value`. Received: query heads="
+            f"{num_heads}, key heads={num_kv_heads}"
+        )
+    _checks.check_rate("dropout_rate", dropout_rate)
+    target = (query.shape[0], num_heads, query.shape[1], key.shape[1])
+    target_desc = "(batch, num_heads, q_len, k_len)"
+    mask = as_bool(mask)
+    _check_logits_operand("mask", mask, target, target_desc)
+    if bias is not None:
+        bias = ops.convert_to_tensor(bias)
+        _check_logits_operand("bias", bias, target, target_desc)
+    if scale is None:
+        scale = 1.0 / math.sqrt(dim)
+
+    if is_causal:
+        q_len, k_len = ops.shape(query)[1], ops.shape(key)[1]
+        mask = and_masks(mask, causal_mask(q_len, k_len))
+
+    groups = num_heads // num_kv_heads
+    q32 = ops.cast(query, "float32") * ops.cast(scale, "float32")
+    k32 = ops.cast(key, "float32")
+    if groups == 1:
+        logits = ops.einsum("btnh,bsnh->bnts", q32, k32)
+    else:
+        batch, q_len = ops.shape(query)[0], ops.shape(query)[1]
+        q32 = ops.reshape(q32, (batch, q_len, num_kv_heads, groups, dim))
+        logits = ops.einsum("btkgh,bskh->bkgts", q32, k32)
+        logits = ops.reshape(
+            logits, (batch, num_heads, q_len, ops.shape(key)[1])
+        )
+    if bias is not None:
+        logits = logits + ops.cast(bias, "float32")
+    weights = masked_softmax(logits, mask)
+
+    scores = ops.cast(weights, query.dtype) if return_scores else None
+    if training and dropout_rate > 0.0:
+        weights = keras.random.dropout(weights, dropout_rate, seed=seed)
+    weights = ops.cast(weights, value.dtype)
+    if groups == 1:
+        output = ops.einsum("bnts,bsnh->btnh", weights, value)
+    else:
+        batch, q_len = ops.shape(query)[0], ops.shape(query)[1]
+        weights = ops.reshape(
+            weights,
+            (batch, num_kv_heads, groups, q_len, ops.shape(key)[1]),
+        )
+        output = ops.einsum("bkgts,bskh->btkgh", weights, value)
+        output = ops.reshape(
+            output, (batch, q_len, num_heads, value.shape[-1])
+        )
+    if return_scores:
+        return output, scores
+    return output
+
+
+def additive_attention(
+    query,
+    key,
+    value,
+    attention_v,
+    attention_bias=None,
+    mask=None,
+    is_causal=False,
+    dropout_rate=0.0,
+    training=False,
+    seed=None,
+    return_scores=False,
+):
+    """Additive (Bahdanau) attention over already-projected queries and keys.
+
+    The logits are `sum_u attention_v[u] * tanh(query[:, t, u] + key[:, s, u]
+    + attention_bias[u])`, computed in float32, followed by the same exact
+    masked softmax as `scaled_dot_product_attention`: masked keys get weight
+    zero, and a query row whose keys are all masked gives a zero output row.
+
+    Args:
+        query: projected queries `(batch, q_len, units)` (`W_q q`).
+        key: projected keys `(batch, k_len, units)` (`W_k k`).
+        value: `(batch, k_len, value_dim)`.
+        attention_v: `(units,)` scoring vector.
+        attention_bias: optional `(units,)` bias inside the `tanh`.
+        mask: optional boolean mask broadcastable to `(batch, q_len, k_len)`,
+            True means attend.
+        is_causal: if True, query `i` attends only keys `j <= i`.
+        dropout_rate: dropout on the attention weights, in `[0, 1)`.
+        training: Python bool, whether dropout is active.
+        seed: int or `keras.random.SeedGenerator` for the dropout.
+        return_scores: if True, also return the weights `(batch, q_len,
+            k_len)` (after softmax, before dropout) in the dtype of `query`.
+
+    Returns:
+        The context `(batch, q_len, value_dim)` in the dtype of `value`, or
+        `(context, scores)` if `return_scores`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> pq = np.random.rand(2, 3, 16).astype("float32")
+    >>> pk = np.random.rand(2, 5, 16).astype("float32")
+    >>> v = np.random.rand(2, 5, 8).astype("float32")
+    >>> w = np.random.rand(16).astype("float32")
+    >>> tuple(additive_attention(pq, pk, v, w).shape)
+    (2, 3, 8)
+
+    Reference:
+        [Bahdanau et al., 2015](https://arxiv.org/abs/1409.0473).
+    """
+    query = ops.convert_to_tensor(query)
+    key = ops.convert_to_tensor(key)
+    value = ops.convert_to_tensor(value)
+    attention_v = ops.convert_to_tensor(attention_v)
+    for name, tensor in (("query", query), ("key", key), ("value", value)):
+        _checks.check_rank(name, tensor.shape, (3,))
+    _checks.check_rank("attention_v", attention_v.shape, (1,))
+    _checks.check_dims_equal(
+        "query", query.shape[-1], "key", key.shape[-1], "last dimension"
+    )
+    _checks.check_dims_equal(
+        "query", query.shape[-1], "attention_v", attention_v.shape[-1],
+        "last dimension",
+    )
+    _checks.check_dims_equal(
+        "key", key.shape[1], "value", value.shape[1], "sequence length"
+    )
+    for other_name, other in (("key", key), ("value", value)):
+        _checks.check_dims_equal(
+            "query", query.shape[0], other_name, other.shape[0], "batch size"
+        )
+    _checks.check_rate("dropout_rate", dropout_rate)
+    mask = as_bool(mask)
+    if mask is not None:
+        _checks.check_broadcastable(
+            "mask",
+            mask.shape,
+            (query.shape[0], query.shape[1], key.shape[1]),
+            "(batch, q_len, k_len)",
+        )
+    if is_causal:
+        mask = and_masks(
+            mask, causal_mask(ops.shape(query)[1], ops.shape(key)[1])
+        )
+
+    hidden = ops.expand_dims(ops.cast(query, "float32"), 2) + ops.expand_dims(
+        ops.cast(key, "float32"), 1
+    )
+    if attention_bias is not None:
+        hidden = hidden + ops.cast(attention_bias, "float32")
+    logits = ops.einsum(
+        "btsu,u->bts", ops.tanh(hidden), ops.cast(attention_v, "float32")
+    )
+    weights = masked_softmax(logits, mask)
+    scores = ops.cast(weights, query.dtype) if return_scores else None
+    if training and dropout_rate > 0.0:
+        weights = keras.random.dropout(weights, dropout_rate, seed=seed)
+    output = ops.einsum("bts,bsd->btd", ops.cast(weights, value.dtype), value)
+    if return_scores:
+        return output, scores
+    return output
