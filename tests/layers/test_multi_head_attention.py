@@ -1,0 +1,334 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_attention import MultiHeadAttention
+from tests import reference
+from tests.testing import run_layer_test
+from tests.testing import to_numpy
+
+
+def _weights_dict(layer):
+    return {
+        "/".join(w.path.split("/")[-2:]): to_numpy(w) for w in layer.weights
+    }
+
+
+def _pair(kwargs, query, value, key=None):
+    """Keras core and ours, built on the same shapes, with equal weights."""
+    core = keras.layers.MultiHeadAttention(**kwargs)
+    ours = MultiHeadAttention(**kwargs)
+    core(query, value, key=key)
+    ours(query, value, key=key)
+    ours.set_weights(core.get_weights())
+    return core, ours
+
+
+def _padding(rng, b, length, min_len=1):
+    lengths = rng.integers(min_len, length + 1, size=b)
+    lengths[0] = length
+    return np.arange(length)[None, :] < lengths[:, None]
+
+
+CORE_CASES = {
+    "self": (dict(num_heads=2, key_dim=4), (2, 6, 8), None, None, {}),
+    "cross": (dict(num_heads=3, key_dim=5), (2, 8, 8), (2, 5, 6), None, {}),
+    "cross_key": (dict(num_heads=2, key_dim=4, value_dim=3),
+                  (2, 8, 8), (2, 5, 6), (2, 5, 7), {}),
+    "causal": (dict(num_heads=2, key_dim=4), (2, 7, 8), None, None,
+               dict(use_causal_mask=True)),
+    "causal_cross": (dict(num_heads=2, key_dim=4), (2, 6, 8), (2, 9, 8),
+                     None, dict(use_causal_mask=True)),
+    "attention_mask": (dict(num_heads=2, key_dim=4), (2, 6, 8), (2, 5, 8),
+                       None, dict(attention_mask="random")),
+    "value_mask": (dict(num_heads=2, key_dim=4), (2, 6, 8), (2, 5, 8),
+                   None, dict(value_mask="padding")),
+    "no_bias_output_shape": (
+        dict(num_heads=2, key_dim=4, use_bias=False, output_shape=(3, 2)),
+        (2, 6, 8), None, None, {}),
+    "sliding_window": (dict(num_heads=2, key_dim=4, sliding_window=3),
+                       (2, 8, 8), None, None, dict(use_causal_mask=True)),
+    "axes_2d": (dict(num_heads=2, key_dim=4, attention_axes=(1, 2)),
+                (2, 3, 4, 8), None, None, {}),
+    "axes_inner": (dict(num_heads=2, key_dim=4, attention_axes=2),
+                   (2, 3, 4, 8), (2, 3, 5, 8), None, {}),
+    "axes_outer_negative": (dict(num_heads=2, key_dim=4, attention_axes=-3),
+                            (2, 3, 4, 8), None, None, {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORE_CASES))
+def test_matches_keras_core_with_same_weights(rng, case):
+    kwargs, q_shape, v_shape, k_shape, call = CORE_CASES[case]
+    query = rng.normal(size=q_shape).astype("float32")
+    value = query if v_shape is None else rng.normal(size=v_shape).astype(
+        "float32")
+    key = None if k_shape is None else rng.normal(size=k_shape).astype(
+        "float32")
+    call = dict(call)
+    b, t, s = q_shape[0], q_shape[1], value.shape[1]
+    if call.get("attention_mask") == "random":
+        mask = rng.random((b, t, s)) > 0.3
+        mask[..., 0] = True  # no empty rows: Keras core differs there
+        call["attention_mask"] = mask
+    if call.get("value_mask") == "padding":
+        call["value_mask"] = _padding(rng, b, s)
+    core, ours = _pair(kwargs, query, value, key)
+    want, want_scores = core(query, value, key=key,
+                             return_attention_scores=True, **call)
+    got, got_scores = ours(query, value, key=key,
+                           return_attention_scores=True, **call)
+    np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(got_scores), to_numpy(want_scores), atol=1e-5
+    )
+    # Without scores Keras takes its fused path: still equal.
+    np.testing.assert_allclose(
+        to_numpy(ours(query, value, key=key, **call)),
+        to_numpy(core(query, value, key=key, **call)),
+        atol=1e-5,
+    )
+
+
+def test_same_weight_names_shapes_and_order(rng):
+    query = rng.normal(size=(2, 4, 8)).astype("float32")
+    core, ours = _pair(dict(num_heads=2, key_dim=3, value_dim=5), query, query)
+    core_w = [(w.path.split("/", 1)[1], tuple(w.shape)) for w in core.weights]
+    ours_w = [(w.path.split("/", 1)[1], tuple(w.shape)) for w in ours.weights]
+    assert core_w == ours_w
+
+
+def test_query_padding_matches_core_on_valid_rows_and_is_zero_elsewhere(rng):
+    query = rng.normal(size=(3, 6, 8)).astype("float32")
+    core, ours = _pair(dict(num_heads=2, key_dim=4), query, query)
+    q_mask = _padding(rng, 3, 6, min_len=2)
+    want = to_numpy(core(query, query, query_mask=q_mask, value_mask=q_mask))
+    got = to_numpy(ours(query, query, query_mask=q_mask, value_mask=q_mask))
+    np.testing.assert_allclose(got[q_mask], want[q_mask], atol=1e-5)
+    assert np.all(got[~q_mask] == 0.0)
+
+
+def test_matches_reference_with_bias_and_grouped_query_heads(rng):
+    layer = MultiHeadAttention(num_heads=4, key_dim=3, num_key_value_heads=2)
+    query = rng.normal(size=(2, 5, 6)).astype("float32")
+    value = rng.normal(size=(2, 7, 6)).astype("float32")
+    bias = rng.normal(size=(2, 5, 7)).astype("float32")
+    mask = rng.random((2, 5, 7)) > 0.3
+    mask[1, 2] = False  # an empty row
+    out, scores = layer(query, value, attention_mask=mask, attention_bias=bias,
+                        return_attention_scores=True)
+    weights = _weights_dict(layer)
+    assert weights["key/kernel"].shape == (6, 2, 3)
+    want, want_scores = reference.mha(weights, query, value, mask=mask,
+                                      bias=bias)
+    want[1, 2] = 0.0  # fully masked query rows are zeros
+    np.testing.assert_allclose(to_numpy(out), want, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(scores), want_scores, atol=1e-5)
+
+
+def test_symbolic_cross_attention_scores_shape():
+    query = keras.Input((8, 16))
+    value = keras.Input((5, 16))
+    out, scores = MultiHeadAttention(num_heads=2, key_dim=4)(
+        query, value, return_attention_scores=True
+    )
+    assert tuple(out.shape) == (None, 8, 16)
+    assert tuple(scores.shape) == (None, 2, 8, 5)
+    model = keras.Model([query, value], [out, scores])
+    real = model.predict(
+        [np.zeros((3, 8, 16)), np.zeros((3, 5, 16))], verbose=0
+    )
+    assert real[1].shape == (3, 2, 8, 5)
+
+
+@pytest.mark.parametrize(
+    "init, shapes, expected",
+    [
+        (dict(num_heads=2, key_dim=4),
+         dict(query=(2, 6, 8), value=(2, 5, 8)), [(2, 6, 8), (2, 2, 6, 5)]),
+        (dict(num_heads=2, key_dim=4, output_shape=5),
+         dict(query=(2, 6, 8), value=(2, 5, 3), key=(2, 5, 7)),
+         [(2, 6, 5), (2, 2, 6, 5)]),
+        (dict(num_heads=2, key_dim=4, attention_axes=(1, 2)),
+         dict(query=(2, 3, 4, 8), value=(2, 2, 5, 8)),
+         [(2, 3, 4, 8), (2, 2, 3, 4, 2, 5)]),
+        (dict(num_heads=4, key_dim=4, num_key_value_heads=1, dropout=0.1),
+         dict(query=(2, 6, 8), value=(2, 5, 8)), [(2, 6, 8), (2, 4, 6, 5)]),
+    ],
+    ids=["cross", "key_output_shape", "axes_2d", "mqa_dropout"],
+)
+def test_layer_behaviour(rng, init, shapes, expected):
+    layer = run_layer_test(
+        MultiHeadAttention,
+        init,
+        shapes,
+        call_kwargs=dict(return_attention_scores=True),
+        expected_output_shapes=expected,
+        expected_num_weights=8,
+        rng=rng,
+    )
+    spec = layer.compute_output_spec(
+        *[keras.KerasTensor(s) for s in shapes.values()],
+        return_attention_scores=True,
+    )
+    assert [tuple(x.shape) for x in spec] == expected
+
+
+def test_masks_flow_from_embedding_and_output_carries_query_mask():
+    tokens = np.array([[3, 4, 5, 0, 0], [6, 7, 0, 0, 0]])
+    embedding = keras.layers.Embedding(10, 8, mask_zero=True)
+    layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    x = embedding(tokens)
+    out = layer(x, x)
+    explicit = layer(x, x, query_mask=tokens > 0, value_mask=tokens > 0)
+    np.testing.assert_allclose(to_numpy(out), to_numpy(explicit), atol=1e-6)
+    assert np.all(to_numpy(out)[tokens == 0] == 0.0)
+    # Functional: the output's mask reaches a downstream layer.
+    inputs = keras.Input((None,), dtype="int32")
+    h = keras.layers.Embedding(10, 8, mask_zero=True)(inputs)
+    h = MultiHeadAttention(num_heads=2, key_dim=4)(h, h)
+    pooled = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(inputs, pooled)
+    model_out = model.predict(tokens, verbose=0)
+    seq = keras.Model(inputs, h).predict(tokens, verbose=0)
+    lengths = (tokens > 0).sum(1, keepdims=True)
+    np.testing.assert_allclose(model_out, seq.sum(1) / lengths, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_large_logits_stay_finite(rng, policy):
+    layer = MultiHeadAttention(num_heads=2, key_dim=4, dtype=policy,
+                               kernel_initializer="ones")
+    query = np.full((1, 4, 8), 10.0, "float32")
+    query[0, 1] = -10.0
+    out, scores = layer(query, query, return_attention_scores=True)
+    # Each projected q, k entry is 80 (+ bias 0): logits 4 * 6400 / 2 = 12800.
+    reference_layer = MultiHeadAttention(num_heads=2, key_dim=4,
+                                         kernel_initializer="ones")
+    want, want_scores = reference_layer(query, query,
+                                        return_attention_scores=True)
+    for got, ref in ((out, want), (scores, want_scores)):
+        got = to_numpy(ops.cast(got, "float32"))
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, to_numpy(ref), rtol=2e-2, atol=2e-2)
+    assert all(w.dtype == "float32" for w in layer.weights)
+
+
+@pytest.mark.tensorflow_only
+def test_tf_function_with_unknown_sequence_length(rng):
+    import tensorflow as tf
+
+    layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    spec = tf.TensorSpec((None, None, 8), tf.float32)
+    mask_spec = tf.TensorSpec((None, None), tf.bool)
+
+    @tf.function(input_signature=[spec, spec, mask_spec], autograph=False)
+    def run(q, v, v_mask):
+        return layer(q, v, value_mask=v_mask, use_causal_mask=True)
+
+    for t, s in ((3, 5), (7, 2)):
+        q = rng.normal(size=(2, t, 8)).astype("float32")
+        v = rng.normal(size=(2, s, 8)).astype("float32")
+        v_mask = _padding(rng, 2, s)
+        eager = layer(q, v, value_mask=v_mask, use_causal_mask=True)
+        np.testing.assert_allclose(run(q, v, v_mask).numpy(),
+                                   to_numpy(eager), atol=1e-6)
+
+
+def test_jit_compiled_predict_matches_eager(rng):
+    inputs = keras.Input((None, 8))
+    out = MultiHeadAttention(num_heads=2, key_dim=4)(
+        inputs, inputs, use_causal_mask=True
+    )
+    model = keras.Model(inputs, out)
+    data = rng.normal(size=(3, 6, 8)).astype("float32")
+    model.compile(jit_compile=keras.backend.backend() == "jax")
+    np.testing.assert_allclose(
+        model.predict(data, verbose=0), to_numpy(model(data)), atol=1e-5
+    )
+
+
+def test_flash_attention_true_defers_to_backend(rng):
+    layer = MultiHeadAttention(num_heads=2, key_dim=4, flash_attention=True)
+    query = rng.normal(size=(1, 4, 8)).astype("float32")
+    # CPU backends have no fused kernel: Keras' own error comes through.
+    with pytest.raises(ValueError, match="[Ff]lash attention"):
+        layer(query, query)
+    with pytest.raises(ValueError, match="return_attention_scores"):
+        MultiHeadAttention(2, 4, flash_attention=True)(
+            query, query, return_attention_scores=True)
+
+
+def test_dropout_in_training_only(rng):
+    layer = MultiHeadAttention(num_heads=2, key_dim=4, dropout=0.5, seed=1)
+    query = rng.normal(size=(2, 6, 8)).astype("float32")
+    inference = to_numpy(layer(query, query))
+    np.testing.assert_array_equal(inference, to_numpy(layer(query, query)))
+    training = to_numpy(layer(query, query, training=True))
+    assert not np.allclose(training, inference)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_heads=0, key_dim=4), "`num_heads`.*num_heads=0"),
+        (dict(num_heads=2.5, key_dim=4), "`num_heads`"),
+        (dict(num_heads=2, key_dim=-1), "`key_dim`.*key_dim=-1"),
+        (dict(num_heads=2, key_dim="4"), "`key_dim`"),
+        (dict(num_heads=2, key_dim=4, value_dim=0), "`value_dim`"),
+        (dict(num_heads=4, key_dim=4, num_key_value_heads=0),
+         "`num_key_value_heads`"),
+        (dict(num_heads=4, key_dim=4, num_key_value_heads=3),
+         "divisor of `num_heads`.*num_key_value_heads=3"),
+        (dict(num_heads=2, key_dim=4, dropout=1.0), "`dropout`.*dropout=1.0"),
+        (dict(num_heads=2, key_dim=4, dropout=-0.5), "`dropout`"),
+        (dict(num_heads=2, key_dim=4, sliding_window=0), "`sliding_window`"),
+        (dict(num_heads=2, key_dim=4, output_shape=(0,)), "`output_shape`"),
+        (dict(num_heads=2, key_dim=4, attention_axes="1"), "`attention_axes`"),
+        (dict(num_heads=2, key_dim=4, flash_attention=True, dropout=0.1),
+         "Dropout is not supported"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MultiHeadAttention(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "init, query, value, call, match",
+    [
+        (dict(), (2, 6), (2, 6), {}, "`query` must have rank >= 3"),
+        (dict(), (2, 6, 8), (2, 5, 3, 8), {}, "same rank"),
+        (dict(), (2, 6, 8), (3, 5, 8), {}, "dimension 0"),
+        (dict(attention_axes=3), (2, 6, 8), (2, 5, 8), {},
+         "`attention_axes` is out of range"),
+        (dict(attention_axes=(0,)), (2, 6, 8), (2, 5, 8), {},
+         "`attention_axes` is out of range"),
+        (dict(), (2, 6, 8), (2, 5, 8),
+         dict(attention_mask=np.ones((2, 6, 4), bool)),
+         "`attention_mask` must be broadcastable"),
+        (dict(), (2, 6, 8), (2, 5, 8),
+         dict(attention_bias=np.ones((3, 6, 5), "float32")),
+         "`attention_bias` must be broadcastable"),
+        (dict(), (2, 6, 8), (2, 5, 8),
+         dict(value_mask=np.ones((2, 6), bool)),
+         "`value_mask` must be broadcastable"),
+        (dict(), (2, 6, 8), (2, 5, 8),
+         dict(query_mask=np.ones((2, 5), bool)),
+         "`query_mask` must be broadcastable"),
+    ],
+)
+def test_bad_call_arguments(init, query, value, call, match):
+    layer = MultiHeadAttention(num_heads=2, key_dim=4, **init)
+    with pytest.raises(ValueError, match=match):
+        layer(np.zeros(query, "float32"), np.zeros(value, "float32"), **call)
+
+
+def test_key_value_mismatch_and_last_dim_after_build(rng):
+    layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    with pytest.raises(ValueError, match="`value` and `key`"):
+        layer(np.zeros((2, 6, 8)), np.zeros((2, 5, 8)), key=np.zeros((2, 4, 8)))
+    layer(np.zeros((2, 6, 8)), np.zeros((2, 5, 8)))
+    with pytest.raises(ValueError, match="last dimension of `query` must be 8"):
+        layer(np.zeros((2, 6, 9)), np.zeros((2, 5, 8)))

@@ -1,0 +1,136 @@
+"""Independent NumPy reference implementations (float64), used by the tests.
+
+They share no code with the package: loops and plain NumPy only, written from
+the papers' formulas.
+"""
+
+import numpy as np
+
+
+def softmax_rows(logits, mask):
+    """Softmax over the last axis; masked entries get 0; empty rows are 0."""
+    logits = np.asarray(logits, np.float64)
+    mask = np.broadcast_to(np.asarray(mask, bool), logits.shape)
+    out = np.zeros_like(logits)
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_mask = mask.reshape(-1, logits.shape[-1])
+    flat_out = out.reshape(-1, logits.shape[-1])
+    for i in range(flat_logits.shape[0]):
+        keep = flat_mask[i] & (flat_logits[i] > -np.inf)
+        if not keep.any():
+            continue
+        row = flat_logits[i][keep]
+        e = np.exp(row - row.max())
+        flat_out[i][keep] = e / e.sum()
+    return flat_out.reshape(logits.shape)
+
+
+def sdpa(query, key, value, mask=None, bias=None, is_causal=False, scale=None):
+    """(B, T, N, H) x (B, S, K, H) x (B, S, K, Hv) -> (out, weights)."""
+    q = np.asarray(query, np.float64)
+    k = np.asarray(key, np.float64)
+    v = np.asarray(value, np.float64)
+    b, t, n, h = q.shape
+    s, kv_heads = k.shape[1], k.shape[2]
+    groups = n // kv_heads
+    scale = 1.0 / np.sqrt(h) if scale is None else scale
+    logits = np.zeros((b, n, t, s))
+    for head in range(n):
+        kh = head // groups
+        logits[:, head] = scale * np.einsum("bth,bsh->bts", q[:, :, head],
+                                            k[:, :, kh])
+    if bias is not None:
+        logits = logits + np.asarray(bias, np.float64)
+    full_mask = np.ones((b, n, t, s), bool)
+    if mask is not None:
+        full_mask &= np.broadcast_to(np.asarray(mask, bool), full_mask.shape)
+    if is_causal:
+        full_mask &= np.tril(np.ones((t, s), bool))
+    weights = softmax_rows(logits, full_mask)
+    out = np.zeros((b, t, n, v.shape[-1]))
+    for head in range(n):
+        out[:, :, head] = weights[:, head] @ v[:, :, head // groups]
+    return out, weights
+
+
+def project(x, kernel, bias=None):
+    """x (..., D) with kernel (D, *out) -> (..., *out)."""
+    x = np.asarray(x, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    out = np.tensordot(x, kernel, axes=([-1], [0]))
+    if bias is not None:
+        out = out + np.asarray(bias, np.float64)
+    return out
+
+
+def mha(weights, query, value, key=None, mask=None, bias=None,
+        is_causal=False):
+    """Multi-head attention on rank-3 inputs given the layer's weights.
+
+    `weights`: dict with query/key/value/attention_output kernels and
+    optional biases, in Keras MultiHeadAttention's shapes. `mask`: (B, T, S)
+    or (B, N, T, S). Returns (output, scores).
+    """
+    key = value if key is None else key
+    q = project(query, weights["query/kernel"], weights.get("query/bias"))
+    k = project(key, weights["key/kernel"], weights.get("key/bias"))
+    v = project(value, weights["value/kernel"], weights.get("value/bias"))
+    if mask is not None and np.ndim(mask) == 3:
+        mask = np.asarray(mask)[:, None]
+    if bias is not None and np.ndim(bias) == 3:
+        bias = np.asarray(bias)[:, None]
+    attended, scores = sdpa(q, k, v, mask=mask, bias=bias,
+                            is_causal=is_causal)
+    out = np.einsum("btnh,nho->bto", attended,
+                    np.asarray(weights["attention_output/kernel"], np.float64))
+    if "attention_output/bias" in weights:
+        out = out + weights["attention_output/bias"]
+    return out, scores
+
+
+def additive(query, key, value, w_q, w_k, v, b=None, g=None, mask=None,
+             is_causal=False):
+    """Bahdanau attention. query (B, T, Dq), key (B, S, Dk), value (B, S, Dv).
+
+    Returns (context (B, T, Dv), weights (B, T, S)).
+    """
+    query = np.asarray(query, np.float64)
+    key = np.asarray(key, np.float64)
+    value = np.asarray(value, np.float64)
+    v = np.asarray(v, np.float64)
+    if g is not None:
+        v = g * v / np.linalg.norm(v)
+    pq = query @ np.asarray(w_q, np.float64)
+    pk = key @ np.asarray(w_k, np.float64)
+    bsz, t, _ = pq.shape
+    s = pk.shape[1]
+    logits = np.zeros((bsz, t, s))
+    for i in range(t):
+        for j in range(s):
+            hidden = pq[:, i] + pk[:, j]
+            if b is not None:
+                hidden = hidden + b
+            logits[:, i, j] = np.tanh(hidden) @ v
+    full_mask = np.ones((bsz, t, s), bool)
+    if mask is not None:
+        full_mask &= np.broadcast_to(np.asarray(mask, bool), full_mask.shape)
+    if is_causal:
+        full_mask &= np.tril(np.ones((t, s), bool))
+    weights = softmax_rows(logits, full_mask)
+    return weights @ value, weights
+
+
+def pooling(x, score_kernel, hidden_kernel=None, hidden_bias=None,
+            mask=None):
+    """Attention pooling. x (B, L, D) -> ((B, H * D), weights (B, H, L))."""
+    x = np.asarray(x, np.float64)
+    features = x
+    if hidden_kernel is not None:
+        features = np.tanh(x @ hidden_kernel + hidden_bias)
+    logits = np.transpose(features @ score_kernel, (0, 2, 1))
+    full_mask = np.ones(logits.shape, bool)
+    if mask is not None:
+        full_mask &= np.asarray(mask, bool)[:, None, :]
+    weights = softmax_rows(logits, full_mask)
+    pooled = np.einsum("bhl,bld->bhd", weights, x)
+    return pooled.reshape(x.shape[0], -1), weights
