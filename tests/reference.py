@@ -37,8 +37,9 @@ def sdpa(query, key, value, mask=None, bias=None, is_causal=False, scale=None):
     logits = np.zeros((b, n, t, s))
     for head in range(n):
         kh = head // groups
-        logits[:, head] = scale * np.einsum("bth,bsh->bts", q[:, :, head],
-                                            k[:, :, kh])
+        logits[:, head] = scale * np.einsum(
+            "bth,bsh->bts", q[:, :, head], k[:, :, kh]
+        )
     if bias is not None:
         logits = logits + np.asarray(bias, np.float64)
     full_mask = np.ones((b, n, t, s), bool)
@@ -63,8 +64,7 @@ def project(x, kernel, bias=None):
     return out
 
 
-def mha(weights, query, value, key=None, mask=None, bias=None,
-        is_causal=False):
+def mha(weights, query, value, key=None, mask=None, bias=None, is_causal=False):
     """Multi-head attention on rank-3 inputs given the layer's weights.
 
     `weights`: dict with query/key/value/attention_output kernels and
@@ -79,17 +79,20 @@ def mha(weights, query, value, key=None, mask=None, bias=None,
         mask = np.asarray(mask)[:, None]
     if bias is not None and np.ndim(bias) == 3:
         bias = np.asarray(bias)[:, None]
-    attended, scores = sdpa(q, k, v, mask=mask, bias=bias,
-                            is_causal=is_causal)
-    out = np.einsum("btnh,nho->bto", attended,
-                    np.asarray(weights["attention_output/kernel"], np.float64))
+    attended, scores = sdpa(q, k, v, mask=mask, bias=bias, is_causal=is_causal)
+    out = np.einsum(
+        "btnh,nho->bto",
+        attended,
+        np.asarray(weights["attention_output/kernel"], np.float64),
+    )
     if "attention_output/bias" in weights:
         out = out + weights["attention_output/bias"]
     return out, scores
 
 
-def additive(query, key, value, w_q, w_k, v, b=None, g=None, mask=None,
-             is_causal=False):
+def additive(
+    query, key, value, w_q, w_k, v, b=None, g=None, mask=None, is_causal=False
+):
     """Bahdanau attention. query (B, T, Dq), key (B, S, Dk), value (B, S, Dv).
 
     Returns (context (B, T, Dv), weights (B, T, S)).
@@ -120,8 +123,7 @@ def additive(query, key, value, w_q, w_k, v, b=None, g=None, mask=None,
     return weights @ value, weights
 
 
-def pooling(x, score_kernel, hidden_kernel=None, hidden_bias=None,
-            mask=None):
+def pooling(x, score_kernel, hidden_kernel=None, hidden_bias=None, mask=None):
     """Attention pooling. x (B, L, D) -> ((B, H * D), weights (B, H, L))."""
     x = np.asarray(x, np.float64)
     features = x

@@ -73,8 +73,7 @@ def run_layer_test(
 
     # Eager call.
     data = {
-        n: rng.normal(size=s).astype("float32")
-        for n, s in input_shapes.items()
+        n: rng.normal(size=s).astype("float32") for n, s in input_shapes.items()
     }
     eager_layer = layer_cls(**init_kwargs)
     eager = eager_layer(
@@ -97,9 +96,7 @@ def run_layer_test(
     model = keras.Model(list(inputs.values()), output)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     before = [to_numpy(w) for w in model.trainable_weights]
-    target = rng.normal(size=tuple(_as_list(eager)[0].shape)).astype(
-        "float32"
-    )
+    target = rng.normal(size=tuple(_as_list(eager)[0].shape)).astype("float32")
     model.fit([data[n] for n in names], target, epochs=1, verbose=0)
     after = [to_numpy(w) for w in model.trainable_weights]
     assert any(not np.allclose(b, a) for b, a in zip(before, after))
@@ -107,8 +104,9 @@ def run_layer_test(
     # 5. Mixed precision.
     for policy in ("mixed_float16", "mixed_bfloat16"):
         mixed = layer_cls(**init_kwargs, dtype=policy)
-        out = mixed(data[names[0]], **{n: data[n] for n in names[1:]},
-                    **call_kwargs)
+        out = mixed(
+            data[names[0]], **{n: data[n] for n in names[1:]}, **call_kwargs
+        )
         compute = policy.split("_")[1]
         for x in _as_list(out):
             assert keras.backend.standardize_dtype(x.dtype) == compute

@@ -29,7 +29,7 @@ def check_mask(name, mask, target_shape, target_desc):
     if mask is None:
         return
     _checks.check_broadcastable(
-        name, tuple(mask.shape), target_shape, target_desc
+        name, _checks.static_shape(mask), target_shape, target_desc
     )
 
 

@@ -244,7 +244,9 @@ class AdditiveAttention(keras.layers.Layer):
             "query_mask", query_mask, q_target, "(batch_size, target_length)"
         )
         _common.check_mask(
-            "value_mask", value_mask, tuple(value.shape[:-1]),
+            "value_mask",
+            value_mask,
+            tuple(value.shape[:-1]),
             "(batch_size, source_length)",
         )
         if projected_key is None:
@@ -260,8 +262,11 @@ class AdditiveAttention(keras.layers.Layer):
                 "projected_key", projected_key.shape, self.units, "units"
             )
             _checks.check_dims_equal(
-                "projected_key", projected_key.shape[1], "value",
-                value.shape[1], "sequence length",
+                "projected_key",
+                projected_key.shape[1],
+                "value",
+                value.shape[1],
+                "sequence length",
             )
         if single_step:
             query = ops.expand_dims(query, 1)
@@ -322,9 +327,7 @@ class AdditiveAttention(keras.layers.Layer):
         if not return_attention_scores:
             return output
         scores_shape = tuple(query.shape[:-1]) + (value.shape[1],)
-        return output, keras.KerasTensor(
-            scores_shape, dtype=self.compute_dtype
-        )
+        return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()

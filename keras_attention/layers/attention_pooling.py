@@ -152,7 +152,9 @@ class AttentionPooling(keras.layers.Layer):
         _checks.check_rank("inputs", inputs.shape, (3,))
         _common.check_last_dim("inputs", inputs.shape, self._dim, "inputs")
         _common.check_mask(
-            "mask", mask, tuple(inputs.shape[:-1]),
+            "mask",
+            mask,
+            tuple(inputs.shape[:-1]),
             "(batch_size, sequence_length)",
         )
         features = inputs

@@ -216,9 +216,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.value_dim = None if value_dim is None else int(value_dim)
         self.dropout = float(dropout)
         self.use_bias = use_bias
-        self.partial_output_shape = self._standardize_output_shape(
-            output_shape
-        )
+        self.partial_output_shape = self._standardize_output_shape(output_shape)
         self.attention_axes = self._standardize_attention_axes(attention_axes)
         self.sliding_window = sliding_window
         self.flash_attention = flash_attention
@@ -327,7 +325,10 @@ class MultiHeadAttention(keras.layers.Layer):
             if i in axes:
                 continue
             _checks.check_dims_equal(
-                "query", query_shape[i], "value", value_shape[i],
+                "query",
+                query_shape[i],
+                "value",
+                value_shape[i],
                 f"dimension {i} (a batch axis)",
             )
         return query_shape, value_shape, key_shape, axes
@@ -422,9 +423,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self._query_dense.build(query_shape)
         self._key_dense = self._projection(rank, kv_heads, self.key_dim, "key")
         self._key_dense.build(key_shape)
-        self._value_dense = self._projection(
-            rank, kv_heads, value_dim, "value"
-        )
+        self._value_dense = self._projection(rank, kv_heads, value_dim, "value")
         self._value_dense.build(value_shape)
         out_dims = self.partial_output_shape or (query_shape[-1],)
         equation, bias_axes, output_rank = _proj_equation(
@@ -493,8 +492,16 @@ class MultiHeadAttention(keras.layers.Layer):
         return _masks.and_masks(*masks)
 
     def _check_call_inputs(
-        self, query, value, key, query_mask, value_mask, key_mask,
-        attention_mask, attention_bias, axes,
+        self,
+        query,
+        value,
+        key,
+        query_mask,
+        value_mask,
+        key_mask,
+        attention_mask,
+        attention_bias,
+        axes,
     ):
         q_dim, k_dim, v_dim = self._built_shapes
         _common.check_last_dim("query", query.shape, q_dim, "query")
@@ -503,13 +510,13 @@ class MultiHeadAttention(keras.layers.Layer):
         q_shape = tuple(query.shape[:-1])
         kv_shape = tuple(value.shape[:-1])
         _common.check_mask(
-            "query_mask", query_mask, q_shape, "the query's shape less features"
+            "query_mask", query_mask, q_shape, "(batch, <query dims>)"
         )
         _common.check_mask(
-            "value_mask", value_mask, kv_shape, "the value's shape less features"
+            "value_mask", value_mask, kv_shape, "(batch, <value dims>)"
         )
         _common.check_mask(
-            "key_mask", key_mask, kv_shape, "the key's shape less features"
+            "key_mask", key_mask, kv_shape, "(batch, <key dims>)"
         )
         scores_shape = self._scores_shape(query.shape, value.shape, axes)
         n_inner = 2 * len(axes)
@@ -519,7 +526,7 @@ class MultiHeadAttention(keras.layers.Layer):
         ):
             if operand is None:
                 continue
-            shape = tuple(operand.shape)
+            shape = _checks.static_shape(operand)
             if len(shape) > len(scores_shape) or len(shape) < n_inner:
                 raise ValueError(
                     f"Argument `{name}` must have rank between {n_inner} and "
@@ -529,7 +536,9 @@ class MultiHeadAttention(keras.layers.Layer):
                 )
             expanded = self._expand_to_scores(shape, len(scores_shape), axes)
             _checks.check_broadcastable(
-                name, expanded, scores_shape,
+                name,
+                expanded,
+                scores_shape,
                 "(batch, <other dims>, num_heads, <target dims>, "
                 "<source dims>)",
             )
@@ -613,8 +622,15 @@ class MultiHeadAttention(keras.layers.Layer):
         axes = self._axes
         num_attn = len(axes)
         self._check_call_inputs(
-            query, value, key, query_mask, value_mask, key_mask,
-            attention_mask, attention_bias, axes,
+            query,
+            value,
+            key,
+            query_mask,
+            value_mask,
+            key_mask,
+            attention_mask,
+            attention_bias,
+            axes,
         )
         if self.flash_attention and return_attention_scores:
             raise ValueError(
@@ -637,8 +653,13 @@ class MultiHeadAttention(keras.layers.Layer):
         mask = None
         if not causal_only:
             mask = self._attention_mask(
-                query, value, query_mask, value_mask, key_mask,
-                attention_mask, use_causal_mask,
+                query,
+                value,
+                query_mask,
+                value_mask,
+                key_mask,
+                attention_mask,
+                use_causal_mask,
             )
 
         q = self._query_dense(_common.strip_keras_mask(query))
@@ -677,14 +698,26 @@ class MultiHeadAttention(keras.layers.Layer):
         scores = None
         if self.flash_attention:
             attended = ops.dot_product_attention(
-                q, k, v, bias=kernel_bias, mask=kernel_mask, scale=scale,
-                is_causal=causal_only, flash_attention=True,
+                q,
+                k,
+                v,
+                bias=kernel_bias,
+                mask=kernel_mask,
+                scale=scale,
+                is_causal=causal_only,
+                flash_attention=True,
             )
         else:
             attended = scaled_dot_product_attention(
-                q, k, v, mask=kernel_mask, bias=kernel_bias,
-                is_causal=causal_only, scale=scale,
-                dropout_rate=self.dropout, training=bool(training),
+                q,
+                k,
+                v,
+                mask=kernel_mask,
+                bias=kernel_bias,
+                is_causal=causal_only,
+                scale=scale,
+                dropout_rate=self.dropout,
+                training=bool(training),
                 seed=self.seed_generator,
                 return_scores=return_attention_scores,
             )
@@ -711,10 +744,10 @@ class MultiHeadAttention(keras.layers.Layer):
 
         if return_attention_scores:
             if num_attn != 1 or rank != 3:
-                scores = ops.reshape(
-                    scores,
-                    self._scores_shape(ops.shape(query), ops.shape(value), axes),
+                scores_shape = self._scores_shape(
+                    ops.shape(query), ops.shape(value), axes
                 )
+                scores = ops.reshape(scores, scores_shape)
             return output, scores
         return output
 

@@ -7,6 +7,8 @@ style: they name the argument, say what was expected and what was received.
 
 import numbers
 
+import numpy as np
+
 
 def check_positive_int(name, value, allow_none=False):
     """Raises unless `value` is a positive Python integer (or None)."""
@@ -84,3 +86,11 @@ def check_broadcastable(name, shape, target_shape, target_desc):
             f"Argument `{name}` must be broadcastable to {target_desc} = "
             f"{target_shape}. Received: {name}.shape={shape}"
         )
+
+
+def static_shape(x):
+    """The static shape of a tensor, KerasTensor or array-like, as a tuple."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        shape = np.shape(x)
+    return tuple(shape)

@@ -177,9 +177,7 @@ def scaled_dot_product_attention(
             (batch, num_kv_heads, groups, q_len, ops.shape(key)[1]),
         )
         output = ops.einsum("bkgts,bskh->btkgh", weights, value)
-        output = ops.reshape(
-            output, (batch, q_len, num_heads, value.shape[-1])
-        )
+        output = ops.reshape(output, (batch, q_len, num_heads, value.shape[-1]))
     if return_scores:
         return output, scores
     return output
@@ -248,7 +246,10 @@ def additive_attention(
         "query", query.shape[-1], "key", key.shape[-1], "last dimension"
     )
     _checks.check_dims_equal(
-        "query", query.shape[-1], "attention_v", attention_v.shape[-1],
+        "query",
+        query.shape[-1],
+        "attention_v",
+        attention_v.shape[-1],
         "last dimension",
     )
     _checks.check_dims_equal(

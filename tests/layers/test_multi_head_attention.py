@@ -34,27 +34,76 @@ def _padding(rng, b, length, min_len=1):
 CORE_CASES = {
     "self": (dict(num_heads=2, key_dim=4), (2, 6, 8), None, None, {}),
     "cross": (dict(num_heads=3, key_dim=5), (2, 8, 8), (2, 5, 6), None, {}),
-    "cross_key": (dict(num_heads=2, key_dim=4, value_dim=3),
-                  (2, 8, 8), (2, 5, 6), (2, 5, 7), {}),
-    "causal": (dict(num_heads=2, key_dim=4), (2, 7, 8), None, None,
-               dict(use_causal_mask=True)),
-    "causal_cross": (dict(num_heads=2, key_dim=4), (2, 6, 8), (2, 9, 8),
-                     None, dict(use_causal_mask=True)),
-    "attention_mask": (dict(num_heads=2, key_dim=4), (2, 6, 8), (2, 5, 8),
-                       None, dict(attention_mask="random")),
-    "value_mask": (dict(num_heads=2, key_dim=4), (2, 6, 8), (2, 5, 8),
-                   None, dict(value_mask="padding")),
+    "cross_key": (
+        dict(num_heads=2, key_dim=4, value_dim=3),
+        (2, 8, 8),
+        (2, 5, 6),
+        (2, 5, 7),
+        {},
+    ),
+    "causal": (
+        dict(num_heads=2, key_dim=4),
+        (2, 7, 8),
+        None,
+        None,
+        dict(use_causal_mask=True),
+    ),
+    "causal_cross": (
+        dict(num_heads=2, key_dim=4),
+        (2, 6, 8),
+        (2, 9, 8),
+        None,
+        dict(use_causal_mask=True),
+    ),
+    "attention_mask": (
+        dict(num_heads=2, key_dim=4),
+        (2, 6, 8),
+        (2, 5, 8),
+        None,
+        dict(attention_mask="random"),
+    ),
+    "value_mask": (
+        dict(num_heads=2, key_dim=4),
+        (2, 6, 8),
+        (2, 5, 8),
+        None,
+        dict(value_mask="padding"),
+    ),
     "no_bias_output_shape": (
         dict(num_heads=2, key_dim=4, use_bias=False, output_shape=(3, 2)),
-        (2, 6, 8), None, None, {}),
-    "sliding_window": (dict(num_heads=2, key_dim=4, sliding_window=3),
-                       (2, 8, 8), None, None, dict(use_causal_mask=True)),
-    "axes_2d": (dict(num_heads=2, key_dim=4, attention_axes=(1, 2)),
-                (2, 3, 4, 8), None, None, {}),
-    "axes_inner": (dict(num_heads=2, key_dim=4, attention_axes=2),
-                   (2, 3, 4, 8), (2, 3, 5, 8), None, {}),
-    "axes_outer_negative": (dict(num_heads=2, key_dim=4, attention_axes=-3),
-                            (2, 3, 4, 8), None, None, {}),
+        (2, 6, 8),
+        None,
+        None,
+        {},
+    ),
+    "sliding_window": (
+        dict(num_heads=2, key_dim=4, sliding_window=3),
+        (2, 8, 8),
+        None,
+        None,
+        dict(use_causal_mask=True),
+    ),
+    "axes_2d": (
+        dict(num_heads=2, key_dim=4, attention_axes=(1, 2)),
+        (2, 3, 4, 8),
+        None,
+        None,
+        {},
+    ),
+    "axes_inner": (
+        dict(num_heads=2, key_dim=4, attention_axes=2),
+        (2, 3, 4, 8),
+        (2, 3, 5, 8),
+        None,
+        {},
+    ),
+    "axes_outer_negative": (
+        dict(num_heads=2, key_dim=4, attention_axes=-3),
+        (2, 3, 4, 8),
+        None,
+        None,
+        {},
+    ),
 }
 
 
@@ -62,10 +111,12 @@ CORE_CASES = {
 def test_matches_keras_core_with_same_weights(rng, case):
     kwargs, q_shape, v_shape, k_shape, call = CORE_CASES[case]
     query = rng.normal(size=q_shape).astype("float32")
-    value = query if v_shape is None else rng.normal(size=v_shape).astype(
-        "float32")
-    key = None if k_shape is None else rng.normal(size=k_shape).astype(
-        "float32")
+    value = (
+        query if v_shape is None else rng.normal(size=v_shape).astype("float32")
+    )
+    key = (
+        None if k_shape is None else rng.normal(size=k_shape).astype("float32")
+    )
     call = dict(call)
     b, t, s = q_shape[0], q_shape[1], value.shape[1]
     if call.get("attention_mask") == "random":
@@ -75,10 +126,12 @@ def test_matches_keras_core_with_same_weights(rng, case):
     if call.get("value_mask") == "padding":
         call["value_mask"] = _padding(rng, b, s)
     core, ours = _pair(kwargs, query, value, key)
-    want, want_scores = core(query, value, key=key,
-                             return_attention_scores=True, **call)
-    got, got_scores = ours(query, value, key=key,
-                           return_attention_scores=True, **call)
+    want, want_scores = core(
+        query, value, key=key, return_attention_scores=True, **call
+    )
+    got, got_scores = ours(
+        query, value, key=key, return_attention_scores=True, **call
+    )
     np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-5)
     np.testing.assert_allclose(
         to_numpy(got_scores), to_numpy(want_scores), atol=1e-5
@@ -116,12 +169,18 @@ def test_matches_reference_with_bias_and_grouped_query_heads(rng):
     bias = rng.normal(size=(2, 5, 7)).astype("float32")
     mask = rng.random((2, 5, 7)) > 0.3
     mask[1, 2] = False  # an empty row
-    out, scores = layer(query, value, attention_mask=mask, attention_bias=bias,
-                        return_attention_scores=True)
+    out, scores = layer(
+        query,
+        value,
+        attention_mask=mask,
+        attention_bias=bias,
+        return_attention_scores=True,
+    )
     weights = _weights_dict(layer)
     assert weights["key/kernel"].shape == (6, 2, 3)
-    want, want_scores = reference.mha(weights, query, value, mask=mask,
-                                      bias=bias)
+    want, want_scores = reference.mha(
+        weights, query, value, mask=mask, bias=bias
+    )
     want[1, 2] = 0.0  # fully masked query rows are zeros
     np.testing.assert_allclose(to_numpy(out), want, atol=1e-5)
     np.testing.assert_allclose(to_numpy(scores), want_scores, atol=1e-5)
@@ -145,16 +204,26 @@ def test_symbolic_cross_attention_scores_shape():
 @pytest.mark.parametrize(
     "init, shapes, expected",
     [
-        (dict(num_heads=2, key_dim=4),
-         dict(query=(2, 6, 8), value=(2, 5, 8)), [(2, 6, 8), (2, 2, 6, 5)]),
-        (dict(num_heads=2, key_dim=4, output_shape=5),
-         dict(query=(2, 6, 8), value=(2, 5, 3), key=(2, 5, 7)),
-         [(2, 6, 5), (2, 2, 6, 5)]),
-        (dict(num_heads=2, key_dim=4, attention_axes=(1, 2)),
-         dict(query=(2, 3, 4, 8), value=(2, 2, 5, 8)),
-         [(2, 3, 4, 8), (2, 2, 3, 4, 2, 5)]),
-        (dict(num_heads=4, key_dim=4, num_key_value_heads=1, dropout=0.1),
-         dict(query=(2, 6, 8), value=(2, 5, 8)), [(2, 6, 8), (2, 4, 6, 5)]),
+        (
+            dict(num_heads=2, key_dim=4),
+            dict(query=(2, 6, 8), value=(2, 5, 8)),
+            [(2, 6, 8), (2, 2, 6, 5)],
+        ),
+        (
+            dict(num_heads=2, key_dim=4, output_shape=5),
+            dict(query=(2, 6, 8), value=(2, 5, 3), key=(2, 5, 7)),
+            [(2, 6, 5), (2, 2, 6, 5)],
+        ),
+        (
+            dict(num_heads=2, key_dim=4, attention_axes=(1, 2)),
+            dict(query=(2, 3, 4, 8), value=(2, 2, 5, 8)),
+            [(2, 3, 4, 8), (2, 2, 3, 4, 2, 5)],
+        ),
+        (
+            dict(num_heads=4, key_dim=4, num_key_value_heads=1, dropout=0.1),
+            dict(query=(2, 6, 8), value=(2, 5, 8)),
+            [(2, 6, 8), (2, 4, 6, 5)],
+        ),
     ],
     ids=["cross", "key_output_shape", "axes_2d", "mqa_dropout"],
 )
@@ -198,16 +267,19 @@ def test_masks_flow_from_embedding_and_output_carries_query_mask():
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_large_logits_stay_finite(rng, policy):
-    layer = MultiHeadAttention(num_heads=2, key_dim=4, dtype=policy,
-                               kernel_initializer="ones")
+    layer = MultiHeadAttention(
+        num_heads=2, key_dim=4, dtype=policy, kernel_initializer="ones"
+    )
     query = np.full((1, 4, 8), 10.0, "float32")
     query[0, 1] = -10.0
     out, scores = layer(query, query, return_attention_scores=True)
     # Each projected q, k entry is 80 (+ bias 0): logits 4 * 6400 / 2 = 12800.
-    reference_layer = MultiHeadAttention(num_heads=2, key_dim=4,
-                                         kernel_initializer="ones")
-    want, want_scores = reference_layer(query, query,
-                                        return_attention_scores=True)
+    reference_layer = MultiHeadAttention(
+        num_heads=2, key_dim=4, kernel_initializer="ones"
+    )
+    want, want_scores = reference_layer(
+        query, query, return_attention_scores=True
+    )
     for got, ref in ((out, want), (scores, want_scores)):
         got = to_numpy(ops.cast(got, "float32"))
         assert np.all(np.isfinite(got))
@@ -232,8 +304,9 @@ def test_tf_function_with_unknown_sequence_length(rng):
         v = rng.normal(size=(2, s, 8)).astype("float32")
         v_mask = _padding(rng, 2, s)
         eager = layer(q, v, value_mask=v_mask, use_causal_mask=True)
-        np.testing.assert_allclose(run(q, v, v_mask).numpy(),
-                                   to_numpy(eager), atol=1e-6)
+        np.testing.assert_allclose(
+            run(q, v, v_mask).numpy(), to_numpy(eager), atol=1e-6
+        )
 
 
 def test_jit_compiled_predict_matches_eager(rng):
@@ -257,7 +330,8 @@ def test_flash_attention_true_defers_to_backend(rng):
         layer(query, query)
     with pytest.raises(ValueError, match="return_attention_scores"):
         MultiHeadAttention(2, 4, flash_attention=True)(
-            query, query, return_attention_scores=True)
+            query, query, return_attention_scores=True
+        )
 
 
 def test_dropout_in_training_only(rng):
@@ -277,17 +351,23 @@ def test_dropout_in_training_only(rng):
         (dict(num_heads=2, key_dim=-1), "`key_dim`.*key_dim=-1"),
         (dict(num_heads=2, key_dim="4"), "`key_dim`"),
         (dict(num_heads=2, key_dim=4, value_dim=0), "`value_dim`"),
-        (dict(num_heads=4, key_dim=4, num_key_value_heads=0),
-         "`num_key_value_heads`"),
-        (dict(num_heads=4, key_dim=4, num_key_value_heads=3),
-         "divisor of `num_heads`.*num_key_value_heads=3"),
+        (
+            dict(num_heads=4, key_dim=4, num_key_value_heads=0),
+            "`num_key_value_heads`",
+        ),
+        (
+            dict(num_heads=4, key_dim=4, num_key_value_heads=3),
+            "divisor of `num_heads`.*num_key_value_heads=3",
+        ),
         (dict(num_heads=2, key_dim=4, dropout=1.0), "`dropout`.*dropout=1.0"),
         (dict(num_heads=2, key_dim=4, dropout=-0.5), "`dropout`"),
         (dict(num_heads=2, key_dim=4, sliding_window=0), "`sliding_window`"),
         (dict(num_heads=2, key_dim=4, output_shape=(0,)), "`output_shape`"),
         (dict(num_heads=2, key_dim=4, attention_axes="1"), "`attention_axes`"),
-        (dict(num_heads=2, key_dim=4, flash_attention=True, dropout=0.1),
-         "Dropout is not supported"),
+        (
+            dict(num_heads=2, key_dim=4, flash_attention=True, dropout=0.1),
+            "Dropout is not supported",
+        ),
     ],
 )
 def test_bad_constructor_arguments(kwargs, match):
@@ -301,22 +381,48 @@ def test_bad_constructor_arguments(kwargs, match):
         (dict(), (2, 6), (2, 6), {}, "`query` must have rank >= 3"),
         (dict(), (2, 6, 8), (2, 5, 3, 8), {}, "same rank"),
         (dict(), (2, 6, 8), (3, 5, 8), {}, "dimension 0"),
-        (dict(attention_axes=3), (2, 6, 8), (2, 5, 8), {},
-         "`attention_axes` is out of range"),
-        (dict(attention_axes=(0,)), (2, 6, 8), (2, 5, 8), {},
-         "`attention_axes` is out of range"),
-        (dict(), (2, 6, 8), (2, 5, 8),
-         dict(attention_mask=np.ones((2, 6, 4), bool)),
-         "`attention_mask` must be broadcastable"),
-        (dict(), (2, 6, 8), (2, 5, 8),
-         dict(attention_bias=np.ones((3, 6, 5), "float32")),
-         "`attention_bias` must be broadcastable"),
-        (dict(), (2, 6, 8), (2, 5, 8),
-         dict(value_mask=np.ones((2, 6), bool)),
-         "`value_mask` must be broadcastable"),
-        (dict(), (2, 6, 8), (2, 5, 8),
-         dict(query_mask=np.ones((2, 5), bool)),
-         "`query_mask` must be broadcastable"),
+        (
+            dict(attention_axes=3),
+            (2, 6, 8),
+            (2, 5, 8),
+            {},
+            "`attention_axes` is out of range",
+        ),
+        (
+            dict(attention_axes=(0,)),
+            (2, 6, 8),
+            (2, 5, 8),
+            {},
+            "`attention_axes` is out of range",
+        ),
+        (
+            dict(),
+            (2, 6, 8),
+            (2, 5, 8),
+            dict(attention_mask=np.ones((2, 6, 4), bool)),
+            "`attention_mask` must be broadcastable",
+        ),
+        (
+            dict(),
+            (2, 6, 8),
+            (2, 5, 8),
+            dict(attention_bias=np.ones((3, 6, 5), "float32")),
+            "`attention_bias` must be broadcastable",
+        ),
+        (
+            dict(),
+            (2, 6, 8),
+            (2, 5, 8),
+            dict(value_mask=np.ones((2, 6), bool)),
+            "`value_mask` must be broadcastable",
+        ),
+        (
+            dict(),
+            (2, 6, 8),
+            (2, 5, 8),
+            dict(query_mask=np.ones((2, 5), bool)),
+            "`query_mask` must be broadcastable",
+        ),
     ],
 )
 def test_bad_call_arguments(init, query, value, call, match):

@@ -62,12 +62,18 @@ def test_matches_numpy_reference(rng, shape, is_causal, mask_kind, dtype):
     mask = _mask(mask_kind, rng, b, n, t, s)
     bias = rng.normal(size=(b, n, t, s)).astype("float32")
     out, scores = scaled_dot_product_attention(
-        ops.cast(q, dtype), ops.cast(k, dtype), ops.cast(v, dtype),
-        mask=mask, bias=bias, is_causal=is_causal, return_scores=True,
+        ops.cast(q, dtype),
+        ops.cast(k, dtype),
+        ops.cast(v, dtype),
+        mask=mask,
+        bias=bias,
+        is_causal=is_causal,
+        return_scores=True,
     )
     # The reference sees the same (rounded) inputs in float64.
-    q_r, k_r, v_r = (to_numpy(ops.cast(ops.cast(x, dtype), "float32"))
-                     for x in (q, k, v))
+    q_r, k_r, v_r = (
+        to_numpy(ops.cast(ops.cast(x, dtype), "float32")) for x in (q, k, v)
+    )
     want, want_scores = reference.sdpa(
         q_r, k_r, v_r, mask=mask, bias=bias, is_causal=is_causal
     )
@@ -96,12 +102,10 @@ def test_exact_values_tiny():
     np.testing.assert_allclose(
         to_numpy(scores)[0, 0], [[0.25, 0.75], [0.5, 0.5]], rtol=1e-6
     )
-    np.testing.assert_allclose(to_numpy(out)[0, :, 0, 0], [4.0, 3.0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(out)[0, :, 0, 0], [4.0, 3.0], rtol=1e-6)
     # Causal: query 0 sees only key 0.
     out = scaled_dot_product_attention(q, k, v, scale=1.0, is_causal=True)
-    np.testing.assert_allclose(to_numpy(out)[0, :, 0, 0], [1.0, 3.0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(out)[0, :, 0, 0], [1.0, 3.0], rtol=1e-6)
 
 
 def test_causal_mask_is_top_left_aligned():
@@ -182,10 +186,16 @@ def test_dropout_only_in_training_and_reproducible(rng):
     )
     np.testing.assert_array_equal(plain, inference)
     ones = np.ones_like(v)
-    a = to_numpy(scaled_dot_product_attention(
-        q, k, ones, dropout_rate=0.5, training=True, seed=3))
-    b = to_numpy(scaled_dot_product_attention(
-        q, k, ones, dropout_rate=0.5, training=True, seed=3))
+    a = to_numpy(
+        scaled_dot_product_attention(
+            q, k, ones, dropout_rate=0.5, training=True, seed=3
+        )
+    )
+    b = to_numpy(
+        scaled_dot_product_attention(
+            q, k, ones, dropout_rate=0.5, training=True, seed=3
+        )
+    )
     np.testing.assert_array_equal(a, b)
     # With all-ones values the output is the kept weight mass / (1 - rate):
     # about 1 on average, and not everywhere 1.
@@ -199,10 +209,14 @@ def test_dropout_only_in_training_and_reproducible(rng):
         (dict(query=np.zeros((2, 3, 4))), "`query` must have rank 4"),
         (dict(key=np.zeros((2, 5, 2, 7))), "head dim"),
         (dict(value=np.zeros((2, 6, 2, 8))), "sequence length"),
-        (dict(key=np.zeros((3, 5, 2, 8)), value=np.zeros((3, 5, 2, 8))),
-         "batch size"),
-        (dict(key=np.zeros((2, 5, 3, 8)), value=np.zeros((2, 5, 3, 8))),
-         "multiple of the number of heads"),
+        (
+            dict(key=np.zeros((3, 5, 2, 8)), value=np.zeros((3, 5, 2, 8))),
+            "batch size",
+        ),
+        (
+            dict(key=np.zeros((2, 5, 3, 8)), value=np.zeros((2, 5, 3, 8))),
+            "multiple of the number of heads",
+        ),
         (dict(mask=np.ones((2, 4, 5), bool)), "rank 2 .* or rank 4"),
         (dict(mask=np.ones((2, 1, 3, 6), bool)), "`mask` must be broadcast"),
         (dict(bias=np.ones((2, 3, 3, 5))), "`bias` must be broadcast"),
@@ -232,8 +246,9 @@ def test_bad_input_raises(kwargs, match):
     use_mask=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_property_matches_reference(b, t, s, kv, groups, h, is_causal,
-                                    use_mask, seed):
+def test_property_matches_reference(
+    b, t, s, kv, groups, h, is_causal, use_mask, seed
+):
     rng = np.random.default_rng(seed)
     n = kv * groups
     q, k, v = _inputs(rng, b=b, t=t, s=s, n=n, kv=kv, h=h)

@@ -1,0 +1,119 @@
+"""Behaviour every layer shares: graph mode with unknown lengths, and large
+logits under mixed precision."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_attention import AdditiveAttention
+from keras_attention import AttentionPooling
+from keras_attention import MultiHeadAttention
+from tests.testing import to_numpy
+
+
+def _mha():
+    return MultiHeadAttention(num_heads=2, key_dim=4), ("query", "value")
+
+
+def _additive():
+    return AdditiveAttention(units=4), ("query", "value")
+
+
+def _pooling():
+    return AttentionPooling(units=4, num_heads=2), ("inputs",)
+
+
+LAYERS = {"mha": _mha, "additive": _additive, "pooling": _pooling}
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_tf_function_with_unknown_lengths(rng, name):
+    import tensorflow as tf
+
+    layer, args = LAYERS[name]()
+    specs = [tf.TensorSpec((None, None, 6), tf.float32) for _ in args]
+    masks = [tf.TensorSpec((None, None), tf.bool) for _ in args]
+
+    @tf.function(input_signature=specs + masks, autograph=False)
+    def run(*tensors):
+        xs, ms = tensors[: len(args)], tensors[len(args) :]
+        kwargs = {f"{a}_mask": m for a, m in zip(args[1:], ms[1:])}
+        if name == "pooling":
+            return layer(xs[0], mask=ms[0])
+        return layer(xs[0], *xs[1:], query_mask=ms[0], **kwargs)
+
+    for lengths in ((3, 5), (7, 2)):
+        xs = [
+            rng.normal(size=(2, n, 6)).astype("float32")
+            for n in lengths[: len(args)]
+        ]
+        ms = [
+            np.arange(n)[None] < np.array([[n], [max(1, n - 2)]])
+            for n in lengths[: len(args)]
+        ]
+        graph = run(*xs, *ms).numpy()
+        concrete = run.get_concrete_function()
+        assert concrete.structured_outputs.shape.rank in (2, 3)
+        if name == "pooling":
+            eager = layer(xs[0], mask=ms[0])
+        else:
+            eager = layer(xs[0], xs[1], query_mask=ms[0], value_mask=ms[1])
+        np.testing.assert_allclose(graph, to_numpy(eager), atol=1e-6)
+
+
+def _big_logit_setup(name, rng):
+    """A float32 layer and inputs whose logits reach about +-1e4."""
+    if name == "mha":
+        layer = MultiHeadAttention(
+            num_heads=2, key_dim=4, kernel_initializer="ones"
+        )
+        x = np.full((2, 4, 8), 10.0, "float32")
+        x[:, 1] = -10.0
+        return layer, (x, x)
+    if name == "additive":
+        # W_q = 0 and keys of +-20 saturate tanh to exactly +-1, so the
+        # logits are exact multiples of 2500 in every dtype: up to 1e4.
+        layer = AdditiveAttention(units=4, use_bias=False)
+        q = rng.normal(size=(2, 3, 5)).astype("float32")
+        v = rng.choice([-20.0, 20.0], size=(2, 6, 5)).astype("float32")
+        layer(q, v)
+        layer.set_weights(
+            [
+                np.zeros((5, 4), "float32"),
+                np.eye(5, 4, dtype="float32"),
+                np.array([2500.0, -2500.0, 2500.0, 2500.0], "float32"),
+            ]
+        )
+        return layer, (q, v)
+    # Inputs of +-100 and a score weight of 100: logits of exactly +-1e4.
+    layer = AttentionPooling(units=None, num_heads=1)
+    x = rng.choice([-100.0, 100.0], size=(2, 6, 1)).astype("float32")
+    layer(x)
+    layer.score_kernel.assign([[100.0]])
+    return layer, (x,)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_large_logits_under_mixed_precision(rng, name, policy):
+    reference_layer, inputs = _big_logit_setup(name, rng)
+    want, want_scores = reference_layer(*inputs, return_attention_scores=True)
+    config = reference_layer.get_config()
+    config["dtype"] = policy
+    mixed = type(reference_layer).from_config(config)
+    mixed(*inputs)
+    mixed.set_weights(reference_layer.get_weights())
+    out, scores = mixed(*inputs, return_attention_scores=True)
+    assert all(w.dtype == "float32" for w in mixed.weights)
+    assert keras.backend.standardize_dtype(out.dtype) == policy.split("_")[1]
+    # The float32 scores really do saturate: the logits are of order 1e4.
+    assert to_numpy(want_scores).max() > 0.3
+    for got, ref in ((out, want), (scores, want_scores)):
+        got = to_numpy(ops.cast(got, "float32"))
+        assert np.all(np.isfinite(got))
+        scale = max(1.0, float(np.abs(to_numpy(ref)).max()))
+        np.testing.assert_allclose(
+            got, to_numpy(ref), atol=3e-2 * scale, rtol=3e-2
+        )

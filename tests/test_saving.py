@@ -1,0 +1,115 @@
+"""Whole-model persistence: `.keras` files and SavedModel exports."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_attention as ka
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _model():
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    memory = keras.Input((None, 6), name="memory")
+    x = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    x = ka.MultiHeadAttention(
+        num_heads=2, key_dim=4, num_key_value_heads=1, dropout=0.1, seed=3
+    )(x, x, use_causal_mask=True)
+    x = ka.AdditiveAttention(units=5, normalize=True)(x, memory)
+    pooled = ka.AttentionPooling(units=4, num_heads=2)(x)
+    return keras.Model([tokens, memory], keras.layers.Dense(3)(pooled))
+
+
+def _data(rng, batch):
+    tokens = rng.integers(1, 20, size=(batch, 7)).astype("int32")
+    tokens[0, 4:] = 0
+    memory = rng.normal(size=(batch, 5, 6)).astype("float32")
+    return tokens, memory
+
+
+def test_keras_file_reloads_in_a_new_process(tmp_path, rng):
+    model = _model()
+    tokens, memory = _data(rng, 4)
+    model.compile(optimizer="adam", loss="mse")
+    model.fit([tokens, memory], rng.normal(size=(4, 3)), verbose=0)
+    expected = model.predict([tokens, memory], verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    np.savez(
+        tmp_path / "io.npz", tokens=tokens, memory=memory, expected=expected
+    )
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        import keras_attention  # registers the layers; nothing else of ours
+        import keras
+        data = np.load({str(tmp_path / "io.npz")!r})
+        model = keras.models.load_model({str(path)!r})
+        got = model.predict([data["tokens"], data["memory"]], verbose=0)
+        assert "tests" not in sys.modules
+        np.testing.assert_allclose(got, data["expected"], rtol=0, atol=1e-6)
+        print("RELOADED-OK", [type(l).__name__ for l in model.layers])
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RELOADED-OK" in result.stdout
+    for name in ("MultiHeadAttention", "AdditiveAttention", "AttentionPooling"):
+        assert name in result.stdout
+
+
+def test_config_names_our_package(tmp_path):
+    model = _model()
+    config = json.dumps(keras.saving.serialize_keras_object(model))
+    for name in ("MultiHeadAttention", "AdditiveAttention", "AttentionPooling"):
+        assert f'"registered_name": "keras_attention>{name}"' in config
+
+
+@pytest.mark.tensorflow_only
+def test_saved_model_export_reloads_at_two_batch_sizes(tmp_path, rng):
+    import tensorflow as tf
+
+    model = _model()
+    export_dir = str(tmp_path / "export")
+    model.export(export_dir, format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(export_dir)
+    for batch in (1, 5):
+        tokens, memory = _data(rng, batch)
+        expected = model.predict([tokens, memory], verbose=0)
+        got = loaded.serve([tf.constant(tokens), tf.constant(memory)])
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+
+
+def test_quickstart_runs(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "quickstart.py"),
+            "--epochs",
+            "1",
+            "--samples",
+            "512",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "outputs match" in result.stdout
+    assert (tmp_path / "quickstart.keras").exists()
