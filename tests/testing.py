@@ -1,5 +1,6 @@
 """A small `run_layer_test`, modelled on Keras' `TestCase.run_layer_test`."""
 
+import inspect
 import json
 
 import keras
@@ -44,8 +45,14 @@ def run_layer_test(
     # 1. Config round trip, through JSON.
     layer = layer_cls(**init_kwargs)
     config = layer.get_config()
-    for name in init_kwargs:
-        assert name in config, f"`{name}` missing from get_config()"
+    params = inspect.signature(layer_cls.__init__).parameters
+    for name in params:
+        if name not in ("self", "kwargs"):
+            assert name in config, f"`{name}` missing from get_config()"
+    for name, value in init_kwargs.items():
+        assert config[name] in (value, (value,)), (
+            f"get_config()[{name!r}] = {config[name]!r}, passed {value!r}"
+        )
     revived = layer_cls.from_config(json.loads(json.dumps(config)))
     assert json.dumps(revived.get_config(), sort_keys=True) == json.dumps(
         config, sort_keys=True

@@ -81,9 +81,9 @@ def _big_logit_setup(name, rng):
         layer(q, v)
         layer.set_weights(
             [
-                np.zeros((5, 4), "float32"),
-                np.eye(5, 4, dtype="float32"),
                 np.array([2500.0, -2500.0, 2500.0, 2500.0], "float32"),
+                np.zeros((5, 4), "float32"),  # W_q
+                np.eye(5, 4, dtype="float32"),  # W_k
             ]
         )
         return layer, (q, v)

@@ -136,10 +136,12 @@ def test_matches_keras_core_with_same_weights(rng, case):
     np.testing.assert_allclose(
         to_numpy(got_scores), to_numpy(want_scores), atol=1e-5
     )
-    # Without scores Keras takes its fused path: still equal.
+    # Without scores we take the same kernel; Keras core switches to its
+    # fused path, which under JAX cannot run value_dim != key_dim, so compare
+    # with Keras' explicit path above.
     np.testing.assert_allclose(
         to_numpy(ours(query, value, key=key, **call)),
-        to_numpy(core(query, value, key=key, **call)),
+        to_numpy(want),
         atol=1e-5,
     )
 

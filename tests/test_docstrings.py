@@ -1,0 +1,36 @@
+"""The `Example:` sections of the public docstrings run and print what they
+say."""
+
+import doctest
+
+import keras
+import numpy as np
+import pytest
+
+from keras_attention.layers import additive_attention
+from keras_attention.layers import attention_pooling
+from keras_attention.layers import multi_head_attention
+from keras_attention.ops import attention
+
+MODULES = [
+    attention,
+    multi_head_attention,
+    additive_attention,
+    attention_pooling,
+]
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_docstring_examples_run(module):
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = [
+        t for t in finder.find(module, globs=vars(module).copy()) if t.examples
+    ]
+    assert tests, f"no examples in {module.__name__}"
+    for test in tests:
+        test.globs.update(keras=keras, np=np)
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0
+    assert result.attempted > 0
