@@ -113,3 +113,57 @@ def test_quickstart_runs(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "outputs match" in result.stdout
     assert (tmp_path / "quickstart.keras").exists()
+
+
+def test_sequential_model_roundtrip(tmp_path, rng):
+    model = keras.Sequential(
+        [
+            keras.Input((None,), dtype="int32"),
+            keras.layers.Embedding(20, 8, mask_zero=True),
+            ka.AttentionPooling(units=4, num_heads=2),
+            keras.layers.Dense(2),
+        ]
+    )
+    tokens = rng.integers(0, 20, size=(3, 6)).astype("int32")
+    expected = model.predict(tokens, verbose=0)
+    model.save(tmp_path / "seq.keras")
+    reloaded = keras.models.load_model(tmp_path / "seq.keras")
+    np.testing.assert_allclose(
+        reloaded.predict(tokens, verbose=0), expected, rtol=0, atol=1e-6
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_attention_tests")
+class _Decoder(keras.Model):
+    """A subclassed model holding all three layers."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.self_attention = ka.MultiHeadAttention(num_heads=2, key_dim=4)
+        self.cross_attention = ka.AdditiveAttention(units=6)
+        self.pool = ka.AttentionPooling()
+        self.head = keras.layers.Dense(1)
+
+    def call(self, inputs):
+        x, memory = inputs
+        x = self.self_attention(x, x, use_causal_mask=True)
+        x = self.cross_attention(x, memory)
+        return self.head(self.pool(x))
+
+
+def test_subclassed_model_trains_and_reloads(tmp_path, rng):
+    model = _Decoder()
+    x = rng.normal(size=(8, 5, 4)).astype("float32")
+    memory = rng.normal(size=(8, 3, 4)).astype("float32")
+    y = rng.normal(size=(8, 1)).astype("float32")
+    model.compile(optimizer="adam", loss="mse")
+    first = model.train_on_batch([x, memory], y)
+    for _ in range(20):
+        last = model.train_on_batch([x, memory], y)
+    assert last < first
+    expected = model.predict([x, memory], verbose=0)
+    model.save(tmp_path / "sub.keras")
+    reloaded = keras.models.load_model(tmp_path / "sub.keras")
+    np.testing.assert_allclose(
+        reloaded.predict([x, memory], verbose=0), expected, atol=1e-6
+    )

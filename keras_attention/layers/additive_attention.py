@@ -1,5 +1,4 @@
 import math
-import numbers
 
 import keras
 from keras import ops
@@ -108,13 +107,7 @@ class AdditiveAttention(keras.layers.Layer):
         _checks.check_bool("use_bias", use_bias)
         _checks.check_bool("normalize", normalize)
         _checks.check_rate("dropout", dropout)
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-        ):
-            raise ValueError(
-                "Received an invalid value for argument `seed`, expected an "
-                f"integer or `None`. Received: seed={seed!r}"
-            )
+        _checks.check_seed(seed)
         super().__init__(**kwargs)
         self.supports_masking = True
         self.units = int(units)

@@ -1,5 +1,3 @@
-import numbers
-
 import keras
 from keras import ops
 
@@ -85,13 +83,7 @@ class AttentionPooling(keras.layers.Layer):
         _checks.check_positive_int("units", units, allow_none=True)
         _checks.check_positive_int("num_heads", num_heads)
         _checks.check_rate("dropout", dropout)
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-        ):
-            raise ValueError(
-                "Received an invalid value for argument `seed`, expected an "
-                f"integer or `None`. Received: seed={seed!r}"
-            )
+        _checks.check_seed(seed)
         super().__init__(**kwargs)
         self.supports_masking = True
         self.units = None if units is None else int(units)

@@ -202,13 +202,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 "Dropout is not supported when flash attention is enabled. "
                 f"Received: dropout={dropout}, flash_attention=True"
             )
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-        ):
-            raise ValueError(
-                "Received an invalid value for argument `seed`, expected an "
-                f"integer or `None`. Received: seed={seed!r}"
-            )
+        _checks.check_seed(seed)
         super().__init__(**kwargs)
         self.supports_masking = True
         self.num_heads = int(num_heads)

@@ -47,6 +47,17 @@ def check_bool(name, value):
         )
 
 
+def check_seed(seed):
+    """Raises unless `seed` is None or a Python integer."""
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+    ):
+        raise ValueError(
+            "Received an invalid value for argument `seed`, expected an "
+            f"integer or `None`. Received: seed={seed!r}"
+        )
+
+
 def check_rank(name, shape, ranks):
     """Raises unless `len(shape)` is one of `ranks`."""
     if len(shape) not in ranks:
