@@ -117,3 +117,21 @@ def test_large_logits_under_mixed_precision(rng, name, policy):
         np.testing.assert_allclose(
             got, to_numpy(ref), atol=3e-2 * scale, rtol=3e-2
         )
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_compiled_model_with_unknown_lengths_matches_eager(rng, name):
+    """Any backend: a compiled `predict` (XLA on JAX) over a model whose
+    sequence lengths are unknown, at two lengths."""
+    layer, args = LAYERS[name]()
+    inputs = [keras.Input((None, 6)) for _ in args]
+    model = keras.Model(inputs, layer(*inputs))
+    model.compile(jit_compile=keras.backend.backend() == "jax")
+    for length in (3, 7):
+        xs = [
+            rng.normal(size=(2, length + i, 6)).astype("float32")
+            for i in range(len(args))
+        ]
+        np.testing.assert_allclose(
+            model.predict(xs, verbose=0), to_numpy(layer(*xs)), atol=1e-5
+        )
