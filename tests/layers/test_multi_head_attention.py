@@ -158,7 +158,12 @@ def test_same_weight_names_shapes_and_order(rng):
 
 def test_query_padding_matches_core_on_valid_rows_and_is_zero_elsewhere(rng):
     query = rng.normal(size=(3, 6, 8)).astype("float32")
-    core, ours = _pair(dict(num_heads=2, key_dim=4), query, query)
+    # Non-zero biases: an unzeroed padded row would be the output bias.
+    core, ours = _pair(
+        dict(num_heads=2, key_dim=4, bias_initializer="random_normal"),
+        query,
+        query,
+    )
     q_mask = _padding(rng, 3, 6, min_len=2)
     want = to_numpy(core(query, query, query_mask=q_mask, value_mask=q_mask))
     got = to_numpy(ours(query, query, query_mask=q_mask, value_mask=q_mask))
@@ -167,7 +172,12 @@ def test_query_padding_matches_core_on_valid_rows_and_is_zero_elsewhere(rng):
 
 
 def test_matches_reference_with_bias_and_grouped_query_heads(rng):
-    layer = MultiHeadAttention(num_heads=4, key_dim=3, num_key_value_heads=2)
+    layer = MultiHeadAttention(
+        num_heads=4,
+        key_dim=3,
+        num_key_value_heads=2,
+        bias_initializer="random_normal",
+    )
     query = rng.normal(size=(2, 5, 6)).astype("float32")
     value = rng.normal(size=(2, 7, 6)).astype("float32")
     bias = rng.normal(size=(2, 5, 7)).astype("float32")
@@ -251,7 +261,9 @@ def test_layer_behaviour(rng, init, shapes, expected):
 def test_masks_flow_from_embedding_and_output_carries_query_mask():
     tokens = np.array([[3, 4, 5, 0, 0], [6, 7, 0, 0, 0]])
     embedding = keras.layers.Embedding(10, 8, mask_zero=True)
-    layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    layer = MultiHeadAttention(
+        num_heads=2, key_dim=4, bias_initializer="random_normal"
+    )
     x = embedding(tokens)
     out = layer(x, x)
     explicit = layer(x, x, query_mask=tokens > 0, value_mask=tokens > 0)
