@@ -134,7 +134,7 @@ def test_sequential_model_roundtrip(tmp_path, rng):
 
 
 @keras.saving.register_keras_serializable(package="keras_attention_tests")
-class _Decoder(keras.Model):
+class TinyDecoder(keras.Model):
     """A subclassed model holding all three layers."""
 
     def __init__(self, **kwargs):
@@ -152,7 +152,7 @@ class _Decoder(keras.Model):
 
 
 def test_subclassed_model_trains_and_reloads(tmp_path, rng):
-    model = _Decoder()
+    model = TinyDecoder()
     x = rng.normal(size=(8, 5, 4)).astype("float32")
     memory = rng.normal(size=(8, 3, 4)).astype("float32")
     y = rng.normal(size=(8, 1)).astype("float32")
