@@ -58,6 +58,22 @@ def check_seed(seed):
         )
 
 
+def check_chunk_size(chunk_size):
+    """`chunk_size` is None (dense), "auto" or a positive integer."""
+    if chunk_size is None or chunk_size == "auto":
+        return
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, numbers.Integral)
+        or chunk_size <= 0
+    ):
+        raise ValueError(
+            "Received an invalid value for argument `chunk_size`, expected "
+            '`None`, "auto" or a positive integer. Received: '
+            f"chunk_size={chunk_size!r}"
+        )
+
+
 def check_rank(name, shape, ranks):
     """Raises unless `len(shape)` is one of `ranks`."""
     if len(shape) not in ranks:

@@ -2,14 +2,18 @@
 
 from keras import ops
 
+# Stands in for -inf at masked positions: exp(MASKED - max) is exactly 0 for
+# any real logit, and unlike -inf it keeps fully masked rows NaN-free.
+MASKED = -1e30
+
 
 def masked_softmax(logits, mask=None, axis=-1):
     """Float32 softmax that excludes masked positions exactly.
 
     Masked positions get a weight of exactly zero (not a tiny one), and a row
     whose positions are all masked gives all zeros instead of a uniform
-    distribution or NaN. Gradients stay finite in both cases: the row maximum
-    is a constant for differentiation, and masked logits never reach `exp`.
+    distribution or NaN. Gradients stay finite in both cases. `-inf` logits
+    count as masked. Uses the backend's fused softmax.
 
     Args:
         logits: float tensor; cast to float32.
@@ -21,11 +25,13 @@ def masked_softmax(logits, mask=None, axis=-1):
         float32 weights with the shape of `logits`.
     """
     logits = ops.cast(logits, "float32")
-    if mask is not None:
-        logits = ops.where(mask, logits, float("-inf"))
-    row_max = ops.max(logits, axis=axis, keepdims=True)
-    # A fully masked row has max -inf; use 0 so that exp(-inf - 0) = 0.
-    row_max = ops.where(ops.isfinite(row_max), row_max, 0.0)
-    unnormalized = ops.exp(logits - ops.stop_gradient(row_max))
-    denom = ops.sum(unnormalized, axis=axis, keepdims=True)
-    return unnormalized / ops.where(denom > 0.0, denom, 1.0)
+    if mask is None:
+        return ops.softmax(logits, axis=axis)
+    weights = ops.softmax(ops.where(mask, logits, MASKED), axis=axis)
+    return ops.where(mask, weights, 0.0)
+
+
+def finite_logits_mask(logits, mask=None):
+    """`mask` AND `logits > -inf`: treats -inf logits (from a bias) as masked."""
+    finite = logits > MASKED
+    return finite if mask is None else ops.logical_and(mask, finite)

@@ -6,10 +6,18 @@ import keras
 from keras import ops
 
 from keras_attention.ops import _checks
+from keras_attention.ops._chunked import chunked_dot_product_attention
 from keras_attention.ops._masks import and_masks
 from keras_attention.ops._masks import as_bool
 from keras_attention.ops._masks import causal_mask
+from keras_attention.ops._softmax import finite_logits_mask
 from keras_attention.ops._softmax import masked_softmax
+
+# `chunk_size="auto"`: the dense kernel while the logits of one call have at
+# most this many elements (batch * heads * q_len * k_len); the chunked kernel,
+# with chunks of AUTO_CHUNK positions, above. Measured in benchmarks/.
+AUTO_DENSE_MAX_LOGITS = 2**25
+AUTO_CHUNK = 512
 
 
 def _check_logits_operand(name, operand, target_shape, target_desc):
@@ -42,6 +50,7 @@ def scaled_dot_product_attention(
     training=False,
     seed=None,
     return_scores=False,
+    chunk_size="auto",
 ):
     """Scaled dot-product attention with exact masking and float32 softmax.
 
@@ -134,6 +143,7 @@ def scaled_dot_product_attention(
             f"{num_heads}, key heads={num_kv_heads}"
         )
     _checks.check_rate("dropout_rate", dropout_rate)
+    _checks.check_chunk_size(chunk_size)
     target = (query.shape[0], num_heads, query.shape[1], key.shape[1])
     target_desc = "(batch, num_heads, q_len, k_len)"
     mask = as_bool(mask)
@@ -144,6 +154,90 @@ def scaled_dot_product_attention(
     if scale is None:
         scale = 1.0 / math.sqrt(dim)
 
+    use_dense = (
+        chunk_size is None
+        or return_scores
+        or bias is not None
+        or (training and dropout_rate > 0.0)
+    )
+    dense_args = (query, key, value, mask, bias, is_causal, scale)
+    dense_kwargs = dict(
+        dropout_rate=dropout_rate,
+        training=training,
+        seed=seed,
+        return_scores=return_scores,
+    )
+    if use_dense:
+        return _dense_sdpa(*dense_args, **dense_kwargs)
+    chunk = AUTO_CHUNK if chunk_size == "auto" else chunk_size
+
+    def chunked():
+        return _chunked_sdpa(query, key, value, mask, is_causal, scale, chunk)
+
+    if chunk_size != "auto":
+        return chunked()
+    # "auto": dense while the (batch, heads, q_len, k_len) logits are small.
+    sizes = (query.shape[0], num_heads, query.shape[1], key.shape[1])
+    if None not in sizes:
+        if math.prod(sizes) <= AUTO_DENSE_MAX_LOGITS:
+            return _dense_sdpa(*dense_args, **dense_kwargs)
+        return chunked()
+    shape_q, shape_k = ops.shape(query), ops.shape(key)
+    n_logits = (
+        ops.cast(shape_q[0], "float32")
+        * float(num_heads)
+        * ops.cast(shape_q[1], "float32")
+        * ops.cast(shape_k[1], "float32")
+    )
+    return ops.cond(
+        n_logits <= float(AUTO_DENSE_MAX_LOGITS),
+        lambda: _dense_sdpa(*dense_args, **dense_kwargs),
+        chunked,
+    )
+
+
+def _chunked_sdpa(query, key, value, mask, is_causal, scale, chunk):
+    num_heads, num_kv_heads = query.shape[2], key.shape[2]
+    q_chunk = _fit_chunk(chunk, query.shape[1])
+    k_chunk = _fit_chunk(chunk, key.shape[1])
+    q = ops.transpose(
+        ops.cast(query, "float32") * ops.cast(scale, "float32"), (0, 2, 1, 3)
+    )
+    k = ops.transpose(ops.cast(key, "float32"), (0, 2, 1, 3))
+    v = ops.transpose(ops.cast(value, "float32"), (0, 2, 1, 3))
+    if num_heads != num_kv_heads:
+        k = ops.repeat(k, num_heads // num_kv_heads, axis=1)
+        v = ops.repeat(v, num_heads // num_kv_heads, axis=1)
+    if mask is not None and len(mask.shape) == 2:
+        mask = mask[None, None]
+    out = chunked_dot_product_attention(
+        q, k, v, mask, is_causal, q_chunk, k_chunk
+    )
+    return ops.cast(ops.transpose(out, (0, 2, 1, 3)), value.dtype)
+
+
+def _fit_chunk(chunk, length):
+    """A chunk no longer than a static length (no padding of short inputs)."""
+    if length is None:
+        return chunk
+    return max(1, min(chunk, length))
+
+
+def _dense_sdpa(
+    query,
+    key,
+    value,
+    mask,
+    bias,
+    is_causal,
+    scale,
+    dropout_rate=0.0,
+    training=False,
+    seed=None,
+    return_scores=False,
+):
+    num_heads, num_kv_heads = query.shape[2], key.shape[2]
+    dim = query.shape[3]
     if is_causal:
         q_len, k_len = ops.shape(query)[1], ops.shape(key)[1]
         mask = and_masks(mask, causal_mask(q_len, k_len))
@@ -162,6 +256,7 @@ def scaled_dot_product_attention(
         )
     if bias is not None:
         logits = logits + ops.cast(bias, "float32")
+        mask = finite_logits_mask(logits, mask)
     weights = masked_softmax(logits, mask)
 
     scores = ops.cast(weights, query.dtype) if return_scores else None

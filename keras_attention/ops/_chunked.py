@@ -1,0 +1,356 @@
+"""Chunked exact attention: online softmax forward, recomputing backward.
+
+The engine works on head-major float32 tensors `q (B, N, T, Dq)`,
+`k (B, N, S, Dk)` and `v (B, N, S, Dv)` and a score function of a query
+block and a key block. It never holds more than one `(B, N, q_chunk,
+k_chunk)` block of logits per loop iteration:
+
+- Forward: a `map` over query blocks; inside, a `fori_loop` over key blocks
+  keeps a running row maximum, the running softmax denominator and the
+  running weighted sum of values (Rabe & Staats 2021; Dao et al. 2022). In
+  causal attention the loop stops at the diagonal, so key blocks that are
+  fully masked are never computed. It returns the output and each row's
+  log-sum-exp.
+- Backward (a custom gradient): a `fori_loop` over key blocks; inside, a
+  `map` over query blocks recomputes the block's probabilities from the saved
+  log-sum-exp and returns the block's gradients. The gradients of the query
+  blocks are summed into the carry; those of the key block are stored in its
+  slot. Blocks above the causal diagonal are skipped with `cond`.
+
+Memory is O(length x chunk) in both passes. Only `keras.ops` are used, with
+dynamic lengths, so it runs in `tf.function` with unknown lengths, in an
+exported SavedModel (no XLA-only ops) and under JAX.
+"""
+
+from keras import ops
+
+from keras_attention.ops._softmax import MASKED
+
+NEG_INF = float("-inf")
+
+
+def _ceil_div(a, b):
+    return (a + b - 1) // b
+
+
+def _rows(x, start, size, axis=2):
+    """`x[..., start:start + size, ...]` along `axis`, with dynamic start."""
+    shape = list(ops.shape(x))
+    starts = [0] * len(shape)
+    starts[axis] = start
+    shape[axis] = size
+    return ops.slice(x, starts, shape)
+
+
+def _pad_axis(x, axis, padded_len, value=0.0):
+    length = ops.shape(x)[axis]
+    widths = [[0, 0] for _ in range(len(x.shape))]
+    widths[axis] = [0, padded_len - length]
+    return ops.pad(x, widths, constant_values=value)
+
+
+class _Engine:
+    """Holds the static configuration and the padded, blocked operands."""
+
+    def __init__(
+        self,
+        q,
+        k,
+        v,
+        mask,
+        is_causal,
+        q_chunk,
+        k_chunk,
+        score_fn,
+        score_vjp,
+    ):
+        self.score_fn = score_fn
+        self.score_vjp = score_vjp
+        self.is_causal = is_causal
+        self.cq = q_chunk
+        self.ck = k_chunk
+        t_len, s_len = ops.shape(q)[2], ops.shape(k)[2]
+        self.t_len, self.s_len = t_len, s_len
+        self.nq = _ceil_div(t_len, q_chunk)
+        self.nk = _ceil_div(s_len, k_chunk)
+        self.tp = self.nq * q_chunk
+        self.sp = self.nk * k_chunk
+        static_s = k.shape[2]
+        self.pad_keys = static_s is None or static_s % k_chunk != 0
+        self.q = _pad_axis(q, 2, self.tp)
+        self.k = _pad_axis(k, 2, self.sp)
+        self.v = _pad_axis(v, 2, self.sp)
+        self.mask = None
+        if mask is not None:
+            # Only full-size axes are padded and sliced; size-1 axes broadcast.
+            self.mask_t = mask.shape[2] != 1
+            self.mask_s = mask.shape[3] != 1
+            if self.mask_t:
+                mask = _pad_axis(mask, 2, self.tp, False)
+            if self.mask_s:
+                mask = _pad_axis(mask, 3, self.sp, False)
+            self.mask = mask
+
+    # -- blocks ---------------------------------------------------------
+    def valid(self, i, j):
+        """Boolean validity of block (i, j), broadcastable, or None."""
+        valid = None
+        if self.mask is not None:
+            starts = [0, 0, 0, 0]
+            shape = list(ops.shape(self.mask))
+            if self.mask_t:
+                starts[2], shape[2] = i * self.cq, self.cq
+            if self.mask_s:
+                starts[3], shape[3] = j * self.ck, self.ck
+            valid = ops.slice(self.mask, starts, shape)
+        cols = j * self.ck + ops.arange(self.ck, dtype="int32")
+        if self.pad_keys:
+            in_range = ops.reshape(cols < self.s_len, (1, 1, 1, self.ck))
+            valid = in_range if valid is None else valid & in_range
+        if self.is_causal:
+            rows = i * self.cq + ops.arange(self.cq, dtype="int32")
+            causal = ops.reshape(rows, (1, 1, self.cq, 1)) >= ops.reshape(
+                cols, (1, 1, 1, self.ck)
+            )
+            valid = causal if valid is None else valid & causal
+        return valid
+
+    def logits(self, qb, kb, i, j):
+        s = self.score_fn(qb, kb)
+        valid = self.valid(i, j)
+        if valid is not None:
+            s = ops.where(valid, s, NEG_INF)
+        return s
+
+    def key_blocks_for(self, i):
+        """Number of key blocks query block `i` needs (causal: to diagonal)."""
+        if not self.is_causal:
+            return self.nk
+        last_row = (i + 1) * self.cq - 1
+        return ops.minimum(self.nk, last_row // self.ck + 1)
+
+    # -- forward ----------------------------------------------------------
+    def forward(self):
+        def query_block(i):
+            qb = _rows(self.q, i * self.cq, self.cq)
+            row_shape = ops.shape(qb)[:-1]
+            init = (
+                ops.full(row_shape, NEG_INF, "float32"),
+                ops.zeros(row_shape, "float32"),
+                ops.zeros(tuple(row_shape) + (self.v.shape[-1],), "float32"),
+            )
+
+            def body(j, carry):
+                m, denom, acc = carry
+                kb = _rows(self.k, j * self.ck, self.ck)
+                vb = _rows(self.v, j * self.ck, self.ck)
+                s = self.score_fn(qb, kb)
+                valid = self.valid(i, j)
+                if valid is not None:
+                    s = ops.where(valid, s, MASKED)
+                # The block's softmax (the backend's fused kernel) and its
+                # log-sum-exp: the largest weight is exp(0) / sum.
+                p = ops.softmax(s, axis=-1)
+                block_max = ops.max(s, axis=-1)
+                lse_b = block_max - ops.log(ops.max(p, axis=-1))
+                if valid is not None:
+                    # A row with no valid key in this block contributes 0.
+                    lse_b = ops.where(block_max > MASKED / 2, lse_b, NEG_INF)
+                m_new = ops.maximum(m, lse_b)
+                m_safe = ops.where(ops.isfinite(m_new), m_new, 0.0)
+                alpha = ops.exp(m - m_safe)
+                beta = ops.exp(lse_b - m_safe)
+                denom = alpha * denom + beta
+                acc = alpha[..., None] * acc + beta[..., None] * ops.matmul(
+                    p, vb
+                )
+                return m_new, denom, acc
+
+            m, denom, acc = ops.fori_loop(0, self.key_blocks_for(i), body, init)
+            nonempty = denom > 0.0
+            safe = ops.where(nonempty, denom, 1.0)
+            out = acc / safe[..., None]
+            lse = ops.where(nonempty, m + ops.log(safe), 0.0)
+            return out, lse
+
+        outs, lses = ops.map(query_block, ops.arange(self.nq, dtype="int32"))
+        out = self._unblock(outs)
+        lse = self._unblock(lses[..., None])[..., 0]
+        return out, lse
+
+    def _unblock(self, blocks):
+        """(n, B, N, c, D) -> (B, N, T, D)."""
+        x = ops.transpose(blocks, (1, 2, 0, 3, 4))
+        shape = ops.shape(x)
+        x = ops.reshape(x, (shape[0], shape[1], self.tp, shape[4]))
+        return _rows(x, 0, self.t_len)
+
+    # -- backward ---------------------------------------------------------
+    def backward(self, out, lse, d_out, params):
+        """Gradients w.r.t. q, k, v and the score parameters."""
+        delta = _pad_axis(
+            ops.sum(d_out * out, axis=-1, keepdims=True), 2, self.tp
+        )
+        lse = _pad_axis(lse[..., None], 2, self.tp)
+        d_out = _pad_axis(d_out, 2, self.tp)
+        q_blocks = self._block(self.q, self.nq, self.cq)
+        dq_zero = ops.zeros_like(q_blocks)
+        dk_zero = ops.zeros_like(self._block(self.k, self.nk, self.ck))
+        dv_zero = ops.zeros_like(self._block(self.v, self.nk, self.ck))
+        dp_zero = tuple(ops.zeros_like(p) for p in params)
+
+        def key_block(j, carry):
+            dq_acc, dk_acc, dv_acc = carry[:3]
+            dp_acc = carry[3:]
+            kb = _rows(self.k, j * self.ck, self.ck)
+            vb = _rows(self.v, j * self.ck, self.ck)
+
+            def compute(i):
+                qb = _rows(self.q, i * self.cq, self.cq)
+                dob = _rows(d_out, i * self.cq, self.cq)
+                lse_b = _rows(lse, i * self.cq, self.cq)
+                delta_b = _rows(delta, i * self.cq, self.cq)
+                s = self.logits(qb, kb, i, j)
+                p = ops.exp(s - lse_b)
+                dv = ops.matmul(ops.swapaxes(p, -1, -2), dob)
+                dp = ops.matmul(dob, ops.swapaxes(vb, -1, -2))
+                ds = p * (dp - delta_b)
+                dq, dk, *dpar = self.score_vjp(qb, kb, ds)
+                return (dq, dk, dv, *dpar)
+
+            def query_block(i):
+                if not self.is_causal:
+                    return compute(i)
+                # The block is above the diagonal: no query sees these keys.
+                above = (i + 1) * self.cq - 1 < j * self.ck
+
+                def skip():
+                    return (
+                        ops.zeros_like(q_blocks[0]),
+                        ops.zeros_like(dk_zero[0]),
+                        ops.zeros_like(dv_zero[0]),
+                        *dp_zero,
+                    )
+
+                return ops.cond(above, skip, lambda: compute(i))
+
+            grads = ops.map(query_block, ops.arange(self.nq, dtype="int32"))
+            dq_s, dk_s, dv_s = grads[:3]
+            selected = ops.reshape(
+                ops.arange(self.nk, dtype="int32") == j, (-1, 1, 1, 1, 1)
+            )
+            dk_acc = ops.where(selected, ops.sum(dk_s, axis=0)[None], dk_acc)
+            dv_acc = ops.where(selected, ops.sum(dv_s, axis=0)[None], dv_acc)
+            dp_acc = tuple(
+                a + ops.sum(g, axis=0) for a, g in zip(dp_acc, grads[3:])
+            )
+            return (dq_acc + dq_s, dk_acc, dv_acc, *dp_acc)
+
+        result = ops.fori_loop(
+            0, self.nk, key_block, (dq_zero, dk_zero, dv_zero, *dp_zero)
+        )
+        dq = self._unblock(result[0])
+        dk = _rows(self._unblock_keys(result[1]), 0, self.s_len)
+        dv = _rows(self._unblock_keys(result[2]), 0, self.s_len)
+        return (dq, dk, dv, *result[3:])
+
+    def _block(self, x, n, size):
+        """(B, N, n * size, D) -> (n, B, N, size, D)."""
+        shape = ops.shape(x)
+        x = ops.reshape(x, (shape[0], shape[1], n, size, shape[3]))
+        return ops.transpose(x, (2, 0, 1, 3, 4))
+
+    def _unblock_keys(self, blocks):
+        x = ops.transpose(blocks, (1, 2, 0, 3, 4))
+        shape = ops.shape(x)
+        return ops.reshape(x, (shape[0], shape[1], self.sp, shape[4]))
+
+
+def _dot_score(qb, kb):
+    return ops.matmul(qb, ops.swapaxes(kb, -1, -2))
+
+
+def _dot_score_vjp(qb, kb, ds):
+    return ops.matmul(ds, kb), ops.matmul(ops.swapaxes(ds, -1, -2), qb)
+
+
+def chunked_dot_product_attention(q, k, v, mask, is_causal, q_chunk, k_chunk):
+    """Exact softmax attention on head-major float32 tensors.
+
+    `q (B, N, T, D)` must already be scaled; `k (B, N, S, D)`, `v (B, N, S,
+    Dv)`; `mask` is None or boolean `(B|1, N|1, T|1, S|1)`. Returns the
+    float32 output `(B, N, T, Dv)`; its gradient is recomputed blockwise.
+    """
+
+    @ops.custom_gradient
+    def attend(q, k, v):
+        engine = _Engine(
+            q,
+            k,
+            v,
+            mask,
+            is_causal,
+            q_chunk,
+            k_chunk,
+            _dot_score,
+            _dot_score_vjp,
+        )
+        out, lse = engine.forward()
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return engine.backward(out, lse, upstream, ())
+
+        return out, grad
+
+    return attend(q, k, v)
+
+
+def chunked_additive_attention(
+    q, k, v, attention_v, attention_b, mask, is_causal, q_chunk, k_chunk
+):
+    """Additive attention on `q (B, 1, T, U)`, `k (B, 1, S, U)`, `v (B, 1, S,
+    Dv)` (float32), scoring `attention_v . tanh(q + k + attention_b)`.
+
+    Never holds more than a `(B, q_chunk, k_chunk, U)` block; gradients
+    (including those of `attention_v` and `attention_b`) are recomputed
+    blockwise.
+    """
+
+    @ops.custom_gradient
+    def attend(q, k, v, attention_v, attention_b):
+        def hidden(qb, kb):
+            return ops.tanh(
+                qb[:, :, :, None, :] + kb[:, :, None, :, :] + attention_b
+            )
+
+        def score(qb, kb):
+            return ops.einsum("bnqku,u->bnqk", hidden(qb, kb), attention_v)
+
+        def score_vjp(qb, kb, ds):
+            h = hidden(qb, kb)
+            dh = ds[..., None] * attention_v * (1.0 - ops.square(h))
+            d_attention_v = ops.einsum("bnqk,bnqku->u", ds, h)
+            return (
+                ops.sum(dh, axis=3),
+                ops.sum(dh, axis=2),
+                d_attention_v,
+                ops.sum(dh, axis=(0, 1, 2, 3)),
+            )
+
+        engine = _Engine(
+            q, k, v, mask, is_causal, q_chunk, k_chunk, score, score_vjp
+        )
+        out, lse = engine.forward()
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return engine.backward(
+                out, lse, upstream, (attention_v, attention_b)
+            )
+
+        return out, grad
+
+    return attend(q, k, v, attention_v, attention_b)
