@@ -41,6 +41,13 @@ class AdditiveAttention(keras.layers.Layer):
         normalize: bool, whether to weight-normalise `v` with a learned scalar
             `g` (initialised to `sqrt(1 / units)`, as in tensorflow-addons).
         dropout: float in `[0, 1)`, dropout rate on the attention weights.
+        chunk_size: `"auto"` (default), `None` or a positive int. `None`
+            materialises the `(batch, q_len, k_len, units)` tensor; an int
+            processes blocks of that many queries and keys with an online
+            softmax and recomputes them in the backward pass, so memory is
+            O(length x chunk x units); `"auto"` is dense for small inputs and
+            chunked above. Returned scores and dropout in training use the
+            dense kernel.
         kernel_initializer: initializer for `W_q`, `W_k` and `v`.
         kernel_regularizer: regularizer for `W_q`, `W_k` and `v`.
         kernel_constraint: constraint for `W_q`, `W_k` and `v`.
@@ -97,6 +104,7 @@ class AdditiveAttention(keras.layers.Layer):
         use_bias=True,
         normalize=False,
         dropout=0.0,
+        chunk_size="auto",
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
         kernel_constraint=None,
@@ -104,6 +112,7 @@ class AdditiveAttention(keras.layers.Layer):
         **kwargs,
     ):
         _checks.check_positive_int("units", units)
+        _checks.check_chunk_size(chunk_size)
         _checks.check_bool("use_bias", use_bias)
         _checks.check_bool("normalize", normalize)
         _checks.check_rate("dropout", dropout)
@@ -114,6 +123,7 @@ class AdditiveAttention(keras.layers.Layer):
         self.use_bias = use_bias
         self.normalize = normalize
         self.dropout = float(dropout)
+        self.chunk_size = chunk_size
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
@@ -285,6 +295,7 @@ class AdditiveAttention(keras.layers.Layer):
             training=bool(training),
             seed=self.seed_generator,
             return_scores=return_attention_scores,
+            chunk_size=self.chunk_size,
         )
         output, scores = result if return_attention_scores else (result, None)
         if single_step:
@@ -330,6 +341,7 @@ class AdditiveAttention(keras.layers.Layer):
                 "use_bias": self.use_bias,
                 "normalize": self.normalize,
                 "dropout": self.dropout,
+                "chunk_size": self.chunk_size,
                 "seed": self.seed,
             }
         )

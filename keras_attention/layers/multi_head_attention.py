@@ -94,6 +94,14 @@ class MultiHeadAttention(keras.layers.Layer):
         num_key_value_heads: optional int dividing `num_heads`, the number of
             key/value heads for grouped-query attention. Defaults to
             `num_heads` (standard multi-head attention).
+        chunk_size: `"auto"` (default), `None` or a positive int. `None`
+            computes the full `(batch, heads, q_len, k_len)` logits; an int
+            runs the chunked exact kernel with blocks of that many query and
+            key positions, whose memory is O(length x chunk) in the forward
+            and backward passes; `"auto"` is dense while the logits are small
+            and chunked above (see `keras_attention.ops`). Results agree
+            within float32 rounding. Returned scores, dropout in training and
+            `attention_bias` use the dense kernel.
         kernel_initializer: initializer for the projection kernels.
         bias_initializer: initializer for the projection biases.
         kernel_regularizer: regularizer for the projection kernels.
@@ -163,6 +171,7 @@ class MultiHeadAttention(keras.layers.Layer):
         sliding_window=None,
         flash_attention=None,
         num_key_value_heads=None,
+        chunk_size="auto",
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -187,6 +196,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"num_key_value_heads={num_key_value_heads}"
             )
         _checks.check_rate("dropout", dropout)
+        _checks.check_chunk_size(chunk_size)
         _checks.check_bool("use_bias", use_bias)
         _checks.check_positive_int(
             "sliding_window", sliding_window, allow_none=True
@@ -215,6 +225,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.sliding_window = sliding_window
         self.flash_attention = flash_attention
         self.num_key_value_heads = num_key_value_heads
+        self.chunk_size = chunk_size
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -633,11 +644,17 @@ class MultiHeadAttention(keras.layers.Layer):
                 "return_attention_scores=True"
             )
         rank = len(query.shape)
+        # Sequences (rank 3): the query's padding mask is applied to the
+        # output rows, not folded into a (B, T, S) mask, so the kernel only
+        # sees the (B, 1, 1, S) key mask and memory stays O(T + S).
+        row_mask = None
+        if rank == 3 and query_mask is not None:
+            row_mask = _masks.as_bool(query_mask)
+            query_mask = None
         # Only causal masking: let the kernel build (and later skip) it.
         causal_only = (
             use_causal_mask
-            and num_attn == 1
-            and axes == (1,)
+            and rank == 3
             and query_mask is None
             and value_mask is None
             and key_mask is None
@@ -714,6 +731,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 training=bool(training),
                 seed=self.seed_generator,
                 return_scores=return_attention_scores,
+                chunk_size=self.chunk_size,
             )
             if return_attention_scores:
                 attended, scores = attended
@@ -735,6 +753,13 @@ class MultiHeadAttention(keras.layers.Layer):
             for _ in range(len(output.shape) - len(row_valid.shape)):
                 row_valid = ops.expand_dims(row_valid, -1)
             output = output * ops.cast(row_valid, output.dtype)
+
+        if row_mask is not None:
+            output = output * ops.cast(row_mask, output.dtype)[:, :, None]
+            if scores is not None:
+                scores = (
+                    scores * ops.cast(row_mask, scores.dtype)[:, None, :, None]
+                )
 
         if return_attention_scores:
             if num_attn != 1 or rank != 3:
@@ -759,6 +784,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 "sliding_window": self.sliding_window,
                 "flash_attention": self.flash_attention,
                 "num_key_value_heads": self.num_key_value_heads,
+                "chunk_size": self.chunk_size,
                 "seed": self.seed,
                 "activity_regularizer": keras.regularizers.serialize(
                     self._activity_regularizer

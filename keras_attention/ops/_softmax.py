@@ -32,6 +32,6 @@ def masked_softmax(logits, mask=None, axis=-1):
 
 
 def finite_logits_mask(logits, mask=None):
-    """`mask` AND `logits > -inf`: treats -inf logits (from a bias) as masked."""
+    """`mask` AND `logits > -inf`: -inf logits (from a bias) count as masked."""
     finite = logits > MASKED
     return finite if mask is None else ops.logical_and(mask, finite)

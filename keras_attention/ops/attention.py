@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_attention.ops import _checks
+from keras_attention.ops._chunked import chunked_additive_attention
 from keras_attention.ops._chunked import chunked_dot_product_attention
 from keras_attention.ops._masks import and_masks
 from keras_attention.ops._masks import as_bool
@@ -18,6 +19,10 @@ from keras_attention.ops._softmax import masked_softmax
 # with chunks of AUTO_CHUNK positions, above. Measured in benchmarks/.
 AUTO_DENSE_MAX_LOGITS = 2**25
 AUTO_CHUNK = 512
+# The same for additive attention, whose dense kernel holds a (batch, q_len,
+# k_len, units) tensor.
+AUTO_ADDITIVE_DENSE_MAX = 2**24
+AUTO_ADDITIVE_CHUNK = 128
 
 
 def _check_logits_operand(name, operand, target_shape, target_desc):
@@ -93,6 +98,25 @@ def scaled_dot_product_attention(
             softmax, before dropout). They are `(batch, num_heads, q_len,
             k_len)` in the dtype of `query`; returning them materialises the
             full matrix by definition.
+        chunk_size: `"auto"` (default), `None` or a positive int.
+            - `None`: the dense kernel, which holds the full `(batch,
+              num_heads, q_len, k_len)` logits.
+            - An int: the chunked exact kernel. It loops over blocks of
+              `chunk_size` queries and keys with a running maximum and a
+              log-sum-exp rescale (online softmax; Rabe & Staats 2021), and
+              recomputes the blocks in the backward pass, so a forward or a
+              gradient needs O(length x chunk) memory, not O(length^2). In
+              causal attention, key blocks above the diagonal are skipped,
+              not computed. Lengths need not be multiples of the chunk, and
+              may be unknown (`None`) in `tf.function` or a SavedModel.
+            - `"auto"`: dense while `batch * num_heads * q_len * k_len <=
+              AUTO_DENSE_MAX_LOGITS` (2**25), chunked with blocks of
+              `AUTO_CHUNK` (512) above; decided at run time when lengths are
+              unknown. Thresholds measured with `benchmarks/`.
+            Requests that need the full matrix use the dense kernel whatever
+            `chunk_size` says: `return_scores=True`, dropout in training (a
+            chunked dropout would not match the dense one's random draws)
+            and `bias` (a `(q_len, k_len)` tensor already).
 
     Returns:
         The attention output of shape `(batch, q_len, num_heads, value_dim)`
@@ -290,6 +314,7 @@ def additive_attention(
     training=False,
     seed=None,
     return_scores=False,
+    chunk_size="auto",
 ):
     """Additive (Bahdanau) attention over already-projected queries and keys.
 
@@ -312,6 +337,14 @@ def additive_attention(
         seed: int or `keras.random.SeedGenerator` for the dropout.
         return_scores: if True, also return the weights `(batch, q_len,
             k_len)` (after softmax, before dropout) in the dtype of `query`.
+        chunk_size: `"auto"` (default), `None` or a positive int, as in
+            `scaled_dot_product_attention`: an int processes blocks of
+            `chunk_size` queries and keys so that no `(batch, q_len, k_len,
+            units)` tensor exists, and recomputes them in the backward pass.
+            `"auto"` is dense while `batch * q_len * k_len * units <=
+            AUTO_ADDITIVE_DENSE_MAX` (2**24), chunked with blocks of
+            `AUTO_ADDITIVE_CHUNK` (128) above. Returned scores and dropout in
+            training use the dense kernel.
 
     Returns:
         The context `(batch, q_len, value_dim)` in the dtype of `value`, or
@@ -363,6 +396,82 @@ def additive_attention(
             (query.shape[0], query.shape[1], key.shape[1]),
             "(batch, q_len, k_len)",
         )
+    _checks.check_chunk_size(chunk_size)
+    dense = (
+        chunk_size is None or return_scores or (training and dropout_rate > 0.0)
+    )
+    args = (query, key, value, attention_v, attention_bias, mask, is_causal)
+    if dense:
+        return _dense_additive(
+            *args,
+            dropout_rate=dropout_rate,
+            training=training,
+            seed=seed,
+            return_scores=return_scores,
+        )
+    chunk = AUTO_ADDITIVE_CHUNK if chunk_size == "auto" else chunk_size
+    if chunk_size != "auto":
+        return _chunked_additive(*args, chunk)
+    sizes = (query.shape[0], query.shape[1], key.shape[1], query.shape[2])
+    if None not in sizes:
+        if math.prod(sizes) <= AUTO_ADDITIVE_DENSE_MAX:
+            return _dense_additive(*args)
+        return _chunked_additive(*args, chunk)
+    shape_q, shape_k = ops.shape(query), ops.shape(key)
+    n_hidden = (
+        ops.cast(shape_q[0], "float32")
+        * ops.cast(shape_q[1], "float32")
+        * ops.cast(shape_k[1], "float32")
+        * float(query.shape[2])
+    )
+    return ops.cond(
+        n_hidden <= float(AUTO_ADDITIVE_DENSE_MAX),
+        lambda: _dense_additive(*args),
+        lambda: _chunked_additive(*args, chunk),
+    )
+
+
+def _chunked_additive(
+    query, key, value, attention_v, attention_bias, mask, is_causal, chunk
+):
+    q = ops.cast(query, "float32")[:, None]
+    k = ops.cast(key, "float32")[:, None]
+    v = ops.cast(value, "float32")[:, None]
+    attention_v = ops.cast(attention_v, "float32")
+    if attention_bias is None:
+        attention_bias = ops.zeros_like(attention_v)
+    attention_bias = ops.cast(attention_bias, "float32")
+    if mask is not None:
+        while len(mask.shape) < 3:
+            mask = mask[None]
+        mask = mask[:, None]
+    out = chunked_additive_attention(
+        q,
+        k,
+        v,
+        attention_v,
+        attention_bias,
+        mask,
+        is_causal,
+        _fit_chunk(chunk, query.shape[1]),
+        _fit_chunk(chunk, key.shape[1]),
+    )
+    return ops.cast(out[:, 0], value.dtype)
+
+
+def _dense_additive(
+    query,
+    key,
+    value,
+    attention_v,
+    attention_bias,
+    mask,
+    is_causal,
+    dropout_rate=0.0,
+    training=False,
+    seed=None,
+    return_scores=False,
+):
     if is_causal:
         mask = and_masks(
             mask, causal_mask(ops.shape(query)[1], ops.shape(key)[1])
