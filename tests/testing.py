@@ -121,3 +121,29 @@ def run_layer_test(
         for w in mixed.weights:
             assert w.dtype == "float32", (policy, w.path, w.dtype)
     return eager_layer
+
+
+def loss_and_grads(fn, *args):
+    """`sum(fn(*args) * R)` for a fixed random R, and its gradients with
+    respect to every argument, on the TensorFlow or the JAX backend."""
+    backend = keras.backend.backend()
+    out_shape = tuple(fn(*args).shape)
+    weights = np.random.default_rng(7).normal(size=out_shape).astype("float32")
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.constant(a) for a in args]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            loss = tf.reduce_sum(tf.cast(fn(*tensors), tf.float32) * weights)
+        return loss.numpy(), [g.numpy() for g in tape.gradient(loss, tensors)]
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def loss(*xs):
+            return jnp.sum(fn(*xs).astype("float32") * weights)
+
+        value, grads = jax.value_and_grad(loss, argnums=range(len(args)))(*args)
+        return np.asarray(value), [np.asarray(g) for g in grads]
+    raise NotImplementedError(backend)
