@@ -62,10 +62,12 @@ class _Engine:
         q_chunk,
         k_chunk,
         score_fn,
-        score_vjp,
+        score_t_fn,
+        score_t_vjp,
     ):
         self.score_fn = score_fn
-        self.score_vjp = score_vjp
+        self.score_t_fn = score_t_fn
+        self.score_t_vjp = score_t_vjp
         self.is_causal = is_causal
         self.cq = q_chunk
         self.ck = k_chunk
@@ -92,8 +94,9 @@ class _Engine:
             self.mask = mask
 
     # -- blocks ---------------------------------------------------------
-    def valid(self, i, j):
-        """Boolean validity of block (i, j), broadcastable, or None."""
+    def valid(self, i, j, transposed=False):
+        """Boolean validity of block (i, j), broadcastable to `(B, N, cq,
+        ck)`, or to `(B, N, ck, cq)` if `transposed`; None if all valid."""
         valid = None
         if self.mask is not None:
             starts = [0, 0, 0, 0]
@@ -103,24 +106,22 @@ class _Engine:
             if self.mask_s:
                 starts[3], shape[3] = j * self.ck, self.ck
             valid = ops.slice(self.mask, starts, shape)
+            if transposed:
+                valid = ops.swapaxes(valid, -1, -2)
+        row_shape, col_shape = (1, 1, self.cq, 1), (1, 1, 1, self.ck)
+        if transposed:
+            row_shape, col_shape = (1, 1, 1, self.cq), (1, 1, self.ck, 1)
         cols = j * self.ck + ops.arange(self.ck, dtype="int32")
         if self.pad_keys:
-            in_range = ops.reshape(cols < self.s_len, (1, 1, 1, self.ck))
+            in_range = ops.reshape(cols < self.s_len, col_shape)
             valid = in_range if valid is None else valid & in_range
         if self.is_causal:
             rows = i * self.cq + ops.arange(self.cq, dtype="int32")
-            causal = ops.reshape(rows, (1, 1, self.cq, 1)) >= ops.reshape(
-                cols, (1, 1, 1, self.ck)
+            causal = ops.reshape(rows, row_shape) >= ops.reshape(
+                cols, col_shape
             )
             valid = causal if valid is None else valid & causal
         return valid
-
-    def logits(self, qb, kb, i, j):
-        s = self.score_fn(qb, kb)
-        valid = self.valid(i, j)
-        if valid is not None:
-            s = ops.where(valid, s, NEG_INF)
-        return s
 
     def key_blocks_for(self, i):
         """Number of key blocks query block `i` needs (causal: to diagonal)."""
@@ -210,12 +211,18 @@ class _Engine:
                 dob = _rows(d_out, i * self.cq, self.cq)
                 lse_b = _rows(lse, i * self.cq, self.cq)
                 delta_b = _rows(delta, i * self.cq, self.cq)
-                s = self.logits(qb, kb, i, j)
-                p = ops.exp(s - lse_b)
-                dv = ops.matmul(ops.swapaxes(p, -1, -2), dob)
-                dp = ops.matmul(dob, ops.swapaxes(vb, -1, -2))
-                ds = p * (dp - delta_b)
-                dq, dk, *dpar = self.score_vjp(qb, kb, ds)
+                # The block transposed, (B, N, ck, cq): the gradients of the
+                # keys and values are then plain (not transposed) matmuls.
+                # `s - lse` and `dP - delta` come out of the matmuls, with
+                # one extra column: [k, 1] . [q, -lse] and [v, 1] . [dO, -D].
+                s_t = self.score_t_fn(kb, qb, -lse_b)
+                valid = self.valid(i, j, transposed=True)
+                if valid is not None:
+                    s_t = ops.where(valid, s_t, NEG_INF)
+                p_t = ops.exp(s_t)
+                dv = ops.matmul(p_t, dob)
+                ds_t = p_t * _matmul_t_shifted(vb, dob, -delta_b)
+                dq, dk, *dpar = self.score_t_vjp(qb, kb, ds_t)
                 return (dq, dk, dv, *dpar)
 
             def query_block(i):
@@ -270,8 +277,20 @@ def _dot_score(qb, kb):
     return ops.matmul(qb, ops.swapaxes(kb, -1, -2))
 
 
-def _dot_score_vjp(qb, kb, ds):
-    return ops.matmul(ds, kb), ops.matmul(ops.swapaxes(ds, -1, -2), qb)
+def _matmul_t_shifted(a, b, shift):
+    """`a @ b^T + shift^T` as one matmul: `[a, 1] @ [b, shift]^T`."""
+    a = ops.concatenate([a, ops.ones_like(a[..., :1])], axis=-1)
+    b = ops.concatenate([b, shift], axis=-1)
+    return ops.matmul(a, ops.swapaxes(b, -1, -2))
+
+
+def _dot_score_t(kb, qb, shift):
+    """`(q . k - lse)^T`: the transposed block, shifted per query."""
+    return _matmul_t_shifted(kb, qb, shift)
+
+
+def _dot_score_t_vjp(qb, kb, ds_t):
+    return ops.matmul(ops.swapaxes(ds_t, -1, -2), kb), ops.matmul(ds_t, qb)
 
 
 def chunked_dot_product_attention(q, k, v, mask, is_causal, q_chunk, k_chunk):
@@ -293,7 +312,8 @@ def chunked_dot_product_attention(q, k, v, mask, is_causal, q_chunk, k_chunk):
             q_chunk,
             k_chunk,
             _dot_score,
-            _dot_score_vjp,
+            _dot_score_t,
+            _dot_score_t_vjp,
         )
         out, lse = engine.forward()
 
@@ -320,27 +340,41 @@ def chunked_additive_attention(
 
     @ops.custom_gradient
     def attend(q, k, v, attention_v, attention_b):
-        def hidden(qb, kb):
+        def hidden(rows, cols):
+            """tanh(rows_i + cols_j + b): `(B, 1, len(rows), len(cols), U)`."""
             return ops.tanh(
-                qb[:, :, :, None, :] + kb[:, :, None, :, :] + attention_b
+                rows[:, :, :, None, :] + cols[:, :, None, :, :] + attention_b
             )
 
         def score(qb, kb):
             return ops.einsum("bnqku,u->bnqk", hidden(qb, kb), attention_v)
 
-        def score_vjp(qb, kb, ds):
-            h = hidden(qb, kb)
-            dh = ds[..., None] * attention_v * (1.0 - ops.square(h))
-            d_attention_v = ops.einsum("bnqk,bnqku->u", ds, h)
+        def score_t(kb, qb, shift):
+            scores = ops.einsum("bnkqu,u->bnkq", hidden(kb, qb), attention_v)
+            return scores + ops.swapaxes(shift, -1, -2)
+
+        def score_t_vjp(qb, kb, ds_t):
+            h = hidden(kb, qb)
+            dh = ds_t[..., None] * attention_v * (1.0 - ops.square(h))
+            d_attention_v = ops.einsum("bnkq,bnkqu->u", ds_t, h)
             return (
-                ops.sum(dh, axis=3),
                 ops.sum(dh, axis=2),
+                ops.sum(dh, axis=3),
                 d_attention_v,
                 ops.sum(dh, axis=(0, 1, 2, 3)),
             )
 
         engine = _Engine(
-            q, k, v, mask, is_causal, q_chunk, k_chunk, score, score_vjp
+            q,
+            k,
+            v,
+            mask,
+            is_causal,
+            q_chunk,
+            k_chunk,
+            score,
+            score_t,
+            score_t_vjp,
         )
         out, lse = engine.forward()
 

@@ -1,0 +1,42 @@
+"""A smoke run of the benchmark suite: the pipeline works end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.tensorflow_only
+def test_benchmark_smoke_run(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.attention",
+            "--smoke",
+            "--output-dir",
+            str(tmp_path),
+            "--name",
+            "smoke",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    assert report["matmul_gflops"] > 0
+    (row,) = report["rows"]
+    for impl in ("ours", "keras"):
+        assert row[impl]["status"] == "ok"
+        assert row[impl]["median_s"] > 0
+        assert row[impl]["peak_rss_bytes"] > 0
+    # Identical weights and inputs: both layers computed the same outputs.
+    assert row["checksum_rel_diff"] < 1e-4
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| MHA B=2 L=64 h=2x8 | train |" in table
