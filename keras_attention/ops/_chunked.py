@@ -42,6 +42,28 @@ def _rows(x, start, size, axis=2):
     return ops.slice(x, starts, shape)
 
 
+# Loops over blocks run one block at a time. A `map` (TensorFlow's
+# `map_fn`) runs up to 10 iterations at once, each with its own blocks, which
+# multiplied the peak memory for little speed on 2 cores.
+SEQUENTIAL = True
+
+
+def _map_blocks(fn, n, templates):
+    """`[fn(i) for i in range(n)]`, stacked; sequential if `SEQUENTIAL`.
+
+    A scan whose carry is a zero `templates` structure (Keras' TensorFlow
+    `scan` needs the per-step outputs to have the carry's shapes).
+    """
+    indices = ops.arange(n, dtype="int32")
+    if not SEQUENTIAL:
+        return ops.map(fn, indices)
+
+    def step(carry, i):
+        return carry, fn(i)
+
+    return ops.scan(step, templates, indices)[1]
+
+
 def _pad_axis(x, axis, padded_len, value=0.0):
     length = ops.shape(x)[axis]
     widths = [[0, 0] for _ in range(len(x.shape))]
@@ -174,7 +196,12 @@ class _Engine:
             lse = ops.where(nonempty, m + ops.log(safe), 0.0)
             return out, lse
 
-        outs, lses = ops.map(query_block, ops.arange(self.nq, dtype="int32"))
+        q0 = _rows(self.q, 0, self.cq)
+        templates = (
+            ops.zeros(tuple(ops.shape(q0)[:-1]) + (self.v.shape[-1],)),
+            ops.zeros(ops.shape(q0)[:-1]),
+        )
+        outs, lses = _map_blocks(query_block, self.nq, templates)
         out = self._unblock(outs)
         lse = self._unblock(lses[..., None])[..., 0]
         return out, lse
@@ -241,7 +268,13 @@ class _Engine:
 
                 return ops.cond(above, skip, lambda: compute(i))
 
-            grads = ops.map(query_block, ops.arange(self.nq, dtype="int32"))
+            templates = (
+                ops.zeros_like(q_blocks[0]),
+                ops.zeros_like(dk_zero[0]),
+                ops.zeros_like(dv_zero[0]),
+                *dp_zero,
+            )
+            grads = _map_blocks(query_block, self.nq, templates)
             dq_s, dk_s, dv_s = grads[:3]
             selected = ops.reshape(
                 ops.arange(self.nk, dtype="int32") == j, (-1, 1, 1, 1, 1)
