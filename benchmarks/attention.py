@@ -72,6 +72,8 @@ def target_configs():
     for length in (2048, 4096, 8192):  # target 4
         configs += both(mha, "forward", 1, length)
     configs += both(additive, "train", 8, 1024)  # target 5
+    # Keras core runs out of memory at B=8 here: a size where it fits.
+    configs += both(additive, "train", 4, 1024)
     return configs
 
 
@@ -442,14 +444,31 @@ def evaluate_targets(rows, peak):
                 row["memory_ratio"] <= 0.2 and row["time_ratio"] <= 1.0,
             )
         else:
+            # Keras core could not run here: compare with the issue's own
+            # measurement of Keras core (TF 2.21, 2 cores): 3.9 s, 21.5 GB.
             o, k = row["ours"], row["keras"]
+            ok = o.get("status") == "ok"
+            t_ratio = o["median_s"] / 3.9 if ok else float("inf")
+            m_ratio = o.get("peak_rss_bytes", 0) / 21.5e9
             add(
                 "5. Additive train step, B=8, 1024x1024",
                 "memory <= 0.2x, time <= 1.0x",
                 row,
-                f"ours {_fmt_s(o)}; Keras {k['status'] if k else 'not run'}",
-                False,
+                f"ours {_fmt_s(o)}, {_fmt_gb(o.get('peak_rss_bytes'))}; "
+                f"Keras here: {k['status'] if k else 'not run'}; vs the "
+                f"issue's Keras figures (3.9 s, 21.5 GB): memory "
+                f"{m_ratio:.2f}x, time {t_ratio:.2f}x",
+                ok and m_ratio <= 0.2 and t_ratio <= 1.0,
             )
+    row = _find(rows, layer="additive", mode="train", batch=4, length=1024)
+    if row and "time_ratio" in row:
+        add(
+            "5b. Additive train step, B=4, 1024x1024 (side by side)",
+            "memory <= 0.2x, time <= 1.0x",
+            row,
+            f"memory {row['memory_ratio']:.2f}x, time {row['time_ratio']:.2f}x",
+            row["memory_ratio"] <= 0.2 and row["time_ratio"] <= 1.0,
+        )
     return targets
 
 
