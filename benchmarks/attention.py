@@ -200,8 +200,9 @@ def worker(config):
     first = time.perf_counter() - start
     start = time.perf_counter()
     tf.nest.map_structure(lambda r: r.numpy(), fn(*inputs))
-    if time.perf_counter() - start < 2.0:
-        reps = max(reps, 7)  # cheap: more repetitions, a steadier median
+    elapsed = time.perf_counter() - start
+    if elapsed < 2.0:  # cheap: more repetitions, a steadier median
+        reps = max(reps, 15 if elapsed < 0.5 else 7)
     times = []
     for _ in range(reps):
         start = time.perf_counter()
