@@ -309,6 +309,18 @@ class _Engine:
         return ops.reshape(x, (shape[0], shape[1], self.sp, shape[4]))
 
 
+def _output_and_gradient(engine, params):
+    """The forward output and the `custom_gradient` function recomputing it."""
+    out, lse = engine.forward()
+
+    def grad(*args, upstream=None):
+        if upstream is None:
+            (upstream,) = args
+        return engine.backward(out, lse, upstream, params)
+
+    return out, grad
+
+
 def _dot_score(qb, kb):
     return ops.matmul(qb, ops.swapaxes(kb, -1, -2))
 
@@ -351,14 +363,7 @@ def chunked_dot_product_attention(q, k, v, mask, is_causal, q_chunk, k_chunk):
             _dot_score_t,
             _dot_score_t_vjp,
         )
-        out, lse = engine.forward()
-
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            return engine.backward(out, lse, upstream, ())
-
-        return out, grad
+        return _output_and_gradient(engine, ())
 
     return attend(q, k, v)
 
@@ -414,15 +419,6 @@ def chunked_additive_attention(
             score_t,
             score_t_vjp,
         )
-        out, lse = engine.forward()
-
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            return engine.backward(
-                out, lse, upstream, (attention_v, attention_b)
-            )
-
-        return out, grad
+        return _output_and_gradient(engine, (attention_v, attention_b))
 
     return attend(q, k, v, attention_v, attention_b)
