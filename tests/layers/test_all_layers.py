@@ -135,3 +135,17 @@ def test_compiled_model_with_unknown_lengths_matches_eager(rng, name):
         np.testing.assert_allclose(
             model.predict(xs, verbose=0), to_numpy(layer(*xs)), atol=1e-5
         )
+
+
+def test_masked_inputs_raise_no_sublayer_mask_warnings():
+    """Our layers handle masks themselves; their projections must not warn
+    that they 'destroy the mask' (on any backend)."""
+    import warnings
+
+    x = keras.layers.Embedding(10, 8, mask_zero=True)(np.array([[1, 2, 0]]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        MultiHeadAttention(num_heads=2, key_dim=4)(x, x)
+        AdditiveAttention(units=4)(x, x)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "destroy the mask" in m], messages
