@@ -1,0 +1,147 @@
+"""`python -m keras_attention.serving {check,request}`."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from keras_attention.serving import _check_worker
+from keras_attention.serving import _wire
+
+
+def check(path, *extra, capture=False, timeout=600):
+    """Runs the checker script in an isolated subprocess.
+
+    `python -I` ignores `PYTHONPATH` and the user's site directory and does
+    not put the script's or the working directory on `sys.path`; the working
+    directory is an empty temporary one, never the SavedModel's, so no
+    Python file from the export can be imported. The script blocks `keras`
+    and `keras_attention`.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PYTHON") and k != "KERAS_BACKEND"
+    }
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-I",
+                os.path.abspath(_check_worker.__file__),
+                os.path.abspath(path),
+                *extra,
+            ],
+            cwd=cwd,
+            env=env,
+            capture_output=capture,
+            text=True,
+            timeout=timeout,
+        )
+
+
+def _load_inputs(path):
+    """A request body (`.json`, REST format) or arrays (`.npz`)."""
+    import numpy as np
+
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    with open(path) as f:
+        body = json.load(f)
+    columns = body.get("inputs", body) if isinstance(body, dict) else body
+    if not isinstance(columns, dict):
+        raise SystemExit(
+            f"{path}: expected {{'inputs': {{name: values}}}} or an .npz file"
+        )
+    return {k: _check_worker.decode_leaf(v) for k, v in columns.items()}
+
+
+def _request(args):
+    inputs = _load_inputs(args.inputs)
+    if args.protocol == "rest":
+        url = _wire.rest_url(
+            args.host, args.port or 8501, args.model, args.version
+        )
+        body = _wire.rest_body(inputs, args.format, args.signature)
+        if args.dry_run:
+            print(f"POST {url}")
+            print(json.dumps(body))
+            return 0
+        print(json.dumps(_wire.send_rest(url, body, args.timeout)))
+        return 0
+    request = _wire.predict_request(
+        args.model, inputs, args.signature or "serving_default", args.version
+    )
+    target = f"{args.host}:{args.port or 8500}"
+    if args.dry_run:
+        print(f"gRPC PredictionService/Predict -> {target}")
+        print(request)
+        return 0
+    outputs = _wire.send_grpc(target, request, args.timeout)
+    print(json.dumps({k: v.tolist() for k, v in outputs.items()}))
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_attention.serving",
+        description="Check SavedModel exports and query TensorFlow Serving.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "check",
+        help="load an export as TF Serving does and run sample inputs",
+    )
+    p.add_argument("path", help="a version directory (with saved_model.pb)")
+    p.add_argument(
+        "--inputs",
+        help="a REST request body (JSON, 'inputs' or 'instances' format); "
+        "default: the export's assets.extra/sample_request.json if present",
+    )
+    p.add_argument("--expect", help="expected outputs (.npz, by output name)")
+    p.add_argument("--signature", default="serving_default")
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--json", help="also write the report to this JSON file")
+    r = sub.add_parser("request", help="send a predict request to TF Serving")
+    r.add_argument("--model", required=True, help="the served model's name")
+    r.add_argument(
+        "--inputs",
+        required=True,
+        help="{'inputs': {name: values}} JSON (b64 objects for bytes) or .npz",
+    )
+    r.add_argument("--version", type=int)
+    r.add_argument("--signature", help="default: serving_default")
+    r.add_argument("--protocol", choices=["rest", "grpc"], default="rest")
+    r.add_argument(
+        "--format", choices=["inputs", "instances"], default="inputs"
+    )
+    r.add_argument("--host", default="localhost")
+    r.add_argument("--port", type=int, help="default: 8501 REST, 8500 gRPC")
+    r.add_argument("--timeout", type=float, default=30.0)
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the request instead of sending it",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        extra = ["--signature", args.signature]
+        extra += ["--rtol", str(args.rtol), "--atol", str(args.atol)]
+        for flag, value in [
+            ("--inputs", args.inputs),
+            ("--expect", args.expect),
+            ("--json", args.json),
+        ]:
+            if value is not None:
+                extra += [flag, os.path.abspath(value)]
+        return check(args.path, *extra).returncode
+    return _request(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

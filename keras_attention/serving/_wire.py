@@ -1,0 +1,240 @@
+"""TF Serving's wire formats: REST bodies, gRPC `PredictRequest`s and
+warm-up `PredictionLog`s."""
+
+import base64
+import json
+import numbers
+import re
+import urllib.request
+
+import numpy as np
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+SERVING_API_HINT = (
+    "This needs `tensorflow-serving-api`. Install it without its "
+    "dependencies (it pins `tensorflow`, which clashes with "
+    "`tensorflow-cpu`): python -m pip install --no-deps "
+    "tensorflow-serving-api"
+)
+
+
+def _serving_apis():
+    try:
+        from tensorflow_serving.apis import predict_pb2
+        from tensorflow_serving.apis import prediction_log_pb2
+    except ImportError as e:
+        raise ImportError(SERVING_API_HINT) from e
+    return predict_pb2, prediction_log_pb2
+
+
+def _as_arrays(inputs):
+    if not isinstance(inputs, dict) or not inputs:
+        raise ValueError(
+            "Argument `inputs` must be a non-empty dict {input_name: array}. "
+            f"Received: inputs={type(inputs).__name__}"
+        )
+    arrays = {}
+    for name, value in inputs.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"Input names must be non-empty strings. Received: {name!r}"
+            )
+        array = np.asarray(value)
+        if array.dtype.kind in "SUO":
+            flat = [
+                v.encode("utf-8") if isinstance(v, str) else v
+                for v in array.reshape(-1).tolist()
+            ]
+            if not all(isinstance(v, bytes) for v in flat):
+                raise ValueError(
+                    f"Input {name!r} mixes strings with other values."
+                )
+            array = np.array(flat + [b""], dtype=object)[:-1].reshape(
+                array.shape
+            )
+        elif array.dtype.kind not in "biuf":
+            raise ValueError(
+                f"Input {name!r} has an unsupported dtype {array.dtype}."
+            )
+        arrays[name] = array
+    return arrays
+
+
+def _json_leaf(value):
+    """Bytes that are not UTF-8 text travel as `{"b64": ...}`."""
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    return value
+
+
+def _to_json(array, binary):
+    if array.dtype == object:
+        if array.ndim == 0:
+            return _json_leaf(array.item()) if binary else _text(array.item())
+        return [_to_json(a, binary) for a in array]
+    return array.tolist()
+
+
+def _text(value):
+    return value.decode("utf-8")
+
+
+def _is_binary(array):
+    """Whether a string input needs base64: any value that is not UTF-8."""
+    if array.dtype != object:
+        return False
+    for value in array.reshape(-1):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return True
+    return False
+
+
+def rest_body(inputs, format="inputs", signature_name=None, binary=None):
+    """The JSON body of a TF Serving REST `:predict` request.
+
+    Args:
+        inputs: Dict `{input_name: array}`; the arrays share the batch size.
+            Strings are `str` or `bytes`.
+        format: `"inputs"` (columnar) or `"instances"` (one object per row).
+        signature_name: Optional signature; TF Serving uses
+            `serving_default` when it is absent.
+        binary: Which string inputs are sent base64-encoded as
+            `{"b64": ...}`: a collection of input names, or `None` (default)
+            for every input that holds bytes that are not valid UTF-8 text.
+            Encoded images must be sent this way.
+
+    Returns:
+        A dict, ready for `json.dumps`.
+    """
+    arrays = _as_arrays(inputs)
+    if format not in ("inputs", "instances"):
+        raise ValueError(
+            'Argument `format` must be "inputs" or "instances". '
+            f"Received: format={format!r}"
+        )
+    if binary is None:
+        binary = {name for name, a in arrays.items() if _is_binary(a)}
+    columns = {
+        name: _to_json(a, name in binary) if a.dtype == object else a.tolist()
+        for name, a in arrays.items()
+    }
+    body = {}
+    if signature_name is not None:
+        body["signature_name"] = signature_name
+    if format == "inputs":
+        body["inputs"] = columns
+        return body
+    batch = {a.shape[0] if a.ndim else None for a in arrays.values()}
+    if len(batch) != 1 or None in batch:
+        raise ValueError(
+            'The "instances" format needs inputs with one shared batch '
+            "dimension. Received shapes: "
+            f"{ {k: a.shape for k, a in arrays.items()} }"
+        )
+    (n,) = batch
+    if len(columns) == 1:
+        body["instances"] = next(iter(columns.values()))
+    else:
+        body["instances"] = [
+            {name: column[i] for name, column in columns.items()}
+            for i in range(n)
+        ]
+    return body
+
+
+def rest_url(host, port, model_name, version=None, label=None):
+    """`http://HOST:PORT/v1/models/NAME[/versions/N|/labels/L]:predict`."""
+    _check_model_name(model_name)
+    if version is not None and label is not None:
+        raise ValueError("Pass `version` or `label`, not both.")
+    path = f"/v1/models/{model_name}"
+    if version is not None:
+        path += f"/versions/{_check_version(version)}"
+    elif label is not None:
+        _check_model_name(label, "label")
+        path += f"/labels/{label}"
+    return f"http://{host}:{int(port)}{path}:predict"
+
+
+def _check_model_name(name, what="model_name"):
+    if not isinstance(name, str) or not _MODEL_NAME.match(name):
+        raise ValueError(
+            f"Argument `{what}` must be letters, digits, '_', '.' or '-'. "
+            f"Received: {what}={name!r}"
+        )
+
+
+def _check_version(version):
+    if (
+        isinstance(version, bool)
+        or not isinstance(version, numbers.Integral)
+        or version < 0
+    ):
+        raise ValueError(
+            "Argument `version` must be a non-negative integer. "
+            f"Received: version={version!r}"
+        )
+    return int(version)
+
+
+def send_rest(url, body, timeout=30.0):
+    """POSTs `body` to `url`; returns the decoded JSON response."""
+    data = json.dumps(body).encode("utf-8")
+    request = urllib.request.Request(
+        url,
+        data=data,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read().decode("utf-8"))
+
+
+def _tensor_proto(array):
+    import tensorflow as tf
+
+    if array.dtype == object:
+        return tf.make_tensor_proto(array, dtype=tf.string)
+    return tf.make_tensor_proto(array)
+
+
+def predict_request(
+    model_name, inputs, signature_name="serving_default", version=None
+):
+    """A gRPC `tensorflow.serving.PredictRequest`."""
+    _check_model_name(model_name)
+    predict_pb2, _ = _serving_apis()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    if version is not None:
+        request.model_spec.version.value = _check_version(version)
+    for name, array in _as_arrays(inputs).items():
+        request.inputs[name].CopyFrom(_tensor_proto(array))
+    return request
+
+
+def prediction_log(model_name, signature_name, inputs):
+    """A warm-up record: a `PredictionLog` holding one `PredictRequest`."""
+    _, prediction_log_pb2 = _serving_apis()
+    request = predict_request(model_name, inputs, signature_name)
+    return prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )
+
+
+def send_grpc(target, request, timeout=30.0):
+    """Sends a `PredictRequest` to `target` ("host:port"); `{name: array}`."""
+    try:
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+    except ImportError as e:
+        raise ImportError(SERVING_API_HINT + " (and grpcio)") from e
+    import tensorflow as tf
+
+    with grpc.insecure_channel(target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(request, timeout=timeout)
+    return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
