@@ -257,8 +257,8 @@ def _input_specs(model, input_signature):
         for name, spec in input_signature.items():
             _check_name("input_signature", name)
             shape = getattr(spec, "shape", None)
-            dtype = getattr(spec, "dtype", None)
-            if shape is None or dtype is None:
+            dtype = getattr(spec, "dtype", "missing") or keras.config.floatx()
+            if shape is None or dtype == "missing":
                 raise ValueError(
                     "Each value of `input_signature` must have a shape and a "
                     f"dtype. Received: input_signature[{name!r}]={spec!r}"

@@ -1,0 +1,56 @@
+"""Models and data shared by the serving tests."""
+
+import os
+
+import keras
+import numpy as np
+
+import keras_attention as ka
+
+VOCAB = 20
+
+
+def masked_model():
+    """Token ids -> class probabilities and per-token scores (masked)."""
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(VOCAB, 8, mask_zero=True)(tokens)
+    x = ka.MultiHeadAttention(num_heads=2, key_dim=4)(x, x)
+    x = ka.AdditiveAttention(units=4)(x, x)
+    pooled = ka.AttentionPooling(units=4, num_heads=2)(x)
+    probabilities = keras.layers.Dense(
+        3, activation="softmax", name="probabilities"
+    )(pooled)
+    per_token = keras.layers.Dense(2, name="per_token")(x)
+    return keras.Model(tokens, [probabilities, per_token], name="masked")
+
+
+def two_input_model():
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    memory = keras.Input((None, 6), name="memory")
+    x = keras.layers.Embedding(VOCAB, 8, mask_zero=True)(tokens)
+    x = ka.MultiHeadAttention(num_heads=2, key_dim=4)(x, memory)
+    pooled = ka.AttentionPooling(units=4)(x)
+    score = keras.layers.Dense(1, name="score")(pooled)
+    return keras.Model([tokens, memory], score, name="two_inputs")
+
+
+def ragged_tokens(rng, lengths, width=None):
+    """Zero-padded token rows of the given lengths."""
+    width = width or max(lengths)
+    tokens = np.zeros((len(lengths), width), "int32")
+    for i, n in enumerate(lengths):
+        tokens[i, :n] = rng.integers(1, VOCAB, size=n)
+    return tokens
+
+
+def tree(path):
+    """Every file and folder under `path`, relative, with file sizes."""
+    entries = set()
+    for root, dirs, files in os.walk(path):
+        rel = os.path.relpath(root, path)
+        entries.update(os.path.join(rel, d) + "/" for d in dirs)
+        entries.update(
+            (os.path.join(rel, f), os.path.getsize(os.path.join(root, f)))
+            for f in files
+        )
+    return entries
