@@ -147,16 +147,25 @@ class MultiHeadAttention(keras.layers.Layer):
     # Shapes
     # ------------------------------------------------------------------
     @staticmethod
-    def _split_inputs(inputs, what="inputs"):
-        """`[query, key(, value)]` -> `(query, key, value)`."""
-        if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
+    def _split_inputs(inputs):
+        """`[query, key(, value)]` (tensors or shapes) -> `(query, key,
+        value)`."""
+        is_list = isinstance(inputs, (list, tuple))
+        shape = None
+        if not is_list:
+            shape = _checks.static_shape(inputs)
+        elif inputs and not isinstance(inputs[0], (list, tuple)):
+            if not hasattr(inputs[0], "shape"):
+                # A single shape, as `build` receives for a single tensor.
+                is_list, shape = False, tuple(inputs)
+        if not is_list or len(inputs) not in (2, 3):
             got = (
-                f"a {type(inputs).__name__} of length {len(inputs)}"
-                if isinstance(inputs, (list, tuple))
-                else f"a {type(inputs).__name__}"
+                f"a list of length {len(inputs)}"
+                if is_list
+                else f"a single tensor of shape {shape}"
             )
             raise ValueError(
-                f"Argument `{what}` must be a list `[query, key]` or "
+                "Argument `inputs` must be a list `[query, key]` or "
                 f"`[query, key, value]`, as in tfa. Received: {got}"
             )
         query, key = inputs[0], inputs[1]
@@ -194,7 +203,7 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def build(self, input_shape):
         query_shape, key_shape, value_shape = self._check_shapes(
-            *self._split_inputs(input_shape, "input_shape")
+            *self._split_inputs(input_shape)
         )
         for name, shape in (
             ("query", query_shape),
@@ -241,7 +250,7 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         query_shape, key_shape, value_shape = self._check_shapes(
-            *self._split_inputs(input_shape, "input_shape")
+            *self._split_inputs(input_shape)
         )
         output_shape = query_shape[:-1] + (self._output_size(value_shape),)
         if not self.return_attn_coef:
@@ -316,6 +325,18 @@ class MultiHeadAttention(keras.layers.Layer):
     def _mask_from_keras_masks(masks):
         """Key padding mask `(batch, 1, source_length)` from the inputs'
         Keras masks `[query_mask, key_mask(, value_mask)]`, or None."""
+        if any(m is not None and not hasattr(m, "shape") for m in masks):
+            # tf.keras saved a tensor passed as `mask=` as a reference
+            # `[layer_name, node_index, tensor_index]`, which Keras 3's legacy
+            # HDF5 loader hands over unresolved.
+            raise ValueError(
+                "Argument `mask` must be a tensor. Received an unresolved "
+                "reference to a layer output, as Keras 3's legacy HDF5 loader "
+                "passes a tensor that tf.keras saved as a keyword argument. "
+                "Rebuild the model in code with the `keras_attention.compat."
+                "tfa` layers and load the file with `model.load_weights(path)`"
+                f" (see MIGRATING.md). Received: mask={list(masks)!r}"
+            )
         masks = list(masks) + [None] * (3 - len(masks))
         result = None
         for mask in masks[1:]:
