@@ -73,10 +73,19 @@ def _request(args):
             return 0
         print(json.dumps(_wire.send_rest(url, body, args.timeout)))
         return 0
-    request = _wire.predict_request(
-        args.model, inputs, args.signature or "serving_default", args.version
-    )
+    signature = args.signature or "serving_default"
     target = f"{args.host}:{args.port or 8500}"
+    if args.saved_model:
+        dtypes = _wire.signature_dtypes(args.saved_model, signature)
+    elif not args.dry_run:
+        dtypes = _wire.grpc_signature_dtypes(
+            target, args.model, signature, args.version
+        )
+    else:
+        dtypes = None  # JSON's own types: pass --saved-model to match
+    request = _wire.predict_request(
+        args.model, inputs, signature, args.version, dtypes
+    )
     if args.dry_run:
         print(f"gRPC PredictionService/Predict -> {target}")
         print(request)
@@ -123,6 +132,11 @@ def main(argv=None):
     r.add_argument("--host", default="localhost")
     r.add_argument("--port", type=int, help="default: 8501 REST, 8500 gRPC")
     r.add_argument("--timeout", type=float, default=30.0)
+    r.add_argument(
+        "--saved-model",
+        help="gRPC: take the input dtypes from this local export (default: "
+        "ask the server with GetModelMetadata)",
+    )
     r.add_argument(
         "--dry-run",
         action="store_true",

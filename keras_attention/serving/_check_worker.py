@@ -85,6 +85,10 @@ def to_array(value, dtype):
     return np.asarray(value, dtype=np.dtype(dtype))
 
 
+def _named(value):
+    return isinstance(value, dict) and set(value) != {"b64"}
+
+
 def decode_body(body, input_dtypes):
     """`{name: array}` from a TF Serving REST predict body.
 
@@ -99,26 +103,24 @@ def decode_body(body, input_dtypes):
         raise CheckError(
             'the request body needs exactly one of "instances" or "inputs"'
         )
+    # As in TF Serving: a JSON object (other than {"b64": ...}) names the
+    # inputs; anything else is the value of the signature's only input.
     if "inputs" in body:
         inputs = body["inputs"]
-        if isinstance(inputs, dict) and set(inputs) == set(names):
+        if _named(inputs) or len(names) != 1:
             columns = inputs
-        elif len(names) == 1:
-            columns = {names[0]: inputs}
         else:
-            columns = inputs
+            columns = {names[0]: inputs}
     else:
         instances = body["instances"]
         if not isinstance(instances, list) or not instances:
             raise CheckError('"instances" must be a non-empty list')
-        if len(names) == 1 and not (
-            isinstance(instances[0], dict) and set(instances[0]) == set(names)
-        ):
+        if not _named(instances[0]) and len(names) == 1:
             columns = {names[0]: instances}
         else:
             columns = {}
             for i, row in enumerate(instances):
-                if not isinstance(row, dict) or set(row) != set(names):
+                if not _named(row) or set(row) != set(names):
                     raise CheckError(
                         f"instance {i} must be an object with the inputs "
                         f"{names}"

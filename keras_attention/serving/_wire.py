@@ -27,7 +27,7 @@ def _serving_apis():
     return predict_pb2, prediction_log_pb2
 
 
-def _as_arrays(inputs):
+def _as_arrays(inputs, dtypes=None):
     if not isinstance(inputs, dict) or not inputs:
         raise ValueError(
             "Argument `inputs` must be a non-empty dict {input_name: array}. "
@@ -56,6 +56,8 @@ def _as_arrays(inputs):
             raise ValueError(
                 f"Input {name!r} has an unsupported dtype {array.dtype}."
             )
+        elif dtypes and name in dtypes:
+            array = array.astype(dtypes[name])
         arrays[name] = array
     return arrays
 
@@ -68,11 +70,11 @@ def _json_leaf(value):
 
 
 def _to_json(array, binary):
-    if array.dtype == object:
-        if array.ndim == 0:
-            return _json_leaf(array.item()) if binary else _text(array.item())
+    """Nested lists of an object array of bytes: text or `{"b64": ...}`."""
+    if isinstance(array, np.ndarray) and array.ndim > 0:
         return [_to_json(a, binary) for a in array]
-    return array.tolist()
+    value = array.item() if isinstance(array, np.ndarray) else array
+    return _json_leaf(value) if binary else _text(value)
 
 
 def _text(value):
@@ -201,9 +203,26 @@ def _tensor_proto(array):
 
 
 def predict_request(
-    model_name, inputs, signature_name="serving_default", version=None
+    model_name,
+    inputs,
+    signature_name="serving_default",
+    version=None,
+    dtypes=None,
 ):
-    """A gRPC `tensorflow.serving.PredictRequest`."""
+    """A gRPC `tensorflow.serving.PredictRequest`.
+
+    Args:
+        model_name: The served model's name.
+        inputs: Dict `{input_name: array}`.
+        signature_name: Defaults to `"serving_default"`.
+        version: Optional integer version.
+        dtypes: Optional `{input_name: dtype}` to cast numeric inputs to,
+            e.g. from `signature_dtypes`. gRPC tensors carry their dtype,
+            and TF Serving rejects one that differs from the signature's.
+
+    Returns:
+        A `PredictRequest`.
+    """
     _check_model_name(model_name)
     predict_pb2, _ = _serving_apis()
     request = predict_pb2.PredictRequest()
@@ -211,9 +230,60 @@ def predict_request(
     request.model_spec.signature_name = signature_name
     if version is not None:
         request.model_spec.version.value = _check_version(version)
-    for name, array in _as_arrays(inputs).items():
+    for name, array in _as_arrays(inputs, dtypes).items():
         request.inputs[name].CopyFrom(_tensor_proto(array))
     return request
+
+
+def signature_dtypes(saved_model_dir, signature_name="serving_default"):
+    """`{input_name: numpy dtype name}` read from an export's
+    `saved_model.pb`, without loading the model."""
+    import os
+
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    for meta_graph in proto.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags:
+            signatures = meta_graph.signature_def
+            if signature_name not in signatures:
+                raise ValueError(
+                    f"No signature {signature_name!r} in {saved_model_dir}; "
+                    f"it has {sorted(signatures)}"
+                )
+            return _dtypes_of(tf, signatures[signature_name])
+    raise ValueError(f"No 'serve' meta graph in {saved_model_dir}")
+
+
+def _dtypes_of(tf, signature_def):
+    return {
+        name: tf.dtypes.as_dtype(info.dtype).as_numpy_dtype.__name__
+        for name, info in signature_def.inputs.items()
+        if info.dtype != tf.string.as_datatype_enum
+    }
+
+
+def grpc_signature_dtypes(target, model_name, signature_name, version=None):
+    """Asks a running TF Serving (`GetModelMetadata`) for input dtypes."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import get_model_metadata_pb2
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = model_name
+    if version is not None:
+        request.model_spec.version.value = _check_version(version)
+    request.metadata_field.append("signature_def")
+    with grpc.insecure_channel(target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.GetModelMetadata(request, timeout=30.0)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    return _dtypes_of(tf, signatures.signature_def[signature_name])
 
 
 def prediction_log(model_name, signature_name, inputs):
