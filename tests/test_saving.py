@@ -105,6 +105,8 @@ def test_quickstart_runs(tmp_path):
             "512",
             "--output-dir",
             str(tmp_path),
+            "--saved-models-dir",
+            str(tmp_path / "saved_models"),
         ],
         capture_output=True,
         text=True,
@@ -113,6 +115,16 @@ def test_quickstart_runs(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "outputs match" in result.stdout
     assert (tmp_path / "quickstart.keras").exists()
+    if keras.backend.backend() == "tensorflow":
+        assert "CHECK PASSED" in result.stdout
+        assert "served predictions" in result.stdout
+        version = tmp_path / "saved_models" / "quickstart" / "1"
+        assert (version / "saved_model.pb").exists()
+        assert (
+            version / "assets.extra" / "tf_serving_warmup_requests"
+        ).exists()
+    else:
+        assert "export skipped" in result.stdout
 
 
 def test_sequential_model_roundtrip(tmp_path, rng):

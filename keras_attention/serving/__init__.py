@@ -18,6 +18,7 @@ Command line (`python -m keras_attention.serving --help`):
         Sends a predict request to a running TF Serving.
 """
 
+from keras_attention.serving._check import check
 from keras_attention.serving._config import write_batching_config
 from keras_attention.serving._config import write_model_config
 from keras_attention.serving._export import export_saved_model
@@ -26,6 +27,7 @@ from keras_attention.serving._wire import rest_body
 from keras_attention.serving._wire import rest_url
 
 __all__ = [
+    "check",
     "export_saved_model",
     "predict_request",
     "rest_body",

@@ -2,45 +2,11 @@
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 
 from keras_attention.serving import _check_worker
 from keras_attention.serving import _wire
-
-
-def check(path, *extra, capture=False, timeout=600):
-    """Runs the checker script in an isolated subprocess.
-
-    `python -I` ignores `PYTHONPATH` and the user's site directory and does
-    not put the script's or the working directory on `sys.path`; the working
-    directory is an empty temporary one, never the SavedModel's, so no
-    Python file from the export can be imported. The script blocks `keras`
-    and `keras_attention`.
-    """
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PYTHON") and k != "KERAS_BACKEND"
-    }
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with tempfile.TemporaryDirectory() as cwd:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-I",
-                os.path.abspath(_check_worker.__file__),
-                os.path.abspath(path),
-                *extra,
-            ],
-            cwd=cwd,
-            env=env,
-            capture_output=capture,
-            text=True,
-            timeout=timeout,
-        )
+from keras_attention.serving._check import check
 
 
 def _load_inputs(path):
@@ -144,16 +110,15 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     if args.command == "check":
-        extra = ["--signature", args.signature]
-        extra += ["--rtol", str(args.rtol), "--atol", str(args.atol)]
-        for flag, value in [
-            ("--inputs", args.inputs),
-            ("--expect", args.expect),
-            ("--json", args.json),
-        ]:
-            if value is not None:
-                extra += [flag, os.path.abspath(value)]
-        return check(args.path, *extra).returncode
+        return check(
+            args.path,
+            inputs=args.inputs,
+            expect=args.expect,
+            signature=args.signature,
+            rtol=args.rtol,
+            atol=args.atol,
+            report=args.json,
+        ).returncode
     return _request(args)
 
 
