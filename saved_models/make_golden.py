@@ -1,0 +1,129 @@
+"""Writes the golden `.keras` files: one small model per public layer.
+
+Each golden model wraps one public layer, with non-default arguments, in a
+functional model. Its file goes to `saved_models/golden/<version>/<Layer>.keras`
+next to `<Layer>.npz`, which holds the inputs and the outputs the model gave
+when it was saved. `tests/test_artifacts.py` loads every committed golden
+file with the current code and checks it still gives those outputs: that is
+how we prove that models saved by older releases still load.
+
+Usage:
+    python saved_models/make_golden.py            # this release's version
+    python saved_models/make_golden.py --only PatchEmbedding
+
+A release adds a new `golden/<version>/` folder; existing files are never
+regenerated (the script refuses to overwrite them).
+"""
+
+import argparse
+import os
+import sys
+
+import keras
+import numpy as np
+
+import keras_attention as ka
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _tokens(rng, batch=3, length=7, vocab=20):
+    tokens = rng.integers(1, vocab, size=(batch, length)).astype("int32")
+    tokens[0, 4:] = 0  # a padded row: the masks are part of what is checked
+    tokens[2, 2:] = 0
+    return tokens
+
+
+def multi_head_attention(rng):
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    memory = keras.Input((None, 6), name="memory")
+    x = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    x = ka.MultiHeadAttention(
+        num_heads=4,
+        key_dim=3,
+        value_dim=5,
+        num_key_value_heads=2,
+        output_shape=7,
+        chunk_size=4,
+    )(x, memory, use_causal_mask=False)
+    model = keras.Model([tokens, memory], x)
+    inputs = [_tokens(rng), rng.normal(size=(3, 5, 6)).astype("float32")]
+    return model, inputs
+
+
+def additive_attention(rng):
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    x = ka.AdditiveAttention(units=6, normalize=True, chunk_size=3)(x, x)
+    return keras.Model(tokens, x), [_tokens(rng)]
+
+
+def attention_pooling(rng):
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    x = ka.AttentionPooling(units=5, num_heads=2)(x)
+    return keras.Model(tokens, x), [_tokens(rng)]
+
+
+GOLDEN = {
+    "MultiHeadAttention": multi_head_attention,
+    "AdditiveAttention": additive_attention,
+    "AttentionPooling": attention_pooling,
+}
+
+
+def _randomize(model, rng):
+    """Non-trivial weights (biases too), so a mis-loaded weight shows."""
+    model.set_weights(
+        [
+            rng.normal(scale=0.5, size=w.shape).astype(w.dtype)
+            for w in model.get_weights()
+        ]
+    )
+
+
+def _structure(inputs):
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
+def load(path):
+    """The golden model and its stored `(inputs, outputs)`."""
+    model = keras.saving.load_model(path)  # safe_mode=True, the default
+    with np.load(path[: -len(".keras")] + ".npz", allow_pickle=False) as data:
+        n = len([k for k in data.files if k.startswith("input_")])
+        inputs = [data[f"input_{i}"] for i in range(n)]
+        return model, _structure(inputs), data["output"]
+
+
+def write(name, version, seed=0):
+    directory = os.path.join(HERE, "golden", version)
+    path = os.path.join(directory, f"{name}.keras")
+    if os.path.exists(path):
+        raise FileExistsError(
+            f"{path} exists: golden files are never regenerated. Add a new "
+            "release version instead."
+        )
+    os.makedirs(directory, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    model, inputs = GOLDEN[name](rng)
+    _randomize(model, rng)
+    outputs = model.predict(_structure(inputs), verbose=0)
+    model.save(path)
+    arrays = {f"input_{i}": x for i, x in enumerate(inputs)}
+    np.savez(os.path.join(directory, f"{name}.npz"), output=outputs, **arrays)
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", default=ka.__version__)
+    parser.add_argument("--only", nargs="*", choices=sorted(GOLDEN))
+    args = parser.parse_args(argv)
+    for name in args.only or sorted(GOLDEN):
+        print(write(name, args.version))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
