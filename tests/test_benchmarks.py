@@ -40,3 +40,34 @@ def test_benchmark_smoke_run(tmp_path):
     assert row["checksum_rel_diff"] < 1e-4
     table = (tmp_path / "smoke.md").read_text()
     assert "| MHA B=2 L=64 h=2x8 | train |" in table
+
+
+@pytest.mark.tensorflow_only
+def test_serving_benchmark_smoke_run(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.serving",
+            "--smoke",
+            "--output-dir",
+            str(tmp_path),
+            "--name",
+            "smoke",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    assert [r["batch"] for r in report["rows"]] == [1, 4]
+    for row in report["rows"]:
+        for name in ("direct", "direct_static", "signature", "session"):
+            assert row["median_ms"][name] > 0
+    # The outputs of all four calls agreed (the benchmark asserts it).
+    assert (
+        "signature / direct (target <= 1.1)"
+        in (tmp_path / "smoke.md").read_text()
+    )
