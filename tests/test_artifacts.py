@@ -102,6 +102,21 @@ def test_models_config_lists_the_committed_models():
         assert entry.base_path == f"/models/{entry.name}"
 
 
+@pytest.mark.tensorflow_only
+def test_batching_config_parses():
+    from google.protobuf import text_format
+
+    from keras_attention.serving import _config
+
+    with open(os.path.join(SAVED, "batching.config")) as f:
+        message = text_format.Parse(
+            f.read(), _config.batching_parameters_class()()
+        )
+    assert message.max_batch_size.value == 32
+    assert list(message.allowed_batch_sizes) == [1, 8, 32]
+    assert message.pad_variable_length_inputs
+
+
 def test_saved_models_folder_is_under_10_mb():
     total = sum(
         os.path.getsize(os.path.join(root, f))
