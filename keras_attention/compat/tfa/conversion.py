@@ -1,4 +1,4 @@
-from keras import ops
+import numpy as np
 
 from keras_attention.compat.tfa.bahdanau_attention import BahdanauAttention
 from keras_attention.compat.tfa.multi_head_attention import MultiHeadAttention
@@ -118,17 +118,20 @@ def _convert_multi_head_attention(layer):
     )
     lead = (None,) * (rank - 1)
     native.build(lead + (query_dim,), lead + (value_dim,), lead + (key_dim,))
-    for dense, kernel in (
-        (native.query_dense, layer.query_kernel),
-        (native.key_dense, layer.key_kernel),
-        (native.value_dense, layer.value_kernel),
+    # NumPy copies: under JAX, assigning one variable to another would share
+    # a buffer that a compiled step may donate and delete.
+    weights = dict(zip([w.name for w in layer.weights], layer.get_weights()))
+    for dense, name in (
+        (native.query_dense, "query_kernel"),
+        (native.key_dense, "key_kernel"),
+        (native.value_dense, "value_kernel"),
     ):
-        dense.kernel.assign(ops.transpose(kernel, (1, 0, 2)))
+        dense.kernel.assign(np.transpose(weights[name], (1, 0, 2)))
         if layer.use_projection_bias:
-            dense.bias.assign(ops.zeros(dense.bias.shape, dense.bias.dtype))
-    native.output_dense.kernel.assign(layer.projection_kernel)
+            dense.bias.assign(np.zeros(dense.bias.shape, "float32"))
+    native.output_dense.kernel.assign(weights["projection_kernel"])
     if layer.use_projection_bias:
-        native.output_dense.bias.assign(layer.projection_bias)
+        native.output_dense.bias.assign(weights["projection_bias"])
     return native
 
 
