@@ -1,0 +1,256 @@
+"""What every example shares: command line, device, precision, distribution,
+and export.
+
+Import this module before `keras`: with `--cpu-devices N` it splits the CPU
+into N logical devices, which under JAX must happen before JAX starts.
+
+    import _common  # noqa: F401  (first)
+    import keras
+
+    args = _common.parse_args(__doc__, "image_classification", epochs=20)
+    run = _common.setup(args)
+    with run.scope():
+        model = build_model()
+        model.compile(..., jit_compile=run.jit_compile)
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+
+
+def _early_cpu_devices(argv):
+    """`--cpu-devices N` from the raw command line, before keras is imported."""
+    for i, arg in enumerate(argv):
+        if arg == "--cpu-devices" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith("--cpu-devices="):
+            return int(arg.split("=", 1)[1])
+    return 1
+
+
+_CPU_DEVICES = _early_cpu_devices(sys.argv[1:])
+if _CPU_DEVICES > 1:
+    flag = f"--xla_force_host_platform_device_count={_CPU_DEVICES}"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}"
+
+
+def parse_args(doc, name, argv=None, add_arguments=None, **defaults):
+    """The shared flags, plus the example's own (`add_arguments(parser)`).
+
+    `defaults` sets the example's defaults, e.g. `epochs=20`.
+    """
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 1)[1] if "\n\n" in doc else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    shared = parser.add_argument_group("shared by all examples")
+    shared.add_argument("--epochs", type=int, default=10)
+    shared.add_argument("--batch-size", type=int, default=64)
+    shared.add_argument("--seed", type=int, default=0)
+    shared.add_argument(
+        "--output-dir",
+        default=os.path.join("runs", name),
+        help="checkpoints, figures and logs (default: runs/%(prog)s)",
+    )
+    shared.add_argument(
+        "--mixed-precision",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: mixed_float16 on NVIDIA GPUs, mixed_bfloat16 on TPUs, "
+        "off on CPUs",
+    )
+    shared.add_argument(
+        "--jit-compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="XLA compilation of the train step (auto: Keras' choice)",
+    )
+    shared.add_argument(
+        "--distribute",
+        choices=["none", "mirrored"],
+        default="none",
+        help="mirrored: tf.distribute.MirroredStrategy (TensorFlow) or "
+        "keras.distribution.DataParallel (JAX) over all local devices",
+    )
+    shared.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=1,
+        help="split the CPU into this many logical devices (to try "
+        "--distribute mirrored without GPUs)",
+    )
+    shared.add_argument(
+        "--export",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="export a SavedModel for TF Serving to "
+        "<saved-models-dir>/<name>/<next version>/ (TensorFlow backend)",
+    )
+    shared.add_argument("--saved-models-dir", default="saved_models")
+    shared.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="cap on train steps per epoch (smoke tests)",
+    )
+    if add_arguments is not None:
+        add_arguments(parser)
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    if args.cpu_devices != _CPU_DEVICES and args.cpu_devices > 1:
+        parser.error("--cpu-devices must be given on the command line")
+    args.name = name
+    return args
+
+
+class Run:
+    """The resolved device, precision, compilation and distribution."""
+
+    def __init__(self, args):
+        import keras
+
+        self.args = args
+        self.backend = keras.backend.backend()
+        self.platform, self.devices = _devices(self.backend, args.cpu_devices)
+        self.policy = _policy(args.mixed_precision, self.platform)
+        keras.config.set_dtype_policy(self.policy)
+        self.jit_compile = {"auto": "auto", "on": True, "off": False}[
+            args.jit_compile
+        ]
+        self.strategy = None
+        if args.distribute == "mirrored":
+            self.strategy = _distribute(self.backend, self.platform)
+        keras.utils.set_random_seed(args.seed)
+        os.makedirs(args.output_dir, exist_ok=True)
+        self.start = time.time()
+
+    def scope(self):
+        """Build and compile the model inside this."""
+        if self.strategy is not None and self.backend == "tensorflow":
+            return self.strategy.scope()
+        return contextlib.nullcontext()
+
+    @property
+    def replicas(self):
+        if self.strategy is None:
+            return 1
+        if self.backend == "tensorflow":
+            return self.strategy.num_replicas_in_sync
+        return len(self.strategy.device_mesh.devices.reshape(-1))
+
+    def describe(self):
+        import keras
+
+        import keras_attention
+
+        print(
+            f"backend {self.backend} (keras {keras.__version__}, "
+            f"keras_attention {keras_attention.__version__}); device: "
+            f"{self.platform.upper()} {', '.join(self.devices)}; precision "
+            f"{self.policy}; jit_compile {self.jit_compile}; distribute "
+            f"{self.args.distribute} ({self.replicas} replica(s))"
+        )
+
+    def steps(self, n_samples, batch_size):
+        """Steps per epoch, capped by `--max-steps`."""
+        steps = max(1, -(-n_samples // batch_size))
+        if self.args.max_steps:
+            steps = min(steps, self.args.max_steps)
+        return steps
+
+    def elapsed(self):
+        return time.time() - self.start
+
+    def export(self, model, name=None, signatures=None, warmup_inputs=None):
+        """Exports for TF Serving (TensorFlow backend only) and checks it.
+
+        Returns the version path, or None where export is skipped.
+        """
+        if not self.args.export:
+            return None
+        if self.backend != "tensorflow":
+            print(
+                "export skipped: SavedModel export needs the TensorFlow "
+                f"backend (this run uses {self.backend!r})"
+            )
+            return None
+        from keras_attention import serving
+
+        base = os.path.join(self.args.saved_models_dir, name or self.args.name)
+        path = serving.export_saved_model(
+            model, base, signatures=signatures, warmup_inputs=warmup_inputs
+        )
+        print(f"exported to {path}")
+        result = serving.check(path)
+        if result.returncode != 0:
+            raise SystemExit(f"the export at {path} failed its check")
+        return path
+
+    def figure_path(self, filename):
+        return os.path.join(self.args.output_dir, filename)
+
+
+def setup(args):
+    run = Run(args)
+    run.describe()
+    return run
+
+
+def _devices(backend, cpu_devices):
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if cpu_devices > 1:
+            (cpu,) = tf.config.list_physical_devices("CPU")
+            tf.config.set_logical_device_configuration(
+                cpu,
+                [tf.config.LogicalDeviceConfiguration()] * cpu_devices,
+            )
+        gpus = tf.config.list_logical_devices("GPU")
+        tpus = tf.config.list_logical_devices("TPU")
+        if tpus:
+            return "tpu", [d.name for d in tpus]
+        if gpus:
+            return "gpu", [d.name for d in gpus]
+        return "cpu", [d.name for d in tf.config.list_logical_devices("CPU")]
+    if backend == "jax":
+        import jax
+
+        devices = jax.devices()
+        platform = devices[0].platform
+        names = [
+            f"{d.platform}:{d.id} ({getattr(d, 'device_kind', '')})"
+            for d in devices
+        ]
+        return platform, names
+    return "cpu", ["cpu"]
+
+
+def _policy(mode, platform):
+    if mode == "off":
+        return "float32"
+    return {"gpu": "mixed_float16", "tpu": "mixed_bfloat16"}.get(
+        platform, "float32"
+    )
+
+
+def _distribute(backend, platform):
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        kind = "GPU" if platform == "gpu" else "CPU"
+        devices = [d.name for d in tf.config.list_logical_devices(kind)]
+        return tf.distribute.MirroredStrategy(devices)
+    if backend == "jax":
+        import keras
+
+        distribution = keras.distribution.DataParallel(
+            devices=keras.distribution.list_devices()
+        )
+        keras.distribution.set_distribution(distribution)
+        return distribution
+    raise SystemExit(f"--distribute mirrored is not supported on {backend}")
