@@ -7,6 +7,13 @@ import keras
 import numpy as np
 import pytest
 
+from keras_attention.compat.tfa import (
+    bahdanau_attention as tfa_bahdanau_attention,
+)
+from keras_attention.compat.tfa import conversion as tfa_conversion
+from keras_attention.compat.tfa import (
+    multi_head_attention as tfa_multi_head_attention,
+)
 from keras_attention.layers import additive_attention
 from keras_attention.layers import attention_pooling
 from keras_attention.layers import multi_head_attention
@@ -17,6 +24,9 @@ MODULES = [
     multi_head_attention,
     additive_attention,
     attention_pooling,
+    tfa_multi_head_attention,
+    tfa_bahdanau_attention,
+    tfa_conversion,
 ]
 
 
