@@ -157,10 +157,9 @@ def export_saved_model(
 
     parent = os.path.dirname(base_path)
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(
-        parent,
-        f".{os.path.basename(base_path)}.tmp-{os.getpid()}-{uuid.uuid4().hex}",
-    )
+    prefix = f".{os.path.basename(base_path)}.tmp-"
+    _remove_stale_temporaries(parent, prefix)
+    tmp = os.path.join(parent, f"{prefix}{os.getpid()}-{uuid.uuid4().hex}")
     try:
         archive.write_out(tmp, verbose=False)
         _write_assets_extra(
@@ -175,6 +174,29 @@ def export_saved_model(
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_temporaries(parent, prefix):
+    """Removes what exports killed mid-write left (their process is gone)."""
+    for name in os.listdir(parent):
+        if not name.startswith(prefix):
+            continue
+        try:
+            pid = int(name[len(prefix) :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # -- versions ---------------------------------------------------------------

@@ -413,3 +413,48 @@ def test_subclassed_model_needs_an_input_signature(tmp_path, rng):
     got = _signature(path)(features=x)
     assert list(got) == ["outputs"]
     np.testing.assert_allclose(got["outputs"], expected, atol=1e-6)
+
+
+def test_killed_export_leaves_base_path_as_before(tmp_path):
+    """SIGKILL mid-write: no partial version; the next export cleans up."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    base = tmp_path / "m"
+    model = two_input_model()
+    serving.export_saved_model(model, base)
+    before = tree(base)
+    started = tmp_path / "started"
+    script = f"""
+import time
+import keras_attention.serving._export as e
+from tests.serving.helpers import two_input_model
+real = e._write_assets_extra
+def slow(path, *args):
+    real(path, *args)
+    open({str(started)!r}, "w").close()
+    time.sleep(600)
+e._write_assets_extra = slow
+e.export_saved_model(two_input_model(), {str(base)!r})
+"""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=root)
+    try:
+        deadline = time.time() + 300
+        while not started.exists():
+            assert process.poll() is None, "the exporter died early"
+            assert time.time() < deadline, "the exporter never got mid-write"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert tree(base) == before
+    leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".m.tmp-")]
+    assert len(leftovers) == 1  # the killed export's temporary directory
+    path = serving.export_saved_model(model, base)
+    assert os.path.basename(path) == "2"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".m.tmp-")]
