@@ -10,13 +10,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.tensorflow_only
-def test_benchmark_smoke_run(tmp_path):
+def _smoke_run(module, tmp_path):
+    """Runs `python -m <module> --smoke`; returns its JSON report."""
     result = subprocess.run(
         [
             sys.executable,
             "-m",
-            "benchmarks.attention",
+            module,
             "--smoke",
             "--output-dir",
             str(tmp_path),
@@ -29,7 +29,12 @@ def test_benchmark_smoke_run(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads((tmp_path / "smoke.json").read_text())
+    return json.loads((tmp_path / "smoke.json").read_text())
+
+
+@pytest.mark.tensorflow_only
+def test_benchmark_smoke_run(tmp_path):
+    report = _smoke_run("benchmarks.attention", tmp_path)
     assert report["matmul_gflops"] > 0
     (row,) = report["rows"]
     for impl in ("ours", "keras"):
@@ -44,24 +49,7 @@ def test_benchmark_smoke_run(tmp_path):
 
 @pytest.mark.tensorflow_only
 def test_serving_benchmark_smoke_run(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.serving",
-            "--smoke",
-            "--output-dir",
-            str(tmp_path),
-            "--name",
-            "smoke",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads((tmp_path / "smoke.json").read_text())
+    report = _smoke_run("benchmarks.serving", tmp_path)
     assert [r["batch"] for r in report["rows"]] == [1, 4]
     for row in report["rows"]:
         for name in ("direct", "direct_static", "signature", "session"):
