@@ -17,6 +17,9 @@ from keras_attention.compat.tfa import (
 from keras_attention.layers import additive_attention
 from keras_attention.layers import attention_pooling
 from keras_attention.layers import multi_head_attention
+from keras_attention.layers import patch_embedding
+from keras_attention.layers import position_embedding
+from keras_attention.layers import sinusoidal_position_encoding
 from keras_attention.ops import attention
 
 MODULES = [
@@ -27,6 +30,9 @@ MODULES = [
     tfa_multi_head_attention,
     tfa_bahdanau_attention,
     tfa_conversion,
+    patch_embedding,
+    position_embedding,
+    sinusoidal_position_encoding,
 ]
 
 

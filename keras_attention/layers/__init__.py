@@ -1,7 +1,20 @@
-"""Public attention layers."""
+"""Public attention layers, and the Transformer building blocks around
+them."""
 
 from keras_attention.layers.additive_attention import AdditiveAttention
 from keras_attention.layers.attention_pooling import AttentionPooling
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
+from keras_attention.layers.patch_embedding import PatchEmbedding
+from keras_attention.layers.position_embedding import PositionEmbedding
+from keras_attention.layers.sinusoidal_position_encoding import (
+    SinusoidalPositionEncoding,
+)
 
-__all__ = ["AdditiveAttention", "AttentionPooling", "MultiHeadAttention"]
+__all__ = [
+    "AdditiveAttention",
+    "AttentionPooling",
+    "MultiHeadAttention",
+    "PatchEmbedding",
+    "PositionEmbedding",
+    "SinusoidalPositionEncoding",
+]

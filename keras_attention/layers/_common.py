@@ -1,5 +1,8 @@
 """Private helpers shared by the layers."""
 
+import math
+import numbers
+
 import keras
 from keras import ops
 
@@ -60,3 +63,53 @@ def serialize_common(layer, names):
         else:
             config[name] = keras.constraints.serialize(value)
     return config
+
+
+def check_positive_number(name, value):
+    """Raises unless `value` is a finite real number greater than zero."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or float(value) <= 0.0
+    ):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a "
+            f"positive number. Received: {name}={value!r}"
+        )
+
+
+def check_start_index(start_index, length=None, sequence_length=None):
+    """Static checks of a position layer's `start_index` (an int or tensor).
+
+    With `length` and `sequence_length` known, also checks that positions
+    `start_index .. start_index + length - 1` exist.
+    """
+    if isinstance(start_index, bool):
+        raise ValueError(
+            "Received an invalid value for argument `start_index`, expected "
+            f"a non-negative integer. Received: start_index={start_index!r}"
+        )
+    if isinstance(start_index, numbers.Integral):
+        if start_index < 0:
+            raise ValueError(
+                "Received an invalid value for argument `start_index`, "
+                "expected a non-negative integer. Received: "
+                f"start_index={start_index}"
+            )
+        if sequence_length is not None and length is not None:
+            if start_index + length > sequence_length:
+                raise ValueError(
+                    "The positions `start_index + sequence length` must not "
+                    "exceed `sequence_length`, the number of positions the "
+                    f"layer has. Received: start_index={start_index}, "
+                    f"inputs sequence length={length}, "
+                    f"sequence_length={sequence_length}"
+                )
+        return
+    if len(_checks.static_shape(start_index)) != 0:
+        raise ValueError(
+            "Argument `start_index` must be a scalar (a Python int or a "
+            "0-d integer tensor). Received: "
+            f"start_index.shape={_checks.static_shape(start_index)}"
+        )
