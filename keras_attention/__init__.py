@@ -1,6 +1,6 @@
 """Serializable Keras 3 attention layers: multi-head (scaled dot-product),
-additive (Bahdanau) and attention pooling, and patch and position
-embeddings.
+additive (Bahdanau) and attention pooling, and the Transformer blocks built
+on them: patch and position embeddings and a Transformer encoder.
 
 Public API: `keras_attention.layers.*` (re-exported here) and
 `keras_attention.ops.*`.
@@ -14,6 +14,7 @@ from keras_attention.layers import MultiHeadAttention
 from keras_attention.layers import PatchEmbedding
 from keras_attention.layers import PositionEmbedding
 from keras_attention.layers import SinusoidalPositionEncoding
+from keras_attention.layers import TransformerEncoder
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "PatchEmbedding",
     "PositionEmbedding",
     "SinusoidalPositionEncoding",
+    "TransformerEncoder",
     "layers",
     "ops",
     "__version__",

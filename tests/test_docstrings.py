@@ -20,6 +20,7 @@ from keras_attention.layers import multi_head_attention
 from keras_attention.layers import patch_embedding
 from keras_attention.layers import position_embedding
 from keras_attention.layers import sinusoidal_position_encoding
+from keras_attention.layers import transformer_encoder
 from keras_attention.ops import attention
 
 MODULES = [
@@ -33,6 +34,7 @@ MODULES = [
     patch_embedding,
     position_embedding,
     sinusoidal_position_encoding,
+    transformer_encoder,
 ]
 
 

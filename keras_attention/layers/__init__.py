@@ -9,6 +9,7 @@ from keras_attention.layers.position_embedding import PositionEmbedding
 from keras_attention.layers.sinusoidal_position_encoding import (
     SinusoidalPositionEncoding,
 )
+from keras_attention.layers.transformer_encoder import TransformerEncoder
 
 __all__ = [
     "AdditiveAttention",
@@ -17,4 +18,5 @@ __all__ = [
     "PatchEmbedding",
     "PositionEmbedding",
     "SinusoidalPositionEncoding",
+    "TransformerEncoder",
 ]

@@ -27,8 +27,8 @@ class PositionEmbedding(keras.layers.Layer):
     against `sequence_length` statically instead of failing in the slice,
     and passes the inputs' Keras mask through to its output, so that
     `keras.layers.Add()([x, positions])` keeps the padding mask of an
-    `Embedding(mask_zero=True)` (keras-hub's layer drops it, with a
-    warning).
+    `Embedding(mask_zero=True)` (keras-hub's layer does not support
+    masking, so the mask stops there).
 
     Dtype: the embeddings are stored in float32 and returned in the compute
     dtype under a mixed-precision policy.
