@@ -65,10 +65,44 @@ def attention_pooling(rng):
     return keras.Model(tokens, x), [_tokens(rng)]
 
 
+def patch_embedding(rng):
+    pixels = keras.Input((8, 6, 2), name="pixels")
+    x = ka.PatchEmbedding(patch_size=(4, 2), hidden_dim=5)(pixels)
+    return keras.Model(pixels, x), [rng.normal(size=(2, 8, 6, 2))]
+
+
+def position_embedding(rng):
+    features = keras.Input((None, 4), name="features")
+    x = ka.PositionEmbedding(sequence_length=10)(features)
+    x = keras.layers.Add()([features, x])
+    return keras.Model(features, x), [rng.normal(size=(2, 7, 4))]
+
+
+def sinusoidal_position_encoding(rng):
+    features = keras.Input((None, 6), name="features")
+    x = ka.SinusoidalPositionEncoding(max_wavelength=100)(features)
+    x = keras.layers.Dense(3)(keras.layers.Add()([features, x]))
+    return keras.Model(features, x), [rng.normal(size=(2, 5, 6))]
+
+
+def transformer_encoder(rng):
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    x = ka.TransformerEncoder(
+        intermediate_dim=12, num_heads=2, normalize_first=True, dropout=0.1
+    )(x)
+    x = ka.TransformerEncoder(intermediate_dim=12, num_heads=2)(x)
+    return keras.Model(tokens, x), [_tokens(rng)]
+
+
 GOLDEN = {
     "MultiHeadAttention": multi_head_attention,
     "AdditiveAttention": additive_attention,
     "AttentionPooling": attention_pooling,
+    "PatchEmbedding": patch_embedding,
+    "PositionEmbedding": position_embedding,
+    "SinusoidalPositionEncoding": sinusoidal_position_encoding,
+    "TransformerEncoder": transformer_encoder,
 }
 
 
