@@ -155,31 +155,32 @@ def test_held_out_sentences_are_new(generated):
         assert not seen & set(generated[split]["text"])
 
 
-@pytest.mark.parametrize(
-    "text, label",
-    [
-        ("the food was bad", 0),
-        ("the food was not bad", 1),
-        ("the food was not good", 0),
-        ("the plot wasn't really boring", 1),
-        ("the staff is very friendly", 1),
-        ("i did not like the movie", 0),
-        ("i didn't hate the ending", 1),
-        ("i never enjoyed the music", 0),
-        ("terrible food", 0),
-        ("good service but terrible food", 0),
-        ("terrible food but good service", 1),
-        ("the service was good but the food was terrible", 0),
-        ("the food was not good but the service was not bad", 1),
-        ("although the plot was boring, i loved the acting", 1),
-        ("i loved the acting although the plot was boring", 1),
-        ("although i loved the acting, the plot was boring", 0),
-        ("the room was nice and the view was lovely", 1),
-        ("the coffee was not tasty and the price was awful", 0),
-    ],
-)
-def test_rules_on_hand_written_sentences(example, text, label):
-    assert example.sentiment(text) == label
+# (One test over a table: each test case pays the session's Keras teardown.)
+HAND_WRITTEN = [
+    ("the food was bad", 0),
+    ("the food was not bad", 1),
+    ("the food was not good", 0),
+    ("the plot wasn't really boring", 1),
+    ("the staff is very friendly", 1),
+    ("i did not like the movie", 0),
+    ("i didn't hate the ending", 1),
+    ("i never enjoyed the music", 0),
+    ("terrible food", 0),
+    ("good service but terrible food", 0),
+    ("terrible food but good service", 1),
+    ("the service was good but the food was terrible", 0),
+    ("the food was not good but the service was not bad", 1),
+    ("although the plot was boring, i loved the acting", 1),
+    ("i loved the acting although the plot was boring", 1),
+    ("although i loved the acting, the plot was boring", 0),
+    ("the room was nice and the view was lovely", 1),
+    ("the coffee was not tasty and the price was awful", 0),
+]
+
+
+def test_rules_on_hand_written_sentences(example):
+    got = {text: example.sentiment(text) for text, _ in HAND_WRITTEN}
+    assert got == dict(HAND_WRITTEN)
 
 
 def test_rules_refuse_sentences_they_cannot_label(example):
