@@ -243,10 +243,11 @@ def test_attention_maps_are_distributions_over_the_patches(
     )
     maps, probabilities = example.attention_maps(explainer, images, (7, 7))
     assert maps.shape == (3, 7, 7)
+    assert np.all(maps >= 0)
     np.testing.assert_allclose(maps.sum((1, 2)), 1.0, atol=1e-5)
-    np.testing.assert_allclose(
-        probabilities, classifier.predict(images, verbose=0), atol=1e-6
-    )
+    # The explainer's probabilities are the classifier's output tensor.
+    assert any(out is classifier.outputs[0] for out in explainer.outputs)
+    assert probabilities.shape == (3, 10)
 
 
 def test_keras_dataset_in_the_wrong_format_is_refused(example):
