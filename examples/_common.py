@@ -48,13 +48,17 @@ def parse_args(doc, name, argv=None, add_arguments=None, **defaults):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     shared = parser.add_argument_group("shared by all examples")
-    shared.add_argument("--epochs", type=int, default=10)
-    shared.add_argument("--batch-size", type=int, default=64)
+    shared.add_argument(
+        "--epochs", type=int, default=10, help="(default: %(default)s)"
+    )
+    shared.add_argument(
+        "--batch-size", type=int, default=64, help="(default: %(default)s)"
+    )
     shared.add_argument("--seed", type=int, default=0)
     shared.add_argument(
         "--output-dir",
         default=os.path.join("runs", name),
-        help="checkpoints, figures and logs (default: runs/%(prog)s)",
+        help=f"checkpoints, figures and logs (default: runs/{name})",
     )
     shared.add_argument(
         "--mixed-precision",
@@ -95,7 +99,8 @@ def parse_args(doc, name, argv=None, add_arguments=None, **defaults):
         "--max-steps",
         type=int,
         default=None,
-        help="cap on train steps per epoch (smoke tests)",
+        help="cap on train steps per epoch (smoke tests); train on the "
+        "first max-steps x batch-size samples so epochs stay aligned",
     )
     if add_arguments is not None:
         add_arguments(parser)
