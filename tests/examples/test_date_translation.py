@@ -1,0 +1,277 @@
+"""Tests of examples/date_translation.py.
+
+The CLI runs as a subprocess (under the test session's Keras backend) for a
+few steps on a tiny slice of the generated data; under TensorFlow its export
+must reload and answer as the Keras model does. The generator is checked for
+determinism, for held-out days and formats that training never sees, and
+against `datetime.strptime` reading the same inputs independently.
+"""
+
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+SCRIPT = os.path.join(EXAMPLES, "date_translation.py")
+BACKEND = keras.backend.backend()
+
+
+@pytest.fixture(scope="module")
+def example():
+    """The example as a module (for its data functions)."""
+    sys.path.insert(0, EXAMPLES)
+    try:
+        import date_translation
+    finally:
+        sys.path.remove(EXAMPLES)
+    return date_translation
+
+
+def run_example(tmp_path, *flags, timeout=300):
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2")
+    command = [
+        sys.executable,
+        SCRIPT,
+        f"--output-dir={tmp_path / 'run'}",
+        f"--saved-models-dir={tmp_path / 'saved_models'}",
+        *flags,
+    ]
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def read_json(tmp_path, name):
+    with open(tmp_path / "run" / name) as f:
+        return json.load(f)
+
+
+# -- the CLI -----------------------------------------------------------------
+def test_smoke_trains_evaluates_and_exports(tmp_path):
+    output = run_example(
+        tmp_path,
+        "--train-samples=512",
+        "--test-samples=32",
+        "--epochs=3",
+        "--max-steps=4",
+        "--batch-size=32",
+    )
+    history = read_json(tmp_path, "history.json")
+    assert len(history["loss"]) == 3
+    assert history["loss"][-1] < history["loss"][0], history["loss"]
+    results = read_json(tmp_path, "results.json")
+    assert results["backend"] == BACKEND
+    assert set(results["exact_match"]) == {
+        "overall",
+        "held_out_dates",
+        "held_out_formats",
+    }
+    # The printed line agrees with the history.
+    printed = re.search(r"loss by epoch: (\[.*\])", output)
+    np.testing.assert_allclose(
+        json.loads(printed.group(1)), history["loss"], atol=1e-4
+    )
+    assert (tmp_path / "run" / "alignments.png").stat().st_size > 10_000
+
+    base = tmp_path / "saved_models" / "date_translation"
+    if BACKEND != "tensorflow":
+        assert "export skipped" in output
+        assert not base.exists()
+        return
+    import tensorflow as tf
+
+    path = base / "1"
+    assert results["export"] == os.path.abspath(path)
+    assert "CHECK PASSED" in output
+    loaded = tf.saved_model.load(str(path))
+    assert set(loaded.signatures) == {"serving_default", "translate_ids"}
+    serve = loaded.signatures["serving_default"]
+    spec = serve.structured_input_signature[1]["text"]
+    assert spec.dtype == tf.string and spec.shape.as_list() == [None]
+    texts = results["check_texts"]
+    served = serve(text=tf.constant(texts))
+    assert list(served) == ["iso_date"]
+    served = [s.decode() for s in served["iso_date"].numpy()]
+    # The export's in-graph lower-casing, lookup, greedy loop and join give
+    # the Keras model's greedy decoding of the NumPy-encoded inputs.
+    assert served == results["check_iso"]
+    one = serve(text=tf.constant(texts[:1]))["iso_date"].numpy()
+    assert [s.decode() for s in one] == results["check_iso"][:1]
+
+
+def test_help(example, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        example.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--train-samples",
+        "--test-samples",
+        "--max-steps",
+        "--export",
+    ):
+        assert flag in text
+
+
+# -- the generated data -------------------------------------------------------
+def test_generator_is_deterministic(example):
+    first = example.make_dataset(300, 100, seed=5)
+    second = example.make_dataset(300, 100, seed=5)
+    other = example.make_dataset(300, 100, seed=6)
+    for split in first:
+        for key in ("text", "iso", "day", "format"):
+            np.testing.assert_array_equal(first[split][key], second[split][key])
+    assert list(first["train"]["text"]) != list(other["train"]["text"])
+
+
+@pytest.fixture(scope="module")
+def generated(example):
+    return example.make_dataset(5000, 1000, seed=0)
+
+
+def test_held_out_days_and_formats_are_unseen(example, generated):
+    train_days, test_days = example.split_days(0)
+    assert not set(train_days) & set(test_days)
+    first, last = example.FIRST_DAY, example.LAST_DAY
+    every_day = range(first.toordinal(), last.toordinal() + 1)
+    assert sorted(set(train_days) | set(test_days)) == list(every_day)
+    assert len(test_days) == round(0.1 * len(every_day))
+    assert not set(example.TRAIN_FORMATS) & set(example.HELD_OUT_FORMATS)
+
+    train = generated["train"]
+    assert set(train["day"]) <= set(train_days)
+    assert set(train["format"]) == set(example.TRAIN_FORMATS)
+    for split in ("held_out_dates", "held_out_formats"):
+        assert not set(generated[split]["day"]) & set(train["day"])
+        assert set(generated[split]["day"]) <= set(test_days)
+        assert not set(generated[split]["text"]) & set(train["text"])
+    assert set(generated["held_out_dates"]["format"]) <= set(
+        example.TRAIN_FORMATS
+    )
+    assert set(generated["held_out_formats"]["format"]) == set(
+        example.HELD_OUT_FORMATS
+    )
+
+
+def test_targets_are_iso_dates_of_the_days(generated):
+    for split in generated.values():
+        for iso, day in zip(split["iso"], split["day"]):
+            date = datetime.date.fromisoformat(iso)
+            assert date.isoformat() == iso and len(iso) == 10
+            assert date.toordinal() == day
+
+
+# The same inputs read by `datetime.strptime` (case-insensitive, and it takes
+# unpadded numbers for %d and %m; %y reads 69-99 as 19xx, 00-68 as 20xx).
+STRPTIME = {
+    "{dd}/{mm}/{yyyy}": "%d/%m/%Y",
+    "{d}/{m}/{yy}": "%d/%m/%y",
+    "{d}.{m}.{yyyy}": "%d.%m.%Y",
+    "{yyyy}.{mm}.{dd}": "%Y.%m.%d",
+    "{yyyy}{mm}{dd}": "%Y%m%d",
+    "{dd}-{mon}-{yy}": "%d-%b-%y",
+    "{month} {d}, {yyyy}": "%B %d, %Y",
+    "{wd} {d} {mon} {yyyy}": "%a %d %b %Y",
+    "{weekday}, {month} {d}, {yyyy}": "%A, %B %d, %Y",
+    "{do} of {month} {yyyy}": "%d of %B %Y",
+    "the {do} of {month}, {yyyy}": "the %d of %B, %Y",
+    # held out
+    "{wd} {dd}/{mm}/{yy}": "%a %d/%m/%y",
+    "{d}-{m}-{yyyy}": "%d-%m-%Y",
+    "{weekday}, {d} {mon} {yyyy}": "%A, %d %b %Y",
+    "{mon} {do}, {yyyy}": "%b %d, %Y",
+}
+
+
+def test_inputs_read_by_strptime_give_the_targets(example):
+    # One test for all formats: each test pays the Keras teardown.
+    days, _ = example.split_days(0)
+    rng = np.random.default_rng(1)
+    for template, strptime_format in STRPTIME.items():
+        pairs = example.make_pairs(days, [template], 200, rng)
+        for text, iso in zip(pairs["text"], pairs["iso"]):
+            # strptime has no ordinals: drop the suffix of "21st", "2nd", ...
+            plain = re.sub(r"\b(\d+)(st|nd|rd|th)\b", r"\1", text, flags=re.I)
+            parsed = datetime.datetime.strptime(plain, strptime_format)
+            assert parsed.date().isoformat() == iso, (template, text)
+            # strptime ignores the weekday: it must be the date's.
+            if template.startswith(("{wd}", "{weekday}")):
+                weekday = re.match(r"[a-z]+", text, flags=re.I).group()
+                assert (
+                    parsed.strftime("%A").lower().startswith(weekday.lower())
+                ), (template, text)
+
+
+def test_ordinals(example):
+    days = {1: "1st", 2: "2nd", 3: "3rd", 4: "4th", 11: "11th", 12: "12th"}
+    days.update({13: "13th", 21: "21st", 22: "22nd", 23: "23rd", 31: "31st"})
+    for day, text in days.items():
+        assert example.ordinal(day) == text
+
+
+def test_issue_examples_render(example):
+    date = datetime.date(2026, 11, 21)
+    assert example.render(date, "{wd} {d} {mon} {yyyy}") == "sat 21 nov 2026"
+    assert example.render(date, "{dd}/{mm}/{yy}") == "21/11/26"
+    assert (
+        example.render(date, "{month} {d}, {yyyy}", "title")
+        == "November 21, 2026"
+    )
+    assert example.render(date, "{yyyy}.{mm}.{dd}") == "2026.11.21"
+    assert (
+        example.render(date, "{do} of {month} {yyyy}", "title")
+        == "21st of November 2026"
+    )
+    assert example.render(date, "{d} {mon} {yyyy}", "upper") == "21 NOV 2026"
+
+
+def test_encoding(example):
+    texts = ["Sat 21 Nov 2026", "21/11/26", "é" + "1" * 40]
+    ids = example.encode_inputs(texts)
+    assert ids.shape == (3, example.MAX_INPUT_LENGTH) and ids.dtype == "int32"
+    # Lower-cased; padding 0, unknown 1, then INPUT_CHARS from 2.
+    chars = example.INPUT_CHARS
+    assert list(ids[1, :8]) == [chars.index(c) + 2 for c in "21/11/26"]
+    assert not ids[1, 8:].any()
+    np.testing.assert_array_equal(
+        ids[0], example.encode_inputs(["sat 21 nov 2026"])[0]
+    )
+    assert ids[2, 0] == 1 and ids[2, -1] == chars.index("1") + 2
+    isos = np.array(["2026-11-21", "1969-01-01"], dtype=object)
+    targets = example.encode_targets(isos)
+    assert targets.min() >= 1  # 0 is the decoder's start token
+    np.testing.assert_array_equal(example.decode_targets(targets), isos)
+    np.testing.assert_array_equal(
+        example.teacher_forcing(targets)[:, 1:], targets[:, :-1]
+    )
+    assert not example.teacher_forcing(targets)[:, 0].any()
+
+
+def test_encoding_matches_text_vectorization(example):
+    """The NumPy encoder is the twin of the export's in-graph one."""
+    layer = keras.layers.TextVectorization(
+        standardize="lower",
+        split="character",
+        vocabulary=list(example.INPUT_CHARS),
+        output_sequence_length=example.MAX_INPUT_LENGTH,
+    )
+    texts = ["Sat 21 Nov 2026", "The 3rd of MAY, 1999", "21/11/26", "x" * 40]
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(layer(texts)), example.encode_inputs(texts)
+    )
