@@ -690,6 +690,9 @@ def main(argv=None):
     model.summary()
 
     # Training --------------------------------------------------------------
+    # With --max-steps, every epoch trains on the same first `steps` batches.
+    fit_samples = min(len(source), steps * args.batch_size)
+    source, targets = source[:fit_samples], targets[:fit_samples]
     history = model.fit(
         [source, teacher_forcing(targets)],
         targets,
