@@ -131,8 +131,14 @@ def export_saved_model(
             "Argument `overwrite` must be a bool. "
             f"Received: overwrite={overwrite!r}"
         )
-    specs = _input_specs(model, input_signature)
     extra = _check_signatures(signatures)
+    if "serving_default" in extra:  # replaced: its own inputs
+        specs = {
+            s.name: s
+            for s in tf.nest.flatten(extra["serving_default"].input_signature)
+        }
+    else:
+        specs = _input_specs(model, input_signature)
     requests = _check_warmup(warmup_inputs, specs)
 
     archive = keras.export.ExportArchive()
@@ -153,7 +159,7 @@ def export_saved_model(
     if requests:
         default = endpoints["serving_default"]
         args = [tf.constant(requests[0][name]) for name in specs]
-        expected = {k: v.numpy() for k, v in default(*args).items()}
+        expected = {k: _saveable(v.numpy()) for k, v in default(*args).items()}
 
     parent = os.path.dirname(base_path)
     os.makedirs(parent, exist_ok=True)
@@ -457,6 +463,12 @@ def _check_warmup(warmup_inputs, specs):
             arrays[name] = array
         checked.append(arrays)
     return checked
+
+
+def _saveable(array):
+    """String outputs as fixed-width bytes, which `np.load` reads back with
+    `allow_pickle=False` (an object array would need pickle)."""
+    return array.astype(bytes) if array.dtype == object else array
 
 
 def _write_assets_extra(path, model, outputs, requests, expected, name):

@@ -458,3 +458,45 @@ e.export_saved_model(two_input_model(), {str(base)!r})
     path = serving.export_saved_model(model, base)
     assert os.path.basename(path) == "2"
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".m.tmp-")]
+
+
+def test_string_signature_replacing_serving_default(tmp_path):
+    """A string-in, string-out `serving_default` with its own inputs: the
+    warm-up and the stored expected outputs follow its signature, and the
+    checker reads the string outputs back without pickle."""
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(30, 8, mask_zero=True)(tokens)
+    pooled = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(tokens, keras.layers.Dense(2, name="logits")(pooled))
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name="text")]
+    )
+    def from_text(text):
+        chars = tf.strings.unicode_decode(text, "UTF-8").to_tensor()
+        logits = model(tf.math.floormod(chars, 29) + 1, training=False)
+        label = tf.gather(tf.constant(["even", "odd"]), tf.argmax(logits, -1))
+        return {"label": label, "logits": logits}
+
+    path = serving.export_saved_model(
+        model,
+        tmp_path / "m",
+        signatures={"serving_default": from_text},
+        warmup_inputs={"text": ["abc", "hello world"]},
+    )
+    expected = np.load(
+        os.path.join(path, "assets.extra", "expected_outputs.npz"),
+        allow_pickle=False,
+    )
+    got = _signature(path)(text=tf.constant(["abc", "hello world"]))
+    np.testing.assert_array_equal(expected["label"], got["label"].numpy())
+    np.testing.assert_allclose(expected["logits"], got["logits"], atol=1e-6)
+    result = serving.check(path, capture=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with pytest.raises(ValueError, match=r"inputs \['text'\]"):
+        serving.export_saved_model(
+            model,
+            tmp_path / "m",
+            signatures={"serving_default": from_text},
+            warmup_inputs={"tokens": [[1, 2]]},
+        )
