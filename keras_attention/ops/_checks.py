@@ -5,21 +5,37 @@ at run time and fires before any tensor is allocated. Messages follow the Keras
 style: they name the argument, say what was expected and what was received.
 """
 
+import inspect
+import math
 import numbers
 
+import keras
 import numpy as np
 
+# The most elements one weight of a layer may have. A larger weight is a
+# mistake (e.g. `num_heads=10**9`) or a tampered config: it would need 8 GiB
+# or more in float32, and int32 indexing cannot address it. The largest
+# attention projection in use today (d_model 16384) has 2**28 elements.
+MAX_WEIGHT_ELEMENTS = 2**31 - 1
+# Seeds seed a `keras.random.SeedGenerator`, whose JAX state is uint32.
+_SEED_RANGE = (0, 2**32 - 1)
 
-def check_positive_int(name, value, allow_none=False):
-    """Raises unless `value` is a positive Python integer (or None)."""
+
+def check_positive_int(name, value, allow_none=False, max_value=None):
+    """Raises unless `value` is a positive Python integer (or None), at most
+    `max_value` if given."""
     if value is None and allow_none:
         return
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Integral)
         or value <= 0
+        or (max_value is not None and value > max_value)
     ):
-        expected = "a positive integer" + (" or `None`" if allow_none else "")
+        expected = "a positive integer"
+        if max_value is not None:
+            expected += f" at most {max_value}"
+        expected += " or `None`" if allow_none else ""
         raise ValueError(
             f"Received an invalid value for argument `{name}`, expected "
             f"{expected}. Received: {name}={value!r}"
@@ -48,29 +64,34 @@ def check_bool(name, value):
 
 
 def check_seed(seed):
-    """Raises unless `seed` is None or a Python integer."""
+    """Raises unless `seed` is None or an integer in [0, 2**32 - 1], the
+    range every backend's `SeedGenerator` accepts."""
     if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not _SEED_RANGE[0] <= seed <= _SEED_RANGE[1]
     ):
         raise ValueError(
             "Received an invalid value for argument `seed`, expected an "
-            f"integer or `None`. Received: seed={seed!r}"
+            f"integer in [0, 2**32 - 1] or `None`. Received: seed={seed!r}"
         )
 
 
 def check_chunk_size(chunk_size):
-    """`chunk_size` is None (dense), "auto" or a positive integer."""
-    if chunk_size is None or chunk_size == "auto":
+    """`chunk_size` is None (dense), "auto" or a positive int32."""
+    if chunk_size is None or (
+        isinstance(chunk_size, str) and chunk_size == "auto"
+    ):
         return
     if (
         isinstance(chunk_size, bool)
         or not isinstance(chunk_size, numbers.Integral)
-        or chunk_size <= 0
+        or not 0 < chunk_size <= MAX_WEIGHT_ELEMENTS
     ):
         raise ValueError(
             "Received an invalid value for argument `chunk_size`, expected "
-            '`None`, "auto" or a positive integer. Received: '
-            f"chunk_size={chunk_size!r}"
+            '`None`, "auto" or a positive integer (at most 2**31 - 1). '
+            f"Received: chunk_size={chunk_size!r}"
         )
 
 
@@ -121,3 +142,252 @@ def static_shape(x):
     if shape is None:
         shape = np.shape(x)
     return tuple(shape)
+
+
+def short_repr(value, limit=200):
+    """`repr(value)`, cut to `limit` characters for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_weight_shapes(layer, shapes, received):
+    """Raises before any weight is created if one would be absurdly large.
+
+    Args:
+        layer: the layer's class name, for the message.
+        shapes: dict `{weight name: shape}` of the weights to be created.
+        received: dict `{argument: value}` of the arguments and input sizes
+            that determine the shapes, for the message.
+    """
+    for weight, shape in shapes.items():
+        size = math.prod(int(d) for d in shape)
+        if size > MAX_WEIGHT_ELEMENTS:
+            args = ", ".join(f"{k}={v!r}" for k, v in received.items())
+            raise ValueError(
+                f"{layer} would create a weight `{weight}` of shape "
+                f"{tuple(shape)}, {size:.3g} elements, more than the "
+                f"{MAX_WEIGHT_ELEMENTS} (2**31 - 1) a weight may have. Check "
+                f"the arguments. Received: {args}"
+            )
+
+
+def check_size_product(received):
+    """Raises when the product of the arguments, a lower bound of a weight's
+    element count, is already too large (a constructor's early check).
+    A tuple value counts as the product of its entries."""
+    size = math.prod(
+        math.prod(v) if isinstance(v, tuple) else v for v in received.values()
+    )
+    if size > MAX_WEIGHT_ELEMENTS:
+        args = ", ".join(f"{k}={v!r}" for k, v in received.items())
+        names = " * ".join(f"`{k}`" for k in received)
+        raise ValueError(
+            f"Received arguments whose product {names} = {size:.3g} exceeds "
+            f"the {MAX_WEIGHT_ELEMENTS} (2**31 - 1) elements a weight may "
+            f"have. Received: {args}"
+        )
+
+
+def get_keras_object(kind, name, identifier):
+    """`keras.<kind>.get(identifier)`, raising a ValueError naming `name`.
+
+    `kind` is "initializers", "regularizers" or "constraints". Dict
+    identifiers are deserialized by Keras, in Keras' safe mode (no lambdas)
+    unless the caller turned it off.
+    """
+    getter = getattr(keras, kind).get
+    try:
+        return getter(identifier)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a "
+            f"Keras {kind[:-1]} (a name, a config dict or an instance). "
+            f"Received: {name}={short_repr(identifier)} ({error})"
+        ) from error
+
+
+# Base-layer constructor arguments that a layer config may hold.
+_BASE_LAYER_KEYS = (
+    "activity_regularizer",
+    "autocast",
+    "dtype",
+    "input_dim",
+    "input_shape",
+    "name",
+    "trainable",
+)
+
+
+def layer_config(cls, config, extra_keys=()):
+    """Validates a config for `cls.from_config` and returns a copy.
+
+    Keras' `Layer.from_config` turns every constructor error into a
+    `TypeError` that buries the message; our layers' `from_config` calls the
+    constructor directly, so a bad field raises the constructor's
+    `ValueError`, which names the argument and the received value. This
+    checks what the constructor does not: the config's type, unknown and
+    missing keys, and the base layer's fields (`dtype`, `autocast`,
+    `activity_regularizer`). `extra_keys` are keys the caller handles
+    itself.
+    """
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"Argument `config` of `{cls.__name__}.from_config` must be a "
+            f"dict. Received: config={short_repr(config)}"
+        )
+    params = [
+        param
+        for name, param in inspect.signature(cls.__init__).parameters.items()
+        if name != "self"
+        and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+    ]
+    allowed = set(_BASE_LAYER_KEYS) | set(extra_keys)
+    allowed |= {param.name for param in params}
+    for param in params:
+        if param.default is param.empty and param.name not in config:
+            raise ValueError(
+                f"Missing field `{param.name}` in the config of "
+                f"`{cls.__name__}`. Received: config keys="
+                f"{short_repr(sorted(map(str, config)))}"
+            )
+    for key, value in config.items():
+        if not isinstance(key, str) or key not in allowed:
+            shown = key[:60] if isinstance(key, str) else short_repr(key, 60)
+            raise ValueError(
+                f"Unknown field `{shown}` in the config of `{cls.__name__}`; "
+                "expected only the constructor's arguments. Received: "
+                f"{shown}={short_repr(value)}"
+            )
+    config = dict(config)
+    if "autocast" in config:
+        check_bool("autocast", config["autocast"])
+    if config.get("activity_regularizer") is not None:
+        get_keras_object(
+            "regularizers",
+            "activity_regularizer",
+            config["activity_regularizer"],
+        )
+    dtype = config.get("dtype")
+    if isinstance(dtype, dict):
+        try:
+            policy = keras.dtype_policies.deserialize(dtype)
+            if not isinstance(
+                policy,
+                (
+                    keras.dtype_policies.DTypePolicy,
+                    keras.dtype_policies.DTypePolicyMap,
+                ),
+            ):
+                raise ValueError(f"not a dtype policy: {short_repr(policy)}")
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                "Received an invalid value for argument `dtype`, expected a "
+                "dtype policy name or config. Received: "
+                f"dtype={short_repr(dtype)} ({error})"
+            ) from error
+        if (
+            not isinstance(policy, keras.dtype_policies.DTypePolicyMap)
+            and policy.quantization_mode is None
+        ):
+            # As Keras does: a plain policy travels by name.
+            policy = policy.name
+        config["dtype"] = policy
+    elif dtype is not None:
+        try:
+            keras.dtype_policies.get(dtype)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                "Received an invalid value for argument `dtype`, expected a "
+                "dtype policy name or config. Received: "
+                f"dtype={short_repr(dtype)} ({error})"
+            ) from error
+    return config
+
+
+def concrete_values(x):
+    """The values of `x` as a NumPy array when they are known now, else None.
+
+    Known: NumPy arrays, Python numbers and lists, eager TensorFlow tensors
+    and JAX arrays outside a trace. Unknown: symbolic tensors in a
+    `tf.function`, JAX tracers and `keras.KerasTensor`s.
+    """
+    if isinstance(x, (np.ndarray, np.generic, numbers.Number, list, tuple)):
+        return np.asarray(x)
+    if isinstance(x, keras.KerasTensor):
+        return None
+    if keras.backend.backend() == "tensorflow" and not hasattr(x, "numpy"):
+        return None  # a symbolic tensor in a `tf.function`
+    try:
+        return keras.ops.convert_to_numpy(x)
+    except Exception:  # a symbolic tensor or tracer: checked at run time
+        return None
+
+
+def _dtype_name(x):
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(x).dtype
+    try:
+        return keras.backend.standardize_dtype(dtype)
+    except ValueError:  # e.g. strings or objects: not a mask dtype
+        return str(dtype)
+
+
+def check_mask_values(name, mask):
+    """Boolean masks pass; numeric masks must hold only 0 and 1.
+
+    A float or integer mask is accepted when every entry is 0 (masked) or 1
+    (kept), the usual `1.0 - padding` masks. Any other value (0.5, 2, -1,
+    NaN) is refused with a `ValueError`: it is almost always a mistake, e.g.
+    token ids or probabilities passed as a mask, which a plain cast would
+    silently turn into True. Values are checked when they are known (NumPy
+    arrays and eager tensors); inside a traced function (`tf.function`,
+    `jax.jit`, a SavedModel) they are not, and any non-zero entry counts as
+    True.
+    """
+    if mask is None:
+        return
+    dtype = _dtype_name(mask)
+    if dtype == "bool":
+        return
+    if not dtype.startswith(("int", "uint", "float", "bfloat")):
+        raise ValueError(
+            f"Argument `{name}` must be a boolean mask (or numbers 0 and 1). "
+            f"Received: {name}.dtype={dtype}"
+        )
+    values = concrete_values(mask)
+    if values is None:
+        return
+    values = np.asarray(values)
+    bad = ~((values == 0) | (values == 1))
+    if bad.any():
+        examples = np.array2string(np.unique(values[bad])[:5], separator=", ")
+        raise ValueError(
+            f"Argument `{name}` must be boolean, or numeric with only the "
+            f"values 0 (masked) and 1 (kept). Received: {name} of dtype "
+            f"{dtype} with {int(bad.sum())} other values, e.g. {examples}"
+        )
+
+
+def check_lengths(name, lengths):
+    """Sequence lengths must be non-negative whole numbers (when known)."""
+    if lengths is None:
+        return
+    dtype = _dtype_name(lengths)
+    if not dtype.startswith(("int", "uint", "float", "bfloat")):
+        raise ValueError(
+            f"Argument `{name}` must hold integer lengths. Received: "
+            f"{name}.dtype={dtype}"
+        )
+    values = concrete_values(lengths)
+    if values is None:
+        return
+    values = np.asarray(values).astype("float64")
+    bad = ~(np.isfinite(values) & (values >= 0) & (values == np.round(values)))
+    if bad.any():
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected "
+            f"non-negative integers. Received: {name}="
+            f"{np.array2string(values, separator=', ', threshold=20)} "
+            f"(invalid: {np.unique(values[bad])[:5].tolist()})"
+        )

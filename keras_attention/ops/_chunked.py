@@ -33,6 +33,18 @@ def _ceil_div(a, b):
     return (a + b - 1) // b
 
 
+def _at_least_one(n):
+    """`max(n, 1)` for a Python int or a scalar tensor.
+
+    The engine always has at least one (padded) block of queries and of
+    keys, so that empty sequences (length 0) give empty or zero outputs
+    instead of slicing a block out of an empty axis.
+    """
+    if isinstance(n, int):
+        return max(n, 1)
+    return ops.maximum(n, 1)
+
+
 def _rows(x, start, size, axis=2):
     """`x[..., start:start + size, ...]` along `axis`, with dynamic start."""
     shape = list(ops.shape(x))
@@ -94,12 +106,14 @@ class _Engine:
         self.ck = k_chunk
         t_len, s_len = ops.shape(q)[2], ops.shape(k)[2]
         self.t_len, self.s_len = t_len, s_len
-        self.nq = _ceil_div(t_len, q_chunk)
-        self.nk = _ceil_div(s_len, k_chunk)
+        self.nq = _at_least_one(_ceil_div(t_len, q_chunk))
+        self.nk = _at_least_one(_ceil_div(s_len, k_chunk))
         self.tp = self.nq * q_chunk
         self.sp = self.nk * k_chunk
         static_s = k.shape[2]
-        self.pad_keys = static_s is None or static_s % k_chunk != 0
+        self.pad_keys = (
+            static_s is None or static_s == 0 or static_s % k_chunk != 0
+        )
         self.q = _pad_axis(q, 2, self.tp)
         self.k = _pad_axis(k, 2, self.sp)
         self.v = _pad_axis(v, 2, self.sp)
@@ -171,17 +185,24 @@ class _Engine:
                 if valid is not None:
                     s = ops.where(valid, s, MASKED)
                 # The block's softmax (the backend's fused kernel) and its
-                # log-sum-exp: the largest weight is exp(0) / sum.
+                # sum exp(s - block_max) = 1 / max(p): the largest weight is
+                # exp(0) / sum. The running maximum `m` is a logit, so the
+                # rescaling exponents `m - m_new` and `block_max - m_new`
+                # are exact differences of logits, also near 1e4.
+                # `initial`: no eager "max of an empty tensor" check (and
+                # no host sync) when the batch is empty.
                 p = ops.softmax(s, axis=-1)
-                block_max = ops.max(s, axis=-1)
-                lse_b = block_max - ops.log(ops.max(p, axis=-1))
+                block_max = ops.max(s, axis=-1, initial=NEG_INF)
+                block_sum = 1.0 / ops.max(p, axis=-1, initial=0.0)
                 if valid is not None:
                     # A row with no valid key in this block contributes 0.
-                    lse_b = ops.where(block_max > MASKED / 2, lse_b, NEG_INF)
-                m_new = ops.maximum(m, lse_b)
+                    block_max = ops.where(
+                        block_max > MASKED / 2, block_max, NEG_INF
+                    )
+                m_new = ops.maximum(m, block_max)
                 m_safe = ops.where(ops.isfinite(m_new), m_new, 0.0)
                 alpha = ops.exp(m - m_safe)
-                beta = ops.exp(lse_b - m_safe)
+                beta = ops.exp(block_max - m_safe) * block_sum
                 denom = alpha * denom + beta
                 acc = alpha[..., None] * acc + beta[..., None] * ops.matmul(
                     p, vb

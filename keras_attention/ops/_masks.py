@@ -3,11 +3,19 @@
 import keras
 from keras import ops
 
+from keras_attention.ops import _checks
 
-def as_bool(mask):
-    """Converts a mask to a boolean tensor; non-zero entries are True."""
+
+def as_bool(mask, name="mask"):
+    """Converts a mask to a boolean tensor (True means attend).
+
+    Numeric masks must hold only 0 and 1; other values raise a `ValueError`
+    naming `name` when the values are known (see
+    `_checks.check_mask_values`). In traced code, non-zero entries are True.
+    """
     if mask is None:
         return None
+    _checks.check_mask_values(name, mask)
     mask = ops.convert_to_tensor(mask)
     if keras.backend.standardize_dtype(mask.dtype) != "bool":
         mask = ops.cast(mask, "bool")

@@ -32,6 +32,8 @@ def masked_softmax(logits, mask=None, axis=-1):
 
 
 def finite_logits_mask(logits, mask=None):
-    """`mask` AND `logits > -inf`: -inf logits (from a bias) count as masked."""
-    finite = logits > MASKED
+    """`mask` AND NOT `logits <= MASKED`: -inf logits (from a bias) count as
+    masked. NaN logits are kept, so that NaN inputs propagate to the output
+    instead of being masked out silently."""
+    finite = ops.logical_not(logits <= MASKED)
     return finite if mask is None else ops.logical_and(mask, finite)

@@ -73,6 +73,19 @@ def scaled_dot_product_attention(
     its gradients are zero too. Keys can be masked by `mask`, by
     `is_causal`, or by `-inf` entries in `bias`.
 
+    Edge cases, the same in the dense and chunked kernels:
+
+    - Empty sequences: a key length of 0 leaves every query without a key,
+      so every output row is zero; a query length (or batch) of 0 gives an
+      empty output.
+    - Non-finite inputs are neither checked nor replaced: NaN and Inf in
+      `query`, `key` or `value` propagate through the arithmetic. An output
+      row is NaN when one of the keys it attends has a NaN or infinite
+      logit, or a NaN value; rows that do not depend on it stay finite. A
+      masked key's logit is discarded, but its value still enters the
+      weighted sum with weight zero (and 0 x NaN is NaN): pad with finite
+      values.
+
     Grouped-query attention is supported: `key` and `value` may have fewer
     heads than `query`, as long as they divide its number of heads. Query
     head `n` then uses key/value head `n // (num_heads // num_kv_heads)`,
@@ -84,9 +97,12 @@ def scaled_dot_product_attention(
         value: tensor of shape `(batch, k_len, num_kv_heads, value_dim)`.
         mask: optional boolean tensor of rank 2 `(q_len, k_len)` or rank 4,
             broadcastable to `(batch, num_heads, q_len, k_len)`. True means
-            attend. Non-boolean masks are cast to boolean (non-zero is True).
-            Rank 3 is refused, because it would broadcast its batch axis
-            against the heads axis.
+            attend. A numeric mask must hold only 0 and 1: any other value
+            (0.5, 2, -1, NaN) raises a `ValueError` when the values are
+            known (NumPy arrays, eager tensors); in traced code they cannot
+            be inspected and non-zero counts as True. Rank 3 is refused,
+            because it would broadcast its batch axis against the heads
+            axis.
         bias: optional float tensor added to the logits, of rank 2 or 4 and
             broadcastable to `(batch, num_heads, q_len, k_len)`, e.g. ALiBi
             or relative-position biases.
@@ -111,7 +127,9 @@ def scaled_dot_product_attention(
               gradient needs O(length x chunk) memory, not O(length^2). In
               causal attention, key blocks above the diagonal are skipped,
               not computed. Lengths need not be multiples of the chunk, and
-              may be unknown (`None`) in `tf.function` or a SavedModel.
+              may be unknown (`None`) in `tf.function` or a SavedModel; a
+              chunk longer than the input shrinks to its length (at run
+              time when the length is unknown). At most 2**31 - 1.
             - `"auto"`: dense while `batch * num_heads * q_len * k_len <=
               AUTO_DENSE_MAX_LOGITS` (2**25), chunked with blocks of
               `AUTO_CHUNK` (512) queries and `AUTO_KEY_CHUNK` (1024) keys
@@ -229,8 +247,8 @@ def scaled_dot_product_attention(
 
 def _chunked_sdpa(query, key, value, mask, is_causal, scale, chunks):
     num_heads, num_kv_heads = query.shape[2], key.shape[2]
-    q_chunk = _fit_chunk(chunks[0], query.shape[1])
-    k_chunk = _fit_chunk(chunks[1], key.shape[1])
+    q_chunk = _fit_chunk(chunks[0], query)
+    k_chunk = _fit_chunk(chunks[1], key)
     q = ops.transpose(
         ops.cast(query, "float32") * ops.cast(scale, "float32"), (0, 2, 1, 3)
     )
@@ -247,11 +265,18 @@ def _chunked_sdpa(query, key, value, mask, is_causal, scale, chunks):
     return ops.cast(ops.transpose(out, (0, 2, 1, 3)), value.dtype)
 
 
-def _fit_chunk(chunk, length):
-    """A chunk no longer than a static length (no padding of short inputs)."""
-    if length is None:
-        return chunk
-    return max(1, min(chunk, length))
+def _fit_chunk(chunk, x):
+    """A chunk no longer than the length (axis 1) of `x`, at least 1.
+
+    Short inputs are not padded up to a long chunk. With a static length the
+    chunk is a Python int; with an unknown length (a `tf.function` or a
+    SavedModel) it is decided at run time, so that a large `chunk_size`
+    never pads a short request to `chunk_size` positions.
+    """
+    length = x.shape[1]
+    if length is not None:
+        return max(1, min(chunk, length))
+    return ops.maximum(ops.minimum(chunk, ops.shape(x)[1]), 1)
 
 
 def _dense_sdpa(
@@ -329,6 +354,8 @@ def additive_attention(
     + attention_bias[u])`, computed in float32, followed by the same exact
     masked softmax as `scaled_dot_product_attention`: masked keys get weight
     zero, and a query row whose keys are all masked gives a zero output row.
+    Empty sequences and non-finite inputs behave as in
+    `scaled_dot_product_attention`.
 
     Args:
         query: projected queries `(batch, q_len, units)` (`W_q q`).
@@ -337,7 +364,8 @@ def additive_attention(
         attention_v: `(units,)` scoring vector.
         attention_bias: optional `(units,)` bias inside the `tanh`.
         mask: optional boolean mask broadcastable to `(batch, q_len, k_len)`,
-            True means attend.
+            True means attend; a numeric mask must hold only 0 and 1, as in
+            `scaled_dot_product_attention`.
         is_causal: if True, query `i` attends only keys `j <= i`.
         dropout_rate: dropout on the attention weights, in `[0, 1)`.
         training: Python bool, whether dropout is active.
@@ -460,8 +488,8 @@ def _chunked_additive(
         attention_bias,
         mask,
         is_causal,
-        _fit_chunk(chunk, query.shape[1]),
-        _fit_chunk(chunk, key.shape[1]),
+        _fit_chunk(chunk, query),
+        _fit_chunk(chunk, key),
     )
     return ops.cast(out[:, 0], value.dtype)
 
