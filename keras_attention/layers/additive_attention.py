@@ -31,8 +31,11 @@ class AdditiveAttention(keras.layers.Layer):
     Masking: `value_mask` (or the value's Keras mask) removes padded keys;
     `query_mask` (or the query's Keras mask) marks padded queries, whose
     output is zero; the output carries the query's mask. A query that may
-    attend no key gets a zero context, never NaN. Scores and softmax run in
-    float32 under mixed precision.
+    attend no key gets a zero context, never NaN; so does every query when
+    the key length is 0. Masks are boolean, or numeric with only the values
+    0 and 1 (other values raise a `ValueError` when known). NaN and Inf in
+    the inputs propagate, as in `keras_attention.ops.additive_attention`.
+    Scores and softmax run in float32 under mixed precision.
 
     Args:
         units: int, size of the projected space (the hidden size of the
@@ -117,6 +120,8 @@ class AdditiveAttention(keras.layers.Layer):
         _checks.check_bool("normalize", normalize)
         _checks.check_rate("dropout", dropout)
         _checks.check_seed(seed)
+        # attention_v has `units` elements: fail before `build`.
+        _checks.check_size_product({"units": units})
         super().__init__(**kwargs)
         self.supports_masking = True
         self.units = int(units)
@@ -124,9 +129,15 @@ class AdditiveAttention(keras.layers.Layer):
         self.normalize = normalize
         self.dropout = float(dropout)
         self.chunk_size = chunk_size
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.kernel_initializer = _checks.get_keras_object(
+            "initializers", "kernel_initializer", kernel_initializer
+        )
+        self.kernel_regularizer = _checks.get_keras_object(
+            "regularizers", "kernel_regularizer", kernel_regularizer
+        )
+        self.kernel_constraint = _checks.get_keras_object(
+            "constraints", "kernel_constraint", kernel_constraint
+        )
         self.seed = seed
         self.seed_generator = (
             keras.random.SeedGenerator(seed) if self.dropout > 0 else None
@@ -167,6 +178,18 @@ class AdditiveAttention(keras.layers.Layer):
     def build(self, query_shape, value_shape, key_shape=None):
         query_shape, value_shape, key_shape = self._check_shapes(
             query_shape, value_shape, key_shape
+        )
+        _checks.check_weight_shapes(
+            "AdditiveAttention",
+            {
+                "query/kernel": (query_shape[-1] or 1, self.units),
+                "key/kernel": (key_shape[-1] or 1, self.units),
+            },
+            {
+                "units": self.units,
+                "query.shape": tuple(query_shape),
+                "key.shape": tuple(key_shape),
+            },
         )
         self._query_dense.build(query_shape)
         if not self._key_dense.built:
@@ -252,6 +275,18 @@ class AdditiveAttention(keras.layers.Layer):
             tuple(value.shape[:-1]),
             "(batch_size, source_length)",
         )
+        # Masks: checked (0/1 values) before any projection.
+        query_mask = _masks.as_bool(query_mask, "query_mask")
+        value_mask = _masks.as_bool(value_mask, "value_mask")
+        if query_mask is not None:
+            # (batch, target_length) -> (batch, target_length, 1); a single
+            # step's (batch,) -> (batch, 1, 1). No reshape with -1: it
+            # cannot infer an axis when target_length is 0.
+            query_mask = ops.expand_dims(query_mask, -1)
+            if single_step:
+                query_mask = ops.expand_dims(query_mask, -1)
+        if value_mask is not None:
+            value_mask = ops.expand_dims(value_mask, 1)
         if projected_key is None:
             key = value if key is None else key
             _common.check_last_dim(
@@ -275,12 +310,6 @@ class AdditiveAttention(keras.layers.Layer):
             query = ops.expand_dims(query, 1)
         projected_query = self._query_dense(_common.strip_keras_mask(query))
 
-        query_mask = _masks.as_bool(query_mask)
-        value_mask = _masks.as_bool(value_mask)
-        if query_mask is not None:
-            query_mask = ops.reshape(query_mask, (-1, ops.shape(query)[1], 1))
-        if value_mask is not None:
-            value_mask = ops.expand_dims(value_mask, 1)
         mask = _masks.and_masks(query_mask, value_mask)
 
         result = additive_attention(
@@ -332,6 +361,16 @@ class AdditiveAttention(keras.layers.Layer):
             return output
         scores_shape = tuple(query.shape[:-1]) + (value.shape[1],)
         return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
+
+    @classmethod
+    def from_config(cls, config):
+        """Validates the config, then builds the layer from it.
+
+        Every field is checked by the constructor, which raises a
+        `ValueError` naming the field and its value (Keras' default
+        `from_config` would turn it into a `TypeError`).
+        """
+        return cls(**_checks.layer_config(cls, config))
 
     def get_config(self):
         config = super().get_config()

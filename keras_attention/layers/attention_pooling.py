@@ -21,9 +21,12 @@ class AttentionPooling(keras.layers.Layer):
     What it adds over Keras core: Keras has no learned attention pooling
     (`GlobalAveragePooling1D` weighs positions equally). This is the usual
     head of an attention text classifier, with padding masks honoured
-    exactly: padded positions get weight zero, and a fully padded sequence
-    pools to zeros, never NaN. Scores and softmax run in float32 under mixed
-    precision. The output carries no mask (the time axis is gone).
+    exactly: padded positions get weight zero, and a fully padded (or
+    empty, length 0) sequence pools to zeros, never NaN. The mask is
+    boolean, or numeric with only the values 0 and 1 (other values raise a
+    `ValueError` when known); NaN and Inf in the inputs propagate. Scores
+    and softmax run in float32 under mixed precision. The output carries no
+    mask (the time axis is gone).
 
     Args:
         units: optional int, hidden size of the scoring MLP. `None` gives a
@@ -84,17 +87,33 @@ class AttentionPooling(keras.layers.Layer):
         _checks.check_positive_int("num_heads", num_heads)
         _checks.check_rate("dropout", dropout)
         _checks.check_seed(seed)
+        # score_kernel is (units or dim, num_heads): fail before `build`.
+        _checks.check_size_product(
+            {"units": units or 1, "num_heads": num_heads}
+        )
         super().__init__(**kwargs)
         self.supports_masking = True
         self.units = None if units is None else int(units)
         self.num_heads = int(num_heads)
         self.dropout = float(dropout)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.kernel_initializer = _checks.get_keras_object(
+            "initializers", "kernel_initializer", kernel_initializer
+        )
+        self.bias_initializer = _checks.get_keras_object(
+            "initializers", "bias_initializer", bias_initializer
+        )
+        self.kernel_regularizer = _checks.get_keras_object(
+            "regularizers", "kernel_regularizer", kernel_regularizer
+        )
+        self.bias_regularizer = _checks.get_keras_object(
+            "regularizers", "bias_regularizer", bias_regularizer
+        )
+        self.kernel_constraint = _checks.get_keras_object(
+            "constraints", "kernel_constraint", kernel_constraint
+        )
+        self.bias_constraint = _checks.get_keras_object(
+            "constraints", "bias_constraint", bias_constraint
+        )
         self.seed = seed
         self.seed_generator = (
             keras.random.SeedGenerator(seed) if self.dropout > 0 else None
@@ -108,6 +127,15 @@ class AttentionPooling(keras.layers.Layer):
                 "The last dimension of `inputs` must be known. Received: "
                 f"inputs.shape={tuple(input_shape)}"
             )
+        score_dim = dim if self.units is None else self.units
+        shapes = {"score_kernel": (score_dim, self.num_heads)}
+        if self.units is not None:
+            shapes["hidden_kernel"] = (dim, self.units)
+        _checks.check_weight_shapes(
+            "AttentionPooling",
+            shapes,
+            {"units": self.units, "num_heads": self.num_heads, "dim": dim},
+        )
         kernel_kwargs = dict(
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
@@ -149,6 +177,7 @@ class AttentionPooling(keras.layers.Layer):
             tuple(inputs.shape[:-1]),
             "(batch_size, sequence_length)",
         )
+        mask = _masks.as_bool(mask, "mask")
         features = inputs
         if self.units is not None:
             features = ops.tanh(
@@ -160,7 +189,6 @@ class AttentionPooling(keras.layers.Layer):
             ops.cast(self.score_kernel, "float32"),
         )
         logits = ops.transpose(logits, (0, 2, 1))
-        mask = _masks.as_bool(mask)
         if mask is not None:
             mask = ops.expand_dims(mask, 1)
         weights = masked_softmax(logits, mask)
@@ -180,6 +208,16 @@ class AttentionPooling(keras.layers.Layer):
         if return_attention_scores:
             return output, scores
         return output
+
+    @classmethod
+    def from_config(cls, config):
+        """Validates the config, then builds the layer from it.
+
+        Every field is checked by the constructor, which raises a
+        `ValueError` naming the field and its value (Keras' default
+        `from_config` would turn it into a `TypeError`).
+        """
+        return cls(**_checks.layer_config(cls, config))
 
     def compute_mask(self, inputs, mask=None):
         return None

@@ -8,6 +8,7 @@ from keras import ops
 from keras_attention.layers import _common
 from keras_attention.ops import _checks
 from keras_attention.ops import _masks
+from keras_attention.ops import _softmax
 from keras_attention.ops.attention import scaled_dot_product_attention
 
 
@@ -59,17 +60,29 @@ class MultiHeadAttention(keras.layers.Layer):
       are projected to fewer heads, each shared by
       `num_heads // num_key_value_heads` query heads.
     - Fully masked query rows are zeros: a query position that may attend
-      no key (a padded query, or a row the masks empty out entirely) gives
-      an output of exactly zero, never NaN and never a uniform average.
+      no key (a padded query, a row the masks or `-inf` entries of
+      `attention_bias` empty out entirely, or any query when the key length
+      is 0) gives an output of exactly zero, never NaN and never a uniform
+      average.
     - The output carries the query's Keras mask, so padding flows through a
       stack of layers.
     - Masks of the wrong shape raise a `ValueError` naming the argument
-      instead of broadcasting silently.
+      instead of broadcasting silently; so do numeric masks with values
+      other than 0 and 1 (see below), absurd sizes (a weight of more than
+      2**31 - 1 elements is refused before any weight is created) and bad
+      fields in `from_config`.
 
     Masking: `query_mask`, `value_mask` and `key_mask` (filled in from the
     inputs' Keras masks, e.g. from `Embedding(mask_zero=True)`),
     `attention_mask`, `use_causal_mask` and `sliding_window` are combined
-    with a logical AND, as in Keras core.
+    with a logical AND, as in Keras core. Masks are boolean, or numeric
+    with only the values 0 and 1; other values (0.5, 2, -1, NaN) raise a
+    `ValueError` when the values are known (eager calls), and count as True
+    inside traced functions, where they cannot be inspected.
+
+    Non-finite inputs (NaN, Inf) are not checked or replaced: they
+    propagate to the outputs that depend on them, as in
+    `keras_attention.ops.scaled_dot_product_attention`.
 
     Args:
         num_heads: int, number of attention heads.
@@ -198,10 +211,16 @@ class MultiHeadAttention(keras.layers.Layer):
         _checks.check_rate("dropout", dropout)
         _checks.check_chunk_size(chunk_size)
         _checks.check_bool("use_bias", use_bias)
+        # The window is compared with int32 positions.
         _checks.check_positive_int(
-            "sliding_window", sliding_window, allow_none=True
+            "sliding_window",
+            sliding_window,
+            allow_none=True,
+            max_value=_checks.MAX_WEIGHT_ELEMENTS,
         )
-        if flash_attention not in (None, True, False):
+        if flash_attention is not None and not isinstance(
+            flash_attention, bool
+        ):
             raise ValueError(
                 "Received an invalid value for argument `flash_attention`, "
                 "expected `None`, `True` or `False`. Received: "
@@ -213,6 +232,16 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"Received: dropout={dropout}, flash_attention=True"
             )
         _checks.check_seed(seed)
+        # Lower bounds of the kernels' sizes: fail before `build`.
+        _checks.check_size_product({"num_heads": num_heads, "key_dim": key_dim})
+        _checks.check_size_product(
+            {
+                "num_heads": num_heads,
+                "value_dim": value_dim or key_dim,
+                "output_shape": self._standardize_output_shape(output_shape)
+                or (1,),
+            }
+        )
         super().__init__(**kwargs)
         self.supports_masking = True
         self.num_heads = int(num_heads)
@@ -226,15 +255,27 @@ class MultiHeadAttention(keras.layers.Layer):
         self.flash_attention = flash_attention
         self.num_key_value_heads = num_key_value_heads
         self.chunk_size = chunk_size
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self._activity_regularizer = keras.regularizers.get(
-            activity_regularizer
+        self.kernel_initializer = _checks.get_keras_object(
+            "initializers", "kernel_initializer", kernel_initializer
         )
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.bias_initializer = _checks.get_keras_object(
+            "initializers", "bias_initializer", bias_initializer
+        )
+        self.kernel_regularizer = _checks.get_keras_object(
+            "regularizers", "kernel_regularizer", kernel_regularizer
+        )
+        self.bias_regularizer = _checks.get_keras_object(
+            "regularizers", "bias_regularizer", bias_regularizer
+        )
+        self._activity_regularizer = _checks.get_keras_object(
+            "regularizers", "activity_regularizer", activity_regularizer
+        )
+        self.kernel_constraint = _checks.get_keras_object(
+            "constraints", "kernel_constraint", kernel_constraint
+        )
+        self.bias_constraint = _checks.get_keras_object(
+            "constraints", "bias_constraint", bias_constraint
+        )
         self.seed = seed
         self.seed_generator = (
             keras.random.SeedGenerator(seed) if self.dropout > 0 else None
@@ -422,6 +463,33 @@ class MultiHeadAttention(keras.layers.Layer):
         rank = len(query_shape)
         kv_heads = self.num_key_value_heads or self.num_heads
         value_dim = self.value_dim or self.key_dim
+        out_dims = self.partial_output_shape or (query_shape[-1],)
+        # Every kernel's size, before any weight exists.
+        q_dim, k_dim, v_dim = (
+            shape[-1] or 1 for shape in (query_shape, key_shape, value_shape)
+        )
+        _checks.check_weight_shapes(
+            "MultiHeadAttention",
+            {
+                "query/kernel": (q_dim, self.num_heads, self.key_dim),
+                "key/kernel": (k_dim, kv_heads, self.key_dim),
+                "value/kernel": (v_dim, kv_heads, value_dim),
+                "attention_output/kernel": (
+                    (self.num_heads, value_dim)
+                    + tuple(d or 1 for d in out_dims)
+                ),
+            },
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "value_dim": self.value_dim,
+                "num_key_value_heads": self.num_key_value_heads,
+                "output_shape": self.partial_output_shape,
+                "query.shape": tuple(query_shape),
+                "key.shape": tuple(key_shape),
+                "value.shape": tuple(value_shape),
+            },
+        )
         self._query_dense = self._projection(
             rank, self.num_heads, self.key_dim, "query"
         )
@@ -430,7 +498,6 @@ class MultiHeadAttention(keras.layers.Layer):
         self._key_dense.build(key_shape)
         self._value_dense = self._projection(rank, kv_heads, value_dim, "value")
         self._value_dense.build(value_shape)
-        out_dims = self.partial_output_shape or (query_shape[-1],)
         equation, bias_axes, output_rank = _proj_equation(
             rank - 1, 2, len(out_dims)
         )
@@ -476,9 +543,9 @@ class MultiHeadAttention(keras.layers.Layer):
         use_causal_mask,
     ):
         """Combines all masks, in Keras' `(B, T, S)` layout (or None)."""
-        query_mask = _masks.as_bool(query_mask)
-        value_mask = _masks.as_bool(value_mask)
-        key_mask = _masks.as_bool(key_mask)
+        query_mask = _masks.as_bool(query_mask, "query_mask")
+        value_mask = _masks.as_bool(value_mask, "value_mask")
+        key_mask = _masks.as_bool(key_mask, "key_mask")
         q_len, v_len = ops.shape(query)[1], ops.shape(value)[1]
         masks = [
             None if query_mask is None else ops.expand_dims(query_mask, -1),
@@ -493,7 +560,7 @@ class MultiHeadAttention(keras.layers.Layer):
                     None
                 ]
             )
-        masks.append(_masks.as_bool(attention_mask))
+        masks.append(_masks.as_bool(attention_mask, "attention_mask"))
         return _masks.and_masks(*masks)
 
     def _check_call_inputs(
@@ -649,7 +716,7 @@ class MultiHeadAttention(keras.layers.Layer):
         # sees the (B, 1, 1, S) key mask and memory stays O(T + S).
         row_mask = None
         if rank == 3 and query_mask is not None:
-            row_mask = _masks.as_bool(query_mask)
+            row_mask = _masks.as_bool(query_mask, "query_mask")
             query_mask = None
         # Only causal masking: let the kernel build (and later skip) it.
         causal_only = (
@@ -739,9 +806,20 @@ class MultiHeadAttention(keras.layers.Layer):
         attended = self._from_kernel_layout(attended, perm, q_shape)
         output = self._output_dense(attended)
 
-        if kernel_mask is not None:
-            # Zero the rows where every head's keys are all masked.
-            row_valid = ops.any(kernel_mask, axis=(1, 3))
+        # Zero the rows where every head's keys are all masked (by the masks
+        # or by -inf entries of the bias). NaN bias entries count as usable,
+        # so that NaN propagates.
+        usable = kernel_mask
+        if kernel_bias is not None:
+            usable = _masks.and_masks(
+                usable, ops.logical_not(kernel_bias <= _softmax.MASKED)
+            )
+        if usable is None and k.shape[1] in (None, 0):
+            # No key at all (key length 0): no query attends anything.
+            has_keys = ops.greater(ops.shape(k)[1], 0)
+            output = output * ops.cast(has_keys, output.dtype)
+        if usable is not None:
+            row_valid = ops.any(usable, axis=(1, 3))
             row_valid = ops.broadcast_to(
                 row_valid, (ops.shape(q)[0], ops.shape(q)[1])
             )
@@ -769,6 +847,16 @@ class MultiHeadAttention(keras.layers.Layer):
                 scores = ops.reshape(scores, scores_shape)
             return output, scores
         return output
+
+    @classmethod
+    def from_config(cls, config):
+        """Validates the config, then builds the layer from it.
+
+        Every field is checked by the constructor, which raises a
+        `ValueError` naming the field and its value (Keras' default
+        `from_config` would turn it into a `TypeError`).
+        """
+        return cls(**_checks.layer_config(cls, config))
 
     def get_config(self):
         config = super().get_config()
