@@ -109,12 +109,16 @@ class BahdanauAttention(keras.layers.Layer):
                 'expected "softmax" or "hardmax". Received: '
                 f"probability_fn={probability_fn!r}"
             )
+        # attention_v has `units` elements: fail before `build`.
+        _checks.check_size_product({"units": units})
         super().__init__(**kwargs)
         self.supports_masking = True
         self.units = int(units)
         self.normalize = normalize
         self.probability_fn = probability_fn
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_initializer = _checks.get_keras_object(
+            "initializers", "kernel_initializer", kernel_initializer
+        )
         self.query_layer = self._dense("query_layer")
         self.memory_layer = self._dense("memory_layer")
 
@@ -126,8 +130,18 @@ class BahdanauAttention(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         """Also accepts tfa's config, with its `memory` placeholder and its
-        default query and memory layers."""
-        config = dict(config)
+        default query and memory layers. Every field is validated: a bad
+        one raises a `ValueError` naming it."""
+        config = _checks.layer_config(
+            cls,
+            config,
+            extra_keys=(
+                "memory",
+                "memory_sequence_length",
+                "query_layer",
+                "memory_layer",
+            ),
+        )
         if config.pop("memory", None) is not None:
             raise ValueError(
                 "Argument `memory` is not a constructor argument of this "
@@ -169,6 +183,18 @@ class BahdanauAttention(keras.layers.Layer):
     def build(self, query_shape, memory_shape):
         query_shape, memory_shape = self._check_shapes(
             query_shape, memory_shape
+        )
+        _checks.check_weight_shapes(
+            "BahdanauAttention",
+            {
+                "query_layer/kernel": (query_shape[-1] or 1, self.units),
+                "memory_layer/kernel": (memory_shape[-1] or 1, self.units),
+            },
+            {
+                "units": self.units,
+                "query.shape": tuple(query_shape),
+                "memory.shape": tuple(memory_shape),
+            },
         )
         self.attention_v = self.add_weight(
             name="attention_v",
@@ -237,6 +263,8 @@ class BahdanauAttention(keras.layers.Layer):
                 f"{_checks.static_shape(memory_sequence_length)}, "
                 f"memory_mask.shape={_checks.static_shape(memory_mask)}"
             )
+        _checks.check_lengths("memory_sequence_length", memory_sequence_length)
+        _checks.check_mask_values("memory_mask", memory_mask)
         if memory_sequence_length is not None:
             shape = _checks.static_shape(memory_sequence_length)
             _checks.check_rank("memory_sequence_length", shape, (1,))

@@ -124,6 +124,17 @@ class MultiHeadAttention(keras.layers.Layer):
         _checks.check_bool("use_projection_bias", use_projection_bias)
         _checks.check_bool("return_attn_coef", return_attn_coef)
         _checks.check_seed(seed)
+        # Each kernel has at least num_heads * head_size elements.
+        _checks.check_size_product(
+            {"num_heads": num_heads, "head_size": head_size}
+        )
+        _checks.check_size_product(
+            {
+                "num_heads": num_heads,
+                "head_size": head_size,
+                "output_size": output_size or 1,
+            }
+        )
         super().__init__(**kwargs)
         self.supports_masking = True
         self.head_size = int(head_size)
@@ -132,12 +143,24 @@ class MultiHeadAttention(keras.layers.Layer):
         self.dropout = float(dropout)
         self.use_projection_bias = use_projection_bias
         self.return_attn_coef = return_attn_coef
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.kernel_initializer = _checks.get_keras_object(
+            "initializers", "kernel_initializer", kernel_initializer
+        )
+        self.kernel_regularizer = _checks.get_keras_object(
+            "regularizers", "kernel_regularizer", kernel_regularizer
+        )
+        self.kernel_constraint = _checks.get_keras_object(
+            "constraints", "kernel_constraint", kernel_constraint
+        )
+        self.bias_initializer = _checks.get_keras_object(
+            "initializers", "bias_initializer", bias_initializer
+        )
+        self.bias_regularizer = _checks.get_keras_object(
+            "regularizers", "bias_regularizer", bias_regularizer
+        )
+        self.bias_constraint = _checks.get_keras_object(
+            "constraints", "bias_constraint", bias_constraint
+        )
         self.seed = seed
         self.seed_generator = (
             keras.random.SeedGenerator(seed) if self.dropout > 0 else None
@@ -216,6 +239,24 @@ class MultiHeadAttention(keras.layers.Layer):
                     f"the layer. Received: {name}.shape={shape}"
                 )
         output_size = self._output_size(value_shape)
+        heads, size = self.num_heads, self.head_size
+        _checks.check_weight_shapes(
+            "MultiHeadAttention",
+            {
+                "query_kernel": (heads, query_shape[-1], size),
+                "key_kernel": (heads, key_shape[-1], size),
+                "value_kernel": (heads, value_shape[-1], size),
+                "projection_kernel": (heads, size, output_size),
+            },
+            {
+                "num_heads": heads,
+                "head_size": size,
+                "output_size": self.output_size,
+                "query.shape": tuple(query_shape),
+                "key.shape": tuple(key_shape),
+                "value.shape": tuple(value_shape),
+            },
+        )
 
         def kernel(name, shape):
             return self.add_weight(
@@ -298,6 +339,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 )
         if mask is None:
             return
+        _checks.check_mask_values("mask", mask)
         mask_shape = _checks.static_shape(mask)
         logits_rank = len(query.shape) + 1
         if not 2 <= len(mask_shape) <= logits_rank:
@@ -396,6 +438,16 @@ class MultiHeadAttention(keras.layers.Layer):
         if self.return_attn_coef:
             return output, coef
         return output
+
+    @classmethod
+    def from_config(cls, config):
+        """Validates the config, then builds the layer from it.
+
+        Every field is checked by the constructor, which raises a
+        `ValueError` naming the field and its value (Keras' default
+        `from_config` would turn it into a `TypeError`).
+        """
+        return cls(**_checks.layer_config(cls, config))
 
     def get_config(self):
         config = super().get_config()
