@@ -1,0 +1,891 @@
+"""A catalogue of bad inputs: every one fails early with a clear error.
+
+Each entry of `CASES` is one test: calling it must raise a `ValueError`
+whose message names the argument (in backticks) and shows what was received
+("Received: ..."). The attention kernels are replaced by functions that fail
+the test when reached, so every error is raised before any attention is
+computed; cases marked `allocates=False` also forbid creating any weight,
+so absurd sizes fail before anything is allocated.
+
+To add a case, append a `Case` to `CASES`; keep the list grouped by target.
+
+The second half tests the inputs whose behaviour is defined rather than
+refused: masks of 0/1 numbers, empty sequences (length 0) and non-finite
+values.
+
+Decisions (also in the docstrings):
+
+- Masks: boolean, or numbers that are all 0 or 1 (e.g. `1.0 - padding`).
+  Any other value (0.5, 2, -1, NaN) raises a `ValueError` when the values
+  are known (NumPy arrays, eager tensors); in traced code (`tf.function`,
+  `jax.jit`, a SavedModel) they cannot be inspected and non-zero counts as
+  True.
+- Lengths (`memory_sequence_length` of the tfa-compat
+  `BahdanauAttention`): non-negative whole numbers, checked when known.
+- Length 0: a key length of 0 means no query may attend anything, so every
+  output row is zero (the fully-masked-row rule); a query length of 0 (or a
+  batch of 0) gives an empty output. Dense and chunked kernels agree.
+- NaN and Inf in query, key or value are not checked and not replaced: they
+  propagate through the arithmetic. An output row is NaN when it attends a
+  position that holds NaN (or whose logit is NaN or +-Inf); rows that do
+  not depend on it stay finite. A masked key's logit is discarded, but its
+  value still enters the weighted sum with weight 0, and 0 x NaN = NaN: pad
+  with finite values.
+- Weights of more than 2**31 - 1 elements (e.g. `num_heads=10**9`) are
+  refused before any weight is created (`_checks.MAX_WEIGHT_ELEMENTS`).
+- `from_config` validates every field: wrong types, out-of-range values and
+  unknown keys raise a `ValueError` naming the field.
+"""
+
+import dataclasses
+import re
+from typing import Callable
+
+import keras
+import numpy as np
+import pytest
+
+import keras_attention.layers.attention_pooling as pooling_module
+import keras_attention.ops.attention as attention_module
+from keras_attention import AdditiveAttention
+from keras_attention import AttentionPooling
+from keras_attention import MultiHeadAttention
+from keras_attention.compat import tfa
+from keras_attention.ops import additive_attention
+from keras_attention.ops import scaled_dot_product_attention
+from tests.testing import to_numpy
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:You are using a softmax over axis:UserWarning"
+)
+
+
+@pytest.fixture(autouse=True)
+def _reset_state():
+    """Overrides the suite's fixture of the same name: the same dtype policy
+    and seed, but `keras.backend.clear_session()` (0.3 s on TensorFlow)
+    only once per module, not after each of the many small cases here."""
+    keras.config.set_dtype_policy("float32")
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _clear_session_once():
+    yield
+    keras.backend.clear_session()
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    call: Callable[[], object]
+    # The argument the message must name, e.g. "num_heads" for `num_heads`.
+    argument: str
+    # An extra regex the message must match (what was received).
+    match: str = ""
+    # False: no weight may be created before the error.
+    allocates: bool = True
+
+
+def _f(*shape):
+    return np.ones(shape, "float32")
+
+
+# A standard call of each target, with one keyword replaced.
+def sdpa(**kwargs):
+    args = dict(query=_f(2, 3, 4, 8), key=_f(2, 5, 2, 8), value=_f(2, 5, 2, 6))
+    args.update(kwargs)
+    return lambda: scaled_dot_product_attention(**args)
+
+
+def additive(**kwargs):
+    args = dict(
+        query=_f(2, 3, 4),
+        key=_f(2, 5, 4),
+        value=_f(2, 5, 6),
+        attention_v=_f(4),
+    )
+    args.update(kwargs)
+    return lambda: additive_attention(**args)
+
+
+def mha(init=None, query=(2, 3, 6), value=(2, 5, 6), **call):
+    init = dict(dict(num_heads=2, key_dim=4), **(init or {}))
+    return lambda: MultiHeadAttention(**init)(_f(*query), _f(*value), **call)
+
+
+def add_layer(init=None, query=(2, 3, 6), value=(2, 5, 7), **call):
+    init = dict(dict(units=4), **(init or {}))
+    return lambda: AdditiveAttention(**init)(_f(*query), _f(*value), **call)
+
+
+def pool(init=None, inputs=(2, 5, 6), **call):
+    init = dict(dict(units=4, num_heads=2), **(init or {}))
+    return lambda: AttentionPooling(**init)(_f(*inputs), **call)
+
+
+def build(layer_fn, *shapes):
+    """Constructs and builds a layer (no call)."""
+
+    def run():
+        layer = layer_fn()
+        layer.build(*shapes)
+        return layer
+
+    return run
+
+
+def tfa_mha(init=None, mask=None):
+    init = dict(dict(head_size=4, num_heads=2), **(init or {}))
+    return lambda: tfa.MultiHeadAttention(**init)(
+        [_f(2, 3, 6), _f(2, 5, 6)], mask=mask
+    )
+
+
+def bahdanau(init=None, **call):
+    init = dict(dict(units=4), **(init or {}))
+    return lambda: tfa.BahdanauAttention(**init)(_f(2, 6), _f(2, 5, 4), **call)
+
+
+def from_config(cls, **config):
+    return lambda: cls.from_config(config)
+
+
+HALF = np.full((3, 5), 0.5, "float32")
+BIG = 10**9
+
+CASES = [
+    # -- scaled_dot_product_attention: ranks, dims, masks, arguments --------
+    Case("sdpa/query_rank_3", sdpa(query=_f(2, 3, 8)), "query", r"\(2, 3, 8\)"),
+    Case("sdpa/key_rank_5", sdpa(key=_f(2, 5, 2, 8, 1)), "key", "rank 4"),
+    Case("sdpa/value_rank_2", sdpa(value=_f(2, 5)), "value", "rank 4"),
+    Case("sdpa/head_dim", sdpa(key=_f(2, 5, 2, 7)), "query", "head dim=8"),
+    Case("sdpa/kv_length", sdpa(value=_f(2, 6, 2, 6)), "value", "length=6"),
+    Case(
+        "sdpa/batch",
+        sdpa(key=_f(3, 5, 2, 8), value=_f(3, 5, 2, 6)),
+        "key",
+        "batch size=3",
+    ),
+    Case(
+        "sdpa/heads_not_multiple",
+        sdpa(key=_f(2, 5, 3, 8), value=_f(2, 5, 3, 6)),
+        "query",
+        "key heads=3",
+    ),
+    Case("sdpa/mask_rank_3", sdpa(mask=np.ones((2, 3, 5), bool)), "mask"),
+    Case("sdpa/mask_rank_1", sdpa(mask=np.ones((5,), bool)), "mask"),
+    Case(
+        "sdpa/mask_not_broadcastable",
+        sdpa(mask=np.ones((2, 1, 3, 6), bool)),
+        "mask",
+        r"\(2, 1, 3, 6\)",
+    ),
+    Case(
+        "sdpa/mask_batch_3",
+        sdpa(mask=np.ones((3, 1, 1, 5), bool)),
+        "mask",
+        r"\(3, 1, 1, 5\)",
+    ),
+    Case("sdpa/mask_float_half", sdpa(mask=HALF), "mask", r"0\.5"),
+    Case("sdpa/mask_int_2", sdpa(mask=np.full((3, 5), 2)), "mask", r"\[2\]"),
+    Case("sdpa/mask_negative", sdpa(mask=-np.ones((3, 5))), "mask", "-1"),
+    Case("sdpa/mask_nan", sdpa(mask=np.full((3, 5), np.nan)), "mask", "nan"),
+    Case(
+        "sdpa/mask_strings",
+        sdpa(mask=np.full((3, 5), "yes")),
+        "mask",
+        "dtype",
+    ),
+    Case("sdpa/bias_shape", sdpa(bias=_f(2, 3, 3, 5)), "bias", r"\(2, 3"),
+    Case("sdpa/bias_rank_3", sdpa(bias=_f(2, 3, 5)), "bias", "rank"),
+    Case("sdpa/dropout_1", sdpa(dropout_rate=1.0), "dropout_rate", "1.0"),
+    Case("sdpa/dropout_nan", sdpa(dropout_rate=np.nan), "dropout_rate"),
+    Case("sdpa/chunk_zero", sdpa(chunk_size=0), "chunk_size", "chunk_size=0"),
+    Case("sdpa/chunk_float", sdpa(chunk_size=2.5), "chunk_size", "2.5"),
+    Case("sdpa/chunk_str", sdpa(chunk_size="big"), "chunk_size", "big"),
+    Case(
+        "sdpa/chunk_beyond_int32",
+        sdpa(chunk_size=2**31),
+        "chunk_size",
+        str(2**31),
+    ),
+    # -- additive_attention --------------------------------------------------
+    Case("additive/query_rank_2", additive(query=_f(2, 4)), "query", "rank 3"),
+    Case("additive/key_rank_4", additive(key=_f(2, 5, 4, 1)), "key"),
+    Case("additive/units", additive(key=_f(2, 5, 3)), "query", "=3"),
+    Case("additive/v_rank", additive(attention_v=_f(4, 1)), "attention_v"),
+    Case("additive/v_size", additive(attention_v=_f(5)), "attention_v", "5"),
+    Case("additive/kv_length", additive(value=_f(2, 4, 6)), "value", "=4"),
+    Case("additive/batch", additive(value=_f(3, 5, 6)), "value", "=3"),
+    Case(
+        "additive/mask_shape",
+        additive(mask=np.ones((2, 3, 4), bool)),
+        "mask",
+        r"\(2, 3, 4\)",
+    ),
+    Case(
+        "additive/mask_float",
+        additive(mask=np.full((2, 3, 5), 0.3)),
+        "mask",
+        r"0\.3",
+    ),
+    Case("additive/chunk", additive(chunk_size=-1), "chunk_size", "=-1"),
+    # -- MultiHeadAttention: constructor ---------------------------------
+    Case("mha/num_heads_0", mha(dict(num_heads=0)), "num_heads", "=0"),
+    Case("mha/num_heads_str", mha(dict(num_heads="8")), "num_heads", "'8'"),
+    Case("mha/num_heads_float", mha(dict(num_heads=2.0)), "num_heads", "2.0"),
+    Case("mha/num_heads_bool", mha(dict(num_heads=True)), "num_heads"),
+    Case("mha/key_dim_neg", mha(dict(key_dim=-4)), "key_dim", "=-4"),
+    Case("mha/value_dim_0", mha(dict(value_dim=0)), "value_dim", "=0"),
+    Case(
+        "mha/heads_x_key_dim_absurd",
+        mha(dict(num_heads=BIG, key_dim=BIG)),
+        "num_heads",
+        "key_dim=1000000000",
+        allocates=False,
+    ),
+    Case(
+        "mha/num_heads_absurd_at_build",
+        build(lambda: MultiHeadAttention(10**8, 8), (2, 3, 16), (2, 5, 16)),
+        "num_heads",
+        "num_heads=100000000",
+        allocates=False,
+    ),
+    Case(
+        "mha/key_dim_absurd_at_build",
+        build(lambda: MultiHeadAttention(8, 10**8), (2, 3, 16), (2, 5, 16)),
+        "key_dim",
+        "key_dim=100000000",
+        allocates=False,
+    ),
+    Case(
+        "mha/output_shape_absurd",
+        mha(dict(output_shape=(10**5, 10**5))),
+        "output_shape",
+        "100000",
+        allocates=False,
+    ),
+    Case(
+        "mha/output_shape_zero", mha(dict(output_shape=(4, 0))), "output_shape"
+    ),
+    Case("mha/dropout_1", mha(dict(dropout=1.0)), "dropout", "1.0"),
+    Case("mha/dropout_str", mha(dict(dropout="0.1")), "dropout", "'0.1'"),
+    Case(
+        "mha/kv_heads_not_divisor",
+        mha(dict(num_heads=4, num_key_value_heads=3)),
+        "num_key_value_heads",
+        "=3",
+    ),
+    Case("mha/chunk_size", mha(dict(chunk_size=0)), "chunk_size", "=0"),
+    Case("mha/window", mha(dict(sliding_window=-2)), "sliding_window", "-2"),
+    Case("mha/seed_huge", mha(dict(seed=2**70)), "seed", str(2**70)),
+    Case("mha/seed_str", mha(dict(seed="x")), "seed", "'x'"),
+    Case("mha/use_bias", mha(dict(use_bias="yes")), "use_bias", "'yes'"),
+    Case(
+        "mha/initializer",
+        mha(dict(kernel_initializer="nope")),
+        "kernel_initializer",
+        "'nope'",
+    ),
+    Case(
+        "mha/regularizer",
+        mha(dict(bias_regularizer=3)),
+        "bias_regularizer",
+        "=3",
+    ),
+    Case("mha/axes", mha(dict(attention_axes="x")), "attention_axes", "'x'"),
+    Case(
+        "mha/flash", mha(dict(flash_attention="on")), "flash_attention", "'on'"
+    ),
+    # -- MultiHeadAttention: call ------------------------------------------
+    Case("mha/query_rank_2", mha(query=(2, 6)), "query", r"\(2, 6\)"),
+    Case("mha/value_rank", mha(value=(2, 5, 6, 1)), "value", "rank"),
+    Case(
+        "mha/batch",
+        mha(value=(3, 5, 6)),
+        "value",
+        "3",
+    ),
+    Case(
+        "mha/key_length",
+        mha(key=_f(2, 4, 6)),
+        "key",
+        r"\(2, 4, 6\)",
+    ),
+    Case(
+        "mha/query_mask_shape",
+        mha(query_mask=np.ones((2, 4), bool)),
+        "query_mask",
+        r"\(2, 4\)",
+    ),
+    Case(
+        "mha/value_mask_shape",
+        mha(value_mask=np.ones((2, 3), bool)),
+        "value_mask",
+        r"\(2, 3\)",
+    ),
+    Case(
+        "mha/attention_mask_shape",
+        mha(attention_mask=np.ones((2, 5, 3), bool)),
+        "attention_mask",
+        r"\(2, 5, 3\)",
+    ),
+    Case(
+        "mha/attention_mask_rank_1",
+        mha(attention_mask=np.ones((5,), bool)),
+        "attention_mask",
+        r"\(5,\)",
+    ),
+    Case(
+        "mha/attention_mask_float",
+        mha(attention_mask=np.full((2, 3, 5), 0.5)),
+        "attention_mask",
+        r"0\.5",
+    ),
+    Case(
+        "mha/query_mask_token_ids",
+        mha(query_mask=np.array([[5, 7, 0], [3, 0, 0]])),
+        "query_mask",
+        r"\[3, 5, 7\]",
+    ),
+    Case(
+        "mha/value_mask_negative",
+        mha(value_mask=-np.ones((2, 5), "int32")),
+        "value_mask",
+        "-1",
+    ),
+    Case(
+        "mha/attention_bias_shape",
+        mha(attention_bias=_f(2, 3, 4)),
+        "attention_bias",
+        r"\(2, 3, 4\)",
+    ),
+    # -- AdditiveAttention ----------------------------------------------------
+    Case("add/units_0", add_layer(dict(units=0)), "units", "=0"),
+    Case("add/units_list", add_layer(dict(units=[4])), "units", r"\[4\]"),
+    Case(
+        "add/units_absurd_init",
+        add_layer(dict(units=2**31)),
+        "units",
+        str(2**31),
+        allocates=False,
+    ),
+    Case(
+        "add/units_absurd_at_build",
+        build(lambda: AdditiveAttention(BIG), (2, 3, 6), (2, 5, 7)),
+        "units",
+        "units=1000000000",
+        allocates=False,
+    ),
+    Case("add/normalize", add_layer(dict(normalize="yes")), "normalize"),
+    Case("add/dropout", add_layer(dict(dropout=-0.1)), "dropout", "-0.1"),
+    Case("add/query_rank_4", add_layer(query=(2, 3, 6, 1)), "query", "rank"),
+    Case("add/value_rank_2", add_layer(value=(2, 5)), "value", "rank 3"),
+    Case(
+        "add/key_length",
+        add_layer(key=_f(2, 4, 7)),
+        "key",
+        "length=4",
+    ),
+    Case("add/batch", add_layer(value=(3, 5, 7)), "query", "=3"),
+    Case(
+        "add/query_mask_shape",
+        add_layer(query_mask=np.ones((2, 4), bool)),
+        "query_mask",
+        r"\(2, 4\)",
+    ),
+    Case(
+        "add/value_mask_float",
+        add_layer(value_mask=np.full((2, 5), 0.5)),
+        "value_mask",
+        r"0\.5",
+    ),
+    Case(
+        "add/projected_key_units",
+        add_layer(projected_key=_f(2, 5, 3)),
+        "projected_key",
+        r"\(2, 5, 3\)",
+    ),
+    Case(
+        "add/single_step_causal",
+        add_layer(query=(2, 6), use_causal_mask=True),
+        "use_causal_mask",
+        r"\(2, 6\)",
+    ),
+    # -- AttentionPooling ---------------------------------------------------
+    Case("pool/units_0", pool(dict(units=0)), "units", "=0"),
+    Case("pool/heads_none", pool(dict(num_heads=None)), "num_heads", "None"),
+    Case(
+        "pool/heads_absurd_init",
+        pool(dict(units=2**16, num_heads=2**16)),
+        "num_heads",
+        "65536",
+        allocates=False,
+    ),
+    Case(
+        "pool/units_absurd_at_build",
+        build(lambda: AttentionPooling(units=BIG), (2, 5, 16)),
+        "units",
+        "units=1000000000",
+        allocates=False,
+    ),
+    Case(
+        "pool/initializer",
+        pool(dict(bias_initializer={"class_name": "Nope", "config": {}})),
+        "bias_initializer",
+        "Nope",
+    ),
+    Case("pool/inputs_rank_2", pool(inputs=(2, 6)), "inputs", r"\(2, 6\)"),
+    Case(
+        "pool/mask_length",
+        pool(mask=np.ones((2, 4), bool)),
+        "mask",
+        r"\(2, 4\)",
+    ),
+    Case(
+        "pool/mask_float",
+        pool(mask=np.full((2, 5), 0.7, "float32")),
+        "mask",
+        r"0\.7",
+    ),
+    # -- tfa compat layers ---------------------------------------------------
+    Case("tfa_mha/head_size", tfa_mha(dict(head_size=0)), "head_size", "=0"),
+    Case(
+        "tfa_mha/absurd",
+        tfa_mha(dict(num_heads=BIG, head_size=BIG)),
+        "num_heads",
+        "head_size=1000000000",
+        allocates=False,
+    ),
+    Case(
+        "tfa_mha/mask_float",
+        tfa_mha(mask=np.full((2, 3, 5), 0.5, "float32")),
+        "mask",
+        r"0\.5",
+    ),
+    Case("bahdanau/units", bahdanau(dict(units=-1)), "units", "=-1"),
+    Case(
+        "bahdanau/negative_length",
+        bahdanau(memory_sequence_length=np.array([3, -1])),
+        "memory_sequence_length",
+        "-1",
+    ),
+    Case(
+        "bahdanau/fractional_length",
+        bahdanau(memory_sequence_length=np.array([2.5, 1.0])),
+        "memory_sequence_length",
+        "2.5",
+    ),
+    Case(
+        "bahdanau/mask_float",
+        bahdanau(memory_mask=np.full((2, 5), 0.5)),
+        "memory_mask",
+        r"0\.5",
+    ),
+    # -- from_config: wrong types, ranges, unknown keys ------------------
+    Case(
+        "config/mha_num_heads_str",
+        from_config(MultiHeadAttention, num_heads="8", key_dim=4),
+        "num_heads",
+        "'8'",
+    ),
+    Case(
+        "config/mha_key_dim_float",
+        from_config(MultiHeadAttention, num_heads=2, key_dim=4.5),
+        "key_dim",
+        "4.5",
+    ),
+    Case(
+        "config/mha_dropout_str",
+        from_config(MultiHeadAttention, num_heads=2, key_dim=4, dropout="x"),
+        "dropout",
+        "'x'",
+    ),
+    Case(
+        "config/mha_unknown_key",
+        from_config(MultiHeadAttention, num_heads=2, key_dim=4, evil=1),
+        "evil",
+        "evil=1",
+    ),
+    Case(
+        "config/mha_dtype",
+        from_config(
+            MultiHeadAttention,
+            num_heads=2,
+            key_dim=4,
+            dtype={"class_name": "DTypePolicy", "config": {"name": 5}},
+        ),
+        "dtype",
+        "DTypePolicy",
+    ),
+    Case(
+        "config/mha_name_int",
+        from_config(MultiHeadAttention, num_heads=2, key_dim=4, name=5),
+        "name",
+        "name=5",
+    ),
+    Case(
+        "config/mha_trainable_str",
+        from_config(MultiHeadAttention, num_heads=2, key_dim=4, trainable="y"),
+        "trainable",
+        "trainable=y",
+    ),
+    Case(
+        "config/mha_lambda_initializer",
+        from_config(
+            MultiHeadAttention,
+            num_heads=2,
+            key_dim=4,
+            kernel_initializer={
+                "class_name": "__lambda__",
+                "config": {"code": "x", "defaults": None, "closure": None},
+            },
+        ),
+        "kernel_initializer",
+        "__lambda__",
+    ),
+    Case(
+        "config/mha_huge",
+        from_config(MultiHeadAttention, num_heads=2**20, key_dim=2**20),
+        "num_heads",
+        str(2**20),
+        allocates=False,
+    ),
+    Case(
+        "config/not_a_dict",
+        lambda: MultiHeadAttention.from_config([("num_heads", 2)]),
+        "config",
+        "num_heads",
+    ),
+    Case(
+        "config/additive_use_bias_str",
+        from_config(AdditiveAttention, units=4, use_bias="true"),
+        "use_bias",
+        "'true'",
+    ),
+    Case(
+        "config/additive_activity_regularizer",
+        from_config(AdditiveAttention, units=4, activity_regularizer="nope"),
+        "activity_regularizer",
+        "'nope'",
+    ),
+    Case(
+        "config/additive_autocast",
+        from_config(AdditiveAttention, units=4, autocast="no"),
+        "autocast",
+        "'no'",
+    ),
+    Case(
+        "config/pooling_seed_float",
+        from_config(AttentionPooling, units=4, seed=1.5),
+        "seed",
+        "1.5",
+    ),
+    Case(
+        "config/pooling_unknown_key",
+        from_config(AttentionPooling, units=4, function="os.system"),
+        "function",
+        "os.system",
+    ),
+    Case(
+        "config/tfa_mha_head_size_str",
+        from_config(tfa.MultiHeadAttention, head_size="4", num_heads=2),
+        "head_size",
+        "'4'",
+    ),
+    Case(
+        "config/bahdanau_units",
+        from_config(tfa.BahdanauAttention, units=-3),
+        "units",
+        "=-3",
+    ),
+    Case(
+        "config/bahdanau_unknown_key",
+        from_config(tfa.BahdanauAttention, units=3, code="print(1)"),
+        "code",
+        "print",
+    ),
+]
+
+
+def test_case_ids_are_unique():
+    ids = [case.id for case in CASES]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.fixture
+def no_attention(monkeypatch):
+    """Reaching an attention kernel fails the test."""
+
+    def reached(*args, **kwargs):
+        raise AssertionError("attention computed before the input check")
+
+    for name in (
+        "_dense_sdpa",
+        "_chunked_sdpa",
+        "_dense_additive",
+        "_chunked_additive",
+    ):
+        monkeypatch.setattr(attention_module, name, reached)
+    monkeypatch.setattr(pooling_module, "masked_softmax", reached)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_raises_a_clear_value_error(case, no_attention, monkeypatch):
+    if not case.allocates:
+
+        def add_weight(*args, **kwargs):
+            raise AssertionError("a weight was created before the check")
+
+        monkeypatch.setattr(keras.layers.Layer, "add_weight", add_weight)
+    with pytest.raises(ValueError) as info:
+        case.call()
+    message = str(info.value)
+    assert f"`{case.argument}`" in message or f"{case.argument}=" in message, (
+        message
+    )
+    assert "Received" in message, message
+    if case.match:
+        assert re.search(case.match, message), message
+
+
+# -- Defined behaviour: 0/1 masks -------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int32", "uint8"])
+def test_numeric_zero_one_masks_equal_boolean_masks(rng, dtype):
+    q = rng.normal(size=(2, 4, 2, 8)).astype("float32")
+    mask = rng.random((2, 1, 4, 4)) > 0.4
+    as_numbers = mask.astype(dtype)
+    np.testing.assert_array_equal(
+        to_numpy(scaled_dot_product_attention(q, q, q, mask=as_numbers)),
+        to_numpy(scaled_dot_product_attention(q, q, q, mask=mask)),
+    )
+    x = rng.normal(size=(2, 4, 6)).astype("float32")
+    padding = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], dtype)
+    layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    np.testing.assert_array_equal(
+        to_numpy(layer(x, x, query_mask=padding, value_mask=padding)),
+        to_numpy(layer(x, x, query_mask=padding > 0, value_mask=padding > 0)),
+    )
+    additive_layer = AdditiveAttention(units=4)
+    np.testing.assert_array_equal(
+        to_numpy(additive_layer(x, x, value_mask=padding)),
+        to_numpy(additive_layer(x, x, value_mask=padding > 0)),
+    )
+    pooling = AttentionPooling(units=4)
+    np.testing.assert_array_equal(
+        to_numpy(pooling(x, mask=padding)),
+        to_numpy(pooling(x, mask=padding > 0)),
+    )
+
+
+@pytest.mark.tensorflow_only
+def test_traced_masks_are_not_inspected():
+    """In a `tf.function` the values are unknown: non-zero counts as True."""
+    import tensorflow as tf
+
+    q = np.random.default_rng(0).normal(size=(1, 3, 1, 4)).astype("float32")
+    half = np.full((3, 3), 0.5, "float32")
+
+    @tf.function(autograph=False)
+    def run(mask):
+        return scaled_dot_product_attention(q, q, q, mask=mask)
+
+    np.testing.assert_allclose(
+        run(half).numpy(), to_numpy(scaled_dot_product_attention(q, q, q))
+    )
+
+
+# -- Defined behaviour: empty sequences ----------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2], ids=["dense", "chunked"])
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+def test_op_with_empty_sequences(rng, chunk_size, is_causal):
+    q = rng.normal(size=(2, 3, 2, 4)).astype("float32")
+    empty = np.zeros((2, 0, 2, 4), "float32")
+
+    def run(query, kv, **kwargs):
+        return to_numpy(
+            scaled_dot_product_attention(
+                query,
+                kv,
+                kv,
+                is_causal=is_causal,
+                chunk_size=chunk_size,
+                **kwargs,
+            )
+        )
+
+    # No keys: every query attends nothing, so every row is zero.
+    out = run(q, empty)
+    assert out.shape == (2, 3, 2, 4) and np.all(out == 0.0)
+    out = run(q, empty, mask=np.zeros((3, 0), bool))
+    assert out.shape == (2, 3, 2, 4) and np.all(out == 0.0)
+    # No queries, or no examples: an empty output.
+    assert run(empty, q).shape == (2, 0, 2, 4)
+    assert run(q[:0], q[:0]).shape == (0, 3, 2, 4)
+    pq = rng.normal(size=(2, 3, 4)).astype("float32")
+    no_keys = additive_attention(
+        pq, pq[:, :0], pq[:, :0], np.ones(4, "float32"), chunk_size=chunk_size
+    )
+    assert tuple(no_keys.shape) == (2, 3, 4)
+    assert np.all(to_numpy(no_keys) == 0.0)
+    no_queries = additive_attention(
+        pq[:, :0], pq, pq, np.ones(4, "float32"), chunk_size=chunk_size
+    )
+    assert tuple(no_queries.shape) == (2, 0, 4)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2], ids=["dense", "chunked"])
+def test_layers_with_empty_sequences(rng, chunk_size):
+    x = rng.normal(size=(2, 3, 6)).astype("float32")
+    empty = np.zeros((2, 0, 6), "float32")
+    # A non-zero output bias: a row that attends nothing is still zero.
+    mha_layer = MultiHeadAttention(
+        num_heads=2, key_dim=4, chunk_size=chunk_size, bias_initializer="ones"
+    )
+    additive_layer = AdditiveAttention(units=4, chunk_size=chunk_size)
+    for layer in (mha_layer, additive_layer):
+        out = to_numpy(layer(x, empty))
+        assert out.shape == (2, 3, 6) and np.all(out == 0.0)
+        masked = layer(x, empty, value_mask=np.zeros((2, 0), bool))
+        assert np.all(to_numpy(masked) == 0.0)
+        assert tuple(layer(empty, x).shape) == (2, 0, 6)
+        no_queries = layer(empty, x, query_mask=np.zeros((2, 0), bool))
+        assert tuple(no_queries.shape) == (2, 0, 6)
+    out, scores = mha_layer(
+        x, empty, use_causal_mask=True, return_attention_scores=True
+    )
+    assert np.all(to_numpy(out) == 0.0)
+    assert tuple(scores.shape) == (2, 2, 3, 0)
+    step = additive_layer(x[:, 0], empty)
+    assert tuple(step.shape) == (2, 6) and np.all(to_numpy(step) == 0.0)
+    pooling = AttentionPooling(units=4, num_heads=2)
+    pooled = to_numpy(pooling(empty))
+    assert pooled.shape == (2, 12) and np.all(pooled == 0.0)
+
+
+@pytest.mark.tensorflow_only
+def test_empty_sequences_with_unknown_lengths():
+    """Length 0 at run time, in a traced function with unknown lengths."""
+    import tensorflow as tf
+
+    layer = MultiHeadAttention(
+        num_heads=2, key_dim=4, chunk_size=2, bias_initializer="ones"
+    )
+    spec = tf.TensorSpec((None, None, 6), tf.float32)
+
+    @tf.function(input_signature=[spec, spec], autograph=False)
+    def run(q, v):
+        return layer(q, v), layer(q, v, use_causal_mask=True)
+
+    x = np.ones((2, 3, 6), "float32")
+    for out in run(x, np.zeros((2, 0, 6), "float32")):
+        assert out.shape == (2, 3, 6) and np.all(out.numpy() == 0.0)
+    for out in run(np.zeros((2, 0, 6), "float32"), x):
+        assert out.shape == (2, 0, 6)
+
+
+@pytest.mark.tensorflow_only
+def test_huge_chunk_size_with_unknown_lengths(rng):
+    """Regression: with unknown lengths (a `tf.function`, a SavedModel) the
+    chunked kernel padded every request to `chunk_size` positions, so
+    `chunk_size=10**9` tried to allocate gigabytes for a 5-token request.
+    The chunk now shrinks to the length at run time."""
+    import tensorflow as tf
+
+    layer = MultiHeadAttention(num_heads=2, key_dim=4, chunk_size=10**9)
+    spec = tf.TensorSpec((None, None, 6), tf.float32)
+
+    @tf.function(input_signature=[spec, spec], autograph=False)
+    def run(q, v):
+        return layer(q, v, use_causal_mask=True)
+
+    x = rng.normal(size=(2, 5, 6)).astype("float32")
+    got = run(x, x).numpy()
+    dense = MultiHeadAttention(num_heads=2, key_dim=4, chunk_size=None)
+    dense(x, x)
+    dense.set_weights(layer.get_weights())
+    want = to_numpy(dense(x, x, use_causal_mask=True))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# -- Defined behaviour: NaN and Inf propagate ------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize(
+    "kind", ["dense", "chunked", "bias", "masked"], ids=str
+)
+def test_non_finite_query_propagates_to_its_row_only(rng, bad, kind):
+    q = rng.normal(size=(2, 5, 2, 4)).astype("float32")
+    q[0, 1, 0, 0] = bad
+    kwargs = dict(chunk_size=2 if kind == "chunked" else None)
+    if kind == "bias":
+        kwargs["bias"] = np.zeros((5, 5), "float32")
+    if kind == "masked":
+        kwargs["mask"] = rng.random((5, 5)) > 0.3
+        kwargs["mask"][1] = True
+    out = to_numpy(scaled_dot_product_attention(q, q, q, **kwargs))
+    # Query 1 of example 0, head 0, attends its own NaN/Inf logits: NaN.
+    assert np.all(np.isnan(out[0, 1, 0]))
+    # The logits of the other queries that see key 1 are NaN or +-Inf too.
+    rest = np.ones(out.shape, bool)
+    rest[0, :, 0] = False
+    assert np.all(np.isfinite(out[rest]))
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2], ids=["dense", "chunked"])
+def test_nan_value_propagates_even_at_a_masked_key(rng, chunk_size):
+    q = rng.normal(size=(1, 3, 1, 4)).astype("float32")
+    v = q.copy()
+    v[0, 2] = np.nan
+    mask = np.array([True, True, False])  # key 2 is masked out
+    out = to_numpy(
+        scaled_dot_product_attention(
+            q, q, v, mask=mask[None, None, None], chunk_size=chunk_size
+        )
+    )
+    # weight 0 x NaN = NaN: documented; pad with finite values.
+    assert np.all(np.isnan(out))
+    # A NaN *key* at a masked position is discarded with its logit.
+    k = q.copy()
+    k[0, 2] = np.nan
+    out = to_numpy(
+        scaled_dot_product_attention(
+            q, k, q, mask=mask[None, None, None], chunk_size=chunk_size
+        )
+    )
+    assert np.all(np.isfinite(out))
+
+
+def test_layers_propagate_nan(rng):
+    x = rng.normal(size=(2, 4, 6)).astype("float32")
+    x[1, 2, 3] = np.nan
+    for layer in (
+        MultiHeadAttention(num_heads=2, key_dim=4),
+        AdditiveAttention(units=4),
+    ):
+        out = to_numpy(layer(x, x))
+        assert np.all(np.isnan(out[1])) and np.all(np.isfinite(out[0]))
+    pooled = to_numpy(AttentionPooling(units=4)(x))
+    assert np.all(np.isnan(pooled[1])) and np.all(np.isfinite(pooled[0]))
+    bias = np.zeros((2, 4, 4), "float32")
+    bias[0, 1, 2] = np.nan  # a NaN bias is not taken for a masked key
+    out = to_numpy(MultiHeadAttention(2, 4)(x, x, attention_bias=bias))
+    assert np.all(np.isnan(out[0, 1])) and np.all(np.isnan(out[1]))
+    assert np.all(np.isfinite(np.delete(out[0], 1, axis=0)))
+
+
+def test_inputs_are_not_modified(rng):
+    x = rng.normal(size=(2, 4, 6)).astype("float32")
+    mask = np.array([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]], "float32")
+    before = x.copy(), mask.copy()
+    MultiHeadAttention(2, 4)(x, x, value_mask=mask)
+    np.testing.assert_array_equal(x, before[0])
+    np.testing.assert_array_equal(mask, before[1])
