@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 from hypothesis import event
 from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 from keras import ops
 
@@ -64,6 +65,22 @@ MASK_KINDS = (
 # 1/MAX_BLOCKS of the length, so that an eager run stays short.
 MAX_LEN = 300
 MAX_BLOCKS = 12
+
+
+def jax_ci_examples(n):
+    """At most `n` examples on JAX in the `ci` profile.
+
+    On JAX every new shape is a new XLA compilation (1-4 s on CPU), and
+    hypothesis draws new shapes for nearly every example, so CI runs these
+    properties with fewer examples there. Other profiles (`thorough`) and
+    the TensorFlow backend are unchanged.
+    """
+    in_ci = settings.default.max_examples == (
+        settings.get_profile("ci").max_examples
+    )
+    if keras.backend.backend() == "jax" and in_ci:
+        return settings(max_examples=min(n, settings.default.max_examples))
+    return lambda test: test
 
 
 def lengths(max_len=MAX_LEN):
@@ -169,6 +186,7 @@ def _sdpa_inputs(case):
     return rng, (q, k, v), mask
 
 
+@jax_ci_examples(8)
 @given(case=sdpa_cases(), data=st.data())
 def test_sdpa_dense_matches_reference(case, data):
     rng, (q, k, v), mask = _sdpa_inputs(case)
@@ -209,6 +227,7 @@ def test_sdpa_dense_matches_reference(case, data):
         _assert_close(_as_float32(scores), want_scores, OP_TOL[dtype], "scores")
 
 
+@jax_ci_examples(6)
 @given(case=sdpa_cases(), data=st.data())
 def test_sdpa_chunked_matches_reference(case, data):
     rng, (q, k, v), mask = _sdpa_inputs(case)
@@ -231,6 +250,7 @@ def test_sdpa_chunked_matches_reference(case, data):
     _assert_close(_as_float32(out), want, OP_TOL[dtype], "output")
 
 
+@jax_ci_examples(3)
 @given(case=sdpa_cases(max_len=40), data=st.data())
 def test_sdpa_chunked_gradients_match_dense(case, data):
     """Float32 gradients of the chunked kernel (recomputed blockwise) equal
@@ -266,6 +286,7 @@ def _weights_by_path(layer):
     }
 
 
+@jax_ci_examples(5)
 @given(data=st.data())
 def test_multi_head_attention_matches_reference(data):
     draw = data.draw
@@ -391,6 +412,7 @@ def _additive_weights(layer):
     }
 
 
+@jax_ci_examples(5)
 @given(data=st.data())
 def test_additive_attention_matches_reference(data):
     draw = data.draw
@@ -475,6 +497,7 @@ def test_additive_attention_matches_reference(data):
         _assert_close(_as_float32(scores), want_scores, tol, "scores")
 
 
+@jax_ci_examples(6)
 @given(data=st.data())
 def test_additive_attention_op_chunked_matches_reference(data):
     """The op alone, on already-projected inputs, dense or chunked."""
@@ -528,6 +551,7 @@ def test_additive_attention_op_chunked_matches_reference(data):
 # -- AttentionPooling --------------------------------------------------------
 
 
+@jax_ci_examples(8)
 @given(data=st.data())
 def test_attention_pooling_matches_reference(data):
     draw = data.draw
