@@ -178,6 +178,9 @@ def test_keras_model_from_many_threads(keras_model, method):
         return {"probabilities": probabilities, "per_token": per_token}
 
     requests = _distinct_requests(1)
+    if method == "call" and keras.backend.backend() == "jax":
+        # Each new shape compiles every eager op anew: 4 shapes, not 12.
+        requests = [r for r in requests if r.shape[0] <= 2 and r.shape[1] < 12]
     expected = [call(tokens) for tokens in requests]
     per_thread = KERAS_CALLS[method]
     compared, bitwise, max_diff = _hammer(

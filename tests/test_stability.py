@@ -118,15 +118,13 @@ def _sdpa(dtype, chunk_size, **kwargs):
     return run
 
 
-@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("mask_kind", [None, "empty_rows"])
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("dtype", HALF)
-def test_huge_logits_in_half_precision(
-    rng, dtype, kernel, mask_kind, is_causal
-):
+def test_huge_logits_in_half_precision(rng, dtype, kernel, mask_kind):
     """Examples 0-1 have saturated logits (+-1e4), examples 2-3 logits of
-    1e4 + O(1)."""
+    1e4 + O(1). Without a mask, the attention is causal."""
+    is_causal = mask_kind is None
     q, k, v = _huge_logit_inputs(rng, kind="both")
     mask = _mask(rng, mask_kind, 4, q.shape[1], k.shape[1])
     run = _sdpa(dtype, KERNELS[kernel], mask=mask, is_causal=is_causal)
