@@ -89,7 +89,9 @@ class AttentionPooling(keras.layers.Layer):
         _checks.check_seed(seed)
         # score_kernel is (units or dim, num_heads): fail before `build`.
         _checks.check_size_product(
-            {"units": units or 1, "num_heads": num_heads}
+            {"num_heads": num_heads}
+            if units is None
+            else {"units": units, "num_heads": num_heads}
         )
         super().__init__(**kwargs)
         self.supports_masking = True
