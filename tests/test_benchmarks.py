@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,8 +11,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _smoke_run(module, tmp_path):
-    """Runs `python -m <module> --smoke`; returns its JSON report."""
+def _smoke_run(module, tmp_path, *args, returncode=0):
+    """Runs `python -m <module> --smoke <args>`; returns its JSON report."""
     result = subprocess.run(
         [
             sys.executable,
@@ -22,13 +23,14 @@ def _smoke_run(module, tmp_path):
             str(tmp_path),
             "--name",
             "smoke",
+            *args,
         ],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == returncode, result.stderr[-2000:]
     return json.loads((tmp_path / "smoke.json").read_text())
 
 
@@ -59,3 +61,50 @@ def test_serving_benchmark_smoke_run(tmp_path):
         "signature / direct (target <= 1.1)"
         in (tmp_path / "smoke.md").read_text()
     )
+
+
+@pytest.mark.tensorflow_only
+def test_soak_smoke_run(tmp_path):
+    # A 1 s warm-up is too short for the 5% memory limit (the full run's
+    # warm-up is 10 s); the smoke run checks the loop and the counts.
+    report = _smoke_run("benchmarks.soak", tmp_path, "--max-growth", "0.5")
+    assert report["export_dir"] == os.path.join(
+        "saved_models", "quickstart", "1"
+    )
+    assert report["loader"] == "session"
+    assert report["requests"] > 10 and report["rows"] >= report["requests"]
+    assert report["probes"] > 0
+    assert report["errors"] == 0 and report["first_errors"] == []
+    assert report["rss_after_warmup_bytes"] > 0
+    assert report["passed"]
+    assert "| errors |" in (tmp_path / "smoke.md").read_text()
+
+
+@pytest.mark.tensorflow_only
+def test_soak_counts_failed_requests(tmp_path):
+    # An export whose sample request has token ids past the vocabulary
+    # (32): the soak draws ids up to 40, the embedding lookup fails for
+    # them, and the soak reports the errors and exits 1.
+    export = tmp_path / "export"
+    shutil.copytree(
+        os.path.join(ROOT, "saved_models", "quickstart", "1"), export
+    )
+    sample = export / "assets.extra" / "sample_request.json"
+    body = json.loads(sample.read_text())
+    body["inputs"]["tokens"][0][0] = 40
+    sample.write_text(json.dumps(body))
+    out = tmp_path / "out"
+    report = _smoke_run(
+        "benchmarks.soak",
+        out,
+        "--export-dir",
+        str(export),
+        "--loader",
+        "function",
+        "--max-growth",
+        "0.5",
+        returncode=1,
+    )
+    assert report["errors"] > 0 and not report["passed"]
+    assert "indices" in report["first_errors"][0].lower()
+    assert f"| {report['errors']} |" in (out / "smoke.md").read_text()
