@@ -11,55 +11,27 @@ import datetime
 import json
 import os
 import re
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-EXAMPLES = os.path.join(ROOT, "examples")
-SCRIPT = os.path.join(EXAMPLES, "date_translation.py")
-BACKEND = keras.backend.backend()
+from tests.examples import _runner
+from tests.examples._runner import BACKEND
+from tests.examples._runner import import_example
+from tests.examples._runner import read_json
 
 
 @pytest.fixture(scope="module")
 def example():
     """The example as a module (for its data functions)."""
-    sys.path.insert(0, EXAMPLES)
-    try:
-        import date_translation
-    finally:
-        sys.path.remove(EXAMPLES)
-    return date_translation
+    return import_example("date_translation")
 
 
 def run_example(tmp_path, *flags, timeout=300):
-    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2")
-    command = [
-        sys.executable,
-        SCRIPT,
-        f"--output-dir={tmp_path / 'run'}",
-        f"--saved-models-dir={tmp_path / 'saved_models'}",
-        *flags,
-    ]
-    result = subprocess.run(
-        command,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return _runner.run_example(
+        "date_translation", tmp_path, *flags, timeout=timeout
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    return output
-
-
-def read_json(tmp_path, name):
-    with open(tmp_path / "run" / name) as f:
-        return json.load(f)
 
 
 # -- the CLI -----------------------------------------------------------------

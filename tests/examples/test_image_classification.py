@@ -7,19 +7,15 @@ need the internet, are replaced by fakes in the same format.
 
 import argparse
 import io
-import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-EXAMPLES = os.path.join(ROOT, "examples")
-SCRIPT = os.path.join(EXAMPLES, "image_classification.py")
-BACKEND = keras.backend.backend()
+from tests.examples import _runner
+from tests.examples._runner import BACKEND
+from tests.examples._runner import import_example
+from tests.examples._runner import read_json
 
 # A tiny, fast configuration: every smoke run uses it.
 TINY = [
@@ -36,42 +32,15 @@ TINY = [
 
 
 def run_example(tmp_path, *flags, timeout=240):
-    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2")
-    command = [
-        sys.executable,
-        SCRIPT,
-        f"--output-dir={tmp_path / 'run'}",
-        f"--saved-models-dir={tmp_path / 'saved_models'}",
-        *TINY,
-        *flags,
-    ]
-    result = subprocess.run(
-        command,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return _runner.run_example(
+        "image_classification", tmp_path, *TINY, *flags, timeout=timeout
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    return output
-
-
-def read_json(tmp_path, name):
-    with open(tmp_path / "run" / name) as f:
-        return json.load(f)
 
 
 @pytest.fixture(scope="module")
 def example():
-    """The example as a module (for its data loaders and model builders)."""
-    sys.path.insert(0, EXAMPLES)
-    try:
-        import image_classification
-    finally:
-        sys.path.remove(EXAMPLES)
-    return image_classification
+    """The example as a module (for its data functions)."""
+    return import_example("image_classification")
 
 
 def test_smoke_trains_and_exports(tmp_path):
