@@ -7,7 +7,8 @@ from hypothesis import HealthCheck
 from hypothesis import settings
 
 # CI: every property runs, with few examples. `thorough`: the long run
-# (`pytest --hypothesis-profile=thorough`).
+# (`pytest --hypothesis-profile=thorough`), 500 examples per property unless
+# KA_HYPOTHESIS_THOROUGH_EXAMPLES says otherwise.
 settings.register_profile(
     "ci",
     max_examples=int(os.environ.get("KA_HYPOTHESIS_EXAMPLES", "25")),
@@ -17,7 +18,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "thorough",
-    max_examples=500,
+    max_examples=int(os.environ.get("KA_HYPOTHESIS_THOROUGH_EXAMPLES", "500")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
