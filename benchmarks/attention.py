@@ -594,6 +594,20 @@ def machine_name():
     return f"cpu-{cpu}-{os.cpu_count()}cores"
 
 
+def write_report(report, text, output_dir, stem, indent=2):
+    """Writes `<stem>.json` (the report) and `<stem>.md` (`text`).
+
+    Returns the path without extension.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    base = os.path.join(output_dir, stem)
+    with open(base + ".json", "w") as f:
+        json.dump(report, f, indent=indent)
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    return base
+
+
 def versions():
     import keras
     import tensorflow as tf
@@ -689,15 +703,12 @@ def main(argv=None):
         rows=rows,
     )
     report["targets"] = evaluate_targets(rows, report["matmul_gflops"])
-    os.makedirs(args.output_dir, exist_ok=True)
     stem = args.name or f"{report['machine']}-{report['date']}"
     if args.quick:
         stem += "-quick"
-    base = os.path.join(args.output_dir, stem)
-    with open(base + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    with open(base + ".md", "w") as f:
-        f.write(markdown(report))
+    base = write_report(
+        report, markdown(report), args.output_dir, stem, indent=1
+    )
     png = plot(report, base + ".png")
     print(f"wrote {base}.json, {base}.md" + (f", {png}" if png else ""))
     return 0

@@ -26,7 +26,6 @@ Writes `benchmarks/results/serving-<machine>-<date>.json` and `.md`.
 import argparse
 import datetime
 import importlib.util
-import json
 import os
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import numpy as np
 from benchmarks.attention import RESULTS_DIR
 from benchmarks.attention import machine_name
 from benchmarks.attention import versions
+from benchmarks.attention import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = 1.1
@@ -185,12 +185,8 @@ def main(argv=None):
         rows=rows,
     )
     name = args.name or f"serving-{report['machine']}-{date}"
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, name + ".json"), "w") as f:
-        json.dump(report, f, indent=2)
     text = markdown(report)
-    with open(os.path.join(args.output_dir, name + ".md"), "w") as f:
-        f.write(text)
+    write_report(report, text, args.output_dir, name)
     print(text)
     return 0
 

@@ -4,8 +4,10 @@ It loads a SavedModel the way TensorFlow Serving does (the v1 loader with the
 `serve` tag, `Session.run` on the signature's tensors; `--loader function`
 uses `tf.saved_model.load(path).signatures[...]` instead) and calls the
 signature with random valid requests, from one or more threads, first for a
-warm-up period and then for `--seconds`. Neither Keras nor keras_attention is
-imported: what runs is the export alone, as in TF Serving.
+warm-up period and then for `--seconds`. keras_attention is not imported:
+what runs is the export alone, as in TF Serving. (TensorFlow itself loads
+parts of Keras when Keras is installed; `python -m keras_attention.serving
+check` shows that an export runs with Keras blocked.)
 
 Random valid requests are drawn from the export's own sample request
 (`assets.extra/sample_request.json`, written by
@@ -48,6 +50,9 @@ import threading
 import time
 
 import numpy as np
+
+from benchmarks.attention import machine_name
+from benchmarks.attention import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
@@ -384,6 +389,9 @@ def soak(
         rss_growth=(max(after) - warm_rss) / warm_rss,
         rss_samples=[[round(t, 2), r] for t, r, _ in sampler.samples],
         wall_s=round(time.monotonic() - started, 2),
+        keras_attention_imported=any(
+            m.split(".")[0] == "keras_attention" for m in sys.modules
+        ),
     )
 
 
@@ -404,8 +412,8 @@ def markdown(report):
         "",
         f"Command: `{report['command']}`",
         "",
-        f"Versions: {report['versions']} (Keras and keras_attention not "
-        "imported: the export runs alone).",
+        f"Versions: {report['versions']} (keras_attention not imported: "
+        "the export runs alone).",
         "",
         f"Export `{report['export_dir']}`, signature "
         f"`{report['signature']}`, loader `{report['loader']}`, "
@@ -484,7 +492,7 @@ def main(argv=None):
         probe_every=args.probe_every,
     )
     date = datetime.date.today().isoformat()
-    machine = f"cpu-{platform.machine()}-{os.cpu_count()}cores"
+    machine = machine_name()
     shown, skip = [], False
     for arg in sys.argv[1:] if argv is None else argv:  # not the output path
         if skip or arg.split("=")[0] in ("--output-dir", "--name"):
@@ -502,12 +510,8 @@ def main(argv=None):
         report["errors"] == 0 and report["rss_growth"] <= args.max_growth
     )
     name = args.name or f"soak-{machine}-{date}"
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, name + ".json"), "w") as f:
-        json.dump(report, f, indent=2)
     text = markdown(report)
-    with open(os.path.join(args.output_dir, name + ".md"), "w") as f:
-        f.write(text)
+    write_report(report, text, args.output_dir, name)
     print(text)
     return 0 if report["passed"] else 1
 

@@ -72,6 +72,7 @@ def test_soak_smoke_run(tmp_path):
         "saved_models", "quickstart", "1"
     )
     assert report["loader"] == "session"
+    assert report["keras_attention_imported"] is False  # the export alone
     assert report["requests"] > 10 and report["rows"] >= report["requests"]
     assert report["probes"] > 0
     assert report["errors"] == 0 and report["first_errors"] == []
