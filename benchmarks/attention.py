@@ -634,6 +634,11 @@ def main(argv=None):
         action="store_true",
         help="tiny shapes, to check the pipeline (seconds)",
     )
+    mode.add_argument(
+        "--targets",
+        action="store_true",
+        help="the five targets only, without the sweeps",
+    )
     mode.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument(
         "--reps",
@@ -667,6 +672,8 @@ def main(argv=None):
         configs, reps = smoke_configs(), args.reps or 1
     elif args.quick:
         configs, reps = quick_configs(), args.reps or 3
+    elif args.targets:
+        configs, reps = target_configs(), args.reps or 3
     else:
         configs, reps = target_configs() + sweep_configs(), args.reps or 3
     seen, unique = set(), []
@@ -696,7 +703,11 @@ def main(argv=None):
         machine=machine_name(),
         date=datetime.date.today().isoformat(),
         command="python -m benchmarks.attention"
-        + (" --quick" if args.quick else " --smoke" if args.smoke else ""),
+        + "".join(
+            f" --{flag}"
+            for flag in ("quick", "smoke", "targets")
+            if getattr(args, flag)
+        ),
         versions=versions(),
         matmul_gflops=peak.get("gflops", 0.0),
         results=results,
@@ -704,8 +715,8 @@ def main(argv=None):
     )
     report["targets"] = evaluate_targets(rows, report["matmul_gflops"])
     stem = args.name or f"{report['machine']}-{report['date']}"
-    if args.quick:
-        stem += "-quick"
+    if args.quick or args.targets:
+        stem += "-quick" if args.quick else "-targets"
     base = write_report(
         report, markdown(report), args.output_dir, stem, indent=1
     )
