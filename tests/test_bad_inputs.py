@@ -50,6 +50,10 @@ import keras_attention.ops.attention as attention_module
 from keras_attention import AdditiveAttention
 from keras_attention import AttentionPooling
 from keras_attention import MultiHeadAttention
+from keras_attention import PatchEmbedding
+from keras_attention import PositionEmbedding
+from keras_attention import SinusoidalPositionEncoding
+from keras_attention import TransformerEncoder
 from keras_attention.compat import tfa
 from keras_attention.ops import additive_attention
 from keras_attention.ops import scaled_dot_product_attention
@@ -451,6 +455,112 @@ CASES = [
         "mask",
         r"0\.7",
     ),
+    # -- building blocks: patches, positions, encoder -------------------------
+    Case(
+        "patch/hidden_dim_absurd_init",
+        lambda: PatchEmbedding(patch_size=4, hidden_dim=BIG),
+        "hidden_dim",
+        "hidden_dim=1000000000",
+        allocates=False,
+    ),
+    Case(
+        "patch/channels_absurd_at_build",
+        build(lambda: PatchEmbedding(4, 10**5), (2, 8, 8, 10**5)),
+        "hidden_dim",
+        "channels=100000",
+        allocates=False,
+    ),
+    Case(
+        "patch/patch_size_0",
+        lambda: PatchEmbedding(patch_size=0, hidden_dim=8),
+        "patch_size",
+        "=0",
+    ),
+    Case(
+        "patch/image_not_a_multiple",
+        lambda: PatchEmbedding(4, 8)(_f(2, 6, 8, 3)),
+        "inputs",
+        r"\(2, 6, 8, 3\)",
+    ),
+    Case(
+        "patch/inputs_rank_3",
+        lambda: PatchEmbedding(4, 8)(_f(2, 8, 8)),
+        "inputs",
+        r"\(2, 8, 8\)",
+    ),
+    Case(
+        "patch/initializer",
+        lambda: PatchEmbedding(
+            4, 8, kernel_initializer={"class_name": "Nope", "config": {}}
+        ),
+        "kernel_initializer",
+        "Nope",
+    ),
+    Case(
+        "posemb/sequence_length_0",
+        lambda: PositionEmbedding(sequence_length=0),
+        "sequence_length",
+        "=0",
+    ),
+    Case(
+        "posemb/absurd_at_build",
+        build(lambda: PositionEmbedding(10**6), (2, 5, 10**4)),
+        "sequence_length",
+        "sequence_length=1000000",
+        allocates=False,
+    ),
+    Case(
+        "posemb/inputs_longer",
+        lambda: PositionEmbedding(4)(_f(2, 5, 6)),
+        "sequence_length",
+        r"\(2, 5, 6\)",
+    ),
+    Case(
+        "posemb/initializer",
+        lambda: PositionEmbedding(4, initializer="nope"),
+        "initializer",
+        "nope",
+    ),
+    Case(
+        "sinusoidal/max_wavelength",
+        lambda: SinusoidalPositionEncoding(max_wavelength=-1),
+        "max_wavelength",
+        "-1",
+    ),
+    Case(
+        "encoder/intermediate_dim_absurd",
+        lambda: TransformerEncoder(intermediate_dim=10**10, num_heads=2),
+        "intermediate_dim",
+        "intermediate_dim=10000000000",
+        allocates=False,
+    ),
+    Case(
+        "encoder/absurd_at_build",
+        build(lambda: TransformerEncoder(10**6, 2), (2, 5, 10**4)),
+        "intermediate_dim",
+        "intermediate_dim=1000000",
+        allocates=False,
+    ),
+    Case(
+        "encoder/activation",
+        lambda: TransformerEncoder(8, 2, activation="nope"),
+        "activation",
+        "nope",
+    ),
+    Case(
+        "encoder/padding_mask_shape",
+        lambda: TransformerEncoder(8, 2)(
+            _f(2, 5, 6), padding_mask=np.ones((2, 4), bool)
+        ),
+        "padding_mask",
+        r"\(2, 4\)",
+    ),
+    Case(
+        "encoder/inputs_rank_2",
+        lambda: TransformerEncoder(8, 2)(_f(2, 6)),
+        "inputs",
+        r"\(2, 6\)",
+    ),
     # -- tfa compat layers ---------------------------------------------------
     Case("tfa_mha/head_size", tfa_mha(dict(head_size=0)), "head_size", "=0"),
     Case(
@@ -595,6 +705,30 @@ CASES = [
         from_config(tfa.MultiHeadAttention, head_size="4", num_heads=2),
         "head_size",
         "'4'",
+    ),
+    Case(
+        "config/patch_hidden_dim_str",
+        from_config(PatchEmbedding, patch_size=2, hidden_dim="8"),
+        "hidden_dim",
+        "'8'",
+    ),
+    Case(
+        "config/position_embedding_unknown_key",
+        from_config(PositionEmbedding, sequence_length=4, code="print(1)"),
+        "code",
+        "print",
+    ),
+    Case(
+        "config/sinusoidal_max_wavelength_str",
+        from_config(SinusoidalPositionEncoding, max_wavelength="x"),
+        "max_wavelength",
+        "'x'",
+    ),
+    Case(
+        "config/encoder_missing_num_heads",
+        from_config(TransformerEncoder, intermediate_dim=8),
+        "num_heads",
+        "intermediate_dim",
     ),
     Case(
         "config/bahdanau_units",

@@ -74,6 +74,26 @@ LAYERS = {
         dict(units=4, num_heads=2),
         [(2, 5, 6)],
     ),
+    "PatchEmbedding": (
+        ka.PatchEmbedding,
+        dict(patch_size=2, hidden_dim=4),
+        [(2, 4, 4, 3)],
+    ),
+    "PositionEmbedding": (
+        ka.PositionEmbedding,
+        dict(sequence_length=8),
+        [(2, 5, 6)],
+    ),
+    "SinusoidalPositionEncoding": (
+        ka.SinusoidalPositionEncoding,
+        dict(max_wavelength=100),
+        [(2, 5, 6)],
+    ),
+    "TransformerEncoder": (
+        ka.TransformerEncoder,
+        dict(intermediate_dim=8, num_heads=2, dropout=0.1),
+        [(2, 5, 6)],
+    ),
     "tfa.MultiHeadAttention": (
         tfa.MultiHeadAttention,
         dict(head_size=4, num_heads=2),

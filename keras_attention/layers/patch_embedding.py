@@ -110,6 +110,9 @@ class PatchEmbedding(keras.layers.Layer):
         patch_hw = _standardize_patch_size(patch_size)
         _checks.check_positive_int("hidden_dim", hidden_dim)
         _checks.check_bool("use_bias", use_bias)
+        _checks.check_size_product(
+            {"patch_size": patch_hw, "hidden_dim": hidden_dim}
+        )
         super().__init__(**kwargs)
         # Kept as given (an int stays an int) so the config round-trips.
         self.patch_size = (
@@ -120,12 +123,24 @@ class PatchEmbedding(keras.layers.Layer):
         self._patch_hw = patch_hw
         self.hidden_dim = int(hidden_dim)
         self.use_bias = use_bias
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.kernel_initializer = _checks.get_keras_object(
+            "initializers", "kernel_initializer", kernel_initializer
+        )
+        self.bias_initializer = _checks.get_keras_object(
+            "initializers", "bias_initializer", bias_initializer
+        )
+        self.kernel_regularizer = _checks.get_keras_object(
+            "regularizers", "kernel_regularizer", kernel_regularizer
+        )
+        self.bias_regularizer = _checks.get_keras_object(
+            "regularizers", "bias_regularizer", bias_regularizer
+        )
+        self.kernel_constraint = _checks.get_keras_object(
+            "constraints", "kernel_constraint", kernel_constraint
+        )
+        self.bias_constraint = _checks.get_keras_object(
+            "constraints", "bias_constraint", bias_constraint
+        )
 
     def _check_shape(self, shape):
         _checks.check_rank("inputs", shape, (4,))
@@ -136,8 +151,9 @@ class PatchEmbedding(keras.layers.Layer):
             size = shape[axis]
             if size is not None and size % patch:
                 raise ValueError(
-                    f"The image {name} must be a multiple of the patch "
-                    f"{name} {patch} (patch_size={self.patch_size!r}). "
+                    f"The image {name} of `inputs` must be a multiple of "
+                    f"the patch {name} {patch} (patch_size="
+                    f"{self.patch_size!r}). "
                     f"Received: inputs.shape={tuple(shape)}"
                 )
 
@@ -149,6 +165,15 @@ class PatchEmbedding(keras.layers.Layer):
                 "The last dimension (channels) of `inputs` must be known. "
                 f"Received: inputs.shape={tuple(input_shape)}"
             )
+        _checks.check_weight_shapes(
+            "PatchEmbedding",
+            {"kernel": self._patch_hw + (channels, self.hidden_dim)},
+            {
+                "patch_size": self.patch_size,
+                "channels": channels,
+                "hidden_dim": self.hidden_dim,
+            },
+        )
         self._channels = channels
         self.kernel = self.add_weight(
             name="kernel",
@@ -204,6 +229,16 @@ class PatchEmbedding(keras.layers.Layer):
                 width // self._patch_hw[1]
             )
         return (input_shape[0], num_patches, self.hidden_dim)
+
+    @classmethod
+    def from_config(cls, config):
+        """Validates the config, then builds the layer from it.
+
+        Every field is checked by the constructor, which raises a
+        `ValueError` naming the field and its value (Keras' default
+        `from_config` would turn it into a `TypeError`).
+        """
+        return cls(**_checks.layer_config(cls, config))
 
     def get_config(self):
         config = super().get_config()

@@ -76,7 +76,9 @@ class PositionEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         self.supports_masking = True
         self.sequence_length = int(sequence_length)
-        self.initializer = keras.initializers.get(initializer)
+        self.initializer = _checks.get_keras_object(
+            "initializers", "initializer", initializer
+        )
 
     def _check_shape(self, shape):
         if len(shape) < 2:
@@ -93,6 +95,11 @@ class PositionEmbedding(keras.layers.Layer):
                 "The last dimension of `inputs` must be known. Received: "
                 f"inputs.shape={tuple(input_shape)}"
             )
+        _checks.check_weight_shapes(
+            "PositionEmbedding",
+            {"embeddings": (self.sequence_length, dim)},
+            {"sequence_length": self.sequence_length, "inputs.shape[-1]": dim},
+        )
         self._dim = dim
         self.position_embeddings = self.add_weight(
             name="embeddings",
@@ -142,6 +149,16 @@ class PositionEmbedding(keras.layers.Layer):
         return keras.KerasTensor(
             self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
         )
+
+    @classmethod
+    def from_config(cls, config):
+        """Validates the config, then builds the layer from it.
+
+        Every field is checked by the constructor, which raises a
+        `ValueError` naming the field and its value (Keras' default
+        `from_config` would turn it into a `TypeError`).
+        """
+        return cls(**_checks.layer_config(cls, config))
 
     def get_config(self):
         config = super().get_config()

@@ -133,6 +133,11 @@ class TransformerEncoder(keras.layers.Layer):
         _checks.check_positive_int("key_dim", key_dim, allow_none=True)
         _checks.check_chunk_size(chunk_size)
         _checks.check_seed(seed)
+        _checks.check_size_product({"intermediate_dim": intermediate_dim})
+        if key_dim is not None:
+            _checks.check_size_product(
+                {"num_heads": num_heads, "key_dim": key_dim}
+            )
         # The base layer applies the activity regularizer once, to the
         # block's output (not to every sublayer's).
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -140,17 +145,31 @@ class TransformerEncoder(keras.layers.Layer):
         self.intermediate_dim = int(intermediate_dim)
         self.num_heads = int(num_heads)
         self.dropout = float(dropout)
-        self.activation = keras.activations.get(activation)
+        self.activation = _checks.get_keras_object(
+            "activations", "activation", activation
+        )
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.normalize_first = normalize_first
         self.key_dim = None if key_dim is None else int(key_dim)
         self.chunk_size = chunk_size
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.kernel_initializer = _checks.get_keras_object(
+            "initializers", "kernel_initializer", kernel_initializer
+        )
+        self.bias_initializer = _checks.get_keras_object(
+            "initializers", "bias_initializer", bias_initializer
+        )
+        self.kernel_regularizer = _checks.get_keras_object(
+            "regularizers", "kernel_regularizer", kernel_regularizer
+        )
+        self.bias_regularizer = _checks.get_keras_object(
+            "regularizers", "bias_regularizer", bias_regularizer
+        )
+        self.kernel_constraint = _checks.get_keras_object(
+            "constraints", "kernel_constraint", kernel_constraint
+        )
+        self.bias_constraint = _checks.get_keras_object(
+            "constraints", "bias_constraint", bias_constraint
+        )
         self.seed = seed
 
     def _seed(self, offset):
@@ -185,6 +204,26 @@ class TransformerEncoder(keras.layers.Layer):
                 f"num_heads` features). Received: inputs.shape="
                 f"{tuple(input_shape)}, num_heads={self.num_heads}"
             )
+        _checks.check_weight_shapes(
+            "TransformerEncoder",
+            {
+                "feedforward_intermediate_dense/kernel": (
+                    dim,
+                    self.intermediate_dim,
+                ),
+                "self_attention_layer/query/kernel": (
+                    dim,
+                    self.num_heads,
+                    key_dim,
+                ),
+            },
+            {
+                "inputs.shape[-1]": dim,
+                "intermediate_dim": self.intermediate_dim,
+                "num_heads": self.num_heads,
+                "key_dim": key_dim,
+            },
+        )
         self._dim = dim
         input_shape = tuple(input_shape)
         # Created in keras-hub's order, under keras-hub's names.
@@ -337,6 +376,16 @@ class TransformerEncoder(keras.layers.Layer):
             (batch, self.num_heads, length, length), dtype=self.compute_dtype
         )
         return output, scores
+
+    @classmethod
+    def from_config(cls, config):
+        """Validates the config, then builds the layer from it.
+
+        Every field is checked by the constructor, which raises a
+        `ValueError` naming the field and its value (Keras' default
+        `from_config` would turn it into a `TypeError`).
+        """
+        return cls(**_checks.layer_config(cls, config))
 
     def get_config(self):
         config = super().get_config()
