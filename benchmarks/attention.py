@@ -300,6 +300,35 @@ def run_in_subprocess(config, timeout_s, cap_gb=MEMORY_CAP_GB):
     return dict(status="error", detail=message)
 
 
+def _round_key(config):
+    return json.dumps(config, sort_keys=True)
+
+
+def combine_rounds(runs):
+    """One result from the rounds of a configuration.
+
+    A failed round (out of memory, killed, error) is the result. Otherwise
+    the time is the median of the rounds' medians, the memory the largest
+    peak; `round_medians_s` keeps each round's median.
+    """
+    for run in runs:
+        if run.get("status") != "ok":
+            return run
+    if len(runs) == 1:
+        return runs[0]
+    medians = [run["median_s"] for run in runs]
+    median = float(np.median(medians))
+    combined = dict(runs[0])
+    combined.update(
+        median_s=median,
+        round_medians_s=medians,
+        times_s=[t for run in runs for t in run["times_s"]],
+        peak_rss_bytes=max(run["peak_rss_bytes"] for run in runs),
+        gflops=runs[0]["gflops"] * runs[0]["median_s"] / median,
+    )
+    return combined
+
+
 def _key(config):
     return tuple(
         sorted((k, v) for k, v in config.items() if k not in ("impl", "reps"))
@@ -652,6 +681,13 @@ def main(argv=None):
         default=900,
         help="seconds before a configuration is killed",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every configuration this many times, interleaved (each "
+        "round in the opposite order), and report the median of the rounds",
+    )
     parser.add_argument("--output-dir", default=RESULTS_DIR)
     parser.add_argument(
         "--name",
@@ -687,17 +723,26 @@ def main(argv=None):
     print(
         f"float32 matmul peak: {peak.get('gflops', 0):.1f} GFLOP/s", flush=True
     )
-    results = []
-    for config in unique:
-        result = run_in_subprocess(config, args.timeout)
-        results.append(dict(config=config, result=result))
-        print(
-            f"{config['impl']:5s} {config['mode']:7s} "
-            f"{_describe(config):40s} {_fmt_s(result):>22s} "
-            f"{_fmt_gb(result.get('peak_rss_bytes')):>9s}",
-            flush=True,
-        )
-
+    by_key = {}
+    for round_index in range(args.rounds):
+        # Odd rounds run in reverse order, so neither implementation always
+        # runs first (after the other one's memory was freed).
+        order = unique if round_index % 2 == 0 else unique[::-1]
+        for config in order:
+            result = run_in_subprocess(config, args.timeout)
+            by_key.setdefault(_round_key(config), (config, []))[1].append(
+                result
+            )
+            print(
+                f"{config['impl']:5s} {config['mode']:7s} "
+                f"{_describe(config):40s} {_fmt_s(result):>22s} "
+                f"{_fmt_gb(result.get('peak_rss_bytes')):>9s}",
+                flush=True,
+            )
+    results = [
+        dict(config=config, result=combine_rounds(runs))
+        for config, runs in (by_key[_round_key(c)] for c in unique)
+    ]
     rows = pair_rows(results)
     report = dict(
         machine=machine_name(),
@@ -707,7 +752,8 @@ def main(argv=None):
             f" --{flag}"
             for flag in ("quick", "smoke", "targets")
             if getattr(args, flag)
-        ),
+        )
+        + (f" --rounds {args.rounds}" if args.rounds > 1 else ""),
         versions=versions(),
         matmul_gflops=peak.get("gflops", 0.0),
         results=results,

@@ -109,3 +109,29 @@ def test_soak_counts_failed_requests(tmp_path):
     assert report["errors"] > 0 and not report["passed"]
     assert "indices" in report["first_errors"][0].lower()
     assert f"| {report['errors']} |" in (out / "smoke.md").read_text()
+
+
+def test_rounds_combine_into_the_median_of_their_medians():
+    from benchmarks.attention import combine_rounds
+
+    def ok(median, peak):
+        return dict(
+            status="ok",
+            median_s=median,
+            times_s=[median],
+            peak_rss_bytes=peak,
+            gflops=12.0 / median,
+        )
+
+    combined = combine_rounds([ok(3.0, 5), ok(1.0, 9), ok(2.0, 7)])
+    assert combined["median_s"] == 2.0
+    assert combined["round_medians_s"] == [3.0, 1.0, 2.0]
+    assert combined["peak_rss_bytes"] == 9
+    assert combined["gflops"] == pytest.approx(6.0)
+    assert sorted(combined["times_s"]) == [1.0, 2.0, 3.0]
+    # A failed round is the result: a configuration that ran out of memory
+    # once is not reported with the time of the rounds that fit.
+    oom = dict(status="out of memory", detail="OOM")
+    assert combine_rounds([ok(1.0, 5), oom, ok(1.0, 5)]) is oom
+    single = ok(1.5, 3)
+    assert combine_rounds([single]) is single
