@@ -113,3 +113,19 @@ def check_start_index(start_index, length=None, sequence_length=None):
             "0-d integer tensor). Received: "
             f"start_index.shape={_checks.static_shape(start_index)}"
         )
+
+
+class ValidatedLayer(keras.layers.Layer):
+    """A Keras layer whose `from_config` validates the config first.
+
+    Every field is checked by the subclass's constructor, which raises a
+    `ValueError` naming the field and its value (Keras' default
+    `from_config` would turn it into a `TypeError`); `_checks.layer_config`
+    checks what the constructor does not: the config's type, unknown and
+    missing keys, and the base layer's fields.
+    """
+
+    @classmethod
+    def from_config(cls, config):
+        """Validates the config, then builds the layer from it."""
+        return cls(**_checks.layer_config(cls, config))

@@ -10,7 +10,7 @@ from keras_attention.ops.attention import additive_attention
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class AdditiveAttention(keras.layers.Layer):
+class AdditiveAttention(_common.ValidatedLayer):
     """Bahdanau (additive) attention with learned projections.
 
     The score of query `q_t` against key `k_s` is
@@ -361,16 +361,6 @@ class AdditiveAttention(keras.layers.Layer):
             return output
         scores_shape = tuple(query.shape[:-1]) + (value.shape[1],)
         return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
-
-    @classmethod
-    def from_config(cls, config):
-        """Validates the config, then builds the layer from it.
-
-        Every field is checked by the constructor, which raises a
-        `ValueError` naming the field and its value (Keras' default
-        `from_config` would turn it into a `TypeError`).
-        """
-        return cls(**_checks.layer_config(cls, config))
 
     def get_config(self):
         config = super().get_config()

@@ -8,7 +8,7 @@ from keras_attention.ops._softmax import masked_softmax
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class AttentionPooling(keras.layers.Layer):
+class AttentionPooling(_common.ValidatedLayer):
     """Learned attention pooling of a sequence into one vector.
 
     Each of `num_heads` learned pooling queries scores every position, the
@@ -210,16 +210,6 @@ class AttentionPooling(keras.layers.Layer):
         if return_attention_scores:
             return output, scores
         return output
-
-    @classmethod
-    def from_config(cls, config):
-        """Validates the config, then builds the layer from it.
-
-        Every field is checked by the constructor, which raises a
-        `ValueError` naming the field and its value (Keras' default
-        `from_config` would turn it into a `TypeError`).
-        """
-        return cls(**_checks.layer_config(cls, config))
 
     def compute_mask(self, inputs, mask=None):
         return None

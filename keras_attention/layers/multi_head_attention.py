@@ -37,7 +37,7 @@ def _product(dims):
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class MultiHeadAttention(keras.layers.Layer):
+class MultiHeadAttention(_common.ValidatedLayer):
     """Multi-head scaled dot-product attention, a superset of Keras core's.
 
     A drop-in replacement for `keras.layers.MultiHeadAttention`: the same
@@ -847,16 +847,6 @@ class MultiHeadAttention(keras.layers.Layer):
                 scores = ops.reshape(scores, scores_shape)
             return output, scores
         return output
-
-    @classmethod
-    def from_config(cls, config):
-        """Validates the config, then builds the layer from it.
-
-        Every field is checked by the constructor, which raises a
-        `ValueError` naming the field and its value (Keras' default
-        `from_config` would turn it into a `TypeError`).
-        """
-        return cls(**_checks.layer_config(cls, config))
 
     def get_config(self):
         config = super().get_config()

@@ -33,7 +33,7 @@ def _standardize_patch_size(patch_size):
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class PatchEmbedding(keras.layers.Layer):
+class PatchEmbedding(_common.ValidatedLayer):
     """Splits images into patches and projects each patch to a vector.
 
     An image `(batch, height, width, channels)` is cut into non-overlapping
@@ -229,16 +229,6 @@ class PatchEmbedding(keras.layers.Layer):
                 width // self._patch_hw[1]
             )
         return (input_shape[0], num_patches, self.hidden_dim)
-
-    @classmethod
-    def from_config(cls, config):
-        """Validates the config, then builds the layer from it.
-
-        Every field is checked by the constructor, which raises a
-        `ValueError` naming the field and its value (Keras' default
-        `from_config` would turn it into a `TypeError`).
-        """
-        return cls(**_checks.layer_config(cls, config))
 
     def get_config(self):
         config = super().get_config()

@@ -8,7 +8,7 @@ from keras_attention.ops import _checks
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class PositionEmbedding(keras.layers.Layer):
+class PositionEmbedding(_common.ValidatedLayer):
     """Learned absolute position embeddings, ready to add to the inputs.
 
     The layer holds one trainable vector per position, an `embeddings`
@@ -149,16 +149,6 @@ class PositionEmbedding(keras.layers.Layer):
         return keras.KerasTensor(
             self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
         )
-
-    @classmethod
-    def from_config(cls, config):
-        """Validates the config, then builds the layer from it.
-
-        Every field is checked by the constructor, which raises a
-        `ValueError` naming the field and its value (Keras' default
-        `from_config` would turn it into a `TypeError`).
-        """
-        return cls(**_checks.layer_config(cls, config))
 
     def get_config(self):
         config = super().get_config()

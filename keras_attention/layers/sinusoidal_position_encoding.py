@@ -4,11 +4,10 @@ import keras
 from keras import ops
 
 from keras_attention.layers import _common
-from keras_attention.ops import _checks
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class SinusoidalPositionEncoding(keras.layers.Layer):
+class SinusoidalPositionEncoding(_common.ValidatedLayer):
     """Fixed sinusoidal position encodings, ready to add to the inputs.
 
     For position `p` and feature `i` of `dim` features, the encoding is
@@ -109,16 +108,6 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         return keras.KerasTensor(
             self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
         )
-
-    @classmethod
-    def from_config(cls, config):
-        """Validates the config, then builds the layer from it.
-
-        Every field is checked by the constructor, which raises a
-        `ValueError` naming the field and its value (Keras' default
-        `from_config` would turn it into a `TypeError`).
-        """
-        return cls(**_checks.layer_config(cls, config))
 
     def get_config(self):
         config = super().get_config()

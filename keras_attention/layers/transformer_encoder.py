@@ -7,7 +7,7 @@ from keras_attention.ops import _masks
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class TransformerEncoder(keras.layers.Layer):
+class TransformerEncoder(_common.ValidatedLayer):
     """A Transformer encoder block: self-attention and a feed-forward network.
 
     The block is two residual sub-blocks. Self-attention: this package's
@@ -376,16 +376,6 @@ class TransformerEncoder(keras.layers.Layer):
             (batch, self.num_heads, length, length), dtype=self.compute_dtype
         )
         return output, scores
-
-    @classmethod
-    def from_config(cls, config):
-        """Validates the config, then builds the layer from it.
-
-        Every field is checked by the constructor, which raises a
-        `ValueError` naming the field and its value (Keras' default
-        `from_config` would turn it into a `TypeError`).
-        """
-        return cls(**_checks.layer_config(cls, config))
 
     def get_config(self):
         config = super().get_config()

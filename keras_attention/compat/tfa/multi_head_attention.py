@@ -12,7 +12,7 @@ _TFA_MASK_PENALTY = -10e9
 
 
 @keras.saving.register_keras_serializable(package="keras_attention.compat.tfa")
-class MultiHeadAttention(keras.layers.Layer):
+class MultiHeadAttention(_common.ValidatedLayer):
     """`tfa.layers.MultiHeadAttention` for Keras 3: same weights, same numbers.
 
     A stand-in for tensorflow-addons' multi-head attention, whose last
@@ -438,16 +438,6 @@ class MultiHeadAttention(keras.layers.Layer):
         if self.return_attn_coef:
             return output, coef
         return output
-
-    @classmethod
-    def from_config(cls, config):
-        """Validates the config, then builds the layer from it.
-
-        Every field is checked by the constructor, which raises a
-        `ValueError` naming the field and its value (Keras' default
-        `from_config` would turn it into a `TypeError`).
-        """
-        return cls(**_checks.layer_config(cls, config))
 
     def get_config(self):
         config = super().get_config()
