@@ -64,23 +64,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-@pytest.fixture(autouse=True)
-def _reset_state():
-    """Overrides the suite's fixture of the same name: the same dtype policy
-    and seed, but `keras.backend.clear_session()` (0.3 s on TensorFlow)
-    only once per module, not after each of the many small cases here."""
-    keras.config.set_dtype_policy("float32")
-    keras.utils.set_random_seed(1234)
-    yield
-    keras.config.set_dtype_policy("float32")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _clear_session_once():
-    yield
-    keras.backend.clear_session()
-
-
 @dataclasses.dataclass(frozen=True)
 class Case:
     id: str

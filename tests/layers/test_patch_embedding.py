@@ -193,13 +193,21 @@ def test_bad_arguments_and_shapes():
         with pytest.raises(ValueError, match=match):
             PatchEmbedding(**kwargs)
     layer = PatchEmbedding((2, 4), 3)
-    with pytest.raises(ValueError, match="height of `inputs` must be a multiple"):
+    with pytest.raises(
+        ValueError, match="height of `inputs` must be a multiple"
+    ):
         layer(np.zeros((1, 5, 8, 3), "float32"))
-    with pytest.raises(ValueError, match="width of `inputs` must be a multiple.*4"):
+    with pytest.raises(
+        ValueError, match="width of `inputs` must be a multiple.*4"
+    ):
         layer(np.zeros((1, 4, 6, 3), "float32"))
-    with pytest.raises(ValueError, match="width of `inputs` must be a multiple"):
+    with pytest.raises(
+        ValueError, match="width of `inputs` must be a multiple"
+    ):
         layer.compute_output_shape((None, 4, 6, 3))
-    with pytest.raises(ValueError, match="height of `inputs` must be a multiple"):
+    with pytest.raises(
+        ValueError, match="height of `inputs` must be a multiple"
+    ):
         PatchEmbedding(2, 3)(keras.Input((7, None, 3)))
     with pytest.raises(ValueError, match="`inputs` must have rank 4"):
         PatchEmbedding(2, 3)(np.zeros((1, 4, 4), "float32"))
