@@ -103,22 +103,24 @@ def _assert_same_state(model, reference):
     assert int(optimizer[0]) == int(want_optimizer[0]) == EPOCHS * 4
 
 
-def test_resume_from_model_checkpoint(tmp_path, reference):
+def _train_until_interrupted(callback):
+    """Trains a new model with `callback` until an exception after epoch
+    INTERRUPT_AFTER stops it."""
     tokens, labels = data()
-    path = str(tmp_path / "epoch_{epoch}.keras")
-    model = build_model()
     with pytest.raises(Interrupt):
-        model.fit(
+        build_model().fit(
             tokens,
             labels,
             epochs=EPOCHS,
-            callbacks=[
-                keras.callbacks.ModelCheckpoint(path),
-                InterruptAfter(INTERRUPT_AFTER),
-            ],
+            callbacks=[callback, InterruptAfter(INTERRUPT_AFTER)],
             **FIT,
         )
-    del model
+
+
+def test_resume_from_model_checkpoint(tmp_path, reference):
+    tokens, labels = data()
+    path = str(tmp_path / "epoch_{epoch}.keras")
+    _train_until_interrupted(keras.callbacks.ModelCheckpoint(path))
     keras.backend.clear_session()
     resumed = keras.saving.load_model(
         path.format(epoch=INTERRUPT_AFTER), safe_mode=True
@@ -132,18 +134,7 @@ def test_resume_from_model_checkpoint(tmp_path, reference):
 def test_resume_with_backup_and_restore_after_an_exception(tmp_path, reference):
     tokens, labels = data()
     backup = str(tmp_path / "backup")
-    model = build_model()
-    with pytest.raises(Interrupt):
-        model.fit(
-            tokens,
-            labels,
-            epochs=EPOCHS,
-            callbacks=[
-                keras.callbacks.BackupAndRestore(backup),
-                InterruptAfter(INTERRUPT_AFTER),
-            ],
-            **FIT,
-        )
+    _train_until_interrupted(keras.callbacks.BackupAndRestore(backup))
     resumed = build_model()  # a fresh process would rebuild the model
     history = resumed.fit(
         tokens,
