@@ -115,6 +115,24 @@ def check_start_index(start_index, length=None, sequence_length=None):
         )
 
 
+_KINDS = {
+    "_initializer": "initializers",
+    "_regularizer": "regularizers",
+    "_constraint": "constraints",
+}
+
+
+def set_keras_objects(layer, **identifiers):
+    """Sets `layer.<name>` to the Keras object for each `<name>=identifier`.
+
+    The kind (initializer, regularizer, constraint) comes from the name's
+    suffix; a bad identifier raises a `ValueError` naming the argument.
+    """
+    for name, identifier in identifiers.items():
+        kind = next(k for suffix, k in _KINDS.items() if name.endswith(suffix))
+        setattr(layer, name, _checks.get_keras_object(kind, name, identifier))
+
+
 class ValidatedLayer(keras.layers.Layer):
     """A Keras layer whose `from_config` validates the config first.
 

@@ -255,26 +255,17 @@ class MultiHeadAttention(_common.ValidatedLayer):
         self.flash_attention = flash_attention
         self.num_key_value_heads = num_key_value_heads
         self.chunk_size = chunk_size
-        self.kernel_initializer = _checks.get_keras_object(
-            "initializers", "kernel_initializer", kernel_initializer
-        )
-        self.bias_initializer = _checks.get_keras_object(
-            "initializers", "bias_initializer", bias_initializer
-        )
-        self.kernel_regularizer = _checks.get_keras_object(
-            "regularizers", "kernel_regularizer", kernel_regularizer
-        )
-        self.bias_regularizer = _checks.get_keras_object(
-            "regularizers", "bias_regularizer", bias_regularizer
+        _common.set_keras_objects(
+            self,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
         )
         self._activity_regularizer = _checks.get_keras_object(
             "regularizers", "activity_regularizer", activity_regularizer
-        )
-        self.kernel_constraint = _checks.get_keras_object(
-            "constraints", "kernel_constraint", kernel_constraint
-        )
-        self.bias_constraint = _checks.get_keras_object(
-            "constraints", "bias_constraint", bias_constraint
         )
         self.seed = seed
         self.seed_generator = (

@@ -123,23 +123,14 @@ class PatchEmbedding(_common.ValidatedLayer):
         self._patch_hw = patch_hw
         self.hidden_dim = int(hidden_dim)
         self.use_bias = use_bias
-        self.kernel_initializer = _checks.get_keras_object(
-            "initializers", "kernel_initializer", kernel_initializer
-        )
-        self.bias_initializer = _checks.get_keras_object(
-            "initializers", "bias_initializer", bias_initializer
-        )
-        self.kernel_regularizer = _checks.get_keras_object(
-            "regularizers", "kernel_regularizer", kernel_regularizer
-        )
-        self.bias_regularizer = _checks.get_keras_object(
-            "regularizers", "bias_regularizer", bias_regularizer
-        )
-        self.kernel_constraint = _checks.get_keras_object(
-            "constraints", "kernel_constraint", kernel_constraint
-        )
-        self.bias_constraint = _checks.get_keras_object(
-            "constraints", "bias_constraint", bias_constraint
+        _common.set_keras_objects(
+            self,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
         )
 
     def _check_shape(self, shape):
