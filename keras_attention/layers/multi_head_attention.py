@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_attention.layers import _common
 from keras_attention.ops import _checks
+from keras_attention.ops import _fused
 from keras_attention.ops import _masks
 from keras_attention.ops import _softmax
 from keras_attention.ops.attention import scaled_dot_product_attention
@@ -183,8 +184,6 @@ class MultiHeadAttention(_common.ValidatedLayer):
         attention_axes=None,
         sliding_window=None,
         flash_attention=None,
-        num_key_value_heads=None,
-        chunk_size="auto",
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -192,7 +191,11 @@ class MultiHeadAttention(_common.ValidatedLayer):
         activity_regularizer=None,
         kernel_constraint=None,
         bias_constraint=None,
+        use_gate=False,
         seed=None,
+        num_key_value_heads=None,
+        chunk_size="auto",
+        logits_soft_cap=None,
         **kwargs,
     ):
         _checks.check_positive_int("num_heads", num_heads)
@@ -211,6 +214,8 @@ class MultiHeadAttention(_common.ValidatedLayer):
         _checks.check_rate("dropout", dropout)
         _checks.check_chunk_size(chunk_size)
         _checks.check_bool("use_bias", use_bias)
+        _checks.check_bool("use_gate", use_gate)
+        _checks.check_soft_cap(logits_soft_cap)
         # The window is compared with int32 positions.
         _checks.check_positive_int(
             "sliding_window",
@@ -218,14 +223,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
             allow_none=True,
             max_value=_checks.MAX_WEIGHT_ELEMENTS,
         )
-        if flash_attention is not None and not isinstance(
-            flash_attention, bool
-        ):
-            raise ValueError(
-                "Received an invalid value for argument `flash_attention`, "
-                "expected `None`, `True` or `False`. Received: "
-                f"flash_attention={flash_attention!r}"
-            )
+        _checks.check_flash_attention(flash_attention)
         if flash_attention and dropout > 0.0:
             raise ValueError(
                 "Dropout is not supported when flash attention is enabled. "
@@ -249,6 +247,10 @@ class MultiHeadAttention(_common.ValidatedLayer):
         self.value_dim = None if value_dim is None else int(value_dim)
         self.dropout = float(dropout)
         self.use_bias = use_bias
+        self.use_gate = use_gate
+        self.logits_soft_cap = (
+            None if logits_soft_cap is None else float(logits_soft_cap)
+        )
         self.partial_output_shape = self._standardize_output_shape(output_shape)
         self.attention_axes = self._standardize_attention_axes(attention_axes)
         self.sliding_window = sliding_window
@@ -282,9 +284,10 @@ class MultiHeadAttention(_common.ValidatedLayer):
             output_shape = (output_shape,)
         if not isinstance(output_shape, (list, tuple)) or not output_shape:
             raise ValueError(
-                "Received an invalid value for argument `output_shape`, "
-                "expected a positive int or a non-empty tuple of positive "
-                f"ints. Received: output_shape={output_shape!r}"
+                f"Invalid `output_shape`: {output_shape!r}. Received an "
+                "invalid value for argument `output_shape`, expected a "
+                "positive int or a non-empty tuple of positive ints. "
+                f"Received: output_shape={output_shape!r}"
             )
         for dim in output_shape:
             _checks.check_positive_int("output_shape", dim)
@@ -346,7 +349,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         for name, shape in (("value", value_shape), ("key", key_shape)):
             if len(shape) != len(query_shape):
                 raise ValueError(
-                    f"Arguments `query` and `{name}` must have the same rank. "
+                    f"The ranks of `query` and `{name}` must be equal. "
                     f"Received: query.shape={query_shape}, "
                     f"{name}.shape={shape}"
                 )
@@ -436,12 +439,13 @@ class MultiHeadAttention(_common.ValidatedLayer):
             dtype=self.dtype_policy,
         )
 
-    def _projection(self, rank, heads, head_dim, name):
+    def _projection(self, rank, heads, head_dim, name, activation=None):
         equation, bias_axes, output_rank = _proj_equation(rank - 1, 1, 2)
         return keras.layers.EinsumDense(
             equation,
             output_shape=_output_shape(output_rank - 1, [heads, head_dim]),
             bias_axes=bias_axes if self.use_bias else None,
+            activation=activation,
             name=name,
             **self._sublayer_kwargs(),
         )
@@ -464,6 +468,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
             {
                 "query/kernel": (q_dim, self.num_heads, self.key_dim),
                 "key/kernel": (k_dim, kv_heads, self.key_dim),
+                "gate/kernel": (q_dim, self.num_heads, value_dim),
                 "value/kernel": (v_dim, kv_heads, value_dim),
                 "attention_output/kernel": (
                     (self.num_heads, value_dim)
@@ -487,6 +492,12 @@ class MultiHeadAttention(_common.ValidatedLayer):
         self._query_dense.build(query_shape)
         self._key_dense = self._projection(rank, kv_heads, self.key_dim, "key")
         self._key_dense.build(key_shape)
+        if self.use_gate:
+            # Keras' gated attention: sigmoid(W_g q), per head and channel.
+            self._gate_dense = self._projection(
+                rank, self.num_heads, value_dim, "gate", activation="sigmoid"
+            )
+            self._gate_dense.build(query_shape)
         self._value_dense = self._projection(rank, kv_heads, value_dim, "value")
         self._value_dense.build(value_shape)
         equation, bias_axes, output_rank = _proj_equation(
@@ -507,6 +518,23 @@ class MultiHeadAttention(_common.ValidatedLayer):
     @property
     def query_dense(self):
         return self._query_dense
+
+    @property
+    def gate_dense(self):
+        return self._gate_dense if self.use_gate else None
+
+    # Keras' private names, which its tests and subclasses read.
+    @property
+    def _sliding_window(self):
+        return self.sliding_window
+
+    @property
+    def _flash_attention(self):
+        return self.flash_attention
+
+    @property
+    def _use_gate(self):
+        return self.use_gate
 
     @property
     def key_dense(self):
@@ -666,6 +694,20 @@ class MultiHeadAttention(_common.ValidatedLayer):
             ),
         )
 
+    def _causal_only(self, use_causal_mask, rank, masks):
+        """Whether causal masking is the only mask, left to the kernel.
+
+        As in Keras: not for subclasses that override `_compute_attention`,
+        which would otherwise see `attention_mask=None`.
+        """
+        return (
+            use_causal_mask
+            and rank == 3
+            and all(m is None for m in masks)
+            and self.sliding_window is None
+            and type(self)._compute_attention is self._stock_compute_attention
+        )
+
     def call(
         self,
         query,
@@ -675,15 +717,13 @@ class MultiHeadAttention(_common.ValidatedLayer):
         value_mask=None,
         key_mask=None,
         attention_mask=None,
-        attention_bias=None,
         return_attention_scores=False,
         training=None,
         use_causal_mask=False,
+        attention_bias=None,
     ):
         if key is None:
             key = value
-        axes = self._axes
-        num_attn = len(axes)
         self._check_call_inputs(
             query,
             value,
@@ -693,14 +733,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
             key_mask,
             attention_mask,
             attention_bias,
-            axes,
+            self._axes,
         )
-        if self.flash_attention and return_attention_scores:
-            raise ValueError(
-                "Returning attention scores is not supported when flash "
-                "attention is enabled. Received: flash_attention=True, "
-                "return_attention_scores=True"
-            )
+        self._check_flash(return_attention_scores, training, attention_bias)
         rank = len(query.shape)
         # Sequences (rank 3): the query's padding mask is applied to the
         # output rows, not folded into a (B, T, S) mask, so the kernel only
@@ -709,135 +744,189 @@ class MultiHeadAttention(_common.ValidatedLayer):
         if rank == 3 and query_mask is not None:
             row_mask = _masks.as_bool(query_mask, "query_mask")
             query_mask = None
-        # Only causal masking: let the kernel build (and later skip) it.
-        causal_only = (
-            use_causal_mask
-            and rank == 3
-            and query_mask is None
-            and value_mask is None
-            and key_mask is None
-            and attention_mask is None
-            and self.sliding_window is None
-        )
+        masks = (query_mask, value_mask, key_mask, attention_mask)
+        causal_only = self._causal_only(use_causal_mask, rank, masks)
         mask = None
         if not causal_only:
-            mask = self._attention_mask(
-                query,
-                value,
-                query_mask,
-                value_mask,
-                key_mask,
-                attention_mask,
-                use_causal_mask,
-            )
+            mask = self._attention_mask(query, value, *masks, use_causal_mask)
 
+        gate = None
+        if self.use_gate:
+            gate = self._gate_dense(_common.strip_keras_mask(query))
         q = self._query_dense(_common.strip_keras_mask(query))
         k = self._key_dense(_common.strip_keras_mask(key))
         v = self._value_dense(_common.strip_keras_mask(value))
 
-        perm = self._layout(rank, axes)
-        q, q_shape = self._to_kernel_layout(q, perm, num_attn)
-        k, _ = self._to_kernel_layout(k, perm, num_attn)
-        v, _ = self._to_kernel_layout(v, perm, num_attn)
-
-        full_scores_shape = None
-        if mask is not None or attention_bias is not None:
-            full_scores_shape = self._scores_shape(
-                ops.shape(query), ops.shape(value), axes
-            )
-        scores_rank = rank + 1
-        kernel_mask = None
-        if mask is not None:
-            kernel_mask = self._scores_to_kernel_layout(
-                self._expand_to_scores(mask, scores_rank, axes),
-                full_scores_shape,
-                num_attn,
-            )
-        kernel_bias = None
+        # Only what is set reaches `_compute_attention`, so that subclasses
+        # written against Keras' signature keep working.
+        extras = {"use_causal_mask": True} if causal_only else {}
         if attention_bias is not None:
-            kernel_bias = self._scores_to_kernel_layout(
-                self._expand_to_scores(
-                    ops.convert_to_tensor(attention_bias), scores_rank, axes
-                ),
-                full_scores_shape,
-                num_attn,
-            )
-
-        scale = 1.0 / math.sqrt(float(self.key_dim))
-        scores = None
-        if self.flash_attention:
-            attended = ops.dot_product_attention(
-                q,
-                k,
-                v,
-                bias=kernel_bias,
-                mask=kernel_mask,
-                scale=scale,
-                is_causal=causal_only,
-                flash_attention=True,
-            )
-        else:
-            attended = scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                mask=kernel_mask,
-                bias=kernel_bias,
-                is_causal=causal_only,
-                scale=scale,
-                dropout_rate=self.dropout,
-                training=bool(training),
-                seed=self.seed_generator,
-                return_scores=return_attention_scores,
-                chunk_size=self.chunk_size,
-            )
-            if return_attention_scores:
-                attended, scores = attended
-
-        attended = self._from_kernel_layout(attended, perm, q_shape)
+            extras["attention_bias"] = attention_bias
+        if self.logits_soft_cap is not None:
+            extras["logits_soft_cap"] = self.logits_soft_cap
+        attended, scores = self._attend(
+            q, k, v, mask, training, return_attention_scores, extras
+        )
+        if gate is not None:
+            attended = attended * gate
         output = self._output_dense(attended)
-
-        # Zero the rows where every head's keys are all masked (by the masks
-        # or by -inf entries of the bias). NaN bias entries count as usable,
-        # so that NaN propagates.
-        usable = kernel_mask
-        if kernel_bias is not None:
-            usable = _masks.and_masks(
-                usable, ops.logical_not(kernel_bias <= _softmax.MASKED)
-            )
-        if usable is None and k.shape[1] in (None, 0):
-            # No key at all (key length 0): no query attends anything.
-            has_keys = ops.greater(ops.shape(k)[1], 0)
-            output = output * ops.cast(has_keys, output.dtype)
-        if usable is not None:
-            row_valid = ops.any(usable, axis=(1, 3))
-            row_valid = ops.broadcast_to(
-                row_valid, (ops.shape(q)[0], ops.shape(q)[1])
-            )
-            row_valid = self._from_kernel_layout(
-                row_valid[:, :, None, None], perm, q_shape[:-2] + (1, 1)
-            )
-            # (B, <dims>, 1, 1) -> one unit axis per output feature axis.
-            row_valid = row_valid[..., 0]
-            for _ in range(len(output.shape) - len(row_valid.shape)):
-                row_valid = ops.expand_dims(row_valid, -1)
-            output = output * ops.cast(row_valid, output.dtype)
-
+        output = self._zero_masked_rows(output, q, k, mask, attention_bias)
         if row_mask is not None:
             output = output * ops.cast(row_mask, output.dtype)[:, :, None]
             if scores is not None:
                 scores = (
                     scores * ops.cast(row_mask, scores.dtype)[:, None, :, None]
                 )
-
         if return_attention_scores:
-            if num_attn != 1 or rank != 3:
-                scores_shape = self._scores_shape(
-                    ops.shape(query), ops.shape(value), axes
-                )
-                scores = ops.reshape(scores, scores_shape)
             return output, scores
         return output
+
+    def _check_flash(self, return_attention_scores, training, attention_bias):
+        """`flash_attention=True` with what the fused kernel can't take
+        fails here, before any projection."""
+        if not self.flash_attention:
+            return
+        _fused.choose(
+            True,
+            None,
+            **_fused.facts(
+                self.compute_dtype,
+                return_attention_scores,
+                bool(training) and self.dropout > 0.0,
+                attention_bias,
+                self.logits_soft_cap,
+                None,
+            ),
+        )
+
+    def _attend(self, q, k, v, mask, training, return_scores, extras):
+        """Calls `_compute_attention` with Keras' MHA signature."""
+        return self._compute_attention(
+            q, k, v, mask, training, return_scores, **extras
+        )
+
+    def _compute_attention(
+        self,
+        query,
+        key,
+        value,
+        attention_mask=None,
+        training=None,
+        return_attention_scores=False,
+        use_causal_mask=False,
+        attention_bias=None,
+        logits_soft_cap=None,
+    ):
+        """The attention step on projected tensors: override to change it.
+
+        Keras' contract: `query` `(B, <target dims>, num_heads, key_dim)`,
+        `key` and `value` `(B, <source dims>, heads, dim)`, where `heads`
+        may be `num_key_value_heads` (not repeated); `attention_mask`
+        boolean, broadcastable to `(B, <target dims>, <source dims>)`, or
+        to the scores shape once the heads axis is inserted;
+        `use_causal_mask` adds the causal mask. Our extras, given by `call`
+        only when set: `attention_bias`, added to the logits, and
+        `logits_soft_cap` (defaults to the layer's). Returns `(output,
+        scores)`, `scores` None unless `return_attention_scores`.
+        """
+        axes = self._axes
+        num_attn = len(axes)
+        rank = len(query.shape) - 1  # the inputs' rank
+        is_causal = bool(use_causal_mask)
+        if is_causal and rank != 3:
+            causal = _masks.causal_mask(ops.shape(query)[1], ops.shape(key)[1])
+            attention_mask = _masks.and_masks(
+                _masks.as_bool(attention_mask, "attention_mask"), causal[None]
+            )
+            is_causal = False
+        if logits_soft_cap is None:
+            logits_soft_cap = self.logits_soft_cap
+        perm = self._layout(rank, axes)
+        q, q_shape = self._to_kernel_layout(query, perm, num_attn)
+        k, _ = self._to_kernel_layout(key, perm, num_attn)
+        v, _ = self._to_kernel_layout(value, perm, num_attn)
+        full_scores_shape = self._scores_shape(
+            ops.shape(query)[:-1], ops.shape(value)[:-1], axes
+        )
+        kernel_mask = self._to_kernel_scores(
+            _masks.as_bool(attention_mask, "attention_mask"),
+            full_scores_shape,
+            axes,
+        )
+        kernel_bias = self._to_kernel_scores(
+            attention_bias, full_scores_shape, axes
+        )
+        attended = scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            mask=kernel_mask,
+            bias=kernel_bias,
+            is_causal=is_causal,
+            scale=1.0 / math.sqrt(float(self.key_dim)),
+            dropout_rate=self.dropout,
+            training=bool(training),
+            seed=self.seed_generator,
+            return_scores=return_attention_scores,
+            chunk_size=self.chunk_size,
+            logits_soft_cap=logits_soft_cap,
+            flash_attention=self.flash_attention,
+        )
+        scores = None
+        if return_attention_scores:
+            attended, scores = attended
+            if num_attn != 1 or rank != 3:
+                scores = ops.reshape(scores, full_scores_shape)
+        return self._from_kernel_layout(attended, perm, q_shape), scores
+
+    _stock_compute_attention = _compute_attention
+
+    def _to_kernel_scores(self, x, full_scores_shape, axes):
+        """A Keras-layout mask or bias -> `(B', heads|1, T', S')`."""
+        if x is None:
+            return None
+        x = self._expand_to_scores(
+            ops.convert_to_tensor(x), len(full_scores_shape), axes
+        )
+        return self._scores_to_kernel_layout(x, full_scores_shape, len(axes))
+
+    def _zero_masked_rows(self, output, q, k, mask, attention_bias):
+        """Zeroes the output rows whose keys are all masked in every head
+        (by the masks, by `-inf` entries of the bias, or a key length of
+        0). NaN bias entries count as usable, so that NaN propagates.
+
+        `q` and `k` are the projected query and key, in Keras' layout.
+        """
+        if mask is None and attention_bias is None:
+            if k.shape[1] in (None, 0):
+                has_keys = ops.greater(ops.shape(k)[1], 0)
+                output = output * ops.cast(has_keys, output.dtype)
+            return output
+        axes = self._axes
+        rank = len(q.shape) - 1
+        full = self._scores_shape(ops.shape(q)[:-1], ops.shape(k)[:-1], axes)
+        usable = self._to_kernel_scores(mask, full, axes)
+        if attention_bias is not None:
+            bias = self._to_kernel_scores(attention_bias, full, axes)
+            usable = _masks.and_masks(
+                usable, ops.logical_not(bias <= _softmax.MASKED)
+            )
+        # (B', T') in the kernel layout -> (B, <query dims>) -> output rank.
+        perm = self._layout(rank, axes)
+        shape = tuple(ops.shape(q))
+        if perm is not None:
+            shape = tuple(shape[i] for i in perm)
+        n_batch = rank - 1 - len(axes)
+        row_valid = ops.broadcast_to(
+            ops.any(usable, axis=(1, 3)),
+            (_product(shape[:n_batch]), _product(shape[n_batch:-2])),
+        )
+        row_valid = self._from_kernel_layout(
+            row_valid[:, :, None, None], perm, shape[:-2] + (1, 1)
+        )[..., 0]
+        for _ in range(len(output.shape) - len(row_valid.shape)):
+            row_valid = ops.expand_dims(row_valid, -1)
+        return output * ops.cast(row_valid, output.dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -848,6 +937,8 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 "value_dim": self.value_dim,
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,
+                "use_gate": self.use_gate,
+                "logits_soft_cap": self.logits_soft_cap,
                 "output_shape": self.partial_output_shape,
                 "attention_axes": self.attention_axes,
                 "sliding_window": self.sliding_window,

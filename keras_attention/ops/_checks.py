@@ -95,6 +95,33 @@ def check_chunk_size(chunk_size):
         )
 
 
+def check_soft_cap(soft_cap, name="logits_soft_cap"):
+    """`None` or a finite float greater than zero."""
+    if soft_cap is None:
+        return
+    if (
+        isinstance(soft_cap, bool)
+        or not isinstance(soft_cap, numbers.Real)
+        or not math.isfinite(float(soft_cap))
+        or float(soft_cap) <= 0.0
+    ):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected "
+            f"`None` or a finite number greater than 0. Received: "
+            f"{name}={short_repr(soft_cap)}"
+        )
+
+
+def check_flash_attention(flash_attention):
+    """`None`, `True` or `False`."""
+    if flash_attention is not None and not isinstance(flash_attention, bool):
+        raise ValueError(
+            "Received an invalid value for argument `flash_attention`, "
+            "expected `None`, `True` or `False`. Received: "
+            f"flash_attention={short_repr(flash_attention)}"
+        )
+
+
 def check_rank(name, shape, ranks):
     """Raises unless `len(shape)` is one of `ranks`."""
     if len(shape) not in ranks:

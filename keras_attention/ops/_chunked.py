@@ -97,7 +97,9 @@ class _Engine:
         score_fn,
         score_t_fn,
         score_t_vjp,
+        soft_cap=None,
     ):
+        self.soft_cap = soft_cap
         self.score_fn = score_fn
         self.score_t_fn = score_t_fn
         self.score_t_vjp = score_t_vjp
@@ -165,6 +167,12 @@ class _Engine:
         last_row = (i + 1) * self.cq - 1
         return ops.minimum(self.nk, last_row // self.ck + 1)
 
+    def capped(self, s):
+        """Logit soft-capping, `cap * tanh(s / cap)` (none without a cap)."""
+        if self.soft_cap is None:
+            return s
+        return self.soft_cap * ops.tanh(s / self.soft_cap)
+
     # -- forward ----------------------------------------------------------
     def forward(self):
         def query_block(i):
@@ -180,7 +188,7 @@ class _Engine:
                 m, denom, acc = carry
                 kb = _rows(self.k, j * self.ck, self.ck)
                 vb = _rows(self.v, j * self.ck, self.ck)
-                s = self.score_fn(qb, kb)
+                s = self.capped(self.score_fn(qb, kb))
                 valid = self.valid(i, j)
                 if valid is not None:
                     s = ops.where(valid, s, MASKED)
@@ -264,13 +272,22 @@ class _Engine:
                 # keys and values are then plain (not transposed) matmuls.
                 # `s - lse` and `dP - delta` come out of the matmuls, with
                 # one extra column: [k, 1] . [q, -lse] and [v, 1] . [dO, -D].
-                s_t = self.score_t_fn(kb, qb, -lse_b)
+                if self.soft_cap is None:
+                    s_t = self.score_t_fn(kb, qb, -lse_b)
+                else:
+                    # cap * tanh(s / cap): d/ds = 1 - tanh^2.
+                    tanh = ops.tanh(
+                        self.score_t_fn(kb, qb, None) / self.soft_cap
+                    )
+                    s_t = self.soft_cap * tanh - ops.swapaxes(lse_b, -1, -2)
                 valid = self.valid(i, j, transposed=True)
                 if valid is not None:
                     s_t = ops.where(valid, s_t, NEG_INF)
                 p_t = ops.exp(s_t)
                 dv = ops.matmul(p_t, dob)
                 ds_t = p_t * _matmul_t_shifted(vb, dob, -delta_b)
+                if self.soft_cap is not None:
+                    ds_t = ds_t * (1.0 - ops.square(tanh))
                 dq, dk, *dpar = self.score_t_vjp(qb, kb, ds_t)
                 return (dq, dk, dv, *dpar)
 
@@ -347,7 +364,12 @@ def _dot_score(qb, kb):
 
 
 def _matmul_t_shifted(a, b, shift):
-    """`a @ b^T + shift^T` as one matmul: `[a, 1] @ [b, shift]^T`."""
+    """`a @ b^T + shift^T` as one matmul: `[a, 1] @ [b, shift]^T`.
+
+    `shift=None`: `a @ b^T`.
+    """
+    if shift is None:
+        return ops.matmul(a, ops.swapaxes(b, -1, -2))
     a = ops.concatenate([a, ops.ones_like(a[..., :1])], axis=-1)
     b = ops.concatenate([b, shift], axis=-1)
     return ops.matmul(a, ops.swapaxes(b, -1, -2))
@@ -362,12 +384,16 @@ def _dot_score_t_vjp(qb, kb, ds_t):
     return ops.matmul(ops.swapaxes(ds_t, -1, -2), kb), ops.matmul(ds_t, qb)
 
 
-def chunked_dot_product_attention(q, k, v, mask, is_causal, q_chunk, k_chunk):
+def chunked_dot_product_attention(
+    q, k, v, mask, is_causal, q_chunk, k_chunk, soft_cap=None
+):
     """Exact softmax attention on head-major float32 tensors.
 
     `q (B, N, T, D)` must already be scaled; `k (B, N, S, D)`, `v (B, N, S,
-    Dv)`; `mask` is None or boolean `(B|1, N|1, T|1, S|1)`. Returns the
-    float32 output `(B, N, T, Dv)`; its gradient is recomputed blockwise.
+    Dv)`; `mask` is None or boolean `(B|1, N|1, T|1, S|1)`; `soft_cap` is
+    None or a positive float (logits become `cap * tanh(logits / cap)`).
+    Returns the float32 output `(B, N, T, Dv)`; its gradient is recomputed
+    blockwise.
     """
 
     @ops.custom_gradient
@@ -383,6 +409,7 @@ def chunked_dot_product_attention(q, k, v, mask, is_causal, q_chunk, k_chunk):
             _dot_score,
             _dot_score_t,
             _dot_score_t_vjp,
+            soft_cap=soft_cap,
         )
         return _output_and_gradient(engine, ())
 

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_attention.ops import _checks
+from keras_attention.ops import _fused
 from keras_attention.ops._chunked import chunked_additive_attention
 from keras_attention.ops._chunked import chunked_dot_product_attention
 from keras_attention.ops._masks import and_masks
@@ -59,6 +60,8 @@ def scaled_dot_product_attention(
     seed=None,
     return_scores=False,
     chunk_size="auto",
+    logits_soft_cap=None,
+    flash_attention=None,
 ):
     """Scaled dot-product attention with exact masking and float32 softmax.
 
@@ -139,6 +142,29 @@ def scaled_dot_product_attention(
             `chunk_size` says: `return_scores=True`, dropout in training (a
             chunked dropout would not match the dense one's random draws)
             and `bias` (a `(q_len, k_len)` tensor already).
+        logits_soft_cap: optional positive float `cap`. The logits become
+            `cap * tanh(logits / cap)` (Gemma 2; Google's TPU splash
+            kernel), after the scale and the bias, before masking, in
+            float32, in the dense and chunked kernels and their gradients.
+        flash_attention: `None` (default), `True` or `False`: whether the
+            backend's fused kernel (`keras.ops.dot_product_attention`) runs
+            instead of this package's exact kernels.
+            - `False`: never. Unlike Keras layers, where a layer's `False`
+              is turned back into "auto" by the unset global switch, `False`
+              here always means our kernels.
+            - `None`: follows `keras.config.is_flash_attention_enabled()`.
+              When that is unset or enabled, the fused kernel runs when it
+              is possible: the backend has one (JAX on a GPU or TPU), the
+              dtype is one it takes (float16 or bfloat16 on a GPU), no scores
+              are returned, no dropout in training, no `bias`, no
+              `logits_soft_cap` (except on a TPU, whose kernel takes one) and
+              a mask of rank 2 or 4 with a static shape. Otherwise, and
+              always on TensorFlow, our exact kernels run, dense or chunked
+              by `chunk_size`.
+            - `True`: the fused kernel, or a `ValueError` naming what
+              prevents it.
+            On the fused path, too, a fully masked query row gives zeros,
+            with zero gradients.
 
     Returns:
         The attention output of shape `(batch, q_len, num_heads, value_dim)`
@@ -190,6 +216,8 @@ def scaled_dot_product_attention(
         )
     _checks.check_rate("dropout_rate", dropout_rate)
     _checks.check_chunk_size(chunk_size)
+    _checks.check_soft_cap(logits_soft_cap)
+    _checks.check_flash_attention(flash_attention)
     target = (query.shape[0], num_heads, query.shape[1], key.shape[1])
     target_desc = "(batch, num_heads, q_len, k_len)"
     mask = as_bool(mask)
@@ -199,6 +227,22 @@ def scaled_dot_product_attention(
         _check_logits_operand("bias", bias, target, target_desc)
     if scale is None:
         scale = 1.0 / math.sqrt(dim)
+    dropout_active = bool(training) and dropout_rate > 0.0
+    if _fused.choose(
+        flash_attention,
+        keras.config.is_flash_attention_enabled(),
+        **_fused.facts(
+            query.dtype,
+            return_scores,
+            dropout_active,
+            bias,
+            logits_soft_cap,
+            mask,
+        ),
+    ):
+        return _fused.attend(
+            query, key, value, mask, is_causal, scale, logits_soft_cap
+        )
 
     use_dense = (
         chunk_size is None
@@ -208,6 +252,7 @@ def scaled_dot_product_attention(
     )
     dense_args = (query, key, value, mask, bias, is_causal, scale)
     dense_kwargs = dict(
+        soft_cap=logits_soft_cap,
         dropout_rate=dropout_rate,
         training=training,
         seed=seed,
@@ -221,7 +266,9 @@ def scaled_dot_product_attention(
         chunks = (chunk_size, chunk_size)
 
     def chunked():
-        return _chunked_sdpa(query, key, value, mask, is_causal, scale, chunks)
+        return _chunked_sdpa(
+            query, key, value, mask, is_causal, scale, chunks, logits_soft_cap
+        )
 
     if chunk_size != "auto":
         return chunked()
@@ -245,7 +292,9 @@ def scaled_dot_product_attention(
     )
 
 
-def _chunked_sdpa(query, key, value, mask, is_causal, scale, chunks):
+def _chunked_sdpa(
+    query, key, value, mask, is_causal, scale, chunks, soft_cap=None
+):
     num_heads, num_kv_heads = query.shape[2], key.shape[2]
     q_chunk = _fit_chunk(chunks[0], query)
     k_chunk = _fit_chunk(chunks[1], key)
@@ -260,7 +309,7 @@ def _chunked_sdpa(query, key, value, mask, is_causal, scale, chunks):
     if mask is not None and len(mask.shape) == 2:
         mask = mask[None, None]
     out = chunked_dot_product_attention(
-        q, k, v, mask, is_causal, q_chunk, k_chunk
+        q, k, v, mask, is_causal, q_chunk, k_chunk, soft_cap
     )
     return ops.cast(ops.transpose(out, (0, 2, 1, 3)), value.dtype)
 
@@ -287,6 +336,7 @@ def _dense_sdpa(
     bias,
     is_causal,
     scale,
+    soft_cap=None,
     dropout_rate=0.0,
     training=False,
     seed=None,
@@ -313,6 +363,8 @@ def _dense_sdpa(
     if bias is not None:
         logits = logits + ops.cast(bias, "float32")
         mask = finite_logits_mask(logits, mask)
+    if soft_cap is not None:
+        logits = soft_cap * ops.tanh(logits / soft_cap)
     weights = masked_softmax(logits, mask)
 
     scores = ops.cast(weights, query.dtype) if return_scores else None

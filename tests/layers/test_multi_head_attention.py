@@ -398,7 +398,7 @@ def test_bad_constructor_arguments(kwargs, match):
     "init, query, value, call, match",
     [
         (dict(), (2, 6), (2, 6), {}, "`query` must have rank >= 3"),
-        (dict(), (2, 6, 8), (2, 5, 3, 8), {}, "same rank"),
+        (dict(), (2, 6, 8), (2, 5, 3, 8), {}, "must be equal"),
         (dict(), (2, 6, 8), (3, 5, 8), {}, "dimension 0"),
         (
             dict(attention_axes=3),
