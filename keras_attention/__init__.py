@@ -10,6 +10,7 @@ from keras_attention import layers
 from keras_attention import ops
 from keras_attention.layers import AdditiveAttention
 from keras_attention.layers import AttentionPooling
+from keras_attention.layers import GroupedQueryAttention
 from keras_attention.layers import MultiHeadAttention
 from keras_attention.layers import PatchEmbedding
 from keras_attention.layers import PositionEmbedding
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdditiveAttention",
     "AttentionPooling",
+    "GroupedQueryAttention",
     "MultiHeadAttention",
     "PatchEmbedding",
     "PositionEmbedding",

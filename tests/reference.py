@@ -25,8 +25,21 @@ def softmax_rows(logits, mask):
     return flat_out.reshape(logits.shape)
 
 
-def sdpa(query, key, value, mask=None, bias=None, is_causal=False, scale=None):
-    """(B, T, N, H) x (B, S, K, H) x (B, S, K, Hv) -> (out, weights)."""
+def sdpa(
+    query,
+    key,
+    value,
+    mask=None,
+    bias=None,
+    is_causal=False,
+    scale=None,
+    soft_cap=None,
+):
+    """(B, T, N, H) x (B, S, K, H) x (B, S, K, Hv) -> (out, weights).
+
+    `soft_cap`: logits become `cap * tanh(logits / cap)` after the scale and
+    the bias; `-inf` bias entries stay masked.
+    """
     q = np.asarray(query, np.float64)
     k = np.asarray(key, np.float64)
     v = np.asarray(value, np.float64)
@@ -40,9 +53,12 @@ def sdpa(query, key, value, mask=None, bias=None, is_causal=False, scale=None):
         logits[:, head] = scale * np.einsum(
             "bth,bsh->bts", q[:, :, head], k[:, :, kh]
         )
+    full_mask = np.ones((b, n, t, s), bool)
     if bias is not None:
         logits = logits + np.asarray(bias, np.float64)
-    full_mask = np.ones((b, n, t, s), bool)
+        full_mask &= logits > -np.inf
+    if soft_cap is not None:
+        logits = soft_cap * np.tanh(logits / soft_cap)
     if mask is not None:
         full_mask &= np.broadcast_to(np.asarray(mask, bool), full_mask.shape)
     if is_causal:

@@ -3,6 +3,9 @@ them."""
 
 from keras_attention.layers.additive_attention import AdditiveAttention
 from keras_attention.layers.attention_pooling import AttentionPooling
+from keras_attention.layers.grouped_query_attention import (
+    GroupedQueryAttention,
+)
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
 from keras_attention.layers.patch_embedding import PatchEmbedding
 from keras_attention.layers.position_embedding import PositionEmbedding
@@ -14,6 +17,7 @@ from keras_attention.layers.transformer_encoder import TransformerEncoder
 __all__ = [
     "AdditiveAttention",
     "AttentionPooling",
+    "GroupedQueryAttention",
     "MultiHeadAttention",
     "PatchEmbedding",
     "PositionEmbedding",

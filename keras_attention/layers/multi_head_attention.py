@@ -705,7 +705,8 @@ class MultiHeadAttention(_common.ValidatedLayer):
             and rank == 3
             and all(m is None for m in masks)
             and self.sliding_window is None
-            and type(self)._compute_attention is self._stock_compute_attention
+            and type(self)._compute_attention
+            is type(self)._stock_compute_attention
         )
 
     def call(

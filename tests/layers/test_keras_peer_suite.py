@@ -27,7 +27,7 @@ import keras_attention
 # name in `keras.src.layers` -> installed test file.
 SUITES = {
     "MultiHeadAttention": "multi_head_attention_test.py",
-    #"GroupedQueryAttention": "grouped_query_attention_test.py",
+    "GroupedQueryAttention": "grouped_query_attention_test.py",
 }
 
 # The only tests left out: LoRA, quantization and DTypePolicyMap.

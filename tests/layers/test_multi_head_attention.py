@@ -15,10 +15,10 @@ def _weights_dict(layer):
     }
 
 
-def _pair(kwargs, query, value, key=None):
+def _pair(kwargs, query, value, key=None, **ours_kwargs):
     """Keras core and ours, built on the same shapes, with equal weights."""
     core = keras.layers.MultiHeadAttention(**kwargs)
-    ours = MultiHeadAttention(**kwargs)
+    ours = MultiHeadAttention(**kwargs, **ours_kwargs)
     # Build through Keras' explicit path: its fused path cannot run
     # value_dim != key_dim under JAX.
     core(query, value, key=key, return_attention_scores=True)
@@ -109,9 +109,21 @@ CORE_CASES = {
 }
 
 
+# (use_gate, our chunk_size): Keras' gated attention on our dense path, and
+# on our chunked path (blocks of 3 positions).
+VARIANTS = {
+    "plain": (False, "auto"),
+    "gate": (True, "auto"),
+    "gate_chunked": (True, 3),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("case", sorted(CORE_CASES))
-def test_matches_keras_core_with_same_weights(rng, case):
+def test_matches_keras_core_with_same_weights(rng, case, variant):
     kwargs, q_shape, v_shape, k_shape, call = CORE_CASES[case]
+    use_gate, chunk_size = VARIANTS[variant]
+    kwargs = dict(kwargs, use_gate=use_gate)
     query = rng.normal(size=q_shape).astype("float32")
     value = (
         query if v_shape is None else rng.normal(size=v_shape).astype("float32")
@@ -127,7 +139,7 @@ def test_matches_keras_core_with_same_weights(rng, case):
         call["attention_mask"] = mask
     if call.get("value_mask") == "padding":
         call["value_mask"] = _padding(rng, b, s)
-    core, ours = _pair(kwargs, query, value, key)
+    core, ours = _pair(kwargs, query, value, key, chunk_size=chunk_size)
     want, want_scores = core(
         query, value, key=key, return_attention_scores=True, **call
     )
@@ -148,9 +160,14 @@ def test_matches_keras_core_with_same_weights(rng, case):
     )
 
 
-def test_same_weight_names_shapes_and_order(rng):
+@pytest.mark.parametrize("use_gate", [False, True])
+def test_same_weight_names_shapes_and_order(rng, use_gate):
     query = rng.normal(size=(2, 4, 8)).astype("float32")
-    core, ours = _pair(dict(num_heads=2, key_dim=3, value_dim=5), query, query)
+    core, ours = _pair(
+        dict(num_heads=2, key_dim=3, value_dim=5, use_gate=use_gate),
+        query,
+        query,
+    )
     core_w = [(w.path.split("/", 1)[1], tuple(w.shape)) for w in core.weights]
     ours_w = [(w.path.split("/", 1)[1], tuple(w.shape)) for w in ours.weights]
     assert core_w == ours_w
