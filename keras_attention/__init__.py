@@ -10,6 +10,7 @@ from keras_attention import layers
 from keras_attention import ops
 from keras_attention.layers import AdditiveAttention
 from keras_attention.layers import AttentionPooling
+from keras_attention.layers import GroupQueryAttention
 from keras_attention.layers import GroupedQueryAttention
 from keras_attention.layers import MultiHeadAttention
 from keras_attention.layers import PatchEmbedding
@@ -17,11 +18,12 @@ from keras_attention.layers import PositionEmbedding
 from keras_attention.layers import SinusoidalPositionEncoding
 from keras_attention.layers import TransformerEncoder
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AdditiveAttention",
     "AttentionPooling",
+    "GroupQueryAttention",
     "GroupedQueryAttention",
     "MultiHeadAttention",
     "PatchEmbedding",

@@ -51,6 +51,35 @@ def multi_head_attention(rng):
     return model, inputs
 
 
+def multi_head_attention_gated(rng):
+    """Gated (Keras' `use_gate`), soft-capped, chunked, causal."""
+    features = keras.Input((None, 6), name="features")
+    x = ka.MultiHeadAttention(
+        num_heads=2,
+        key_dim=3,
+        use_gate=True,
+        logits_soft_cap=4.0,
+        chunk_size=3,
+    )(features, features, use_causal_mask=True)
+    model = keras.Model(features, x)
+    return model, [rng.normal(size=(2, 7, 6)).astype("float32")]
+
+
+def grouped_query_attention(rng):
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    x = ka.GroupedQueryAttention(
+        head_dim=3,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        use_gate=True,
+        sliding_window=3,
+        logits_soft_cap=5.0,
+        chunk_size=4,
+    )(x, x, use_causal_mask=True)
+    return keras.Model(tokens, x), [_tokens(rng)]
+
+
 def additive_attention(rng):
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     x = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
@@ -97,6 +126,8 @@ def transformer_encoder(rng):
 
 GOLDEN = {
     "MultiHeadAttention": multi_head_attention,
+    "MultiHeadAttention-gated": multi_head_attention_gated,
+    "GroupedQueryAttention": grouped_query_attention,
     "AdditiveAttention": additive_attention,
     "AttentionPooling": attention_pooling,
     "PatchEmbedding": patch_embedding,

@@ -49,6 +49,7 @@ import keras_attention.layers.attention_pooling as pooling_module
 import keras_attention.ops.attention as attention_module
 from keras_attention import AdditiveAttention
 from keras_attention import AttentionPooling
+from keras_attention import GroupedQueryAttention
 from keras_attention import MultiHeadAttention
 from keras_attention import PatchEmbedding
 from keras_attention import PositionEmbedding
@@ -101,6 +102,14 @@ def additive(**kwargs):
 def mha(init=None, query=(2, 3, 6), value=(2, 5, 6), **call):
     init = dict(dict(num_heads=2, key_dim=4), **(init or {}))
     return lambda: MultiHeadAttention(**init)(_f(*query), _f(*value), **call)
+
+
+def gqa(init=None, query=(2, 3, 8), value=(2, 5, 8), **call):
+    init = dict(
+        dict(head_dim=4, num_query_heads=4, num_key_value_heads=2),
+        **(init or {}),
+    )
+    return lambda: GroupedQueryAttention(**init)(_f(*query), _f(*value), **call)
 
 
 def add_layer(init=None, query=(2, 3, 6), value=(2, 5, 7), **call):
@@ -221,6 +230,91 @@ CASES = [
     ),
     Case("additive/chunk", additive(chunk_size=-1), "chunk_size", "=-1"),
     # -- MultiHeadAttention: constructor ---------------------------------
+    Case("sdpa/soft_cap_0", sdpa(logits_soft_cap=0), "logits_soft_cap", "=0"),
+    Case("sdpa/soft_cap_neg", sdpa(logits_soft_cap=-2.0), "logits_soft_cap"),
+    Case("sdpa/soft_cap_inf", sdpa(logits_soft_cap=np.inf), "logits_soft_cap"),
+    Case("sdpa/soft_cap_nan", sdpa(logits_soft_cap=np.nan), "logits_soft_cap"),
+    Case(
+        "sdpa/flash_with_soft_cap",
+        sdpa(flash_attention=True, logits_soft_cap=5.0),
+        "flash_attention",
+        "logits_soft_cap",
+    ),
+    Case(
+        "sdpa/flash_with_bias",
+        sdpa(flash_attention=True, bias=_f(3, 5)),
+        "flash_attention",
+        "attention bias",
+    ),
+    Case(
+        "sdpa/flash_with_scores",
+        sdpa(flash_attention=True, return_scores=True),
+        "flash_attention",
+        "Returning attention scores",
+    ),
+    Case("sdpa/flash_str", sdpa(flash_attention="yes"), "flash_attention"),
+    Case("mha/use_gate_str", mha(dict(use_gate="yes")), "use_gate", "'yes'"),
+    Case("mha/use_gate_int", mha(dict(use_gate=1)), "use_gate", "=1"),
+    Case("mha/soft_cap_0", mha(dict(logits_soft_cap=0.0)), "logits_soft_cap"),
+    Case("mha/soft_cap_neg", mha(dict(logits_soft_cap=-1)), "logits_soft_cap"),
+    Case(
+        "mha/soft_cap_inf",
+        mha(dict(logits_soft_cap=float("inf"))),
+        "logits_soft_cap",
+    ),
+    Case(
+        "mha/soft_cap_nan",
+        mha(dict(logits_soft_cap=float("nan"))),
+        "logits_soft_cap",
+    ),
+    Case(
+        "mha/flash_with_soft_cap",
+        mha(dict(flash_attention=True, logits_soft_cap=5.0)),
+        "flash_attention",
+        "logits_soft_cap",
+    ),
+    Case(
+        "mha/flash_with_bias",
+        mha(dict(flash_attention=True), attention_bias=_f(2, 3, 5)),
+        "flash_attention",
+        "attention bias",
+    ),
+    Case(
+        "mha/flash_with_scores",
+        mha(dict(flash_attention=True), return_attention_scores=True),
+        "flash_attention",
+        "Returning attention scores",
+    ),
+    Case(
+        "gqa/heads_not_divisible",
+        gqa(dict(num_query_heads=4, num_key_value_heads=3)),
+        "num_key_value_heads",
+        "num_query_heads=4",
+        allocates=False,
+    ),
+    Case("gqa/use_gate_str", gqa(dict(use_gate="no")), "use_gate", "'no'"),
+    Case("gqa/head_dim_0", gqa(dict(head_dim=0)), "head_dim", "=0"),
+    Case(
+        "gqa/soft_cap_neg", gqa(dict(logits_soft_cap=-3.0)), "logits_soft_cap"
+    ),
+    Case(
+        "gqa/soft_cap_nan",
+        gqa(dict(logits_soft_cap=float("nan"))),
+        "logits_soft_cap",
+    ),
+    Case(
+        "gqa/flash_with_soft_cap",
+        gqa(dict(flash_attention=True, logits_soft_cap=5.0)),
+        "flash_attention",
+        "logits_soft_cap",
+    ),
+    Case(
+        "gqa/flash_with_scores",
+        gqa(dict(flash_attention=True), return_attention_scores=True),
+        "flash_attention",
+        "Returning attention scores",
+    ),
+    Case("gqa/query_rank_4", gqa(query=(2, 3, 4, 8)), "query", "rank 3"),
     Case("mha/num_heads_0", mha(dict(num_heads=0)), "num_heads", "=0"),
     Case("mha/num_heads_str", mha(dict(num_heads="8")), "num_heads", "'8'"),
     Case("mha/num_heads_float", mha(dict(num_heads=2.0)), "num_heads", "2.0"),

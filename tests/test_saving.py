@@ -22,6 +22,18 @@ def _model():
     x = ka.MultiHeadAttention(
         num_heads=2, key_dim=4, num_key_value_heads=1, dropout=0.1, seed=3
     )(x, x, use_causal_mask=True)
+    x = ka.MultiHeadAttention(
+        num_heads=2, key_dim=3, use_gate=True, logits_soft_cap=8.0, chunk_size=3
+    )(x, x)
+    x = ka.GroupedQueryAttention(
+        head_dim=3,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        use_gate=True,
+        sliding_window=4,
+        logits_soft_cap=6.0,
+        chunk_size=4,
+    )(x, x, use_causal_mask=True)
     x = ka.AdditiveAttention(units=5, normalize=True)(x, memory)
     pooled = ka.AttentionPooling(units=4, num_heads=2)(x)
     return keras.Model([tokens, memory], keras.layers.Dense(3)(pooled))
@@ -68,14 +80,24 @@ def test_keras_file_reloads_in_a_new_process(tmp_path, rng):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "RELOADED-OK" in result.stdout
-    for name in ("MultiHeadAttention", "AdditiveAttention", "AttentionPooling"):
+    for name in (
+        "MultiHeadAttention",
+        "GroupedQueryAttention",
+        "AdditiveAttention",
+        "AttentionPooling",
+    ):
         assert name in result.stdout
 
 
 def test_config_names_our_package(tmp_path):
     model = _model()
     config = json.dumps(keras.saving.serialize_keras_object(model))
-    for name in ("MultiHeadAttention", "AdditiveAttention", "AttentionPooling"):
+    for name in (
+        "MultiHeadAttention",
+        "GroupedQueryAttention",
+        "AdditiveAttention",
+        "AttentionPooling",
+    ):
         assert f'"registered_name": "keras_attention>{name}"' in config
 
 

@@ -44,7 +44,25 @@ PACKAGE = ROOT / "keras_attention"
 LAYERS = {
     "MultiHeadAttention": (
         ka.MultiHeadAttention,
-        dict(num_heads=2, key_dim=4, num_key_value_heads=1, dropout=0.1),
+        dict(
+            num_heads=2,
+            key_dim=4,
+            num_key_value_heads=1,
+            dropout=0.1,
+            use_gate=True,
+            logits_soft_cap=30.0,
+        ),
+        [(2, 3, 6), (2, 5, 6)],
+    ),
+    "GroupedQueryAttention": (
+        ka.GroupedQueryAttention,
+        dict(
+            head_dim=4,
+            num_query_heads=4,
+            num_key_value_heads=2,
+            use_gate=True,
+            logits_soft_cap=10.0,
+        ),
         [(2, 3, 6), (2, 5, 6)],
     ),
     "AdditiveAttention": (

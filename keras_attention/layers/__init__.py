@@ -14,9 +14,13 @@ from keras_attention.layers.sinusoidal_position_encoding import (
 )
 from keras_attention.layers.transformer_encoder import TransformerEncoder
 
+# Keras exports its class as `keras.layers.GroupQueryAttention`.
+GroupQueryAttention = GroupedQueryAttention
+
 __all__ = [
     "AdditiveAttention",
     "AttentionPooling",
+    "GroupQueryAttention",
     "GroupedQueryAttention",
     "MultiHeadAttention",
     "PatchEmbedding",

@@ -112,6 +112,9 @@ class GroupedQueryAttention(MultiHeadAttention):
                 f"num_query_heads={num_query_heads}, "
                 f"num_key_value_heads={num_key_value_heads}"
             )
+        _checks.check_size_product(
+            {"num_query_heads": num_query_heads, "head_dim": head_dim}
+        )
         super().__init__(
             num_heads=num_query_heads,
             key_dim=head_dim,

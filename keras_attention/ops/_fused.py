@@ -3,7 +3,7 @@
 `choose` is the whole rule (documented once, in
 `keras_attention.ops.scaled_dot_product_attention`); `facts` gathers what it
 needs to know about the environment, and `attend` makes the fused call. The
-tests replace `platform` and `fused_kernel` to exercise every combination on
+tests replace `environment` and `fused_kernel` to exercise every combination on
 a CPU.
 """
 
@@ -34,13 +34,15 @@ _REASONS = {
 }
 
 
-def platform():
-    """The platform of the first device: `"cpu"`, `"gpu"` or `"tpu"`."""
-    if keras.backend.backend() != "jax":
-        return "cpu"
+def environment():
+    """`(backend, platform)`, the platform of the first device: `"cpu"`,
+    `"gpu"` or `"tpu"`."""
+    backend = keras.backend.backend()
+    if backend != "jax":
+        return backend, "cpu"
     import jax
 
-    return jax.devices()[0].platform
+    return backend, jax.devices()[0].platform
 
 
 def fused_kernel(*args, **kwargs):
@@ -53,9 +55,10 @@ def facts(dtype, return_scores, dropout, bias, soft_cap, mask):
     mask_ok = mask is None or (
         len(mask.shape) in (2, 4) and None not in tuple(mask.shape)
     )
+    backend, platform = environment()
     return dict(
-        backend=keras.backend.backend(),
-        platform=platform(),
+        backend=backend,
+        platform=platform,
         dtype=keras.backend.standardize_dtype(dtype),
         return_scores=bool(return_scores),
         dropout=bool(dropout),

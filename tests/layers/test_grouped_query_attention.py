@@ -183,9 +183,7 @@ def test_query_mask_on_output_and_zero_padded_rows():
     data = np.array([[1, 2, 3, 0, 0], [4, 5, 0, 0, 0]])
     x = keras.layers.Embedding(10, 8, mask_zero=True)(data)
     y = layer(x, x)
-    np.testing.assert_array_equal(
-        to_numpy(y._keras_mask), data != 0
-    )
+    np.testing.assert_array_equal(to_numpy(y._keras_mask), data != 0)
     out = to_numpy(y)
     assert np.all(out[0, 3:] == 0) and np.all(out[1, 2:] == 0)
     assert np.all(np.abs(out[0, :3]).sum(-1) > 0)

@@ -474,3 +474,38 @@ def test_key_value_mismatch_and_last_dim_after_build(rng):
     layer(np.zeros((2, 6, 8)), np.zeros((2, 5, 8)))
     with pytest.raises(ValueError, match="last dimension of `query` must be 8"):
         layer(np.zeros((2, 6, 9)), np.zeros((2, 5, 8)))
+
+
+@keras.saving.register_keras_serializable(package="keras_attention_tests")
+class HookedAttention(MultiHeadAttention):
+    """keras-hub's `CachedMultiHeadAttention` pattern: its own `call`, the
+    base class's projections and `_compute_attention`."""
+
+    def call(self, query, value, key=None, attention_mask=None, training=None):
+        q = self._query_dense(query)
+        k = self._key_dense(value if key is None else key)
+        v = self._value_dense(value)
+        out, _ = self._compute_attention(q, k, v, attention_mask, training)
+        return self._output_dense(out)
+
+
+def test_subclass_overriding_call_reuses_compute_attention(rng, tmp_path):
+    x = rng.normal(size=(3, 6, 8)).astype("float32")
+    causal = np.tril(np.ones((6, 6), bool))[None]
+    inputs = keras.Input((6, 8))
+    mask = keras.Input((6, 6), dtype="bool")
+    hooked = HookedAttention(num_heads=2, key_dim=4, chunk_size=4)
+    model = keras.Model([inputs, mask], hooked(inputs, inputs, attention_mask=mask))
+    plain = MultiHeadAttention(num_heads=2, key_dim=4)
+    plain(x, x)
+    plain.set_weights(hooked.get_weights())
+    masks = np.repeat(causal, 3, axis=0)
+    want = to_numpy(plain(x, x, use_causal_mask=True))
+    np.testing.assert_allclose(to_numpy(model([x, masks])), want, atol=1e-5)
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit([x, masks], want, verbose=0)
+    model.save(tmp_path / "hooked.keras")
+    reloaded = keras.models.load_model(tmp_path / "hooked.keras")
+    np.testing.assert_allclose(
+        to_numpy(reloaded([x, masks])), to_numpy(model([x, masks])), atol=1e-6
+    )
