@@ -10,8 +10,8 @@ from keras_attention import layers
 from keras_attention import ops
 from keras_attention.layers import AdditiveAttention
 from keras_attention.layers import AttentionPooling
-from keras_attention.layers import GroupQueryAttention
 from keras_attention.layers import GroupedQueryAttention
+from keras_attention.layers import GroupQueryAttention
 from keras_attention.layers import MultiHeadAttention
 from keras_attention.layers import PatchEmbedding
 from keras_attention.layers import PositionEmbedding

@@ -32,7 +32,7 @@ Decisions (also in the docstrings):
   value still enters the weighted sum with weight 0, and 0 x NaN = NaN: pad
   with finite values.
 - Weights of more than 2**31 - 1 elements (e.g. `num_heads=10**9`) are
-  refused before any weight is created (`_checks.MAX_WEIGHT_ELEMENTS`).
+  refused before any weight is created (`_validation.MAX_WEIGHT_ELEMENTS`).
 - `from_config` validates every field: wrong types, out-of-range values and
   unknown keys raise a `ValueError` naming the field.
 """

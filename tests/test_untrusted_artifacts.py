@@ -33,8 +33,8 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
+from keras_attention import _validation
 from keras_attention.compat import tfa
-from keras_attention.ops import _checks
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "keras_attention"
@@ -136,7 +136,7 @@ def _no_big_weights(monkeypatch):
 
     def add_weight(self, shape=None, *args, **kwargs):
         size = int(np.prod(shape or ()))
-        assert size <= _checks.MAX_WEIGHT_ELEMENTS, (shape, size)
+        assert size <= _validation.MAX_WEIGHT_ELEMENTS, (shape, size)
         return real(self, shape, *args, **kwargs)
 
     monkeypatch.setattr(keras.layers.Layer, "add_weight", add_weight)

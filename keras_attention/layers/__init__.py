@@ -3,9 +3,7 @@ them."""
 
 from keras_attention.layers.additive_attention import AdditiveAttention
 from keras_attention.layers.attention_pooling import AttentionPooling
-from keras_attention.layers.grouped_query_attention import (
-    GroupedQueryAttention,
-)
+from keras_attention.layers.grouped_query_attention import GroupedQueryAttention
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
 from keras_attention.layers.patch_embedding import PatchEmbedding
 from keras_attention.layers.position_embedding import PositionEmbedding

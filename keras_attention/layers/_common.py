@@ -1,12 +1,9 @@
 """Private helpers shared by the layers."""
 
-import math
-import numbers
-
 import keras
 from keras import ops
 
-from keras_attention.ops import _checks
+from keras_attention import _validation
 
 
 def strip_keras_mask(x):
@@ -31,28 +28,25 @@ def clone_initializer(initializer):
     return initializer.__class__.from_config(initializer.get_config())
 
 
-def check_mask(name, mask, target_shape, target_desc):
-    """Validates an optional mask's static shape against `target_shape`."""
-    if mask is None:
-        return
-    _checks.check_broadcastable(
-        name, _checks.static_shape(mask), target_shape, target_desc
-    )
+# The initializer, regularizer and constraint arguments of our layers, in
+# the order their configs list them.
+KERAS_OBJECTS = (
+    "kernel_initializer",
+    "bias_initializer",
+    "kernel_regularizer",
+    "bias_regularizer",
+    "kernel_constraint",
+    "bias_constraint",
+)
 
 
-def check_last_dim(name, shape, expected, built_with):
-    """Raises when a built layer is called with a different feature size."""
-    got = shape[-1]
-    if got is not None and expected is not None and got != expected:
-        raise ValueError(
-            f"The last dimension of `{name}` must be {expected}, the size "
-            f"the layer was built with ({built_with}). Received: "
-            f"{name}.shape={tuple(shape)}"
-        )
+# Those of a layer whose weights have no biases (AdditiveAttention).
+KERNEL_OBJECTS = tuple(n for n in KERAS_OBJECTS if n.startswith("kernel_"))
 
 
-def serialize_common(layer, names):
-    """Serializes `initializers`/`regularizers`/`constraints` attributes."""
+def serialize_keras_objects(layer, names=KERAS_OBJECTS):
+    """The config entries of `layer`'s initializers, regularizers and
+    constraints, by attribute name."""
     config = {}
     for name in names:
         value = getattr(layer, name)
@@ -65,80 +59,12 @@ def serialize_common(layer, names):
     return config
 
 
-def check_positive_number(name, value):
-    """Raises unless `value` is a finite real number greater than zero."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(float(value))
-        or float(value) <= 0.0
-    ):
-        raise ValueError(
-            f"Received an invalid value for argument `{name}`, expected a "
-            f"positive number. Received: {name}={value!r}"
-        )
-
-
-def check_start_index(start_index, length=None, sequence_length=None):
-    """Static checks of a position layer's `start_index` (an int or tensor).
-
-    With `length` and `sequence_length` known, also checks that positions
-    `start_index .. start_index + length - 1` exist.
-    """
-    if isinstance(start_index, bool):
-        raise ValueError(
-            "Received an invalid value for argument `start_index`, expected "
-            f"a non-negative integer. Received: start_index={start_index!r}"
-        )
-    if isinstance(start_index, numbers.Integral):
-        if start_index < 0:
-            raise ValueError(
-                "Received an invalid value for argument `start_index`, "
-                "expected a non-negative integer. Received: "
-                f"start_index={start_index}"
-            )
-        if sequence_length is not None and length is not None:
-            if start_index + length > sequence_length:
-                raise ValueError(
-                    "The positions `start_index + sequence length` must not "
-                    "exceed `sequence_length`, the number of positions the "
-                    f"layer has. Received: start_index={start_index}, "
-                    f"inputs sequence length={length}, "
-                    f"sequence_length={sequence_length}"
-                )
-        return
-    if len(_checks.static_shape(start_index)) != 0:
-        raise ValueError(
-            "Argument `start_index` must be a scalar (a Python int or a "
-            "0-d integer tensor). Received: "
-            f"start_index.shape={_checks.static_shape(start_index)}"
-        )
-
-
-_KINDS = {
-    "_initializer": "initializers",
-    "_regularizer": "regularizers",
-    "_constraint": "constraints",
-}
-
-
-def set_keras_objects(layer, **identifiers):
-    """Sets `layer.<name>` to the Keras object for each `<name>=identifier`.
-
-    The kind (initializer, regularizer, constraint) comes from the name's
-    suffix; a bad identifier raises a `ValueError` naming the argument.
-    """
-    for name, identifier in identifiers.items():
-        kind = next(k for suffix, k in _KINDS.items() if name.endswith(suffix))
-        setattr(layer, name, _checks.get_keras_object(kind, name, identifier))
-
-
 class ValidatedLayer(keras.layers.Layer):
     """A Keras layer whose `from_config` validates the config first.
 
     Every field is checked by the subclass's constructor, which raises a
     `ValueError` naming the field and its value (Keras' default
-    `from_config` would turn it into a `TypeError`); `_checks.layer_config`
+    `from_config` would turn it into a `TypeError`); `_validation.layer_config`
     checks what the constructor does not: the config's type, unknown and
     missing keys, and the base layer's fields.
     """
@@ -146,4 +72,4 @@ class ValidatedLayer(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         """Validates the config, then builds the layer from it."""
-        return cls(**_checks.layer_config(cls, config))
+        return cls(**_validation.layer_config(cls, config))

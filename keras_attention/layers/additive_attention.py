@@ -3,9 +3,9 @@ import math
 import keras
 from keras import ops
 
+from keras_attention import _masking
+from keras_attention import _validation
 from keras_attention.layers import _common
-from keras_attention.ops import _checks
-from keras_attention.ops import _masks
 from keras_attention.ops.attention import additive_attention
 
 
@@ -114,14 +114,14 @@ class AdditiveAttention(_common.ValidatedLayer):
         seed=None,
         **kwargs,
     ):
-        _checks.check_positive_int("units", units)
-        _checks.check_chunk_size(chunk_size)
-        _checks.check_bool("use_bias", use_bias)
-        _checks.check_bool("normalize", normalize)
-        _checks.check_rate("dropout", dropout)
-        _checks.check_seed(seed)
+        _validation.check_positive_int("units", units)
+        _validation.check_chunk_size(chunk_size)
+        _validation.check_bool("use_bias", use_bias)
+        _validation.check_bool("normalize", normalize)
+        _validation.check_rate("dropout", dropout)
+        _validation.check_seed(seed)
         # attention_v has `units` elements: fail before `build`.
-        _checks.check_size_product({"units": units})
+        _validation.check_size_product({"units": units})
         super().__init__(**kwargs)
         self.supports_masking = True
         self.units = int(units)
@@ -129,14 +129,14 @@ class AdditiveAttention(_common.ValidatedLayer):
         self.normalize = normalize
         self.dropout = float(dropout)
         self.chunk_size = chunk_size
-        self.kernel_initializer = _checks.get_keras_object(
-            "initializers", "kernel_initializer", kernel_initializer
+        self.kernel_initializer = _validation.get_initializer(
+            "kernel_initializer", kernel_initializer
         )
-        self.kernel_regularizer = _checks.get_keras_object(
-            "regularizers", "kernel_regularizer", kernel_regularizer
+        self.kernel_regularizer = _validation.get_regularizer(
+            "kernel_regularizer", kernel_regularizer
         )
-        self.kernel_constraint = _checks.get_keras_object(
-            "constraints", "kernel_constraint", kernel_constraint
+        self.kernel_constraint = _validation.get_constraint(
+            "kernel_constraint", kernel_constraint
         )
         self.seed = seed
         self.seed_generator = (
@@ -161,16 +161,16 @@ class AdditiveAttention(_common.ValidatedLayer):
     def _check_shapes(self, query_shape, value_shape, key_shape):
         query_shape = tuple(query_shape)
         value_shape = tuple(value_shape)
-        _checks.check_rank("query", query_shape, (2, 3))
-        _checks.check_rank("value", value_shape, (3,))
-        _checks.check_dims_equal(
+        _validation.check_rank("query", query_shape, (2, 3))
+        _validation.check_rank("value", value_shape, (3,))
+        _validation.check_dims_equal(
             "query", query_shape[0], "value", value_shape[0], "batch size"
         )
         if key_shape is not None:
             key_shape = tuple(key_shape)
-            _checks.check_rank("key", key_shape, (3,))
+            _validation.check_rank("key", key_shape, (3,))
             for i, what in ((0, "batch size"), (1, "sequence length")):
-                _checks.check_dims_equal(
+                _validation.check_dims_equal(
                     "key", key_shape[i], "value", value_shape[i], what
                 )
         return query_shape, value_shape, key_shape or value_shape
@@ -179,7 +179,7 @@ class AdditiveAttention(_common.ValidatedLayer):
         query_shape, value_shape, key_shape = self._check_shapes(
             query_shape, value_shape, key_shape
         )
-        _checks.check_weight_shapes(
+        _validation.check_weight_shapes(
             "AdditiveAttention",
             {
                 "query/kernel": (query_shape[-1] or 1, self.units),
@@ -223,11 +223,11 @@ class AdditiveAttention(_common.ValidatedLayer):
         Pass the result as `projected_key=` to every decoder step.
         """
         key = ops.convert_to_tensor(key)
-        _checks.check_rank("key", key.shape, (3,))
+        _validation.check_rank("key", key.shape, (3,))
         if not self._key_dense.built:
             self._key_dense.build(tuple(key.shape))
         else:
-            _common.check_last_dim(
+            _validation.check_last_dim(
                 "key", key.shape, self._key_dense.kernel.shape[0], "key"
             )
         return self._key_dense(_common.strip_keras_mask(key))
@@ -261,23 +261,25 @@ class AdditiveAttention(_common.ValidatedLayer):
                 "target_length, dim)`; a single-step query has no positions. "
                 f"Received: query.shape={tuple(query.shape)}"
             )
-        _common.check_last_dim(
+        _validation.check_last_dim(
             "query", query.shape, self._query_dense.kernel.shape[0], "query"
         )
-        _common.check_last_dim("value", value.shape, self._value_dim, "value")
+        _validation.check_last_dim(
+            "value", value.shape, self._value_dim, "value"
+        )
         q_target = tuple(query.shape[:-1])
-        _common.check_mask(
+        _validation.check_mask(
             "query_mask", query_mask, q_target, "(batch_size, target_length)"
         )
-        _common.check_mask(
+        _validation.check_mask(
             "value_mask",
             value_mask,
             tuple(value.shape[:-1]),
             "(batch_size, source_length)",
         )
         # Masks: checked (0/1 values) before any projection.
-        query_mask = _masks.as_bool(query_mask, "query_mask")
-        value_mask = _masks.as_bool(value_mask, "value_mask")
+        query_mask = _masking.as_bool(query_mask, "query_mask")
+        value_mask = _masking.as_bool(value_mask, "value_mask")
         if query_mask is not None:
             # (batch, target_length) -> (batch, target_length, 1); a single
             # step's (batch,) -> (batch, 1, 1). No reshape with -1: it
@@ -289,17 +291,17 @@ class AdditiveAttention(_common.ValidatedLayer):
             value_mask = ops.expand_dims(value_mask, 1)
         if projected_key is None:
             key = value if key is None else key
-            _common.check_last_dim(
+            _validation.check_last_dim(
                 "key", key.shape, self._key_dense.kernel.shape[0], "key"
             )
             projected_key = self._key_dense(_common.strip_keras_mask(key))
         else:
             projected_key = ops.convert_to_tensor(projected_key)
-            _checks.check_rank("projected_key", projected_key.shape, (3,))
-            _common.check_last_dim(
+            _validation.check_rank("projected_key", projected_key.shape, (3,))
+            _validation.check_last_dim(
                 "projected_key", projected_key.shape, self.units, "units"
             )
-            _checks.check_dims_equal(
+            _validation.check_dims_equal(
                 "projected_key",
                 projected_key.shape[1],
                 "value",
@@ -310,7 +312,7 @@ class AdditiveAttention(_common.ValidatedLayer):
             query = ops.expand_dims(query, 1)
         projected_query = self._query_dense(_common.strip_keras_mask(query))
 
-        mask = _masks.and_masks(query_mask, value_mask)
+        mask = _masking.and_masks(query_mask, value_mask)
 
         result = additive_attention(
             projected_query,
@@ -375,13 +377,6 @@ class AdditiveAttention(_common.ValidatedLayer):
             }
         )
         config.update(
-            _common.serialize_common(
-                self,
-                (
-                    "kernel_initializer",
-                    "kernel_regularizer",
-                    "kernel_constraint",
-                ),
-            )
+            _common.serialize_keras_objects(self, _common.KERNEL_OBJECTS)
         )
         return config

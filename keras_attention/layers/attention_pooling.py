@@ -1,10 +1,10 @@
 import keras
 from keras import ops
 
+from keras_attention import _masking
+from keras_attention import _validation
+from keras_attention._masking import masked_softmax
 from keras_attention.layers import _common
-from keras_attention.ops import _checks
-from keras_attention.ops import _masks
-from keras_attention.ops._softmax import masked_softmax
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -83,12 +83,12 @@ class AttentionPooling(_common.ValidatedLayer):
         seed=None,
         **kwargs,
     ):
-        _checks.check_positive_int("units", units, allow_none=True)
-        _checks.check_positive_int("num_heads", num_heads)
-        _checks.check_rate("dropout", dropout)
-        _checks.check_seed(seed)
+        _validation.check_positive_int("units", units, allow_none=True)
+        _validation.check_positive_int("num_heads", num_heads)
+        _validation.check_rate("dropout", dropout)
+        _validation.check_seed(seed)
         # score_kernel is (units or dim, num_heads): fail before `build`.
-        _checks.check_size_product(
+        _validation.check_size_product(
             {"num_heads": num_heads}
             if units is None
             else {"units": units, "num_heads": num_heads}
@@ -98,14 +98,23 @@ class AttentionPooling(_common.ValidatedLayer):
         self.units = None if units is None else int(units)
         self.num_heads = int(num_heads)
         self.dropout = float(dropout)
-        _common.set_keras_objects(
-            self,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
+        self.kernel_initializer = _validation.get_initializer(
+            "kernel_initializer", kernel_initializer
+        )
+        self.bias_initializer = _validation.get_initializer(
+            "bias_initializer", bias_initializer
+        )
+        self.kernel_regularizer = _validation.get_regularizer(
+            "kernel_regularizer", kernel_regularizer
+        )
+        self.bias_regularizer = _validation.get_regularizer(
+            "bias_regularizer", bias_regularizer
+        )
+        self.kernel_constraint = _validation.get_constraint(
+            "kernel_constraint", kernel_constraint
+        )
+        self.bias_constraint = _validation.get_constraint(
+            "bias_constraint", bias_constraint
         )
         self.seed = seed
         self.seed_generator = (
@@ -113,7 +122,7 @@ class AttentionPooling(_common.ValidatedLayer):
         )
 
     def build(self, input_shape):
-        _checks.check_rank("inputs", input_shape, (3,))
+        _validation.check_rank("inputs", input_shape, (3,))
         dim = input_shape[-1]
         if dim is None:
             raise ValueError(
@@ -124,7 +133,7 @@ class AttentionPooling(_common.ValidatedLayer):
         shapes = {"score_kernel": (score_dim, self.num_heads)}
         if self.units is not None:
             shapes["hidden_kernel"] = (dim, self.units)
-        _checks.check_weight_shapes(
+        _validation.check_weight_shapes(
             "AttentionPooling",
             shapes,
             {"units": self.units, "num_heads": self.num_heads, "dim": dim},
@@ -162,15 +171,15 @@ class AttentionPooling(_common.ValidatedLayer):
     def call(
         self, inputs, mask=None, return_attention_scores=False, training=None
     ):
-        _checks.check_rank("inputs", inputs.shape, (3,))
-        _common.check_last_dim("inputs", inputs.shape, self._dim, "inputs")
-        _common.check_mask(
+        _validation.check_rank("inputs", inputs.shape, (3,))
+        _validation.check_last_dim("inputs", inputs.shape, self._dim, "inputs")
+        _validation.check_mask(
             "mask",
             mask,
             tuple(inputs.shape[:-1]),
             "(batch_size, sequence_length)",
         )
-        mask = _masks.as_bool(mask, "mask")
+        mask = _masking.as_bool(mask, "mask")
         features = inputs
         if self.units is not None:
             features = ops.tanh(
@@ -206,7 +215,7 @@ class AttentionPooling(_common.ValidatedLayer):
         return None
 
     def compute_output_shape(self, input_shape):
-        _checks.check_rank("inputs", input_shape, (3,))
+        _validation.check_rank("inputs", input_shape, (3,))
         dim = input_shape[-1]
         return (input_shape[0], None if dim is None else self.num_heads * dim)
 
@@ -234,17 +243,5 @@ class AttentionPooling(_common.ValidatedLayer):
                 "seed": self.seed,
             }
         )
-        config.update(
-            _common.serialize_common(
-                self,
-                (
-                    "kernel_initializer",
-                    "bias_initializer",
-                    "kernel_regularizer",
-                    "bias_regularizer",
-                    "kernel_constraint",
-                    "bias_constraint",
-                ),
-            )
-        )
+        config.update(_common.serialize_keras_objects(self))
         return config

@@ -1,8 +1,8 @@
 import keras
 
+from keras_attention import _validation
 from keras_attention.layers import _common
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
-from keras_attention.ops import _checks
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -102,9 +102,11 @@ class GroupedQueryAttention(MultiHeadAttention):
         logits_soft_cap=None,
         **kwargs,
     ):
-        _checks.check_positive_int("head_dim", head_dim)
-        _checks.check_positive_int("num_query_heads", num_query_heads)
-        _checks.check_positive_int("num_key_value_heads", num_key_value_heads)
+        _validation.check_positive_int("head_dim", head_dim)
+        _validation.check_positive_int("num_query_heads", num_query_heads)
+        _validation.check_positive_int(
+            "num_key_value_heads", num_key_value_heads
+        )
         if num_query_heads % num_key_value_heads:
             raise ValueError(
                 "`num_query_heads` must be divisible by "
@@ -112,7 +114,7 @@ class GroupedQueryAttention(MultiHeadAttention):
                 f"num_query_heads={num_query_heads}, "
                 f"num_key_value_heads={num_key_value_heads}"
             )
-        _checks.check_size_product(
+        _validation.check_size_product(
             {"num_query_heads": num_query_heads, "head_dim": head_dim}
         )
         super().__init__(
@@ -220,17 +222,5 @@ class GroupedQueryAttention(MultiHeadAttention):
                 ),
             }
         )
-        config.update(
-            _common.serialize_common(
-                self,
-                (
-                    "kernel_initializer",
-                    "bias_initializer",
-                    "kernel_regularizer",
-                    "bias_regularizer",
-                    "kernel_constraint",
-                    "bias_constraint",
-                ),
-            )
-        )
+        config.update(_common.serialize_keras_objects(self))
         return config

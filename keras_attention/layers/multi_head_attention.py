@@ -5,11 +5,9 @@ import string
 import keras
 from keras import ops
 
+from keras_attention import _masking
+from keras_attention import _validation
 from keras_attention.layers import _common
-from keras_attention.ops import _checks
-from keras_attention.ops import _fused
-from keras_attention.ops import _masks
-from keras_attention.ops import _softmax
 from keras_attention.ops.attention import scaled_dot_product_attention
 
 
@@ -198,10 +196,10 @@ class MultiHeadAttention(_common.ValidatedLayer):
         logits_soft_cap=None,
         **kwargs,
     ):
-        _checks.check_positive_int("num_heads", num_heads)
-        _checks.check_positive_int("key_dim", key_dim)
-        _checks.check_positive_int("value_dim", value_dim, allow_none=True)
-        _checks.check_positive_int(
+        _validation.check_positive_int("num_heads", num_heads)
+        _validation.check_positive_int("key_dim", key_dim)
+        _validation.check_positive_int("value_dim", value_dim, allow_none=True)
+        _validation.check_positive_int(
             "num_key_value_heads", num_key_value_heads, allow_none=True
         )
         if num_key_value_heads is not None and num_heads % num_key_value_heads:
@@ -211,28 +209,30 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 f"num_heads={num_heads}, "
                 f"num_key_value_heads={num_key_value_heads}"
             )
-        _checks.check_rate("dropout", dropout)
-        _checks.check_chunk_size(chunk_size)
-        _checks.check_bool("use_bias", use_bias)
-        _checks.check_bool("use_gate", use_gate)
-        _checks.check_soft_cap(logits_soft_cap)
+        _validation.check_rate("dropout", dropout)
+        _validation.check_chunk_size(chunk_size)
+        _validation.check_bool("use_bias", use_bias)
+        _validation.check_bool("use_gate", use_gate)
+        _validation.check_soft_cap(logits_soft_cap)
         # The window is compared with int32 positions.
-        _checks.check_positive_int(
+        _validation.check_positive_int(
             "sliding_window",
             sliding_window,
             allow_none=True,
-            max_value=_checks.MAX_WEIGHT_ELEMENTS,
+            max_value=_validation.MAX_WEIGHT_ELEMENTS,
         )
-        _checks.check_flash_attention(flash_attention)
+        _validation.check_flash_attention(flash_attention)
         if flash_attention and dropout > 0.0:
             raise ValueError(
                 "Dropout is not supported when flash attention is enabled. "
                 f"Received: dropout={dropout}, flash_attention=True"
             )
-        _checks.check_seed(seed)
+        _validation.check_seed(seed)
         # Lower bounds of the kernels' sizes: fail before `build`.
-        _checks.check_size_product({"num_heads": num_heads, "key_dim": key_dim})
-        _checks.check_size_product(
+        _validation.check_size_product(
+            {"num_heads": num_heads, "key_dim": key_dim}
+        )
+        _validation.check_size_product(
             {
                 "num_heads": num_heads,
                 "value_dim": value_dim or key_dim,
@@ -257,17 +257,26 @@ class MultiHeadAttention(_common.ValidatedLayer):
         self.flash_attention = flash_attention
         self.num_key_value_heads = num_key_value_heads
         self.chunk_size = chunk_size
-        _common.set_keras_objects(
-            self,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
+        self.kernel_initializer = _validation.get_initializer(
+            "kernel_initializer", kernel_initializer
         )
-        self._activity_regularizer = _checks.get_keras_object(
-            "regularizers", "activity_regularizer", activity_regularizer
+        self.bias_initializer = _validation.get_initializer(
+            "bias_initializer", bias_initializer
+        )
+        self.kernel_regularizer = _validation.get_regularizer(
+            "kernel_regularizer", kernel_regularizer
+        )
+        self.bias_regularizer = _validation.get_regularizer(
+            "bias_regularizer", bias_regularizer
+        )
+        self.kernel_constraint = _validation.get_constraint(
+            "kernel_constraint", kernel_constraint
+        )
+        self.bias_constraint = _validation.get_constraint(
+            "bias_constraint", bias_constraint
+        )
+        self._activity_regularizer = _validation.get_regularizer(
+            "activity_regularizer", activity_regularizer
         )
         self.seed = seed
         self.seed_generator = (
@@ -290,7 +299,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 f"Received: output_shape={output_shape!r}"
             )
         for dim in output_shape:
-            _checks.check_positive_int("output_shape", dim)
+            _validation.check_positive_int("output_shape", dim)
         return tuple(int(d) for d in output_shape)
 
     @staticmethod
@@ -364,7 +373,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         for i in range(len(query_shape) - 1):
             if i in axes:
                 continue
-            _checks.check_dims_equal(
+            _validation.check_dims_equal(
                 "query",
                 query_shape[i],
                 "value",
@@ -463,7 +472,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         q_dim, k_dim, v_dim = (
             shape[-1] or 1 for shape in (query_shape, key_shape, value_shape)
         )
-        _checks.check_weight_shapes(
+        _validation.check_weight_shapes(
             "MultiHeadAttention",
             {
                 "query/kernel": (q_dim, self.num_heads, self.key_dim),
@@ -562,9 +571,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
         use_causal_mask,
     ):
         """Combines all masks, in Keras' `(B, T, S)` layout (or None)."""
-        query_mask = _masks.as_bool(query_mask, "query_mask")
-        value_mask = _masks.as_bool(value_mask, "value_mask")
-        key_mask = _masks.as_bool(key_mask, "key_mask")
+        query_mask = _masking.as_bool(query_mask, "query_mask")
+        value_mask = _masking.as_bool(value_mask, "value_mask")
+        key_mask = _masking.as_bool(key_mask, "key_mask")
         q_len, v_len = ops.shape(query)[1], ops.shape(value)[1]
         masks = [
             None if query_mask is None else ops.expand_dims(query_mask, -1),
@@ -572,15 +581,15 @@ class MultiHeadAttention(_common.ValidatedLayer):
             None if key_mask is None else ops.expand_dims(key_mask, -2),
         ]
         if use_causal_mask:
-            masks.append(_masks.causal_mask(q_len, v_len)[None])
+            masks.append(_masking.causal_mask(q_len, v_len)[None])
         if self.sliding_window is not None:
             masks.append(
-                _masks.sliding_window_mask(q_len, v_len, self.sliding_window)[
+                _masking.sliding_window_mask(q_len, v_len, self.sliding_window)[
                     None
                 ]
             )
-        masks.append(_masks.as_bool(attention_mask, "attention_mask"))
-        return _masks.and_masks(*masks)
+        masks.append(_masking.as_bool(attention_mask, "attention_mask"))
+        return _masking.and_masks(*masks)
 
     def _check_call_inputs(
         self,
@@ -595,18 +604,18 @@ class MultiHeadAttention(_common.ValidatedLayer):
         axes,
     ):
         q_dim, k_dim, v_dim = self._built_shapes
-        _common.check_last_dim("query", query.shape, q_dim, "query")
-        _common.check_last_dim("key", key.shape, k_dim, "key")
-        _common.check_last_dim("value", value.shape, v_dim, "value")
+        _validation.check_last_dim("query", query.shape, q_dim, "query")
+        _validation.check_last_dim("key", key.shape, k_dim, "key")
+        _validation.check_last_dim("value", value.shape, v_dim, "value")
         q_shape = tuple(query.shape[:-1])
         kv_shape = tuple(value.shape[:-1])
-        _common.check_mask(
+        _validation.check_mask(
             "query_mask", query_mask, q_shape, "(batch, <query dims>)"
         )
-        _common.check_mask(
+        _validation.check_mask(
             "value_mask", value_mask, kv_shape, "(batch, <value dims>)"
         )
-        _common.check_mask(
+        _validation.check_mask(
             "key_mask", key_mask, kv_shape, "(batch, <key dims>)"
         )
         scores_shape = self._scores_shape(query.shape, value.shape, axes)
@@ -617,7 +626,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         ):
             if operand is None:
                 continue
-            shape = _checks.static_shape(operand)
+            shape = _validation.static_shape(operand)
             if len(shape) > len(scores_shape) or len(shape) < n_inner:
                 raise ValueError(
                     f"Argument `{name}` must have rank between {n_inner} and "
@@ -626,7 +635,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
                     f"Received: {name}.shape={shape}"
                 )
             expanded = self._expand_to_scores(shape, len(scores_shape), axes)
-            _checks.check_broadcastable(
+            _validation.check_broadcastable(
                 name,
                 expanded,
                 scores_shape,
@@ -736,14 +745,13 @@ class MultiHeadAttention(_common.ValidatedLayer):
             attention_bias,
             self._axes,
         )
-        self._check_flash(return_attention_scores, training, attention_bias)
         rank = len(query.shape)
         # Sequences (rank 3): the query's padding mask is applied to the
         # output rows, not folded into a (B, T, S) mask, so the kernel only
         # sees the (B, 1, 1, S) key mask and memory stays O(T + S).
         row_mask = None
         if rank == 3 and query_mask is not None:
-            row_mask = _masks.as_bool(query_mask, "query_mask")
+            row_mask = _masking.as_bool(query_mask, "query_mask")
             query_mask = None
         masks = (query_mask, value_mask, key_mask, attention_mask)
         causal_only = self._causal_only(use_causal_mask, rank, masks)
@@ -782,24 +790,6 @@ class MultiHeadAttention(_common.ValidatedLayer):
             return output, scores
         return output
 
-    def _check_flash(self, return_attention_scores, training, attention_bias):
-        """`flash_attention=True` with what the fused kernel can't take
-        fails here, before any projection."""
-        if not self.flash_attention:
-            return
-        _fused.choose(
-            True,
-            None,
-            **_fused.facts(
-                self.compute_dtype,
-                return_attention_scores,
-                bool(training) and self.dropout > 0.0,
-                attention_bias,
-                self.logits_soft_cap,
-                None,
-            ),
-        )
-
     def _attend(self, q, k, v, mask, training, return_scores, extras):
         """Calls `_compute_attention` with Keras' MHA signature."""
         return self._compute_attention(
@@ -835,9 +825,11 @@ class MultiHeadAttention(_common.ValidatedLayer):
         rank = len(query.shape) - 1  # the inputs' rank
         is_causal = bool(use_causal_mask)
         if is_causal and rank != 3:
-            causal = _masks.causal_mask(ops.shape(query)[1], ops.shape(key)[1])
-            attention_mask = _masks.and_masks(
-                _masks.as_bool(attention_mask, "attention_mask"), causal[None]
+            causal = _masking.causal_mask(
+                ops.shape(query)[1], ops.shape(key)[1]
+            )
+            attention_mask = _masking.and_masks(
+                _masking.as_bool(attention_mask, "attention_mask"), causal[None]
             )
             is_causal = False
         if logits_soft_cap is None:
@@ -850,7 +842,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
             ops.shape(query)[:-1], ops.shape(value)[:-1], axes
         )
         kernel_mask = self._to_kernel_scores(
-            _masks.as_bool(attention_mask, "attention_mask"),
+            _masking.as_bool(attention_mask, "attention_mask"),
             full_scores_shape,
             axes,
         )
@@ -909,8 +901,8 @@ class MultiHeadAttention(_common.ValidatedLayer):
         usable = self._to_kernel_scores(mask, full, axes)
         if attention_bias is not None:
             bias = self._to_kernel_scores(attention_bias, full, axes)
-            usable = _masks.and_masks(
-                usable, ops.logical_not(bias <= _softmax.MASKED)
+            usable = _masking.and_masks(
+                usable, ops.logical_not(bias <= _masking.MASKED)
             )
         # (B', T') in the kernel layout -> (B, <query dims>) -> output rank.
         perm = self._layout(rank, axes)
@@ -952,17 +944,5 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 ),
             }
         )
-        config.update(
-            _common.serialize_common(
-                self,
-                (
-                    "kernel_initializer",
-                    "bias_initializer",
-                    "kernel_regularizer",
-                    "bias_regularizer",
-                    "kernel_constraint",
-                    "bias_constraint",
-                ),
-            )
-        )
+        config.update(_common.serialize_keras_objects(self))
         return config

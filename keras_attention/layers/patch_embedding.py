@@ -3,8 +3,8 @@ import numbers
 import keras
 from keras import ops
 
+from keras_attention import _validation
 from keras_attention.layers import _common
-from keras_attention.ops import _checks
 
 
 def _standardize_patch_size(patch_size):
@@ -108,9 +108,9 @@ class PatchEmbedding(_common.ValidatedLayer):
         **kwargs,
     ):
         patch_hw = _standardize_patch_size(patch_size)
-        _checks.check_positive_int("hidden_dim", hidden_dim)
-        _checks.check_bool("use_bias", use_bias)
-        _checks.check_size_product(
+        _validation.check_positive_int("hidden_dim", hidden_dim)
+        _validation.check_bool("use_bias", use_bias)
+        _validation.check_size_product(
             {"patch_size": patch_hw, "hidden_dim": hidden_dim}
         )
         super().__init__(**kwargs)
@@ -123,18 +123,27 @@ class PatchEmbedding(_common.ValidatedLayer):
         self._patch_hw = patch_hw
         self.hidden_dim = int(hidden_dim)
         self.use_bias = use_bias
-        _common.set_keras_objects(
-            self,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
+        self.kernel_initializer = _validation.get_initializer(
+            "kernel_initializer", kernel_initializer
+        )
+        self.bias_initializer = _validation.get_initializer(
+            "bias_initializer", bias_initializer
+        )
+        self.kernel_regularizer = _validation.get_regularizer(
+            "kernel_regularizer", kernel_regularizer
+        )
+        self.bias_regularizer = _validation.get_regularizer(
+            "bias_regularizer", bias_regularizer
+        )
+        self.kernel_constraint = _validation.get_constraint(
+            "kernel_constraint", kernel_constraint
+        )
+        self.bias_constraint = _validation.get_constraint(
+            "bias_constraint", bias_constraint
         )
 
     def _check_shape(self, shape):
-        _checks.check_rank("inputs", shape, (4,))
+        _validation.check_rank("inputs", shape, (4,))
         for axis, name, patch in (
             (1, "height", self._patch_hw[0]),
             (2, "width", self._patch_hw[1]),
@@ -156,7 +165,7 @@ class PatchEmbedding(_common.ValidatedLayer):
                 "The last dimension (channels) of `inputs` must be known. "
                 f"Received: inputs.shape={tuple(input_shape)}"
             )
-        _checks.check_weight_shapes(
+        _validation.check_weight_shapes(
             "PatchEmbedding",
             {"kernel": self._patch_hw + (channels, self.hidden_dim)},
             {
@@ -185,7 +194,7 @@ class PatchEmbedding(_common.ValidatedLayer):
 
     def call(self, inputs):
         self._check_shape(inputs.shape)
-        _common.check_last_dim(
+        _validation.check_last_dim(
             "inputs", inputs.shape, self._channels, "channels"
         )
         # Integer images (e.g. uint8 pixels) are projected as floats.
@@ -230,17 +239,5 @@ class PatchEmbedding(_common.ValidatedLayer):
                 "use_bias": self.use_bias,
             }
         )
-        config.update(
-            _common.serialize_common(
-                self,
-                (
-                    "kernel_initializer",
-                    "bias_initializer",
-                    "kernel_regularizer",
-                    "bias_regularizer",
-                    "kernel_constraint",
-                    "bias_constraint",
-                ),
-            )
-        )
+        config.update(_common.serialize_keras_objects(self))
         return config

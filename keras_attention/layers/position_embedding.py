@@ -3,8 +3,8 @@ import numbers
 import keras
 from keras import ops
 
+from keras_attention import _validation
 from keras_attention.layers import _common
-from keras_attention.ops import _checks
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -72,12 +72,12 @@ class PositionEmbedding(_common.ValidatedLayer):
     """
 
     def __init__(self, sequence_length, initializer="glorot_uniform", **kwargs):
-        _checks.check_positive_int("sequence_length", sequence_length)
+        _validation.check_positive_int("sequence_length", sequence_length)
         super().__init__(**kwargs)
         self.supports_masking = True
         self.sequence_length = int(sequence_length)
-        self.initializer = _checks.get_keras_object(
-            "initializers", "initializer", initializer
+        self.initializer = _validation.get_initializer(
+            "initializer", initializer
         )
 
     def _check_shape(self, shape):
@@ -95,7 +95,7 @@ class PositionEmbedding(_common.ValidatedLayer):
                 "The last dimension of `inputs` must be known. Received: "
                 f"inputs.shape={tuple(input_shape)}"
             )
-        _checks.check_weight_shapes(
+        _validation.check_weight_shapes(
             "PositionEmbedding",
             {"embeddings": (self.sequence_length, dim)},
             {"sequence_length": self.sequence_length, "inputs.shape[-1]": dim},
@@ -109,7 +109,7 @@ class PositionEmbedding(_common.ValidatedLayer):
 
     def call(self, inputs, start_index=0):
         self._check_shape(inputs.shape)
-        _common.check_last_dim("inputs", inputs.shape, self._dim, "inputs")
+        _validation.check_last_dim("inputs", inputs.shape, self._dim, "inputs")
         static_length = inputs.shape[-2]
         if static_length is not None and static_length > self.sequence_length:
             raise ValueError(
@@ -118,7 +118,7 @@ class PositionEmbedding(_common.ValidatedLayer):
                 f"{tuple(inputs.shape)}, sequence_length="
                 f"{self.sequence_length}"
             )
-        _common.check_start_index(
+        _validation.check_start_index(
             start_index, static_length, self.sequence_length
         )
         shape = ops.shape(inputs)

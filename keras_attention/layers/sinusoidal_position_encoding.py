@@ -3,6 +3,7 @@ import numbers
 import keras
 from keras import ops
 
+from keras_attention import _validation
 from keras_attention.layers import _common
 
 
@@ -62,7 +63,7 @@ class SinusoidalPositionEncoding(_common.ValidatedLayer):
     """
 
     def __init__(self, max_wavelength=10000, **kwargs):
-        _common.check_positive_number("max_wavelength", max_wavelength)
+        _validation.check_positive_number("max_wavelength", max_wavelength)
         super().__init__(**kwargs)
         self.supports_masking = True
         self.max_wavelength = max_wavelength
@@ -77,7 +78,7 @@ class SinusoidalPositionEncoding(_common.ValidatedLayer):
 
     def call(self, inputs, start_index=0):
         self._check_shape(inputs.shape)
-        _common.check_start_index(start_index)
+        _validation.check_start_index(start_index)
         shape = ops.shape(inputs)
         length, dim = shape[-2], shape[-1]
         # Everything in float32, whatever the compute dtype.

@@ -1,9 +1,9 @@
 import keras
 
+from keras_attention import _masking
+from keras_attention import _validation
 from keras_attention.layers import _common
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
-from keras_attention.ops import _checks
-from keras_attention.ops import _masks
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -125,17 +125,19 @@ class TransformerEncoder(_common.ValidatedLayer):
         seed=None,
         **kwargs,
     ):
-        _checks.check_positive_int("intermediate_dim", intermediate_dim)
-        _checks.check_positive_int("num_heads", num_heads)
-        _checks.check_rate("dropout", dropout)
-        _common.check_positive_number("layer_norm_epsilon", layer_norm_epsilon)
-        _checks.check_bool("normalize_first", normalize_first)
-        _checks.check_positive_int("key_dim", key_dim, allow_none=True)
-        _checks.check_chunk_size(chunk_size)
-        _checks.check_seed(seed)
-        _checks.check_size_product({"intermediate_dim": intermediate_dim})
+        _validation.check_positive_int("intermediate_dim", intermediate_dim)
+        _validation.check_positive_int("num_heads", num_heads)
+        _validation.check_rate("dropout", dropout)
+        _validation.check_positive_number(
+            "layer_norm_epsilon", layer_norm_epsilon
+        )
+        _validation.check_bool("normalize_first", normalize_first)
+        _validation.check_positive_int("key_dim", key_dim, allow_none=True)
+        _validation.check_chunk_size(chunk_size)
+        _validation.check_seed(seed)
+        _validation.check_size_product({"intermediate_dim": intermediate_dim})
         if key_dim is not None:
-            _checks.check_size_product(
+            _validation.check_size_product(
                 {"num_heads": num_heads, "key_dim": key_dim}
             )
         # The base layer applies the activity regularizer once, to the
@@ -145,21 +147,30 @@ class TransformerEncoder(_common.ValidatedLayer):
         self.intermediate_dim = int(intermediate_dim)
         self.num_heads = int(num_heads)
         self.dropout = float(dropout)
-        self.activation = _checks.get_keras_object(
+        self.activation = _validation.get_keras_object(
             "activations", "activation", activation
         )
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.normalize_first = normalize_first
         self.key_dim = None if key_dim is None else int(key_dim)
         self.chunk_size = chunk_size
-        _common.set_keras_objects(
-            self,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
+        self.kernel_initializer = _validation.get_initializer(
+            "kernel_initializer", kernel_initializer
+        )
+        self.bias_initializer = _validation.get_initializer(
+            "bias_initializer", bias_initializer
+        )
+        self.kernel_regularizer = _validation.get_regularizer(
+            "kernel_regularizer", kernel_regularizer
+        )
+        self.bias_regularizer = _validation.get_regularizer(
+            "bias_regularizer", bias_regularizer
+        )
+        self.kernel_constraint = _validation.get_constraint(
+            "kernel_constraint", kernel_constraint
+        )
+        self.bias_constraint = _validation.get_constraint(
+            "bias_constraint", bias_constraint
         )
         self.seed = seed
 
@@ -180,7 +191,7 @@ class TransformerEncoder(_common.ValidatedLayer):
         )
 
     def build(self, input_shape):
-        _checks.check_rank("inputs", input_shape, (3,))
+        _validation.check_rank("inputs", input_shape, (3,))
         dim = input_shape[-1]
         if dim is None:
             raise ValueError(
@@ -195,26 +206,20 @@ class TransformerEncoder(_common.ValidatedLayer):
                 f"num_heads` features). Received: inputs.shape="
                 f"{tuple(input_shape)}, num_heads={self.num_heads}"
             )
-        _checks.check_weight_shapes(
+        _validation.check_weight_shapes(
             "TransformerEncoder",
             {
                 "feedforward_intermediate_dense/kernel": (
                     dim,
                     self.intermediate_dim,
                 ),
-                "self_attention_layer/query/kernel": (
-                    dim,
-                    self.num_heads,
-                    key_dim,
-                ),
             },
             {
                 "inputs.shape[-1]": dim,
                 "intermediate_dim": self.intermediate_dim,
-                "num_heads": self.num_heads,
-                "key_dim": key_dim,
             },
         )
+        # The attention's kernels are checked by its own `build`.
         self._dim = dim
         input_shape = tuple(input_shape)
         # Created in keras-hub's order, under keras-hub's names.
@@ -279,25 +284,25 @@ class TransformerEncoder(_common.ValidatedLayer):
         mask=None,
         inputs_mask=None,
     ):
-        _checks.check_rank("inputs", inputs.shape, (3,))
-        _common.check_last_dim("inputs", inputs.shape, self._dim, "inputs")
+        _validation.check_rank("inputs", inputs.shape, (3,))
+        _validation.check_last_dim("inputs", inputs.shape, self._dim, "inputs")
         if padding_mask is None:
             padding_mask = mask if mask is not None else inputs_mask
-        _common.check_mask(
+        _validation.check_mask(
             "padding_mask",
             padding_mask,
             tuple(inputs.shape[:-1]),
             "(batch_size, sequence_length)",
         )
         length = inputs.shape[1]
-        _common.check_mask(
+        _validation.check_mask(
             "attention_mask",
             attention_mask,
             (inputs.shape[0], length, length),
             "(batch_size, sequence_length, sequence_length)",
         )
-        padding_mask = _masks.as_bool(padding_mask)
-        attention_mask = _masks.as_bool(attention_mask)
+        padding_mask = _masking.as_bool(padding_mask)
+        attention_mask = _masking.as_bool(attention_mask)
 
         # Sublayers get plain tensors: the masks are passed explicitly.
         x = _common.strip_keras_mask(inputs)
@@ -343,7 +348,7 @@ class TransformerEncoder(_common.ValidatedLayer):
         return mask
 
     def compute_output_shape(self, input_shape):
-        _checks.check_rank("inputs", input_shape, (3,))
+        _validation.check_rank("inputs", input_shape, (3,))
         return tuple(input_shape)
 
     def compute_output_spec(
@@ -386,17 +391,5 @@ class TransformerEncoder(_common.ValidatedLayer):
                 ),
             }
         )
-        config.update(
-            _common.serialize_common(
-                self,
-                (
-                    "kernel_initializer",
-                    "bias_initializer",
-                    "kernel_regularizer",
-                    "bias_regularizer",
-                    "kernel_constraint",
-                    "bias_constraint",
-                ),
-            )
-        )
+        config.update(_common.serialize_keras_objects(self))
         return config

@@ -1,6 +1,6 @@
 """Backend-agnostic attention math, written with `keras.ops` only."""
 
-from keras_attention.ops._masks import causal_mask
+from keras_attention._masking import causal_mask
 from keras_attention.ops.attention import additive_attention
 from keras_attention.ops.attention import scaled_dot_product_attention
 

@@ -24,7 +24,7 @@ exported SavedModel (no XLA-only ops) and under JAX.
 
 from keras import ops
 
-from keras_attention.ops._softmax import MASKED
+from keras_attention._masking import MASKED
 
 NEG_INF = float("-inf")
 

@@ -10,7 +10,7 @@ a CPU.
 import keras
 from keras import ops
 
-from keras_attention.ops import _masks
+from keras_attention import _masking
 
 # Input dtypes the fused kernels take: cuDNN's flash attention needs half
 # precision; the TPU kernel takes float32 too.
@@ -29,8 +29,7 @@ _REASONS = {
     "dtype": "Flash attention on a GPU takes float16 or bfloat16 inputs.",
     "bias": "Flash attention does not take an attention bias.",
     "soft_cap": "Flash attention takes a logits soft-cap on a TPU only.",
-    "mask": "Flash attention takes a mask of rank 2 or 4 with a static "
-    "shape.",
+    "mask": "Flash attention takes a mask of rank 2 or 4 with a static shape.",
 }
 
 
@@ -136,8 +135,9 @@ def attend(query, key, value, mask, is_causal, scale, soft_cap):
     if mask is not None:
         full = mask
         if is_causal:
-            full = _masks.and_masks(
-                full, _masks.causal_mask(ops.shape(query)[1], ops.shape(key)[1])
+            full = _masking.and_masks(
+                full,
+                _masking.causal_mask(ops.shape(query)[1], ops.shape(key)[1]),
             )
         if len(full.shape) == 2:
             full = full[None, None]

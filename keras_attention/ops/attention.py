@@ -5,15 +5,15 @@ import math
 import keras
 from keras import ops
 
-from keras_attention.ops import _checks
+from keras_attention import _validation
+from keras_attention._masking import and_masks
+from keras_attention._masking import as_bool
+from keras_attention._masking import causal_mask
+from keras_attention._masking import finite_logits_mask
+from keras_attention._masking import masked_softmax
 from keras_attention.ops import _fused
 from keras_attention.ops._chunked import chunked_additive_attention
 from keras_attention.ops._chunked import chunked_dot_product_attention
-from keras_attention.ops._masks import and_masks
-from keras_attention.ops._masks import as_bool
-from keras_attention.ops._masks import causal_mask
-from keras_attention.ops._softmax import finite_logits_mask
-from keras_attention.ops._softmax import masked_softmax
 
 # `chunk_size="auto"`: the dense kernel while the logits of one call have at
 # most this many elements (batch * heads * q_len * k_len); the chunked kernel,
@@ -44,7 +44,7 @@ def _check_logits_operand(name, operand, target_shape, target_desc):
             f"{target_desc}. For a (batch, q_len, k_len) {name}, pass "
             f"`{name}[:, None]`. Received: {name}.shape={shape}"
         )
-    _checks.check_broadcastable(name, shape, target_shape, target_desc)
+    _validation.check_broadcastable(name, shape, target_shape, target_desc)
 
 
 def scaled_dot_product_attention(
@@ -186,7 +186,7 @@ def scaled_dot_product_attention(
     key = ops.convert_to_tensor(key)
     value = ops.convert_to_tensor(value)
     for name, tensor in (("query", query), ("key", key), ("value", value)):
-        _checks.check_rank(name, tensor.shape, (4,))
+        _validation.check_rank(name, tensor.shape, (4,))
     _, _, num_heads, dim = query.shape
     _, _, num_kv_heads, key_dim = key.shape
     for name, tensor in (("query", query), ("key", key), ("value", value)):
@@ -195,17 +195,17 @@ def scaled_dot_product_attention(
                 f"The number of heads (axis 2) of `{name}` must be static. "
                 f"Received: {name}.shape={tuple(tensor.shape)}"
             )
-    _checks.check_dims_equal(
+    _validation.check_dims_equal(
         "query", query.shape[0], "key", key.shape[0], "batch size"
     )
-    _checks.check_dims_equal(
+    _validation.check_dims_equal(
         "key", key.shape[0], "value", value.shape[0], "batch size"
     )
-    _checks.check_dims_equal("query", dim, "key", key_dim, "head dim")
-    _checks.check_dims_equal(
+    _validation.check_dims_equal("query", dim, "key", key_dim, "head dim")
+    _validation.check_dims_equal(
         "key", key.shape[1], "value", value.shape[1], "sequence length"
     )
-    _checks.check_dims_equal(
+    _validation.check_dims_equal(
         "key", num_kv_heads, "value", value.shape[2], "number of heads"
     )
     if num_heads % num_kv_heads:
@@ -214,10 +214,10 @@ def scaled_dot_product_attention(
             f"of heads of `key` and `value`. Received: query heads="
             f"{num_heads}, key heads={num_kv_heads}"
         )
-    _checks.check_rate("dropout_rate", dropout_rate)
-    _checks.check_chunk_size(chunk_size)
-    _checks.check_soft_cap(logits_soft_cap)
-    _checks.check_flash_attention(flash_attention)
+    _validation.check_rate("dropout_rate", dropout_rate)
+    _validation.check_chunk_size(chunk_size)
+    _validation.check_soft_cap(logits_soft_cap)
+    _validation.check_flash_attention(flash_attention)
     target = (query.shape[0], num_heads, query.shape[1], key.shape[1])
     target_desc = "(batch, num_heads, q_len, k_len)"
     mask = as_bool(mask)
@@ -455,35 +455,35 @@ def additive_attention(
     value = ops.convert_to_tensor(value)
     attention_v = ops.convert_to_tensor(attention_v)
     for name, tensor in (("query", query), ("key", key), ("value", value)):
-        _checks.check_rank(name, tensor.shape, (3,))
-    _checks.check_rank("attention_v", attention_v.shape, (1,))
-    _checks.check_dims_equal(
+        _validation.check_rank(name, tensor.shape, (3,))
+    _validation.check_rank("attention_v", attention_v.shape, (1,))
+    _validation.check_dims_equal(
         "query", query.shape[-1], "key", key.shape[-1], "last dimension"
     )
-    _checks.check_dims_equal(
+    _validation.check_dims_equal(
         "query",
         query.shape[-1],
         "attention_v",
         attention_v.shape[-1],
         "last dimension",
     )
-    _checks.check_dims_equal(
+    _validation.check_dims_equal(
         "key", key.shape[1], "value", value.shape[1], "sequence length"
     )
     for other_name, other in (("key", key), ("value", value)):
-        _checks.check_dims_equal(
+        _validation.check_dims_equal(
             "query", query.shape[0], other_name, other.shape[0], "batch size"
         )
-    _checks.check_rate("dropout_rate", dropout_rate)
+    _validation.check_rate("dropout_rate", dropout_rate)
     mask = as_bool(mask)
     if mask is not None:
-        _checks.check_broadcastable(
+        _validation.check_broadcastable(
             "mask",
             mask.shape,
             (query.shape[0], query.shape[1], key.shape[1]),
             "(batch, q_len, k_len)",
         )
-    _checks.check_chunk_size(chunk_size)
+    _validation.check_chunk_size(chunk_size)
     dense = (
         chunk_size is None or return_scores or (training and dropout_rate > 0.0)
     )

@@ -495,7 +495,9 @@ def test_subclass_overriding_call_reuses_compute_attention(rng, tmp_path):
     inputs = keras.Input((6, 8))
     mask = keras.Input((6, 6), dtype="bool")
     hooked = HookedAttention(num_heads=2, key_dim=4, chunk_size=4)
-    model = keras.Model([inputs, mask], hooked(inputs, inputs, attention_mask=mask))
+    model = keras.Model(
+        [inputs, mask], hooked(inputs, inputs, attention_mask=mask)
+    )
     plain = MultiHeadAttention(num_heads=2, key_dim=4)
     plain(x, x)
     plain.set_weights(hooked.get_weights())

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_attention import _validation
 from keras_attention.layers import _common
-from keras_attention.ops import _checks
 
 PROBABILITY_FNS = ("softmax", "hardmax")
 
@@ -101,8 +101,8 @@ class BahdanauAttention(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         **kwargs,
     ):
-        _checks.check_positive_int("units", units)
-        _checks.check_bool("normalize", normalize)
+        _validation.check_positive_int("units", units)
+        _validation.check_bool("normalize", normalize)
         if probability_fn not in PROBABILITY_FNS:
             raise ValueError(
                 "Received an invalid value for argument `probability_fn`, "
@@ -110,14 +110,14 @@ class BahdanauAttention(keras.layers.Layer):
                 f"probability_fn={probability_fn!r}"
             )
         # attention_v has `units` elements: fail before `build`.
-        _checks.check_size_product({"units": units})
+        _validation.check_size_product({"units": units})
         super().__init__(**kwargs)
         self.supports_masking = True
         self.units = int(units)
         self.normalize = normalize
         self.probability_fn = probability_fn
-        self.kernel_initializer = _checks.get_keras_object(
-            "initializers", "kernel_initializer", kernel_initializer
+        self.kernel_initializer = _validation.get_initializer(
+            "kernel_initializer", kernel_initializer
         )
         self.query_layer = self._dense("query_layer")
         self.memory_layer = self._dense("memory_layer")
@@ -132,7 +132,7 @@ class BahdanauAttention(keras.layers.Layer):
         """Also accepts tfa's config, with its `memory` placeholder and its
         default query and memory layers. Every field is validated: a bad
         one raises a `ValueError` naming it."""
-        config = _checks.layer_config(
+        config = _validation.layer_config(
             cls,
             config,
             extra_keys=(
@@ -173,9 +173,9 @@ class BahdanauAttention(keras.layers.Layer):
     def _check_shapes(self, query_shape, memory_shape):
         query_shape = tuple(query_shape)
         memory_shape = tuple(memory_shape)
-        _checks.check_rank("query", query_shape, (2,))
-        _checks.check_rank("memory", memory_shape, (3,))
-        _checks.check_dims_equal(
+        _validation.check_rank("query", query_shape, (2,))
+        _validation.check_rank("memory", memory_shape, (3,))
+        _validation.check_dims_equal(
             "query", query_shape[0], "memory", memory_shape[0], "batch size"
         )
         return query_shape, memory_shape
@@ -184,7 +184,7 @@ class BahdanauAttention(keras.layers.Layer):
         query_shape, memory_shape = self._check_shapes(
             query_shape, memory_shape
         )
-        _checks.check_weight_shapes(
+        _validation.check_weight_shapes(
             "BahdanauAttention",
             {
                 "query_layer/kernel": (query_shape[-1] or 1, self.units),
@@ -260,15 +260,17 @@ class BahdanauAttention(keras.layers.Layer):
                 "both (as in tfa). Note that `memory_mask` is filled in from "
                 "the memory's Keras mask when it has one. Received: "
                 "memory_sequence_length.shape="
-                f"{_checks.static_shape(memory_sequence_length)}, "
-                f"memory_mask.shape={_checks.static_shape(memory_mask)}"
+                f"{_validation.static_shape(memory_sequence_length)}, "
+                f"memory_mask.shape={_validation.static_shape(memory_mask)}"
             )
-        _checks.check_lengths("memory_sequence_length", memory_sequence_length)
-        _checks.check_mask_values("memory_mask", memory_mask)
+        _validation.check_lengths(
+            "memory_sequence_length", memory_sequence_length
+        )
+        _validation.check_mask_values("memory_mask", memory_mask)
         if memory_sequence_length is not None:
-            shape = _checks.static_shape(memory_sequence_length)
-            _checks.check_rank("memory_sequence_length", shape, (1,))
-            _checks.check_dims_equal(
+            shape = _validation.static_shape(memory_sequence_length)
+            _validation.check_rank("memory_sequence_length", shape, (1,))
+            _validation.check_dims_equal(
                 "memory_sequence_length",
                 shape[0],
                 "memory",
@@ -276,7 +278,7 @@ class BahdanauAttention(keras.layers.Layer):
                 "batch size",
             )
         if memory_mask is not None:
-            shape = _checks.static_shape(memory_mask)
+            shape = _validation.static_shape(memory_mask)
             expected = tuple(memory.shape[:2])
             ok = len(shape) == 2 and all(
                 a is None or b is None or a == b

@@ -3,8 +3,8 @@ import math
 import keras
 from keras import ops
 
+from keras_attention import _validation
 from keras_attention.layers import _common
-from keras_attention.ops import _checks
 
 # tensorflow-addons adds this to the logits of masked positions
 # (`logits += -10e9 * (1 - mask)`); kept as is so that the numbers match.
@@ -117,18 +117,20 @@ class MultiHeadAttention(_common.ValidatedLayer):
         seed=None,
         **kwargs,
     ):
-        _checks.check_positive_int("head_size", head_size)
-        _checks.check_positive_int("num_heads", num_heads)
-        _checks.check_positive_int("output_size", output_size, allow_none=True)
-        _checks.check_rate("dropout", dropout)
-        _checks.check_bool("use_projection_bias", use_projection_bias)
-        _checks.check_bool("return_attn_coef", return_attn_coef)
-        _checks.check_seed(seed)
+        _validation.check_positive_int("head_size", head_size)
+        _validation.check_positive_int("num_heads", num_heads)
+        _validation.check_positive_int(
+            "output_size", output_size, allow_none=True
+        )
+        _validation.check_rate("dropout", dropout)
+        _validation.check_bool("use_projection_bias", use_projection_bias)
+        _validation.check_bool("return_attn_coef", return_attn_coef)
+        _validation.check_seed(seed)
         # Each kernel has at least num_heads * head_size elements.
-        _checks.check_size_product(
+        _validation.check_size_product(
             {"num_heads": num_heads, "head_size": head_size}
         )
-        _checks.check_size_product(
+        _validation.check_size_product(
             {
                 "num_heads": num_heads,
                 "head_size": head_size,
@@ -143,23 +145,23 @@ class MultiHeadAttention(_common.ValidatedLayer):
         self.dropout = float(dropout)
         self.use_projection_bias = use_projection_bias
         self.return_attn_coef = return_attn_coef
-        self.kernel_initializer = _checks.get_keras_object(
-            "initializers", "kernel_initializer", kernel_initializer
+        self.kernel_initializer = _validation.get_initializer(
+            "kernel_initializer", kernel_initializer
         )
-        self.kernel_regularizer = _checks.get_keras_object(
-            "regularizers", "kernel_regularizer", kernel_regularizer
+        self.kernel_regularizer = _validation.get_regularizer(
+            "kernel_regularizer", kernel_regularizer
         )
-        self.kernel_constraint = _checks.get_keras_object(
-            "constraints", "kernel_constraint", kernel_constraint
+        self.kernel_constraint = _validation.get_constraint(
+            "kernel_constraint", kernel_constraint
         )
-        self.bias_initializer = _checks.get_keras_object(
-            "initializers", "bias_initializer", bias_initializer
+        self.bias_initializer = _validation.get_initializer(
+            "bias_initializer", bias_initializer
         )
-        self.bias_regularizer = _checks.get_keras_object(
-            "regularizers", "bias_regularizer", bias_regularizer
+        self.bias_regularizer = _validation.get_regularizer(
+            "bias_regularizer", bias_regularizer
         )
-        self.bias_constraint = _checks.get_keras_object(
-            "constraints", "bias_constraint", bias_constraint
+        self.bias_constraint = _validation.get_constraint(
+            "bias_constraint", bias_constraint
         )
         self.seed = seed
         self.seed_generator = (
@@ -176,7 +178,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         is_list = isinstance(inputs, (list, tuple))
         shape = None
         if not is_list:
-            shape = _checks.static_shape(inputs)
+            shape = _validation.static_shape(inputs)
         elif inputs and not isinstance(inputs[0], (list, tuple)):
             if not hasattr(inputs[0], "shape"):
                 # A single shape, as `build` receives for a single tensor.
@@ -211,12 +213,12 @@ class MultiHeadAttention(_common.ValidatedLayer):
                     f"Received: query.shape={query_shape}, "
                     f"{name}.shape={shape}"
                 )
-        _checks.check_dims_equal(
+        _validation.check_dims_equal(
             "key", key_shape[-2], "value", value_shape[-2], "number of elements"
         )
         for i in range(len(query_shape) - 2):
             for name, shape in (("key", key_shape), ("value", value_shape)):
-                _checks.check_dims_equal(
+                _validation.check_dims_equal(
                     "query", query_shape[i], name, shape[i], f"dimension {i}"
                 )
         return query_shape, key_shape, value_shape
@@ -240,7 +242,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 )
         output_size = self._output_size(value_shape)
         heads, size = self.num_heads, self.head_size
-        _checks.check_weight_shapes(
+        _validation.check_weight_shapes(
             "MultiHeadAttention",
             {
                 "query_kernel": (heads, query_shape[-1], size),
@@ -339,8 +341,8 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 )
         if mask is None:
             return
-        _checks.check_mask_values("mask", mask)
-        mask_shape = _checks.static_shape(mask)
+        _validation.check_mask_values("mask", mask)
+        mask_shape = _validation.static_shape(mask)
         logits_rank = len(query.shape) + 1
         if not 2 <= len(mask_shape) <= logits_rank:
             raise ValueError(
@@ -452,17 +454,5 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 "seed": self.seed,
             }
         )
-        config.update(
-            _common.serialize_common(
-                self,
-                (
-                    "kernel_initializer",
-                    "kernel_regularizer",
-                    "kernel_constraint",
-                    "bias_initializer",
-                    "bias_regularizer",
-                    "bias_constraint",
-                ),
-            )
-        )
+        config.update(_common.serialize_keras_objects(self))
         return config

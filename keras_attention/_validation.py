@@ -1,10 +1,13 @@
-"""Static argument and shape checks shared by the ops and the layers.
+"""Argument, shape and config checks: the one validation module.
+
+Used by `ops`, `layers` and `compat` alike.
 
 Every check runs on static shapes and Python values only, so it costs nothing
 at run time and fires before any tensor is allocated. Messages follow the Keras
 style: they name the argument, say what was expected and what was received.
 """
 
+import functools
 import inspect
 import math
 import numbers
@@ -233,16 +236,36 @@ def get_keras_object(kind, name, identifier):
         ) from error
 
 
-# Base-layer constructor arguments that a layer config may hold.
-_BASE_LAYER_KEYS = (
-    "activity_regularizer",
-    "autocast",
-    "dtype",
-    "input_dim",
-    "input_shape",
-    "name",
-    "trainable",
-)
+@functools.lru_cache(maxsize=None)
+def base_layer_keys():
+    """The config keys Keras' base layer may add, derived from Keras itself:
+    the keyword arguments of `keras.layers.Layer.__init__` and the keys of a
+    bare layer's config, plus `input_shape`/`input_dim`, which that
+    `__init__` takes through `**kwargs`."""
+    params = inspect.signature(keras.layers.Layer.__init__).parameters
+    keys = {
+        name
+        for name, param in params.items()
+        if param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
+        and name != "self"
+    }
+    keys |= set(keras.layers.Layer().get_config())
+    return frozenset(keys | {"input_dim", "input_shape"})
+
+
+def get_initializer(name, identifier):
+    """`keras.initializers.get`, with a `ValueError` naming `name`."""
+    return get_keras_object("initializers", name, identifier)
+
+
+def get_regularizer(name, identifier):
+    """`keras.regularizers.get`, with a `ValueError` naming `name`."""
+    return get_keras_object("regularizers", name, identifier)
+
+
+def get_constraint(name, identifier):
+    """`keras.constraints.get`, with a `ValueError` naming `name`."""
+    return get_keras_object("constraints", name, identifier)
 
 
 def layer_config(cls, config, extra_keys=()):
@@ -268,7 +291,7 @@ def layer_config(cls, config, extra_keys=()):
         if name != "self"
         and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
     ]
-    allowed = set(_BASE_LAYER_KEYS) | set(extra_keys)
+    allowed = set(base_layer_keys()) | set(extra_keys)
     allowed |= {param.name for param in params}
     for param in params:
         if param.default is param.empty and param.name not in config:
@@ -417,4 +440,72 @@ def check_lengths(name, lengths):
             f"non-negative integers. Received: {name}="
             f"{np.array2string(values, separator=', ', threshold=20)} "
             f"(invalid: {np.unique(values[bad])[:5].tolist()})"
+        )
+
+
+def check_mask(name, mask, target_shape, target_desc):
+    """Validates an optional mask's static shape against `target_shape`."""
+    if mask is None:
+        return
+    check_broadcastable(name, static_shape(mask), target_shape, target_desc)
+
+
+def check_last_dim(name, shape, expected, built_with):
+    """Raises when a built layer is called with a different feature size."""
+    got = shape[-1]
+    if got is not None and expected is not None and got != expected:
+        raise ValueError(
+            f"The last dimension of `{name}` must be {expected}, the size "
+            f"the layer was built with ({built_with}). Received: "
+            f"{name}.shape={tuple(shape)}"
+        )
+
+
+def check_positive_number(name, value):
+    """Raises unless `value` is a finite real number greater than zero."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or float(value) <= 0.0
+    ):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a "
+            f"positive number. Received: {name}={value!r}"
+        )
+
+
+def check_start_index(start_index, length=None, sequence_length=None):
+    """Static checks of a position layer's `start_index` (an int or tensor).
+
+    With `length` and `sequence_length` known, also checks that positions
+    `start_index .. start_index + length - 1` exist.
+    """
+    if isinstance(start_index, bool):
+        raise ValueError(
+            "Received an invalid value for argument `start_index`, expected "
+            f"a non-negative integer. Received: start_index={start_index!r}"
+        )
+    if isinstance(start_index, numbers.Integral):
+        if start_index < 0:
+            raise ValueError(
+                "Received an invalid value for argument `start_index`, "
+                "expected a non-negative integer. Received: "
+                f"start_index={start_index}"
+            )
+        if sequence_length is not None and length is not None:
+            if start_index + length > sequence_length:
+                raise ValueError(
+                    "The positions `start_index + sequence length` must not "
+                    "exceed `sequence_length`, the number of positions the "
+                    f"layer has. Received: start_index={start_index}, "
+                    f"inputs sequence length={length}, "
+                    f"sequence_length={sequence_length}"
+                )
+        return
+    if len(static_shape(start_index)) != 0:
+        raise ValueError(
+            "Argument `start_index` must be a scalar (a Python int or a "
+            "0-d integer tensor). Received: "
+            f"start_index.shape={static_shape(start_index)}"
         )

@@ -1,0 +1,87 @@
+"""Masks (True means attend) and the masked softmax every attention kernel
+in this package uses."""
+
+import keras
+from keras import ops
+
+from keras_attention import _validation
+
+# Stands in for -inf at masked positions: exp(MASKED - max) is exactly 0 for
+# any real logit, and unlike -inf it keeps fully masked rows NaN-free.
+MASKED = -1e30
+
+
+def as_bool(mask, name="mask"):
+    """Converts a mask to a boolean tensor (True means attend).
+
+    Numeric masks must hold only 0 and 1; other values raise a `ValueError`
+    naming `name` when the values are known (see
+    `_validation.check_mask_values`). In traced code, non-zero entries are True.
+    """
+    if mask is None:
+        return None
+    _validation.check_mask_values(name, mask)
+    mask = ops.convert_to_tensor(mask)
+    if keras.backend.standardize_dtype(mask.dtype) != "bool":
+        mask = ops.cast(mask, "bool")
+    return mask
+
+
+def and_masks(*masks):
+    """Logical AND of the masks that are not None (None if all are)."""
+    result = None
+    for mask in masks:
+        if mask is not None:
+            result = mask if result is None else ops.logical_and(result, mask)
+    return result
+
+
+def causal_mask(q_len, k_len):
+    """Boolean `(q_len, k_len)` mask where query `i` attends keys `j <= i`.
+
+    The mask is aligned top-left, as in `keras.layers.MultiHeadAttention`'s
+    `use_causal_mask`: query position `i` sees key positions `0..i`, whatever
+    the two lengths are. Lengths may be Python ints or scalar tensors.
+    """
+    rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), -1)
+    cols = ops.expand_dims(ops.arange(k_len, dtype="int32"), 0)
+    return ops.greater_equal(rows, cols)
+
+
+def sliding_window_mask(q_len, k_len, window):
+    """Boolean `(q_len, k_len)` band: `|i - j| < window`, as in Keras MHA."""
+    rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), -1)
+    cols = ops.expand_dims(ops.arange(k_len, dtype="int32"), 0)
+    return ops.less(ops.abs(rows - cols), window)
+
+
+def masked_softmax(logits, mask=None, axis=-1):
+    """Float32 softmax that excludes masked positions exactly.
+
+    Masked positions get a weight of exactly zero (not a tiny one), and a row
+    whose positions are all masked gives all zeros instead of a uniform
+    distribution or NaN. Gradients stay finite in both cases. `-inf` logits
+    count as masked. Uses the backend's fused softmax.
+
+    Args:
+        logits: float tensor; cast to float32.
+        mask: optional boolean tensor broadcastable to `logits`; True means
+            keep.
+        axis: the axis to normalise over.
+
+    Returns:
+        float32 weights with the shape of `logits`.
+    """
+    logits = ops.cast(logits, "float32")
+    if mask is None:
+        return ops.softmax(logits, axis=axis)
+    weights = ops.softmax(ops.where(mask, logits, MASKED), axis=axis)
+    return ops.where(mask, weights, 0.0)
+
+
+def finite_logits_mask(logits, mask=None):
+    """`mask` AND NOT `logits <= MASKED`: -inf logits (from a bias) count as
+    masked. NaN logits are kept, so that NaN inputs propagate to the output
+    instead of being masked out silently."""
+    finite = ops.logical_not(logits <= MASKED)
+    return finite if mask is None else ops.logical_and(mask, finite)
