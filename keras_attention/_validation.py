@@ -509,3 +509,24 @@ def check_start_index(start_index, length=None, sequence_length=None):
             "0-d integer tensor). Received: "
             f"start_index.shape={static_shape(start_index)}"
         )
+
+
+# TF Serving reads a version directory's name as a signed 64-bit integer
+# (`ParseVersionNumber` in tensorflow_serving/sources/storage_path/
+# file_system_storage_path_source.cc); we accept its non-negative range.
+MAX_VERSION = 2**63 - 1
+
+
+def check_version(version):
+    """A TF Serving model version: an integer in `[0, 2**63 - 1]`."""
+    if (
+        isinstance(version, bool)
+        or not isinstance(version, numbers.Integral)
+        or not 0 <= version <= MAX_VERSION
+    ):
+        raise ValueError(
+            "Argument `version` must be an integer from 0 to 2**63 - 1, as "
+            "TF Serving reads version directories. Received: "
+            f"version={short_repr(version)}"
+        )
+    return int(version)

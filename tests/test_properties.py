@@ -527,7 +527,7 @@ def test_additive_attention_op_chunked_matches_reference(data):
         ops.cast(pk, dtype),
         ops.cast(value, dtype),
         attention_v,
-        attention_bias=bias,
+        hidden_bias=bias,
         mask=mask,
         is_causal=is_causal,
         chunk_size=chunk,

@@ -319,7 +319,7 @@ class AdditiveAttention(_common.ValidatedLayer):
             projected_key,
             value,
             self._scoring_vector(),
-            attention_bias=self.attention_b,
+            hidden_bias=self.attention_b,
             mask=mask,
             is_causal=use_causal_mask,
             dropout_rate=self.dropout,

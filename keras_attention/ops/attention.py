@@ -51,8 +51,9 @@ def scaled_dot_product_attention(
     query,
     key,
     value,
-    mask=None,
+    *,
     bias=None,
+    mask=None,
     is_causal=False,
     scale=None,
     dropout_rate=0.0,
@@ -391,7 +392,8 @@ def additive_attention(
     key,
     value,
     attention_v,
-    attention_bias=None,
+    *,
+    hidden_bias=None,
     mask=None,
     is_causal=False,
     dropout_rate=0.0,
@@ -403,7 +405,7 @@ def additive_attention(
     """Additive (Bahdanau) attention over already-projected queries and keys.
 
     The logits are `sum_u attention_v[u] * tanh(query[:, t, u] + key[:, s, u]
-    + attention_bias[u])`, computed in float32, followed by the same exact
+    + hidden_bias[u])`, computed in float32, followed by the same exact
     masked softmax as `scaled_dot_product_attention`: masked keys get weight
     zero, and a query row whose keys are all masked gives a zero output row.
     Empty sequences and non-finite inputs behave as in
@@ -414,7 +416,7 @@ def additive_attention(
         key: projected keys `(batch, k_len, units)` (`W_k k`).
         value: `(batch, k_len, value_dim)`.
         attention_v: `(units,)` scoring vector.
-        attention_bias: optional `(units,)` bias inside the `tanh`.
+        hidden_bias: optional `(units,)` bias inside the `tanh`.
         mask: optional boolean mask broadcastable to `(batch, q_len, k_len)`,
             True means attend; a numeric mask must hold only 0 and 1, as in
             `scaled_dot_product_attention`.
@@ -487,7 +489,7 @@ def additive_attention(
     dense = (
         chunk_size is None or return_scores or (training and dropout_rate > 0.0)
     )
-    args = (query, key, value, attention_v, attention_bias, mask, is_causal)
+    args = (query, key, value, attention_v, hidden_bias, mask, is_causal)
     if dense:
         return _dense_additive(
             *args,
@@ -519,15 +521,15 @@ def additive_attention(
 
 
 def _chunked_additive(
-    query, key, value, attention_v, attention_bias, mask, is_causal, chunk
+    query, key, value, attention_v, hidden_bias, mask, is_causal, chunk
 ):
     q = ops.cast(query, "float32")[:, None]
     k = ops.cast(key, "float32")[:, None]
     v = ops.cast(value, "float32")[:, None]
     attention_v = ops.cast(attention_v, "float32")
-    if attention_bias is None:
-        attention_bias = ops.zeros_like(attention_v)
-    attention_bias = ops.cast(attention_bias, "float32")
+    if hidden_bias is None:
+        hidden_bias = ops.zeros_like(attention_v)
+    hidden_bias = ops.cast(hidden_bias, "float32")
     if mask is not None:
         while len(mask.shape) < 3:
             mask = mask[None]
@@ -537,7 +539,7 @@ def _chunked_additive(
         k,
         v,
         attention_v,
-        attention_bias,
+        hidden_bias,
         mask,
         is_causal,
         _fit_chunk(chunk, query),
@@ -551,7 +553,7 @@ def _dense_additive(
     key,
     value,
     attention_v,
-    attention_bias,
+    hidden_bias,
     mask,
     is_causal,
     dropout_rate=0.0,
@@ -567,8 +569,8 @@ def _dense_additive(
     hidden = ops.expand_dims(ops.cast(query, "float32"), 2) + ops.expand_dims(
         ops.cast(key, "float32"), 1
     )
-    if attention_bias is not None:
-        hidden = hidden + ops.cast(attention_bias, "float32")
+    if hidden_bias is not None:
+        hidden = hidden + ops.cast(hidden_bias, "float32")
     logits = ops.einsum(
         "btsu,u->bts", ops.tanh(hidden), ops.cast(attention_v, "float32")
     )

@@ -2,7 +2,6 @@
 
 import datetime
 import json
-import numbers
 import os
 import re
 import shutil
@@ -12,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_attention import _validation
 from keras_attention.serving import _wire
 
 # TF Serving's file-system source loads every all-digit directory under the
@@ -60,7 +60,8 @@ def export_saved_model(
             is required.
         base_path: The model's base directory, as given to TF Serving's
             `--model_base_path` (or `base_path` in a model config).
-        version: Integer version, >= 1. `None` (default) takes one more than
+        version: Integer version, 0 to 2**63 - 1 (TF Serving's range). `None`
+            (default) takes one more than
             the largest version under `base_path` (1 if there is none).
         signatures: Optional dict of extra endpoints, `{name: fn}`. Each `fn`
             is a `tf.function` with an `input_signature` whose `TensorSpec`s
@@ -125,7 +126,7 @@ def export_saved_model(
             f"Received: base_path={base_path!r} (a file)"
         )
     if version is not None:
-        _check_version(version)
+        _validation.check_version(version)
     if not isinstance(overwrite, bool):
         raise ValueError(
             "Argument `overwrite` must be a bool. "
@@ -206,16 +207,6 @@ def _alive(pid):
 
 
 # -- versions ---------------------------------------------------------------
-def _check_version(version):
-    if (
-        isinstance(version, bool)
-        or not isinstance(version, numbers.Integral)
-        or version < 1
-    ):
-        raise ValueError(
-            "Argument `version` must be None or an integer >= 1. "
-            f"Received: version={version!r}"
-        )
 
 
 def existing_versions(base_path):

@@ -3,11 +3,12 @@ warm-up `PredictionLog`s."""
 
 import base64
 import json
-import numbers
 import re
 import urllib.request
 
 import numpy as np
+
+from keras_attention import _validation
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 SERVING_API_HINT = (
@@ -153,7 +154,7 @@ def rest_url(host, port, model_name, version=None, label=None):
         raise ValueError("Pass `version` or `label`, not both.")
     path = f"/v1/models/{model_name}"
     if version is not None:
-        path += f"/versions/{_check_version(version)}"
+        path += f"/versions/{_validation.check_version(version)}"
     elif label is not None:
         _check_model_name(label, "label")
         path += f"/labels/{label}"
@@ -166,19 +167,6 @@ def _check_model_name(name, what="model_name"):
             f"Argument `{what}` must be letters, digits, '_', '.' or '-'. "
             f"Received: {what}={name!r}"
         )
-
-
-def _check_version(version):
-    if (
-        isinstance(version, bool)
-        or not isinstance(version, numbers.Integral)
-        or version < 0
-    ):
-        raise ValueError(
-            "Argument `version` must be a non-negative integer. "
-            f"Received: version={version!r}"
-        )
-    return int(version)
 
 
 def send_rest(url, body, timeout=30.0):
@@ -229,7 +217,7 @@ def predict_request(
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature_name
     if version is not None:
-        request.model_spec.version.value = _check_version(version)
+        request.model_spec.version.value = _validation.check_version(version)
     for name, array in _as_arrays(inputs, dtypes).items():
         request.inputs[name].CopyFrom(_tensor_proto(array))
     return request
@@ -276,7 +264,7 @@ def grpc_signature_dtypes(target, model_name, signature_name, version=None):
     request = get_model_metadata_pb2.GetModelMetadataRequest()
     request.model_spec.name = model_name
     if version is not None:
-        request.model_spec.version.value = _check_version(version)
+        request.model_spec.version.value = _validation.check_version(version)
     request.metadata_field.append("signature_def")
     with grpc.insecure_channel(target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)

@@ -86,7 +86,7 @@ def test_additive_chunked_matches_dense_with_gradients(rng, causal, kind):
             k,
             v,
             w,
-            attention_bias=bias,
+            hidden_bias=bias,
             mask=mask,
             is_causal=causal,
             chunk_size=chunk_size,

@@ -336,7 +336,7 @@ def test_keras_file_round_trip_then_export_agree(tmp_path, exported):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(version=0), "`version` must be None or an integer >= 1"),
+        (dict(version=-1), "`version` must be an integer from 0"),
         (dict(version="2"), "`version` must be None or an integer"),
         (dict(version=True), "`version` must be None or an integer"),
         (dict(overwrite="yes"), "`overwrite` must be a bool"),
