@@ -1,4 +1,3 @@
-import math
 
 import keras
 from keras import ops
@@ -179,42 +178,23 @@ class AdditiveAttention(_common.ValidatedLayer):
         query_shape, value_shape, key_shape = self._check_shapes(
             query_shape, value_shape, key_shape
         )
-        _validation.check_weight_shapes(
+        _common.check_additive_kernels(
             "AdditiveAttention",
-            {
-                "query/kernel": (query_shape[-1] or 1, self.units),
-                "key/kernel": (key_shape[-1] or 1, self.units),
-            },
-            {
-                "units": self.units,
-                "query.shape": tuple(query_shape),
-                "key.shape": tuple(key_shape),
-            },
+            ("query", "key"),
+            query_shape,
+            key_shape,
+            self.units,
         )
         self._query_dense.build(query_shape)
         if not self._key_dense.built:
             self._key_dense.build(key_shape)
-        self.attention_v = self.add_weight(
-            name="attention_v",
-            shape=(self.units,),
-            initializer=_common.clone_initializer(self.kernel_initializer),
+        _common.add_scoring_weights(
+            self,
+            self.normalize,
+            self.use_bias,
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
         )
-        self.attention_g = None
-        if self.normalize:
-            self.attention_g = self.add_weight(
-                name="attention_g",
-                shape=(),
-                initializer=keras.initializers.Constant(
-                    math.sqrt(1.0 / self.units)
-                ),
-            )
-        self.attention_b = None
-        if self.use_bias:
-            self.attention_b = self.add_weight(
-                name="attention_b", shape=(self.units,), initializer="zeros"
-            )
         self._value_dim = value_shape[-1]
 
     def project_keys(self, key):
@@ -231,13 +211,6 @@ class AdditiveAttention(_common.ValidatedLayer):
                 "key", key.shape, self._key_dense.kernel.shape[0], "key"
             )
         return self._key_dense(_common.strip_keras_mask(key))
-
-    def _scoring_vector(self):
-        v = ops.cast(self.attention_v, "float32")
-        if self.normalize:
-            g = ops.cast(self.attention_g, "float32")
-            v = g * v / ops.sqrt(ops.sum(ops.square(v)))
-        return v
 
     def call(
         self,
@@ -318,7 +291,7 @@ class AdditiveAttention(_common.ValidatedLayer):
             projected_query,
             projected_key,
             value,
-            self._scoring_vector(),
+            _common.scoring_vector(self),
             hidden_bias=self.attention_b,
             mask=mask,
             is_causal=use_causal_mask,

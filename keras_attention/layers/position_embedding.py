@@ -8,7 +8,7 @@ from keras_attention.layers import _common
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class PositionEmbedding(_common.ValidatedLayer):
+class PositionEmbedding(_common.PositionLayer):
     """Learned absolute position embeddings, ready to add to the inputs.
 
     The layer holds one trainable vector per position, an `embeddings`
@@ -80,13 +80,6 @@ class PositionEmbedding(_common.ValidatedLayer):
             "initializer", initializer
         )
 
-    def _check_shape(self, shape):
-        if len(shape) < 2:
-            raise ValueError(
-                "Argument `inputs` must have rank >= 2 (..., length, dim). "
-                f"Received: inputs.shape={tuple(shape)}"
-            )
-
     def build(self, input_shape):
         self._check_shape(input_shape)
         dim = input_shape[-1]
@@ -137,18 +130,6 @@ class PositionEmbedding(_common.ValidatedLayer):
             )
         embeddings = ops.cast(embeddings, self.compute_dtype)
         return ops.broadcast_to(embeddings, shape)
-
-    def compute_mask(self, inputs, mask=None):
-        return mask
-
-    def compute_output_shape(self, input_shape):
-        self._check_shape(input_shape)
-        return tuple(input_shape)
-
-    def compute_output_spec(self, inputs, start_index=0):
-        return keras.KerasTensor(
-            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
-        )
 
     def get_config(self):
         config = super().get_config()

@@ -8,7 +8,7 @@ from keras_attention.layers import _common
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class SinusoidalPositionEncoding(_common.ValidatedLayer):
+class SinusoidalPositionEncoding(_common.PositionLayer):
     """Fixed sinusoidal position encodings, ready to add to the inputs.
 
     For position `p` and feature `i` of `dim` features, the encoding is
@@ -69,13 +69,6 @@ class SinusoidalPositionEncoding(_common.ValidatedLayer):
         self.max_wavelength = max_wavelength
         self.built = True
 
-    def _check_shape(self, shape):
-        if len(shape) < 2:
-            raise ValueError(
-                "Argument `inputs` must have rank >= 2 (..., length, dim). "
-                f"Received: inputs.shape={tuple(shape)}"
-            )
-
     def call(self, inputs, start_index=0):
         self._check_shape(inputs.shape)
         _validation.check_start_index(start_index)
@@ -97,18 +90,6 @@ class SinusoidalPositionEncoding(_common.ValidatedLayer):
         encodings = ops.where(is_even, ops.sin(angles), ops.cos(angles))
         encodings = ops.cast(encodings, self.compute_dtype)
         return ops.broadcast_to(encodings, shape)
-
-    def compute_mask(self, inputs, mask=None):
-        return mask
-
-    def compute_output_shape(self, input_shape):
-        self._check_shape(input_shape)
-        return tuple(input_shape)
-
-    def compute_output_spec(self, inputs, start_index=0):
-        return keras.KerasTensor(
-            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
-        )
 
     def get_config(self):
         config = super().get_config()

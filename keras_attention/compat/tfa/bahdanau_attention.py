@@ -1,4 +1,3 @@
-import math
 
 import keras
 import numpy as np
@@ -184,36 +183,15 @@ class BahdanauAttention(keras.layers.Layer):
         query_shape, memory_shape = self._check_shapes(
             query_shape, memory_shape
         )
-        _validation.check_weight_shapes(
+        _common.check_additive_kernels(
             "BahdanauAttention",
-            {
-                "query_layer/kernel": (query_shape[-1] or 1, self.units),
-                "memory_layer/kernel": (memory_shape[-1] or 1, self.units),
-            },
-            {
-                "units": self.units,
-                "query.shape": tuple(query_shape),
-                "memory.shape": tuple(memory_shape),
-            },
+            ("query_layer", "memory_layer"),
+            query_shape,
+            memory_shape,
+            self.units,
         )
-        self.attention_v = self.add_weight(
-            name="attention_v",
-            shape=(self.units,),
-            initializer=_common.clone_initializer(self.kernel_initializer),
-        )
-        self.attention_g = None
-        self.attention_b = None
-        if self.normalize:
-            self.attention_g = self.add_weight(
-                name="attention_g",
-                shape=(),
-                initializer=keras.initializers.Constant(
-                    math.sqrt(1.0 / self.units)
-                ),
-            )
-            self.attention_b = self.add_weight(
-                name="attention_b", shape=(self.units,), initializer="zeros"
-            )
+        # tfa: the bias comes with the weight normalisation.
+        _common.add_scoring_weights(self, self.normalize, self.normalize)
         self.query_layer.build(query_shape)
         self.memory_layer.build(memory_shape)
 
@@ -302,13 +280,6 @@ class BahdanauAttention(keras.layers.Layer):
             return ops.cast(memory_mask, "bool")
         return None
 
-    def _scoring_vector(self):
-        v = ops.cast(self.attention_v, "float32")
-        if self.normalize:
-            g = ops.cast(self.attention_g, "float32")
-            v = g * v * ops.rsqrt(ops.sum(ops.square(v)))
-        return v
-
     def call(
         self, query, memory, memory_sequence_length=None, memory_mask=None
     ):
@@ -324,7 +295,9 @@ class BahdanauAttention(keras.layers.Layer):
         hidden = keys + processed_query[:, None, :]
         if self.normalize:
             hidden = hidden + ops.cast(self.attention_b, "float32")
-        score = ops.sum(self._scoring_vector() * ops.tanh(hidden), axis=-1)
+        score = ops.sum(
+            _common.scoring_vector(self) * ops.tanh(hidden), axis=-1
+        )
         if mask is not None:
             score = ops.where(mask, score, _FLOAT32_MIN)
         if self.probability_fn == "softmax":
