@@ -259,3 +259,12 @@ def _distribute(backend, platform):
         keras.distribution.set_distribution(distribution)
         return distribution
     raise SystemExit(f"--distribute mirrored is not supported on {backend}")
+
+
+def directory_size(path):
+    """Bytes in the files under `path` (an export's size on disk)."""
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(path)
+        for name in names
+    )

@@ -766,12 +766,7 @@ def main(argv=None):
     if path is not None:
         if not check_served(path, check_texts, check_iso):
             return 1
-        size = sum(
-            os.path.getsize(os.path.join(root, name))
-            for root, _, names in os.walk(path)
-            for name in names
-        )
-        print(f"export size: {size / 1e6:.2f} MB")
+        print(f"export size: {_common.directory_size(path) / 1e6:.2f} MB")
     summary["seconds"] = run.elapsed()
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)

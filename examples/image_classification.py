@@ -733,12 +733,7 @@ def main(argv=None):
     if path is not None:
         if not check_served(path, check_images, expected):
             return 1
-        size = sum(
-            os.path.getsize(os.path.join(root, name))
-            for root, _, names in os.walk(path)
-            for name in names
-        )
-        print(f"export size: {size / 1e6:.2f} MB")
+        print(f"export size: {_common.directory_size(path) / 1e6:.2f} MB")
     print(f"done in {run.elapsed():.0f} s")
     return 0
 

@@ -650,14 +650,6 @@ def check_served(path, texts, expected):
     return diff <= 1e-5
 
 
-def directory_size(path):
-    return sum(
-        os.path.getsize(os.path.join(root, name))
-        for root, _, names in os.walk(path)
-        for name in names
-    )
-
-
 # Main --------------------------------------------------------------------
 def main(argv=None):
     args = _common.parse_args(
@@ -833,7 +825,7 @@ def main(argv=None):
         results["export"] = path
         if not check_served(path, check_texts, check_probabilities):
             return 1
-        print(f"export size: {directory_size(path) / 1e6:.2f} MB")
+        print(f"export size: {_common.directory_size(path) / 1e6:.2f} MB")
     results["seconds"] = run.elapsed()
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

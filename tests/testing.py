@@ -1,7 +1,12 @@
-"""A small `run_layer_test`, modelled on Keras' `TestCase.run_layer_test`."""
+"""The layer-test and saving harness, modelled on keras-hub's `TestCase`:
+`run_layer_test`, `run_serialization_test` and `run_saving_test`."""
 
 import inspect
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -15,48 +20,90 @@ def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
+def run_serialization_test(layer):
+    """`get_config` -> `from_config` through JSON, and
+    `serialize_keras_object` -> `deserialize_keras_object`, both giving the
+    same config; every `__init__` argument is in the config."""
+    cls = type(layer)
+    config = layer.get_config()
+    params = inspect.signature(cls.__init__).parameters
+    for name in params:
+        if name not in ("self", "kwargs"):
+            assert name in config, f"`{name}` missing from get_config()"
+    as_json = json.dumps(config, sort_keys=True)
+    revived = cls.from_config(json.loads(json.dumps(config)))
+    assert json.dumps(revived.get_config(), sort_keys=True) == as_json
+    serialized = json.loads(
+        json.dumps(keras.saving.serialize_keras_object(layer))
+    )
+    assert serialized["registered_name"].startswith("keras_attention")
+    revived = keras.saving.deserialize_keras_object(serialized)
+    assert type(revived) is cls
+    assert json.dumps(revived.get_config(), sort_keys=True) == as_json
+
+
+def _check_counts(layer, trainable, non_trainable, non_trainable_variables):
+    if trainable is not None:
+        assert len(layer.trainable_weights) == trainable, [
+            w.path for w in layer.trainable_weights
+        ]
+    if non_trainable is not None:
+        assert len(layer.non_trainable_weights) == non_trainable, [
+            w.path for w in layer.non_trainable_weights
+        ]
+    if non_trainable_variables is not None:
+        assert len(layer.non_trainable_variables) == non_trainable_variables, [
+            v.path for v in layer.non_trainable_variables
+        ]
+
+
 def run_layer_test(
     layer_cls,
     init_kwargs,
     input_shapes,
     call_kwargs=None,
     expected_output_shapes=None,
-    expected_num_weights=None,
+    expected_num_trainable_weights=None,
+    expected_num_non_trainable_weights=0,
+    expected_num_non_trainable_variables=None,
+    run_training_check=True,
+    run_precision_checks=True,
     rng=None,
 ):
-    """Checks a layer end to end.
+    """Checks a layer end to end, in the manner of keras-hub's harness.
 
-    1. Config round trip: `from_config(get_config())` gives the same config,
-       through JSON, and every `__init__` argument is in the config.
-    2. Build from shapes with `None` batch and sequence dims, then all weights
-       exist, and `compute_output_shape` / `compute_output_spec` match.
-    3. Symbolic call on `keras.Input`, eager call; shapes match.
-    4. One `fit` step changes the trainable weights.
-    5. Under mixed_float16 and mixed_bfloat16: outputs in the compute dtype,
-       weights in float32.
+    1. Serialization (`run_serialization_test`); each `init_kwargs` value
+       is in the config.
+    2. Build from shapes with `None` batch and sequence dims: the layer is
+       built, with the expected numbers of trainable and non-trainable
+       weights and non-trainable variables (seed generators' states).
+    3. Symbolic call on `keras.Input`, eager call: shapes agree with each
+       other, with `expected_output_shapes` and `compute_output_shape`.
+    4. `run_training_check`: one `fit` step changes the trainable weights.
+    5. `run_precision_checks`: under mixed_float16 and mixed_bfloat16 the
+       outputs and `compute_output_spec` are in the compute dtype and finite,
+       the weights in float32, and every sublayer has the layer's policy.
 
     `input_shapes`: dict from call-argument name to full shape (batch first);
-    the first entry is the positional input.
+    the first entry is the positional input. Returns the eager layer.
     """
     rng = rng or np.random.default_rng(0)
     call_kwargs = call_kwargs or {}
     names = list(input_shapes)
+    counts = (
+        expected_num_trainable_weights,
+        expected_num_non_trainable_weights,
+        expected_num_non_trainable_variables,
+    )
 
-    # 1. Config round trip, through JSON.
+    # 1. Serialization.
     layer = layer_cls(**init_kwargs)
+    run_serialization_test(layer)
     config = layer.get_config()
-    params = inspect.signature(layer_cls.__init__).parameters
-    for name in params:
-        if name not in ("self", "kwargs"):
-            assert name in config, f"`{name}` missing from get_config()"
     for name, value in init_kwargs.items():
         assert config[name] in (value, (value,)), (
             f"get_config()[{name!r}] = {config[name]!r}, passed {value!r}"
         )
-    revived = layer_cls.from_config(json.loads(json.dumps(config)))
-    assert json.dumps(revived.get_config(), sort_keys=True) == json.dumps(
-        config, sort_keys=True
-    )
 
     # 2. Build from shapes with unknown batch and sequence dims.
     none_shapes = {
@@ -64,21 +111,17 @@ def run_layer_test(
         for n, s in input_shapes.items()
     }
     layer = layer_cls(**init_kwargs)
-    build_args = [none_shapes[n] for n in names]
-    layer.build(*build_args)
+    layer.build(*[none_shapes[n] for n in names])
     assert layer.built
-    if expected_num_weights is not None:
-        assert len(layer.weights) == expected_num_weights, [
-            w.path for w in layer.weights
-        ]
+    _check_counts(layer, *counts)
 
-    # 3. Symbolic call.
+    # 3. Symbolic call, eager call.
     inputs = {n: keras.Input(batch_shape=s) for n, s in none_shapes.items()}
     first = inputs[names[0]]
     rest = {n: inputs[n] for n in names[1:]}
-    symbolic = layer_cls(**init_kwargs)(first, **rest, **call_kwargs)
-
-    # Eager call.
+    symbolic_layer = layer_cls(**init_kwargs)
+    symbolic = symbolic_layer(first, **rest, **call_kwargs)
+    _check_counts(symbolic_layer, *counts)
     data = {
         n: rng.normal(size=s).astype("float32") for n, s in input_shapes.items()
     }
@@ -98,29 +141,140 @@ def run_layer_test(
     assert tuple(output_shape) == tuple(_as_list(eager)[0].shape)
 
     # 4. One fit step in a functional model changes the weights.
-    outputs = layer_cls(**init_kwargs)(first, **rest, **call_kwargs)
-    output = _as_list(outputs)[0]
-    model = keras.Model(list(inputs.values()), output)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    before = [to_numpy(w) for w in model.trainable_weights]
-    target = rng.normal(size=tuple(_as_list(eager)[0].shape)).astype("float32")
-    model.fit([data[n] for n in names], target, epochs=1, verbose=0)
-    after = [to_numpy(w) for w in model.trainable_weights]
-    assert any(not np.allclose(b, a) for b, a in zip(before, after))
+    if run_training_check:
+        outputs = layer_cls(**init_kwargs)(first, **rest, **call_kwargs)
+        output = _as_list(outputs)[0]
+        model = keras.Model(list(inputs.values()), output)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        before = [to_numpy(w) for w in model.trainable_weights]
+        shape = tuple(_as_list(eager)[0].shape)
+        target = rng.normal(size=shape).astype("float32")
+        model.fit([data[n] for n in names], target, epochs=1, verbose=0)
+        after = [to_numpy(w) for w in model.trainable_weights]
+        assert any(not np.allclose(b, a) for b, a in zip(before, after))
 
     # 5. Mixed precision.
-    for policy in ("mixed_float16", "mixed_bfloat16"):
-        mixed = layer_cls(**init_kwargs, dtype=policy)
-        out = mixed(
-            data[names[0]], **{n: data[n] for n in names[1:]}, **call_kwargs
-        )
-        compute = policy.split("_")[1]
-        for x in _as_list(out):
-            assert keras.backend.standardize_dtype(x.dtype) == compute
-            assert np.all(np.isfinite(to_numpy(x).astype("float32")))
-        for w in mixed.weights:
-            assert w.dtype == "float32", (policy, w.path, w.dtype)
+    if run_precision_checks:
+        for policy in ("mixed_float16", "mixed_bfloat16"):
+            _check_precision(
+                layer_cls(**init_kwargs, dtype=policy),
+                policy,
+                data,
+                names,
+                call_kwargs,
+            )
     return eager_layer
+
+
+def _check_precision(layer, policy, data, names, call_kwargs):
+    args = (data[names[0]],)
+    kwargs = dict({n: data[n] for n in names[1:]}, **call_kwargs)
+    out = layer(*args, **kwargs)
+    compute = policy.split("_")[1]
+    for x in _as_list(out):
+        assert keras.backend.standardize_dtype(x.dtype) == compute
+        assert np.all(np.isfinite(to_numpy(x).astype("float32")))
+    specs = layer.compute_output_spec(
+        *[keras.KerasTensor(a.shape) for a in args],
+        **{
+            k: keras.KerasTensor(v.shape) if isinstance(v, np.ndarray) else v
+            for k, v in kwargs.items()
+        },
+    )
+    for spec in _as_list(specs):
+        assert keras.backend.standardize_dtype(spec.dtype) == compute
+    for w in layer.weights:
+        assert w.dtype == "float32", (policy, w.path, w.dtype)
+    for sublayer in layer._flatten_layers():
+        assert sublayer.dtype_policy.name == policy, (
+            sublayer.name,
+            sublayer.dtype_policy.name,
+        )
+
+
+def run_saving_test(
+    model, make_inputs, tmp_path, layer_types=(), new_process=False
+):
+    """Saves and reloads a model every way we support and compares outputs.
+
+    - `.keras`: `model.save`, `keras.models.load_model`; the reloaded
+      model's layers include `layer_types` (exactly those classes) and
+      predict the same.
+    - `new_process`: the `.keras` file reloaded in a fresh Python that
+      imports only `keras` and `keras_attention`.
+    - SavedModel (TensorFlow backend): `model.export`, `tf.saved_model.load`,
+      served at batch sizes 1 and 4, equal to `predict`.
+
+    `make_inputs(batch)`: the model's inputs for a batch size.
+    """
+    data = make_inputs(4)
+    expected = model.predict(data, verbose=0)
+    path = os.path.join(str(tmp_path), "model.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    got_types = {type(layer) for layer in _all_layers(reloaded)}
+    for cls in layer_types:
+        assert cls in got_types, (cls, got_types)
+    np.testing.assert_allclose(
+        reloaded.predict(data, verbose=0), expected, rtol=0, atol=1e-6
+    )
+    if new_process:
+        _reload_in_new_process(path, data, expected, tmp_path)
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    export_dir = os.path.join(str(tmp_path), "export")
+    model.export(export_dir, format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(export_dir)
+    for batch in (1, 4):
+        inputs = make_inputs(batch)
+        tensors = tf.nest.map_structure(tf.constant, inputs)
+        served = loaded.serve(tensors)
+        np.testing.assert_allclose(
+            tf.nest.map_structure(lambda t: t.numpy(), served),
+            model.predict(inputs, verbose=0),
+            atol=1e-5,
+        )
+
+
+def _all_layers(model):
+    return [layer for layer in model._flatten_layers(include_self=False)]
+
+
+def _reload_in_new_process(path, data, expected, tmp_path):
+    io_path = os.path.join(str(tmp_path), "io.npz")
+    inputs = _as_list(data)
+    np.savez(
+        io_path,
+        expected=expected,
+        **{f"input_{i}": x for i, x in enumerate(inputs)},
+    )
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        import keras_attention  # registers the layers; nothing else of ours
+        import keras
+        data = np.load({io_path!r})
+        n = len([k for k in data.files if k.startswith("input_")])
+        inputs = [data[f"input_{{i}}"] for i in range(n)]
+        model = keras.models.load_model({path!r})
+        got = model.predict(inputs[0] if n == 1 else inputs, verbose=0)
+        assert "tests" not in sys.modules
+        np.testing.assert_allclose(got, data["expected"], rtol=0, atol=1e-6)
+        print("RELOADED-OK")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RELOADED-OK" in result.stdout
 
 
 def loss_and_grads(fn, *args):

@@ -10,6 +10,7 @@ import pytest
 
 from keras_attention.compat import tfa
 from tests.compat import tfa_numpy
+from tests.testing import run_saving_test
 from tests.testing import to_numpy
 
 B, T, DQ, DM, UNITS = 3, 5, 6, 4, 7
@@ -258,33 +259,14 @@ def _model_data(rng, batch, length=T):
     ]
 
 
-def test_keras_file_round_trip(tmp_path, rng):
-    model = _model()
-    data = _model_data(rng, 4)
-    expected = model.predict(data, verbose=0)
-    model.save(tmp_path / "bahdanau.keras")
-    reloaded = keras.models.load_model(tmp_path / "bahdanau.keras")
-    assert type(reloaded.get_layer("attention")) is tfa.BahdanauAttention
-    np.testing.assert_allclose(
-        reloaded.predict(data, verbose=0), expected, atol=1e-6
-    )
-
-
-@pytest.mark.tensorflow_only
-def test_saved_model_export_reloads_at_two_batch_sizes(tmp_path, rng):
+def test_saving(tmp_path, rng):
     # tfa's stateful mechanism could not be exported (tensorflow/addons#2675).
-    import tensorflow as tf
-
-    model = _model()
-    export_dir = str(tmp_path / "export")
-    model.export(export_dir, format="tf_saved_model", verbose=False)
-    loaded = tf.saved_model.load(export_dir)
-    for batch in (1, 4):
-        data = _model_data(rng, batch)
-        got = loaded.serve([tf.constant(x) for x in data])
-        np.testing.assert_allclose(
-            got.numpy(), model.predict(data, verbose=0), atol=1e-5
-        )
+    run_saving_test(
+        _model(),
+        lambda b: _model_data(rng, b),
+        tmp_path,
+        layer_types=[tfa.BahdanauAttention],
+    )
 
 
 def test_fit_step_changes_every_weight(rng):

@@ -6,6 +6,7 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.compat import tfa
+from tests.testing import run_saving_test
 from tests.testing import to_numpy
 
 ATOL = 1e-6
@@ -207,10 +208,11 @@ def test_converted_native_layer_saves_and_reloads(tmp_path, rng):
     ]
     expected = model.predict(data, verbose=0)
     np.testing.assert_allclose(expected, to_numpy(compat(data)), atol=ATOL)
-    model.save(tmp_path / "native.keras")
-    reloaded = keras.models.load_model(tmp_path / "native.keras")
-    np.testing.assert_allclose(
-        reloaded.predict(data, verbose=0), expected, atol=ATOL
+    run_saving_test(
+        model,
+        lambda b: [x[:b] for x in data],
+        tmp_path,
+        layer_types=[ka.MultiHeadAttention],
     )
 
 

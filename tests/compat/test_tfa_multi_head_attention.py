@@ -9,6 +9,7 @@ import pytest
 
 from keras_attention.compat import tfa
 from tests.compat import tfa_numpy
+from tests.testing import run_saving_test
 from tests.testing import to_numpy
 
 B, N, M = 2, 5, 4
@@ -315,32 +316,13 @@ def _model_data(rng, batch):
     ]
 
 
-def test_keras_file_round_trip(tmp_path, rng):
-    model = _masked_model()
-    data = _model_data(rng, 3)
-    expected = model.predict(data, verbose=0)
-    model.save(tmp_path / "mha.keras")
-    reloaded = keras.models.load_model(tmp_path / "mha.keras")
-    assert type(reloaded.get_layer("mha")) is tfa.MultiHeadAttention
-    np.testing.assert_allclose(
-        reloaded.predict(data, verbose=0), expected, atol=1e-6
+def test_saving(tmp_path, rng):
+    run_saving_test(
+        _masked_model(),
+        lambda b: _model_data(rng, b),
+        tmp_path,
+        layer_types=[tfa.MultiHeadAttention],
     )
-
-
-@pytest.mark.tensorflow_only
-def test_saved_model_export_reloads_at_two_batch_sizes(tmp_path, rng):
-    import tensorflow as tf
-
-    model = _masked_model()
-    export_dir = str(tmp_path / "export")
-    model.export(export_dir, format="tf_saved_model", verbose=False)
-    loaded = tf.saved_model.load(export_dir)
-    for batch in (1, 4):
-        data = _model_data(rng, batch)
-        got = loaded.serve([tf.constant(x) for x in data])
-        np.testing.assert_allclose(
-            got.numpy(), model.predict(data, verbose=0), atol=1e-5
-        )
 
 
 def test_fit_step_changes_every_weight(rng):

@@ -209,7 +209,7 @@ def test_layer_behaviour(rng, init, shapes, call, expected):
         shapes,
         call_kwargs=dict(return_attention_scores=True, **call),
         expected_output_shapes=expected,
-        expected_num_weights=n_weights,
+        expected_num_trainable_weights=n_weights,
         rng=rng,
     )
 

@@ -94,7 +94,7 @@ def test_layer_behaviour(rng, init, expected_weights):
         dict(inputs=(2, 5, 6)),
         call_kwargs=dict(return_attention_scores=True),
         expected_output_shapes=[(2, heads * 6), (2, heads, 5)],
-        expected_num_weights=expected_weights,
+        expected_num_trainable_weights=expected_weights,
         rng=rng,
     )
 

@@ -6,6 +6,7 @@ from keras import ops
 from keras_attention import MultiHeadAttention
 from tests import reference
 from tests.testing import run_layer_test
+from tests.testing import run_saving_test
 from tests.testing import to_numpy
 
 
@@ -265,7 +266,7 @@ def test_layer_behaviour(rng, init, shapes, expected):
         shapes,
         call_kwargs=dict(return_attention_scores=True),
         expected_output_shapes=expected,
-        expected_num_weights=8,
+        expected_num_trainable_weights=8,
         rng=rng,
     )
     spec = layer.compute_output_spec(
@@ -506,8 +507,9 @@ def test_subclass_overriding_call_reuses_compute_attention(rng, tmp_path):
     np.testing.assert_allclose(to_numpy(model([x, masks])), want, atol=1e-5)
     model.compile(optimizer="sgd", loss="mse")
     model.fit([x, masks], want, verbose=0)
-    model.save(tmp_path / "hooked.keras")
-    reloaded = keras.models.load_model(tmp_path / "hooked.keras")
-    np.testing.assert_allclose(
-        to_numpy(reloaded([x, masks])), to_numpy(model([x, masks])), atol=1e-6
+    run_saving_test(
+        model,
+        lambda b: [x[:b], masks[:b]],
+        tmp_path,
+        layer_types=[HookedAttention],
     )

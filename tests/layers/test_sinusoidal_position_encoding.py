@@ -7,6 +7,7 @@ import pytest
 from keras import ops
 
 from keras_attention import SinusoidalPositionEncoding
+from tests.testing import run_saving_test
 from tests.testing import to_numpy
 
 
@@ -174,17 +175,17 @@ def test_keras_mask_passes_through():
     )
 
 
-def test_keras_file_round_trip(tmp_path, rng):
+def test_saving(tmp_path, rng):
     inputs = keras.Input((None, 4))
     x = keras.layers.Dense(4)(inputs)
     encoding = SinusoidalPositionEncoding(max_wavelength=50, name="sines")
     model = keras.Model(inputs, keras.layers.Add()([x, encoding(x)]))
-    data = rng.normal(size=(2, 5, 4)).astype("float32")
-    expected = to_numpy(model(data))
-    model.save(tmp_path / "m.keras")
-    reloaded = keras.models.load_model(tmp_path / "m.keras")
-    assert reloaded.get_layer("sines").max_wavelength == 50
-    np.testing.assert_allclose(to_numpy(reloaded(data)), expected, atol=1e-6)
+    run_saving_test(
+        model,
+        lambda b: rng.normal(size=(b, 5, 4)).astype("float32"),
+        tmp_path,
+        layer_types=[SinusoidalPositionEncoding],
+    )
 
 
 def test_matches_keras_hub_if_installed(rng):

@@ -11,6 +11,7 @@ import keras_attention as ka
 from keras_attention import TransformerEncoder
 from tests import reference
 from tests.testing import run_layer_test
+from tests.testing import run_saving_test
 from tests.testing import to_numpy
 
 
@@ -274,7 +275,7 @@ def test_layer_behaviour(rng):
         dict(inputs=(B, T, D)),
         call_kwargs=dict(use_causal_mask=True, return_attention_scores=True),
         expected_output_shapes=[(B, T, D), (B, 2, T, T)],
-        expected_num_weights=16,
+        expected_num_trainable_weights=16,
         rng=rng,
     )
     # The defaults' config round trip.
@@ -500,36 +501,18 @@ def _data(rng, batch):
     return [tokens, images]
 
 
-def test_keras_file_round_trip(tmp_path, rng):
-    model = _model()
-    data = _data(rng, B)
-    expected = to_numpy(model(data))
-    model.save(tmp_path / "m.keras")
-    reloaded = keras.models.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(to_numpy(reloaded(data)), expected, atol=1e-6)
-    config = json.dumps(keras.saving.serialize_keras_object(model))
-    for name in (
-        "PatchEmbedding",
-        "PositionEmbedding",
-        "SinusoidalPositionEncoding",
-        "TransformerEncoder",
-    ):
-        assert f'"registered_name": "keras_attention>{name}"' in config
-
-
-@pytest.mark.tensorflow_only
-def test_saved_model_export_reloads_at_two_batch_sizes(tmp_path, rng):
-    import tensorflow as tf
-
-    model = _model()
-    export_dir = str(tmp_path / "export")
-    model.export(export_dir, format="tf_saved_model", verbose=False)
-    loaded = tf.saved_model.load(export_dir)
-    for batch in (1, 5):
-        data = _data(rng, batch)
-        expected = model.predict(data, verbose=0)
-        got = loaded.serve([tf.constant(d) for d in data])
-        np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+def test_saving(tmp_path, rng):
+    run_saving_test(
+        _model(),
+        lambda b: _data(rng, b),
+        tmp_path,
+        layer_types=[
+            ka.PatchEmbedding,
+            ka.PositionEmbedding,
+            ka.SinusoidalPositionEncoding,
+            TransformerEncoder,
+        ],
+    )
 
 
 def test_matches_keras_hub_if_installed(rng):
