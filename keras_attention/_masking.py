@@ -42,6 +42,12 @@ def causal_mask(q_len, k_len):
     The mask is aligned top-left, as in `keras.layers.MultiHeadAttention`'s
     `use_causal_mask`: query position `i` sees key positions `0..i`, whatever
     the two lengths are. Lengths may be Python ints or scalar tensors.
+
+    Example:
+
+    >>> keras.ops.convert_to_numpy(causal_mask(2, 3))
+    array([[ True, False, False],
+           [ True,  True, False]])
     """
     rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), -1)
     cols = ops.expand_dims(ops.arange(k_len, dtype="int32"), 0)

@@ -1,52 +1,64 @@
 """The `Example:` sections of the public docstrings run and print what they
-say."""
+say. The modules are found by walking the package: every module that
+defines a public name (one exported by `keras_attention`,
+`keras_attention.ops` or `keras_attention.compat.tfa`) must have examples,
+and every module with examples runs them. `keras_attention.serving` needs
+TensorFlow: `tests/serving/test_docstrings.py`."""
 
 import doctest
+import importlib
+import pkgutil
 
 import keras
 import numpy as np
 import pytest
 
-from keras_attention.compat.tfa import (
-    bahdanau_attention as tfa_bahdanau_attention,
-)
-from keras_attention.compat.tfa import conversion as tfa_conversion
-from keras_attention.compat.tfa import (
-    multi_head_attention as tfa_multi_head_attention,
-)
-from keras_attention.layers import additive_attention
-from keras_attention.layers import attention_pooling
-from keras_attention.layers import multi_head_attention
-from keras_attention.layers import patch_embedding
-from keras_attention.layers import position_embedding
-from keras_attention.layers import sinusoidal_position_encoding
-from keras_attention.layers import transformer_encoder
-from keras_attention.ops import attention
+import keras_attention
+import keras_attention.compat.tfa
+import keras_attention.ops
 
-MODULES = [
-    attention,
-    multi_head_attention,
-    additive_attention,
-    attention_pooling,
-    tfa_multi_head_attention,
-    tfa_bahdanau_attention,
-    tfa_conversion,
-    patch_embedding,
-    position_embedding,
-    sinusoidal_position_encoding,
-    transformer_encoder,
-]
+
+def _modules():
+    names = [
+        info.name
+        for info in pkgutil.walk_packages(
+            keras_attention.__path__, "keras_attention."
+        )
+        if ".serving" not in info.name
+    ]
+    return [importlib.import_module(name) for name in sorted(names)]
+
+
+def _examples(module):
+    finder = doctest.DocTestFinder()
+    tests = finder.find(module, globs=vars(module).copy())
+    # Only the module's own objects (not re-exported ones).
+    return [t for t in tests if t.examples and t.filename == module.__file__]
+
+
+MODULES = [m for m in _modules() if _examples(m)]
+
+
+def test_every_module_of_a_public_name_has_examples():
+    public = set()
+    for package in (
+        keras_attention,
+        keras_attention.ops,
+        keras_attention.compat.tfa,
+    ):
+        for name in package.__all__:
+            obj = getattr(package, name)
+            if callable(obj):
+                public.add(obj.__module__)
+    assert public, "no public names found"
+    with_examples = {m.__name__ for m in MODULES}
+    assert public <= with_examples, sorted(public - with_examples)
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_docstring_examples_run(module):
-    finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    tests = [
-        t for t in finder.find(module, globs=vars(module).copy()) if t.examples
-    ]
-    assert tests, f"no examples in {module.__name__}"
-    for test in tests:
+    for test in _examples(module):
         test.globs.update(keras=keras, np=np)
         runner.run(test)
     result = runner.summarize(verbose=False)

@@ -29,12 +29,9 @@ class AdditiveAttention(_common.ValidatedLayer):
 
     Masking: `value_mask` (or the value's Keras mask) removes padded keys;
     `query_mask` (or the query's Keras mask) marks padded queries, whose
-    output is zero; the output carries the query's mask. A query that may
-    attend no key gets a zero context, never NaN; so does every query when
-    the key length is 0. Masks are boolean, or numeric with only the values
-    0 and 1 (other values raise a `ValueError` when known). NaN and Inf in
-    the inputs propagate, as in `keras_attention.ops.additive_attention`.
-    Scores and softmax run in float32 under mixed precision.
+    output is zero; the output carries the query's mask. The rules for
+    masks, fully masked rows, non-finite inputs, dtypes and `chunk_size`
+    are those of `keras_attention.ops.scaled_dot_product_attention`.
 
     Args:
         units: int, size of the projected space (the hidden size of the
@@ -43,13 +40,8 @@ class AdditiveAttention(_common.ValidatedLayer):
         normalize: bool, whether to weight-normalise `v` with a learned scalar
             `g` (initialised to `sqrt(1 / units)`, as in tensorflow-addons).
         dropout: float in `[0, 1)`, dropout rate on the attention weights.
-        chunk_size: `"auto"` (default), `None` or a positive int. `None`
-            materialises the `(batch, q_len, k_len, units)` tensor; an int
-            processes blocks of that many queries and keys with an online
-            softmax and recomputes them in the backward pass, so memory is
-            O(length x chunk x units); `"auto"` is dense for small inputs and
-            chunked above. Returned scores and dropout in training use the
-            dense kernel.
+        chunk_size: `"auto"`, `None` or a positive int; see
+            `keras_attention.ops.additive_attention`.
         kernel_initializer: initializer for `W_q`, `W_k` and `v`.
         kernel_regularizer: regularizer for `W_q`, `W_k` and `v`.
         kernel_constraint: constraint for `W_q`, `W_k` and `v`.

@@ -22,11 +22,9 @@ class AttentionPooling(_common.ValidatedLayer):
     (`GlobalAveragePooling1D` weighs positions equally). This is the usual
     head of an attention text classifier, with padding masks honoured
     exactly: padded positions get weight zero, and a fully padded (or
-    empty, length 0) sequence pools to zeros, never NaN. The mask is
-    boolean, or numeric with only the values 0 and 1 (other values raise a
-    `ValueError` when known); NaN and Inf in the inputs propagate. Scores
-    and softmax run in float32 under mixed precision. The output carries no
-    mask (the time axis is gone).
+    empty, length 0) sequence pools to zeros, never NaN. Masks, non-finite
+    inputs and dtypes follow `keras_attention.ops.scaled_dot_product_attention`.
+    The output carries no mask (the time axis is gone).
 
     Args:
         units: optional int, hidden size of the scoring MLP. `None` gives a

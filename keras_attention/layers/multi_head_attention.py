@@ -37,51 +37,29 @@ def _product(dims):
 
 @keras.saving.register_keras_serializable(package="keras_attention")
 class MultiHeadAttention(_common.ValidatedLayer):
-    """Multi-head scaled dot-product attention, a superset of Keras core's.
+    """Multi-head scaled dot-product attention, a drop-in for Keras core's.
 
-    A drop-in replacement for `keras.layers.MultiHeadAttention`: the same
-    constructor and call arguments, and the same weights (names, shapes and
-    order), so `layer.set_weights(keras_layer.get_weights())` carries a
-    trained Keras layer over with the same outputs. `query`, `key` and
-    `value` are projected to `num_heads` heads, attended with
-    `keras_attention.ops.scaled_dot_product_attention`, and projected back.
+    The constructor and call arguments (in Keras' order), the weights
+    (names, shapes and order, `use_gate` included) and the override point
+    `_compute_attention` of `keras.layers.MultiHeadAttention`, so
+    `layer.set_weights(keras_layer.get_weights())` carries a Keras layer over
+    with the same outputs. `query`, `key` and `value` are projected to
+    `num_heads` heads, attended with
+    `keras_attention.ops.scaled_dot_product_attention` and projected back.
 
-    What it adds over `keras.layers.MultiHeadAttention` (Keras 3.15):
-
-    - Correct symbolic attention-score shapes: a functional cross-attention
-      model with query length 8 and value length 5 gets scores of shape
-      `(None, num_heads, 8, 5)` (Keras core reports `(None, num_heads, 8, 8)`).
-    - The logits and softmax run in float32 on every code path under mixed
-      precision, so logits up to +-1e4 neither overflow nor lose the argmax.
-    - A call argument `attention_bias`, added to the logits, for ALiBi or
-      relative-position biases.
-    - `num_key_value_heads` for grouped-query attention: `key` and `value`
-      are projected to fewer heads, each shared by
-      `num_heads // num_key_value_heads` query heads.
-    - Fully masked query rows are zeros: a query position that may attend
-      no key (a padded query, a row the masks or `-inf` entries of
-      `attention_bias` empty out entirely, or any query when the key length
-      is 0) gives an output of exactly zero, never NaN and never a uniform
-      average.
-    - The output carries the query's Keras mask, so padding flows through a
-      stack of layers.
-    - Masks of the wrong shape raise a `ValueError` naming the argument
-      instead of broadcasting silently; so do numeric masks with values
-      other than 0 and 1 (see below), absurd sizes (a weight of more than
-      2**31 - 1 elements is refused before any weight is created) and bad
-      fields in `from_config`.
-
-    Masking: `query_mask`, `value_mask` and `key_mask` (filled in from the
-    inputs' Keras masks, e.g. from `Embedding(mask_zero=True)`),
-    `attention_mask`, `use_causal_mask` and `sliding_window` are combined
-    with a logical AND, as in Keras core. Masks are boolean, or numeric
-    with only the values 0 and 1; other values (0.5, 2, -1, NaN) raise a
-    `ValueError` when the values are known (eager calls), and count as True
-    inside traced functions, where they cannot be inspected.
-
-    Non-finite inputs (NaN, Inf) are not checked or replaced: they
-    propagate to the outputs that depend on them, as in
-    `keras_attention.ops.scaled_dot_product_attention`.
+    What it adds over Keras core: `chunk_size` (memory-efficient exact
+    attention), `attention_bias`, `logits_soft_cap`, `num_key_value_heads`
+    (grouped-query attention), the logits and softmax in float32 on every
+    path, zeros for fully masked query rows, the query's Keras mask on the
+    output, correct symbolic score shapes in cross-attention, and
+    `ValueError`s naming the argument for masks that don't broadcast.
+    `flash_attention=False` always means our kernels (Keras turns it back
+    into "auto" while the global switch is unset). The rules for masks,
+    fully masked rows, `chunk_size`, `flash_attention` and soft-capping are
+    those of `keras_attention.ops.scaled_dot_product_attention`. The
+    query, value and key masks (from the inputs' Keras masks),
+    `attention_mask`, `use_causal_mask` and `sliding_window` combine with a
+    logical AND, as in Keras core.
 
     Args:
         num_heads: int, number of attention heads.
@@ -89,71 +67,48 @@ class MultiHeadAttention(_common.ValidatedLayer):
         value_dim: int, size of each head for value. Defaults to `key_dim`.
         dropout: float in `[0, 1)`, dropout rate on the attention weights.
         use_bias: bool, whether the projections use bias vectors.
-        output_shape: int or tuple, the shape of the output besides the batch
-            and attention dims. Defaults to the query's last dimension.
-        attention_axes: int or tuple of ints, the axes of the inputs over
-            which attention is applied. `None` means all axes but the batch
-            and feature axes.
-        sliding_window: optional positive int. Each query attends only keys
-            within `sliding_window - 1` positions of itself (Keras' meaning);
-            combine with `use_causal_mask=True` for a causal window.
-        flash_attention: `None` or `False` use this package's exact kernel.
-            `True` hands the attention to the backend's fused kernel through
-            `keras.ops.dot_product_attention(flash_attention=True)`, which
-            raises where the backend has none (the TensorFlow backend, or
-            JAX on CPU), and is incompatible with `dropout` and
-            `return_attention_scores`, as in Keras core.
-        num_key_value_heads: optional int dividing `num_heads`, the number of
-            key/value heads for grouped-query attention. Defaults to
-            `num_heads` (standard multi-head attention).
-        chunk_size: `"auto"` (default), `None` or a positive int. `None`
-            computes the full `(batch, heads, q_len, k_len)` logits; an int
-            runs the chunked exact kernel with blocks of that many query and
-            key positions, whose memory is O(length x chunk) in the forward
-            and backward passes; `"auto"` is dense while the logits are small
-            and chunked above (see `keras_attention.ops`). Results agree
-            within float32 rounding. Returned scores, dropout in training and
-            `attention_bias` use the dense kernel.
-        kernel_initializer: initializer for the projection kernels.
-        bias_initializer: initializer for the projection biases.
-        kernel_regularizer: regularizer for the projection kernels.
-        bias_regularizer: regularizer for the projection biases.
-        activity_regularizer: regularizer for the projections' outputs.
-        kernel_constraint: constraint for the projection kernels.
-        bias_constraint: constraint for the projection biases.
+        output_shape: int or tuple, the output's shape besides the batch and
+            attention dims. Defaults to the query's last dimension.
+        attention_axes: int or tuple of ints, the axes attention runs over.
+            `None`: all axes but the batch and feature axes.
+        sliding_window: optional positive int: each query attends keys
+            within `sliding_window - 1` positions of itself.
+        flash_attention: `None`, `True` or `False`; see the op.
+        kernel_initializer, bias_initializer, kernel_regularizer,
+        bias_regularizer, activity_regularizer, kernel_constraint,
+        bias_constraint: for the projections, as in Keras.
+        use_gate: bool, gated attention (Qiu et al. 2025): the attention
+            output is multiplied by `sigmoid(W_g query)`, per head and
+            channel, before the output projection.
         seed: optional int, seed for the attention dropout.
+        num_key_value_heads: optional int dividing `num_heads`: key/value
+            heads, each shared by `num_heads // num_key_value_heads` query
+            heads.
+        chunk_size: `"auto"`, `None` or a positive int; see the op.
+        logits_soft_cap: optional positive float; see the op.
         **kwargs: base layer arguments, e.g. `name` and `dtype`.
 
     Call arguments:
-        query: query tensor of shape `(batch_size, target_length, dim)`.
-        value: value tensor of shape `(batch_size, source_length, dim)`.
-        key: optional key tensor of shape `(batch_size, source_length, dim)`.
-            Defaults to `value`.
-        query_mask: optional boolean `(batch_size, target_length)` padding
-            mask of the query. Padded query positions give zero outputs.
-        value_mask: optional boolean `(batch_size, source_length)` mask.
-        key_mask: optional boolean `(batch_size, source_length)` mask.
-        attention_mask: optional boolean mask of shape `(batch_size,
-            target_length, source_length)`, or broadcastable to
-            `(batch_size, num_heads, target_length, source_length)` after
-            inserting the heads axis; True means attend.
-        attention_bias: optional float tensor added to the logits, of shape
-            `(batch_size, target_length, source_length)` or broadcastable to
-            `(batch_size, num_heads, target_length, source_length)`.
-        return_attention_scores: bool, whether to also return the attention
-            weights.
+        query: `(batch_size, target_length, dim)`.
+        value: `(batch_size, source_length, dim)`.
+        key: optional `(batch_size, source_length, dim)`; defaults to
+            `value`.
+        query_mask, value_mask, key_mask: optional `(batch_size, length)`
+            padding masks; Keras fills them from the inputs' masks.
+        attention_mask: optional boolean `(batch_size, target_length,
+            source_length)` mask, True means attend.
+        return_attention_scores: bool, whether to also return the weights.
         training: bool, whether dropout is active.
-        use_causal_mask: bool, whether query `i` may attend only keys
-            `j <= i`.
+        use_causal_mask: bool, query `i` attends only keys `j <= i`.
+        attention_bias: optional float tensor added to the logits,
+            broadcastable to `(batch_size, num_heads, target_length,
+            source_length)` (ALiBi, relative positions).
 
     Returns:
-        attention_output: `(batch_size, target_length, E)`, where `E` is the
-            query's last dimension, or `output_shape` when given.
-        attention_scores: only if `return_attention_scores`; the weights
-            after the softmax, of shape `(batch_size, num_heads,
-            target_length, source_length)` (with several attention axes:
-            `(batch_size, <other dims>, num_heads, <target dims>, <source
-            dims>)`, as in Keras core).
+        attention_output: `(batch_size, target_length, E)`, `E` the query's
+            last dimension or `output_shape`.
+        attention_scores: if `return_attention_scores`, `(batch_size,
+            num_heads, target_length, source_length)`.
 
     Example:
 
@@ -166,9 +121,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
     ((3, 8, 16), (3, 2, 8, 5))
 
     Reference:
-        [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762);
-        grouped-query attention: [Ainslie et al., 2023](
-        https://arxiv.org/abs/2305.13245).
+        [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762).
     """
 
     def __init__(

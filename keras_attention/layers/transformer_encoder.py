@@ -53,9 +53,8 @@ class TransformerEncoder(_common.ValidatedLayer):
         normalize_first: bool, pre-norm (`True`) or post-norm (`False`).
         key_dim: optional int, the size of each attention head. Defaults to
             `dim // num_heads`, where `dim` is the inputs' last dimension.
-        chunk_size: `"auto"`, `None` or a positive int, passed to
-            `MultiHeadAttention` (see there): `None` is the dense kernel, an
-            int the chunked exact kernel, `"auto"` chooses by size.
+        chunk_size: `"auto"`, `None` or a positive int, passed to the
+            attention; see `keras_attention.ops.scaled_dot_product_attention`.
         kernel_initializer: initializer for the attention and dense kernels.
         bias_initializer: initializer for the attention and dense biases.
         kernel_regularizer: regularizer for the attention and dense kernels.

@@ -418,8 +418,7 @@ def additive_attention(
         attention_v: `(units,)` scoring vector.
         hidden_bias: optional `(units,)` bias inside the `tanh`.
         mask: optional boolean mask broadcastable to `(batch, q_len, k_len)`,
-            True means attend; a numeric mask must hold only 0 and 1, as in
-            `scaled_dot_product_attention`.
+            True means attend (the rules of `scaled_dot_product_attention`).
         is_causal: if True, query `i` attends only keys `j <= i`.
         dropout_rate: dropout on the attention weights, in `[0, 1)`.
         training: Python bool, whether dropout is active.
