@@ -98,23 +98,6 @@ def check_chunk_size(chunk_size):
         )
 
 
-def check_soft_cap(soft_cap, name="logits_soft_cap"):
-    """`None` or a finite float greater than zero."""
-    if soft_cap is None:
-        return
-    if (
-        isinstance(soft_cap, bool)
-        or not isinstance(soft_cap, numbers.Real)
-        or not math.isfinite(float(soft_cap))
-        or float(soft_cap) <= 0.0
-    ):
-        raise ValueError(
-            f"Received an invalid value for argument `{name}`, expected "
-            f"`None` or a finite number greater than 0. Received: "
-            f"{name}={short_repr(soft_cap)}"
-        )
-
-
 def check_flash_attention(flash_attention):
     """`None`, `True` or `False`."""
     if flash_attention is not None and not isinstance(flash_attention, bool):
@@ -461,17 +444,21 @@ def check_last_dim(name, shape, expected, built_with):
         )
 
 
-def check_positive_number(name, value):
-    """Raises unless `value` is a finite real number greater than zero."""
+def check_positive_number(name, value, allow_none=False):
+    """Raises unless `value` is a finite real number greater than zero (or
+    `None`, with `allow_none`)."""
+    if allow_none and value is None:
+        return
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
         or not math.isfinite(float(value))
         or float(value) <= 0.0
     ):
+        expected = "a positive number" + (" or `None`" if allow_none else "")
         raise ValueError(
-            f"Received an invalid value for argument `{name}`, expected a "
-            f"positive number. Received: {name}={value!r}"
+            f"Received an invalid value for argument `{name}`, expected "
+            f"{expected}. Received: {name}={short_repr(value)}"
         )
 
 

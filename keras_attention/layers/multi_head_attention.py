@@ -166,7 +166,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
         _validation.check_chunk_size(chunk_size)
         _validation.check_bool("use_bias", use_bias)
         _validation.check_bool("use_gate", use_gate)
-        _validation.check_soft_cap(logits_soft_cap)
+        _validation.check_positive_number(
+            "logits_soft_cap", logits_soft_cap, allow_none=True
+        )
         # The window is compared with int32 positions.
         _validation.check_positive_int(
             "sliding_window",

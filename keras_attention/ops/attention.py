@@ -217,7 +217,9 @@ def scaled_dot_product_attention(
         )
     _validation.check_rate("dropout_rate", dropout_rate)
     _validation.check_chunk_size(chunk_size)
-    _validation.check_soft_cap(logits_soft_cap)
+    _validation.check_positive_number(
+        "logits_soft_cap", logits_soft_cap, allow_none=True
+    )
     _validation.check_flash_attention(flash_attention)
     target = (query.shape[0], num_heads, query.shape[1], key.shape[1])
     target_desc = "(batch, num_heads, q_len, k_len)"
