@@ -42,6 +42,20 @@ def run_serialization_test(layer):
     assert json.dumps(revived.get_config(), sort_keys=True) == as_json
 
 
+def _map_shapes(fn, shape):
+    """`fn(shape)`, or `[fn(s) for s in shape]` for a list input."""
+    if isinstance(shape, list):
+        return [fn(s) for s in shape]
+    return fn(shape)
+
+
+def _flat(values):
+    flat = []
+    for value in values:
+        flat.extend(value if isinstance(value, list) else [value])
+    return flat
+
+
 def _check_counts(layer, trainable, non_trainable, non_trainable_variables):
     if trainable is not None:
         assert len(layer.trainable_weights) == trainable, [
@@ -84,8 +98,9 @@ def run_layer_test(
        outputs and `compute_output_spec` are in the compute dtype and finite,
        the weights in float32, and every sublayer has the layer's policy.
 
-    `input_shapes`: dict from call-argument name to full shape (batch first);
-    the first entry is the positional input. Returns the eager layer.
+    `input_shapes`: dict from call-argument name to full shape (batch first),
+    or to a list of shapes for a list input; the first entry is the
+    positional input. Returns the eager layer.
     """
     rng = rng or np.random.default_rng(0)
     call_kwargs = call_kwargs or {}
@@ -107,7 +122,7 @@ def run_layer_test(
 
     # 2. Build from shapes with unknown batch and sequence dims.
     none_shapes = {
-        n: (None,) + (None,) * (len(s) - 2) + (s[-1],)
+        n: _map_shapes(lambda s: (None,) * (len(s) - 1) + (s[-1],), s)
         for n, s in input_shapes.items()
     }
     layer = layer_cls(**init_kwargs)
@@ -116,14 +131,18 @@ def run_layer_test(
     _check_counts(layer, *counts)
 
     # 3. Symbolic call, eager call.
-    inputs = {n: keras.Input(batch_shape=s) for n, s in none_shapes.items()}
+    inputs = {
+        n: _map_shapes(lambda s: keras.Input(batch_shape=s), s)
+        for n, s in none_shapes.items()
+    }
     first = inputs[names[0]]
     rest = {n: inputs[n] for n in names[1:]}
     symbolic_layer = layer_cls(**init_kwargs)
     symbolic = symbolic_layer(first, **rest, **call_kwargs)
     _check_counts(symbolic_layer, *counts)
     data = {
-        n: rng.normal(size=s).astype("float32") for n, s in input_shapes.items()
+        n: _map_shapes(lambda s: rng.normal(size=s).astype("float32"), s)
+        for n, s in input_shapes.items()
     }
     eager_layer = layer_cls(**init_kwargs)
     eager = eager_layer(
@@ -136,7 +155,7 @@ def run_layer_test(
     if expected_output_shapes is not None:
         got = [tuple(x.shape) for x in _as_list(eager)]
         assert got == [tuple(s) for s in _as_list(expected_output_shapes)]
-    real_shapes = [tuple(s) for s in input_shapes.values()]
+    real_shapes = [_map_shapes(tuple, s) for s in input_shapes.values()]
     output_shape = eager_layer.compute_output_shape(*real_shapes)
     assert tuple(output_shape) == tuple(_as_list(eager)[0].shape)
 
@@ -144,12 +163,12 @@ def run_layer_test(
     if run_training_check:
         outputs = layer_cls(**init_kwargs)(first, **rest, **call_kwargs)
         output = _as_list(outputs)[0]
-        model = keras.Model(list(inputs.values()), output)
+        model = keras.Model(_flat(inputs.values()), output)
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
         before = [to_numpy(w) for w in model.trainable_weights]
         shape = tuple(_as_list(eager)[0].shape)
         target = rng.normal(size=shape).astype("float32")
-        model.fit([data[n] for n in names], target, epochs=1, verbose=0)
+        model.fit(_flat(data.values()), target, epochs=1, verbose=0)
         after = [to_numpy(w) for w in model.trainable_weights]
         assert any(not np.allclose(b, a) for b, a in zip(before, after))
 
@@ -175,7 +194,7 @@ def _check_precision(layer, policy, data, names, call_kwargs):
         assert keras.backend.standardize_dtype(x.dtype) == compute
         assert np.all(np.isfinite(to_numpy(x).astype("float32")))
     specs = layer.compute_output_spec(
-        *[keras.KerasTensor(a.shape) for a in args],
+        *[_map_shapes(lambda a: keras.KerasTensor(a.shape), a) for a in args],
         **{
             k: keras.KerasTensor(v.shape) if isinstance(v, np.ndarray) else v
             for k, v in kwargs.items()
