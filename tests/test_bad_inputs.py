@@ -145,6 +145,12 @@ def bahdanau(init=None, **call):
     return lambda: tfa.BahdanauAttention(**init)(_f(2, 6), _f(2, 5, 4), **call)
 
 
+def _built(layer, *shapes):
+    """`layer`, built for the standard shapes (nothing computed)."""
+    layer.build(*shapes)
+    return layer
+
+
 def from_config(cls, **config):
     return lambda: cls.from_config(config)
 
@@ -316,6 +322,21 @@ CASES = [
     ),
     Case("gqa/query_rank_4", gqa(query=(2, 3, 4, 8)), "query", "rank 3"),
     Case("mha/num_heads_0", mha(dict(num_heads=0)), "num_heads", "=0"),
+    Case("mha/key_dim_str", mha(dict(key_dim="4")), "key_dim", "'4'"),
+    Case(
+        "mha/kv_heads_0",
+        mha(dict(num_heads=4, num_key_value_heads=0)),
+        "num_key_value_heads",
+        "=0",
+    ),
+    Case("mha/dropout_neg", mha(dict(dropout=-0.5)), "dropout", "-0.5"),
+    Case(
+        "mha/flash_with_dropout",
+        mha(dict(flash_attention=True, dropout=0.1)),
+        "flash_attention",
+        "Dropout is not supported",
+        allocates=False,
+    ),
     Case("mha/num_heads_str", mha(dict(num_heads="8")), "num_heads", "'8'"),
     Case("mha/num_heads_float", mha(dict(num_heads=2.0)), "num_heads", "2.0"),
     Case("mha/num_heads_bool", mha(dict(num_heads=True)), "num_heads"),
@@ -382,6 +403,26 @@ CASES = [
         "mha/flash", mha(dict(flash_attention="on")), "flash_attention", "'on'"
     ),
     # -- MultiHeadAttention: call ------------------------------------------
+    Case(
+        "mha/axes_past_rank",
+        mha(dict(attention_axes=3)),
+        "attention_axes",
+        "out of range",
+    ),
+    Case(
+        "mha/axes_batch",
+        mha(dict(attention_axes=(0,))),
+        "attention_axes",
+        "out of range",
+    ),
+    Case(
+        "mha/query_dim_after_build",
+        lambda: _built(
+            MultiHeadAttention(num_heads=2, key_dim=4), (2, 3, 6), (2, 5, 6)
+        )(_f(2, 3, 7), _f(2, 5, 6)),
+        "query",
+        "must be 6",
+    ),
     Case("mha/query_rank_2", mha(query=(2, 6)), "query", r"\(2, 6\)"),
     Case("mha/value_rank", mha(value=(2, 5, 6, 1)), "value", "rank"),
     Case(
@@ -446,6 +487,15 @@ CASES = [
     ),
     # -- AdditiveAttention ----------------------------------------------------
     Case("add/units_0", add_layer(dict(units=0)), "units", "=0"),
+    Case("add/units_none", add_layer(dict(units=None)), "units", "None"),
+    Case("add/units_float", add_layer(dict(units=3.0)), "units", "3.0"),
+    Case("add/seed_str", add_layer(dict(seed="x")), "seed", "'x'"),
+    Case(
+        "add/value_mask_shape",
+        add_layer(value_mask=np.ones((2, 4), bool)),
+        "value_mask",
+        r"\(2, 4\)",
+    ),
     Case("add/units_list", add_layer(dict(units=[4])), "units", r"\[4\]"),
     Case(
         "add/units_absurd_init",
@@ -498,6 +548,14 @@ CASES = [
     ),
     # -- AttentionPooling ---------------------------------------------------
     Case("pool/units_0", pool(dict(units=0)), "units", "=0"),
+    Case("pool/heads_0", pool(dict(num_heads=0)), "num_heads", "=0"),
+    Case("pool/dropout_1", pool(dict(dropout=1.0)), "dropout", "1.0"),
+    Case(
+        "pool/inputs_dim_after_build",
+        lambda: _built(AttentionPooling(), (2, 5, 6))(_f(2, 5, 4)),
+        "inputs",
+        "must be 6",
+    ),
     Case("pool/heads_none", pool(dict(num_heads=None)), "num_heads", "None"),
     Case(
         "pool/heads_absurd_init",

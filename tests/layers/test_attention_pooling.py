@@ -121,28 +121,3 @@ def test_keras_mask_is_used_and_not_propagated():
         atol=1e-6,
     )
     assert layer.compute_mask(h, None) is None
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        (dict(units=0), "`units`"),
-        (dict(num_heads=0), "`num_heads`.*num_heads=0"),
-        (dict(num_heads=None), "`num_heads`"),
-        (dict(dropout=1.0), "`dropout`"),
-    ],
-)
-def test_bad_constructor_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        AttentionPooling(**kwargs)
-
-
-def test_bad_call_arguments():
-    layer = AttentionPooling()
-    with pytest.raises(ValueError, match="`inputs` must have rank 3"):
-        layer(np.zeros((2, 5), "float32"))
-    with pytest.raises(ValueError, match="`mask` must be broadcastable"):
-        layer(np.zeros((2, 5, 3), "float32"), mask=np.ones((2, 4), bool))
-    layer(np.zeros((2, 5, 3), "float32"))
-    with pytest.raises(ValueError, match="last dimension of `inputs`"):
-        layer(np.zeros((2, 5, 4), "float32"))
