@@ -145,6 +145,14 @@ def bahdanau(init=None, **call):
     return lambda: tfa.BahdanauAttention(**init)(_f(2, 6), _f(2, 5, 4), **call)
 
 
+ENCODER = dict(intermediate_dim=8, num_heads=2)
+
+
+def construct(cls, base, arg, value):
+    """Constructs `cls(**base, arg=value)`."""
+    return lambda: cls(**dict(base, **{arg: value}))
+
+
 def _built(layer, *shapes):
     """`layer`, built for the standard shapes (nothing computed)."""
     layer.build(*shapes)
@@ -695,6 +703,176 @@ CASES = [
         lambda: TransformerEncoder(8, 2)(_f(2, 6)),
         "inputs",
         r"\(2, 6\)",
+    ),
+    # Constructor arguments of the building blocks, one case each.
+    *[
+        Case(f"{prefix}/{arg}={value!r}", construct(cls, base, arg, value), arg)
+        for prefix, cls, base, arg, value in [
+            ("patch", PatchEmbedding, dict(hidden_dim=4), "patch_size", (2,)),
+            ("patch", PatchEmbedding, dict(hidden_dim=4), "patch_size", (2, 0)),
+            ("patch", PatchEmbedding, dict(hidden_dim=4), "patch_size", True),
+            ("patch", PatchEmbedding, dict(hidden_dim=4), "patch_size", "4"),
+            ("patch", PatchEmbedding, dict(patch_size=2), "hidden_dim", 0),
+            ("patch", PatchEmbedding, dict(patch_size=2), "hidden_dim", None),
+            (
+                "patch",
+                PatchEmbedding,
+                dict(patch_size=2, hidden_dim=4),
+                "use_bias",
+                1,
+            ),
+            ("posemb", PositionEmbedding, {}, "sequence_length", None),
+            ("posemb", PositionEmbedding, {}, "sequence_length", 2.5),
+            ("posemb", PositionEmbedding, {}, "sequence_length", True),
+            ("sinusoidal", SinusoidalPositionEncoding, {}, "max_wavelength", 0),
+            (
+                "sinusoidal",
+                SinusoidalPositionEncoding,
+                {},
+                "max_wavelength",
+                float("inf"),
+            ),
+            (
+                "sinusoidal",
+                SinusoidalPositionEncoding,
+                {},
+                "max_wavelength",
+                "10000",
+            ),
+            (
+                "sinusoidal",
+                SinusoidalPositionEncoding,
+                {},
+                "max_wavelength",
+                True,
+            ),
+        ]
+        + [
+            ("encoder", TransformerEncoder, ENCODER, arg, value)
+            for arg, value in [
+                ("intermediate_dim", 0),
+                ("num_heads", 0),
+                ("num_heads", None),
+                ("dropout", 1.0),
+                ("layer_norm_epsilon", 0),
+                ("normalize_first", "yes"),
+                ("key_dim", 0),
+                ("chunk_size", 0),
+                ("chunk_size", "big"),
+                ("seed", 1.5),
+            ]
+        ]
+    ],
+    Case(
+        "patch/height_not_a_multiple",
+        lambda: PatchEmbedding((2, 4), 3)(_f(1, 5, 8, 3)),
+        "inputs",
+        "height",
+    ),
+    Case(
+        "patch/width_not_a_multiple_shape",
+        lambda: PatchEmbedding((2, 4), 3).compute_output_shape((None, 4, 6, 3)),
+        "inputs",
+        "width",
+    ),
+    Case(
+        "patch/symbolic_height",
+        lambda: PatchEmbedding(2, 3)(keras.Input((7, None, 3))),
+        "inputs",
+        "height",
+    ),
+    Case(
+        "patch/channels_unknown",
+        build(lambda: PatchEmbedding(2, 3), (None, 4, 4, None)),
+        "inputs",
+        "channels",
+    ),
+    Case(
+        "patch/channels_after_build",
+        lambda: _built(PatchEmbedding((2, 4), 3), (1, 4, 8, 3))(_f(1, 4, 8, 1)),
+        "inputs",
+        "last dimension",
+    ),
+    Case(
+        "posemb/start_past_end",
+        lambda: PositionEmbedding(4)(_f(2, 3, 5), start_index=2),
+        "start_index",
+        "sequence_length=4",
+    ),
+    Case(
+        "posemb/start_negative",
+        lambda: PositionEmbedding(4)(_f(2, 3, 5), start_index=-1),
+        "start_index",
+        "=-1",
+    ),
+    Case(
+        "posemb/start_bool",
+        lambda: PositionEmbedding(4)(_f(2, 3, 5), start_index=True),
+        "start_index",
+    ),
+    Case(
+        "posemb/start_not_scalar",
+        lambda: PositionEmbedding(4)(_f(2, 3, 5), start_index=np.array([0, 1])),
+        "start_index",
+        "scalar",
+    ),
+    Case("posemb/inputs_rank_1", lambda: PositionEmbedding(4)(_f(3)), "inputs"),
+    Case(
+        "posemb/dim_after_build",
+        lambda: _built(PositionEmbedding(4), (2, 3, 5))(_f(2, 3, 6)),
+        "inputs",
+        "last dimension",
+    ),
+    Case(
+        "posemb/dim_unknown",
+        build(lambda: PositionEmbedding(4), (None, None, None)),
+        "inputs",
+        "last dimension",
+    ),
+    Case(
+        "sinusoidal/inputs_rank_1",
+        lambda: SinusoidalPositionEncoding()(_f(4)),
+        "inputs",
+        "rank >= 2",
+    ),
+    Case(
+        "sinusoidal/start_negative",
+        lambda: SinusoidalPositionEncoding()(_f(1, 4, 2), start_index=-2),
+        "start_index",
+        "=-2",
+    ),
+    Case(
+        "sinusoidal/start_not_scalar",
+        lambda: SinusoidalPositionEncoding()(
+            _f(1, 4, 2), start_index=np.zeros((2,))
+        ),
+        "start_index",
+        "scalar",
+    ),
+    Case(
+        "encoder/heads_more_than_dim",
+        build(lambda: TransformerEncoder(16, 9), (None, None, 8)),
+        "num_heads",
+        "num_heads=9",
+    ),
+    Case(
+        "encoder/dim_unknown",
+        build(lambda: TransformerEncoder(16, 2), (None, None, None)),
+        "inputs",
+        "last dimension",
+    ),
+    Case(
+        "encoder/attention_mask_shape",
+        lambda: TransformerEncoder(16, 2)(
+            _f(3, 6, 8), attention_mask=np.ones((3, 6, 5), bool)
+        ),
+        "attention_mask",
+    ),
+    Case(
+        "encoder/dim_after_build",
+        lambda: _built(TransformerEncoder(16, 2), (3, 6, 8))(_f(3, 6, 10)),
+        "inputs",
+        "last dimension",
     ),
     # -- tfa compat layers ---------------------------------------------------
     Case("tfa_mha/head_size", tfa_mha(dict(head_size=0)), "head_size", "=0"),

@@ -197,37 +197,3 @@ def test_matches_keras_hub_if_installed(rng):
             to_numpy(ours(x, start_index=start)),
             to_numpy(theirs(x, start_index=start)),
         )
-
-
-BAD_ARGUMENTS = [
-    (dict(sequence_length=0), "`sequence_length`.*sequence_length=0"),
-    (dict(sequence_length=None), "`sequence_length`"),
-    (dict(sequence_length=2.5), "`sequence_length`"),
-    (dict(sequence_length=True), "`sequence_length`"),
-]
-
-
-def test_bad_arguments():
-    for kwargs, match in BAD_ARGUMENTS:
-        with pytest.raises(ValueError, match=match):
-            PositionEmbedding(**kwargs)
-    with pytest.raises(ValueError, match="initializer"):
-        PositionEmbedding(4, initializer="no_such_initializer")
-    layer = PositionEmbedding(4)
-    x = np.zeros((2, 3, 5), "float32")
-    with pytest.raises(ValueError, match="must not exceed `sequence_length`"):
-        layer(np.zeros((2, 5, 5), "float32"))
-    with pytest.raises(ValueError, match="start_index=2.*sequence_length=4"):
-        layer(x, start_index=2)
-    with pytest.raises(ValueError, match="`start_index`.*start_index=-1"):
-        layer(x, start_index=-1)
-    with pytest.raises(ValueError, match="`start_index`"):
-        layer(x, start_index=True)
-    with pytest.raises(ValueError, match="`start_index` must be a scalar"):
-        layer(x, start_index=np.array([0, 1]))
-    with pytest.raises(ValueError, match="rank >= 2"):
-        PositionEmbedding(4)(np.zeros((3,), "float32"))
-    with pytest.raises(ValueError, match="last dimension of `inputs`"):
-        layer(np.zeros((2, 3, 6), "float32"))
-    with pytest.raises(ValueError, match="last dimension of `inputs`"):
-        PositionEmbedding(4).build((None, None, None))

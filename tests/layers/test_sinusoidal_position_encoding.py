@@ -199,16 +199,3 @@ def test_matches_keras_hub_if_installed(rng):
             ),
             atol=1e-5,
         )
-
-
-def test_bad_arguments():
-    for value in (0, -1.0, float("inf"), "10000", True):
-        with pytest.raises(ValueError, match="`max_wavelength`.*wavelength="):
-            SinusoidalPositionEncoding(max_wavelength=value)
-    layer = SinusoidalPositionEncoding()
-    with pytest.raises(ValueError, match="rank >= 2"):
-        layer(np.zeros((4,), "float32"))
-    with pytest.raises(ValueError, match="`start_index`.*start_index=-2"):
-        layer(np.zeros((1, 4, 2), "float32"), start_index=-2)
-    with pytest.raises(ValueError, match="`start_index` must be a scalar"):
-        layer(np.zeros((1, 4, 2), "float32"), start_index=np.zeros((2,)))

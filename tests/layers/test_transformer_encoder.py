@@ -535,38 +535,3 @@ def test_matches_keras_hub_if_installed(rng):
 # ----------------------------------------------------------------------
 # Errors
 # ----------------------------------------------------------------------
-BAD_ARGUMENTS = [
-    (dict(intermediate_dim=0), "`intermediate_dim`.*intermediate_dim=0"),
-    (dict(num_heads=0), "`num_heads`.*num_heads=0"),
-    (dict(num_heads=None), "`num_heads`"),
-    (dict(dropout=1.0), "`dropout`.*dropout=1.0"),
-    (dict(layer_norm_epsilon=0), "`layer_norm_epsilon`"),
-    (dict(normalize_first="yes"), "`normalize_first`"),
-    (dict(key_dim=0), "`key_dim`.*key_dim=0"),
-    (dict(chunk_size=0), "`chunk_size`"),
-    (dict(chunk_size="big"), "`chunk_size`"),
-    (dict(seed=1.5), "`seed`"),
-    (dict(activation="no_such_activation"), "activation"),
-]
-
-
-def test_bad_arguments_and_shapes():
-    for kwargs, match in BAD_ARGUMENTS:
-        init = dict(intermediate_dim=8, num_heads=2)
-        init.update(kwargs)
-        with pytest.raises(ValueError, match=match):
-            TransformerEncoder(**init)
-    with pytest.raises(ValueError, match="`inputs` must have rank 3"):
-        TransformerEncoder(16, 2)(np.zeros((B, D), "float32"))
-    with pytest.raises(ValueError, match="at least `num_heads`.*num_heads=9"):
-        TransformerEncoder(16, 9).build((None, None, D))
-    with pytest.raises(ValueError, match="last dimension of `inputs`"):
-        TransformerEncoder(16, 2).build((None, None, None))
-    layer = TransformerEncoder(16, 2)
-    x = np.zeros((B, T, D), "float32")
-    with pytest.raises(ValueError, match="`padding_mask` must be broad"):
-        layer(x, padding_mask=np.ones((B, T - 1), bool))
-    with pytest.raises(ValueError, match="`attention_mask` must be broad"):
-        layer(x, attention_mask=np.ones((B, T, T - 1), bool))
-    with pytest.raises(ValueError, match="last dimension of `inputs`"):
-        layer(np.zeros((B, T, D + 2), "float32"))
