@@ -12,6 +12,18 @@ import keras
 import numpy as np
 
 
+def import_keras_hub():
+    """keras-hub for the comparison tests: required in CI (`CI` set, where
+    `.ci/run` installs it), skipped elsewhere when it isn't installed."""
+    import pytest
+
+    if os.environ.get("CI"):
+        import keras_hub
+
+        return keras_hub
+    return pytest.importorskip("keras_hub")
+
+
 def to_numpy(x):
     return keras.ops.convert_to_numpy(x)
 

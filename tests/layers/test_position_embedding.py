@@ -6,6 +6,7 @@ import pytest
 from keras import ops
 
 from keras_attention import PositionEmbedding
+from tests.testing import import_keras_hub
 from tests.testing import run_layer_test
 from tests.testing import run_saving_test
 from tests.testing import to_numpy
@@ -184,8 +185,8 @@ def test_saving(tmp_path, rng):
     )
 
 
-def test_matches_keras_hub_if_installed(rng):
-    keras_hub = pytest.importorskip("keras_hub")
+def test_matches_keras_hub(rng):
+    keras_hub = import_keras_hub()
     theirs = keras_hub.layers.PositionEmbedding(sequence_length=7)
     ours = PositionEmbedding(7)
     x = rng.normal(size=(2, 5, 3)).astype("float32")

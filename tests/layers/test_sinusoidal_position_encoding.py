@@ -1,4 +1,3 @@
-import json
 import math
 
 import keras
@@ -7,6 +6,8 @@ import pytest
 from keras import ops
 
 from keras_attention import SinusoidalPositionEncoding
+from tests.testing import import_keras_hub
+from tests.testing import run_layer_test
 from tests.testing import run_saving_test
 from tests.testing import to_numpy
 
@@ -95,30 +96,27 @@ def test_start_index_tensor_and_traced_loop(rng):
     )
 
 
-def test_layer_basics(rng):
-    """What `run_layer_test` checks, less the fit step (no weights)."""
-    layer = SinusoidalPositionEncoding(max_wavelength=500)
-    config = layer.get_config()
-    assert config["max_wavelength"] == 500
-    revived = SinusoidalPositionEncoding.from_config(
-        json.loads(json.dumps(config))
+def test_layer_harness(rng):
+    layer = run_layer_test(
+        SinusoidalPositionEncoding,
+        dict(max_wavelength=500),
+        {"inputs": (2, 5, 6)},
+        expected_output_shapes=[(2, 5, 6)],
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_variables=0,
+        run_training_check=False,  # nothing to train
+        rng=rng,
     )
-    assert revived.get_config() == config
-    assert layer.weights == [] and layer.built
-    symbolic = layer(keras.Input((None, 6)))
-    assert tuple(symbolic.shape) == (None, None, 6)
-    x = rng.normal(size=(2, 5, 6)).astype("float32")
-    assert tuple(layer(x).shape) == layer.compute_output_shape(x.shape)
-    for policy in ("mixed_float16", "mixed_bfloat16"):
-        out = SinusoidalPositionEncoding(dtype=policy)(x)
-        assert keras.backend.standardize_dtype(out.dtype) == policy[6:]
     # In a model that trains: gradients flow around it, not into it.
+    x = rng.normal(size=(2, 5, 6)).astype("float32")
     inputs = keras.Input((None, 6))
     hidden = keras.layers.Dense(6)(inputs)
     outputs = keras.layers.Add()([hidden, layer(hidden)])
     model = keras.Model(inputs, outputs)
     model.compile(optimizer="sgd", loss="mse")
+    before = to_numpy(model.trainable_weights[0])
     model.fit(x, x, verbose=0)
+    assert not np.allclose(before, to_numpy(model.trainable_weights[0]))
 
 
 def test_compiled_model_with_unknown_length(rng):
@@ -188,8 +186,8 @@ def test_saving(tmp_path, rng):
     )
 
 
-def test_matches_keras_hub_if_installed(rng):
-    keras_hub = pytest.importorskip("keras_hub")
+def test_matches_keras_hub(rng):
+    keras_hub = import_keras_hub()
     x = rng.normal(size=(2, 9, 8)).astype("float32")
     for start in (0, 4):
         np.testing.assert_allclose(

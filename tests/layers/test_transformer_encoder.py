@@ -10,6 +10,7 @@ from keras import ops
 import keras_attention as ka
 from keras_attention import TransformerEncoder
 from tests import reference
+from tests.testing import import_keras_hub
 from tests.testing import run_layer_test
 from tests.testing import run_saving_test
 from tests.testing import to_numpy
@@ -515,8 +516,8 @@ def test_saving(tmp_path, rng):
     )
 
 
-def test_matches_keras_hub_if_installed(rng):
-    keras_hub = pytest.importorskip("keras_hub")
+def test_matches_keras_hub(rng):
+    keras_hub = import_keras_hub()
     x = rng.normal(size=(B, T, D)).astype("float32")
     padding = _lengths_mask([6, 3, 1], T)
     for normalize_first in (False, True):
