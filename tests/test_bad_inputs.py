@@ -908,6 +908,183 @@ CASES = [
         "memory_mask",
         r"0\.5",
     ),
+    # The compat layers' remaining constructor and call checks.
+    *[
+        Case(
+            f"bahdanau/init_{i}",
+            construct(tfa.BahdanauAttention, dict(units=4), a, v),
+            a,
+            m,
+        )
+        for i, (a, v, m) in enumerate(
+            [
+                ("normalize", "yes", "normalize"),
+                ("probability_fn", "sigmoid", r"probability_fn='sigmoid'"),
+            ]
+        )
+    ],
+    *[
+        Case(
+            f"bahdanau/{name}",
+            lambda q=q, m=m, kw=kw: tfa.BahdanauAttention(4)(
+                _f(*q), _f(*m), **kw
+            ),
+            argument,
+            match,
+        )
+        for name, q, m, kw, argument, match in [
+            ("query_rank", (3, 1, 6), (3, 5, 4), {}, "query", r"\(3, 1, 6\)"),
+            ("memory_rank", (3, 6), (5, 4), {}, "memory", "rank 3"),
+            ("batch", (2, 6), (3, 5, 4), {}, "memory", "must match"),
+            (
+                "lengths_and_mask",
+                (3, 6),
+                (3, 5, 4),
+                dict(
+                    memory_sequence_length=np.array([5, 2, 1]),
+                    memory_mask=np.ones((3, 5), bool),
+                ),
+                "memory_mask",
+                "not both",
+            ),
+            (
+                "lengths_rank",
+                (3, 6),
+                (3, 5, 4),
+                dict(memory_sequence_length=np.ones((3, 1), "int32")),
+                "memory_sequence_length",
+                "rank 1",
+            ),
+            (
+                "lengths_batch",
+                (3, 6),
+                (3, 5, 4),
+                dict(memory_sequence_length=np.ones((2,), "int32")),
+                "memory_sequence_length",
+                "batch size",
+            ),
+            (
+                "mask_shape",
+                (3, 6),
+                (3, 5, 4),
+                dict(memory_mask=np.ones((3, 3), bool)),
+                "memory_mask",
+                r"\(3, 3\)",
+            ),
+        ]
+    ],
+    Case(
+        "bahdanau/memory_dim_after_build",
+        lambda: _built(tfa.BahdanauAttention(4), (3, 6), (3, 5, 4))(
+            _f(3, 6), _f(3, 5, 2)
+        ),
+        "memory",
+        r"must be 4.*\(3, 5, 2\)",
+    ),
+    *[
+        Case(
+            f"tfa_mha/init_{a}={v!r}",
+            construct(
+                tfa.MultiHeadAttention, dict(head_size=2, num_heads=2), a, v
+            ),
+            a,
+        )
+        for a, v in [
+            ("num_heads", -1),
+            ("num_heads", 1.5),
+            ("output_size", 0),
+            ("dropout", 1.0),
+            ("use_projection_bias", "yes"),
+            ("return_attn_coef", None),
+            ("seed", "x"),
+        ]
+    ],
+    *[
+        Case(
+            f"tfa_mha/{name}",
+            lambda x=x, mask=mask: tfa.MultiHeadAttention(2, 2)(x, mask=mask),
+            argument,
+            match,
+        )
+        for name, x, mask, argument, match in [
+            ("not_a_list", _f(2, 5, 6), None, "inputs", r"\(2, 5, 6\)"),
+            ("one_input", [_f(2, 5, 6)], None, "inputs", "length 1"),
+            (
+                "four_inputs",
+                [_f(2, 5, 6)] + [_f(2, 4, 7)] * 3,
+                None,
+                "inputs",
+                "length 4",
+            ),
+            ("rank2_query", [_f(5, 6), _f(4, 7)], None, "query", r"\(5, 6\)"),
+            (
+                "rank_mismatch",
+                [_f(2, 5, 6), _f(4, 7)],
+                None,
+                "key",
+                "same rank",
+            ),
+            (
+                "key_value_lengths",
+                [_f(2, 5, 6), _f(2, 4, 7), _f(2, 3, 7)],
+                None,
+                "value",
+                "must match",
+            ),
+            (
+                "mask_rank1",
+                [_f(2, 5, 6), _f(2, 4, 7)],
+                np.ones((4,)),
+                "mask",
+                "rank",
+            ),
+            (
+                "mask_target_length",
+                [_f(2, 5, 6), _f(2, 4, 7)],
+                np.ones((2, 4, 4)),
+                "mask",
+                r"\(2, 4, 4\)",
+            ),
+            (
+                "mask_source_length",
+                [_f(2, 5, 6), _f(2, 4, 7)],
+                np.ones((2, 5, 3)),
+                "mask",
+                "source_length",
+            ),
+        ]
+    ],
+    Case(
+        "tfa_mha/key_dim_after_build",
+        lambda: _built(tfa.MultiHeadAttention(2, 2), [(2, 5, 6), (2, 4, 7)])(
+            [_f(2, 5, 6), _f(2, 4, 8)]
+        ),
+        "key",
+        r"must be 7.*\(2, 4, 8\)",
+    ),
+    Case(
+        "to_keras_attention/unbuilt",
+        lambda: tfa.to_keras_attention(tfa.MultiHeadAttention(2, 2)),
+        "layer",
+        "must be built",
+    ),
+    Case(
+        "to_keras_attention/not_compat",
+        lambda: tfa.to_keras_attention(keras.layers.Dense(2)),
+        "layer",
+    ),
+    Case(
+        "to_keras_attention/hardmax",
+        lambda: tfa.to_keras_attention(
+            _built(
+                tfa.BahdanauAttention(4, probability_fn="hardmax"),
+                (1, 3),
+                (1, 2, 5),
+            )
+        ),
+        "probability_fn",
+        r"probability_fn='hardmax'",
+    ),
     # -- from_config: wrong types, ranges, unknown keys ------------------
     Case(
         "config/mha_num_heads_str",

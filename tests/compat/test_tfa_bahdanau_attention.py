@@ -1,7 +1,5 @@
 """`keras_attention.compat.tfa.BahdanauAttention` against tfa's formulas."""
 
-import inspect
-import json
 import math
 
 import keras
@@ -10,7 +8,9 @@ import pytest
 
 from keras_attention.compat import tfa
 from tests.compat import tfa_numpy
+from tests.testing import run_layer_test
 from tests.testing import run_saving_test
+from tests.testing import run_serialization_test
 from tests.testing import to_numpy
 
 B, T, DQ, DM, UNITS = 3, 5, 6, 4, 7
@@ -167,21 +167,21 @@ def test_symbolic_shapes_match_eager(rng):
     assert layer.compute_output_shape((2, DQ), (2, 9, DM)) == ((2, DM), (2, 9))
 
 
-def test_config_round_trip_has_every_argument():
-    init = dict(
-        units=5,
-        normalize=True,
-        probability_fn="hardmax",
-        kernel_initializer="ones",
+def test_layer_harness(rng):
+    run_layer_test(
+        tfa.BahdanauAttention,
+        dict(units=5, normalize=True, kernel_initializer="ones"),
+        {"query": (B, DQ), "memory": (B, T, DM)},
+        expected_output_shapes=[(B, DM), (B, T)],
+        expected_num_trainable_weights=5,
+        rng=rng,
     )
-    layer = tfa.BahdanauAttention(**init)
-    config = layer.get_config()
-    for name in inspect.signature(tfa.BahdanauAttention.__init__).parameters:
-        if name not in ("self", "kwargs"):
-            assert name in config, name
-    revived = tfa.BahdanauAttention.from_config(json.loads(json.dumps(config)))
-    assert revived.get_config() == config
-    serialized = keras.saving.serialize_keras_object(layer)
+    hardmax = tfa.BahdanauAttention(5, probability_fn="hardmax")
+    run_serialization_test(hardmax)
+
+
+def test_registered_names_deserialize_to_the_compat_layer():
+    serialized = keras.saving.serialize_keras_object(tfa.BahdanauAttention(5))
     assert (
         serialized["registered_name"]
         == "keras_attention.compat.tfa>BahdanauAttention"
@@ -316,78 +316,3 @@ def test_mixed_precision(policy, rng):
         np.testing.assert_allclose(
             to_numpy(g).astype("float32"), to_numpy(e), atol=5e-2
         )
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        (dict(units=0), r"argument `units`, expected a positive integer"),
-        (dict(units=4, normalize="yes"), "argument `normalize`"),
-        (
-            dict(units=4, probability_fn="sigmoid"),
-            r'`probability_fn`, expected "softmax" or "hardmax"\. '
-            r"Received: probability_fn='sigmoid'",
-        ),
-    ],
-    ids=["units", "normalize", "probability_fn"],
-)
-def test_invalid_constructor_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        tfa.BahdanauAttention(**kwargs)
-
-
-Q = np.zeros((B, DQ), "float32")
-MEM = np.zeros((B, T, DM), "float32")
-
-
-@pytest.mark.parametrize(
-    "args, kwargs, match",
-    [
-        ((Q[:, None], MEM), {}, r"`query` must have rank 2.*\(3, 1, 6\)"),
-        ((Q, MEM[0]), {}, r"`memory` must have rank 3"),
-        ((Q[:2], MEM), {}, r"batch size of `query` and `memory` must match"),
-        (
-            (Q, MEM),
-            dict(memory_sequence_length=LENGTHS, memory_mask=MASK),
-            "either `memory_sequence_length` or `memory_mask`, not both",
-        ),
-        (
-            (Q, MEM),
-            dict(memory_sequence_length=LENGTHS[:, None]),
-            r"`memory_sequence_length` must have rank 1",
-        ),
-        (
-            (Q, MEM),
-            dict(memory_sequence_length=LENGTHS[:2]),
-            r"batch size of `memory_sequence_length` and `memory`",
-        ),
-        (
-            (Q, MEM),
-            dict(memory_mask=MASK[:, :3]),
-            r"`memory_mask` must have shape \(batch_size, memory_length\) = "
-            r"\(3, 5\)\. Received: memory_mask.shape=\(3, 3\)",
-        ),
-    ],
-    ids=[
-        "query_rank",
-        "memory_rank",
-        "batch",
-        "lengths_and_mask",
-        "lengths_rank",
-        "lengths_batch",
-        "mask_shape",
-    ],
-)
-def test_invalid_call_inputs(args, kwargs, match):
-    layer = tfa.BahdanauAttention(UNITS)
-    with pytest.raises(ValueError, match=match):
-        layer(*args, **kwargs)
-
-
-def test_feature_size_must_match_the_built_one():
-    layer = tfa.BahdanauAttention(UNITS)
-    layer(Q, MEM)
-    with pytest.raises(
-        ValueError, match=r"last dimension of `memory` must be 4.*\(3, 5, 2\)"
-    ):
-        layer(Q, np.zeros((B, T, 2), "float32"))

@@ -216,17 +216,6 @@ def test_converted_native_layer_saves_and_reloads(tmp_path, rng):
     )
 
 
-def test_errors():
-    with pytest.raises(ValueError, match="must be built"):
-        tfa.to_keras_attention(tfa.MultiHeadAttention(2, 2))
-    with pytest.raises(ValueError, match=r"Argument `layer` must be a"):
-        tfa.to_keras_attention(keras.layers.Dense(2))
-    hardmax = tfa.BahdanauAttention(4, probability_fn="hardmax")
-    hardmax(np.zeros((1, 3), "float32"), np.zeros((1, 2, 5), "float32"))
-    with pytest.raises(ValueError, match=r"Received: probability_fn='hardmax'"):
-        tfa.to_keras_attention(hardmax)
-
-
 def test_native_weights_carry_on_to_keras_core(rng):
     # MIGRATING.md: the native layer's weights load into
     # keras.layers.MultiHeadAttention, whose softmax (like tfa's) attends a

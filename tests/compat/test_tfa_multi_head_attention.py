@@ -1,14 +1,12 @@
 """`keras_attention.compat.tfa.MultiHeadAttention` against tfa's formulas."""
 
-import inspect
-import json
-
 import keras
 import numpy as np
 import pytest
 
 from keras_attention.compat import tfa
 from tests.compat import tfa_numpy
+from tests.testing import run_layer_test
 from tests.testing import run_saving_test
 from tests.testing import to_numpy
 
@@ -231,33 +229,29 @@ def test_symbolic_shapes_match_eager(return_attn_coef, rng):
     assert [tuple(s) for s in shapes] == [tuple(e.shape) for e in eager]
 
 
-def test_config_round_trip_has_every_argument():
-    init = dict(
-        head_size=3,
-        num_heads=2,
-        output_size=5,
-        dropout=0.25,
-        use_projection_bias=False,
-        return_attn_coef=True,
-        kernel_regularizer="l2",
-        bias_initializer="ones",
-        seed=7,
-    )
-    layer = tfa.MultiHeadAttention(**init)
-    config = layer.get_config()
-    for name in inspect.signature(tfa.MultiHeadAttention.__init__).parameters:
-        if name not in ("self", "kwargs"):
-            assert name in config, name
-    revived = tfa.MultiHeadAttention.from_config(json.loads(json.dumps(config)))
-    assert revived.get_config() == config
-    serialized = keras.saving.serialize_keras_object(layer)
-    assert (
-        serialized["registered_name"]
-        == "keras_attention.compat.tfa>MultiHeadAttention"
-    )
-    assert isinstance(
-        keras.saving.deserialize_keras_object(serialized),
+def test_layer_harness(rng):
+    layer = run_layer_test(
         tfa.MultiHeadAttention,
+        dict(
+            head_size=3,
+            num_heads=2,
+            output_size=5,
+            dropout=0.25,
+            use_projection_bias=False,
+            return_attn_coef=True,
+            kernel_regularizer="l2",
+            bias_initializer="ones",
+            seed=7,
+        ),
+        {"inputs": [(B, N, 6), (B, M, 7)]},
+        expected_output_shapes=[(B, N, 5), (B, 2, N, M)],
+        expected_num_trainable_weights=4,
+        expected_num_non_trainable_variables=1,  # the dropout's seed
+        rng=rng,
+    )
+    assert (
+        keras.saving.serialize_keras_object(layer)["registered_name"]
+        == "keras_attention.compat.tfa>MultiHeadAttention"
     )
 
 
@@ -391,95 +385,3 @@ def test_mixed_precision(policy, rng):
         np.testing.assert_allclose(
             to_numpy(got).astype("float32"), to_numpy(want), atol=tol * 5
         )
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        (dict(head_size=0, num_heads=2), "argument `head_size`.*Received"),
-        (dict(head_size=2, num_heads=-1), "argument `num_heads`.*Received"),
-        (dict(head_size=2, num_heads=1.5), "argument `num_heads`"),
-        (dict(head_size=2, num_heads=2, output_size=0), "`output_size`"),
-        (dict(head_size=2, num_heads=2, dropout=1.0), "argument `dropout`"),
-        (
-            dict(head_size=2, num_heads=2, use_projection_bias="yes"),
-            "`use_projection_bias`, expected a Python bool",
-        ),
-        (
-            dict(head_size=2, num_heads=2, return_attn_coef=None),
-            "`return_attn_coef`",
-        ),
-        (dict(head_size=2, num_heads=2, seed="x"), "argument `seed`"),
-    ],
-    ids=[
-        "head_size",
-        "num_heads",
-        "num_heads_float",
-        "output_size",
-        "dropout",
-        "use_projection_bias",
-        "return_attn_coef",
-        "seed",
-    ],
-)
-def test_invalid_constructor_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        tfa.MultiHeadAttention(**kwargs)
-
-
-Q = np.zeros((2, 5, 6), "float32")
-K = np.zeros((2, 4, 7), "float32")
-
-
-@pytest.mark.parametrize(
-    "inputs, mask, match",
-    [
-        (
-            Q,
-            None,
-            r"`inputs` must be a list `\[query, key\]`.*single tensor of "
-            r"shape \(2, 5, 6\)",
-        ),
-        ([Q], None, r"`inputs` must be a list.*list of length 1"),
-        ([Q, K, K, K], None, r"list of length 4"),
-        ([Q[0], K[0]], None, r"`query` must have rank >= 3.*\(5, 6\)"),
-        ([Q, K[0]], None, "`query` and `key` must have the same rank"),
-        (
-            [Q, K, np.zeros((2, 3, 7))],
-            None,
-            "number of elements of `key` and `value` must match",
-        ),
-        ([Q, K], np.ones((4,)), r"`mask` must have rank between 2 and 4"),
-        (
-            [Q, K],
-            np.ones((2, 4, 4)),
-            r"`mask` must have shape \(\.\.\., target_length, source_length\)"
-            r" = \(\.\.\., 5, 4\).*mask.shape=\(2, 4, 4\)",
-        ),
-        ([Q, K], np.ones((2, 5, 3)), "source_length axis does not match"),
-    ],
-    ids=[
-        "not_a_list",
-        "one_input",
-        "four_inputs",
-        "rank2_query",
-        "rank_mismatch",
-        "key_value_lengths",
-        "mask_rank1",
-        "mask_target_length",
-        "mask_source_length",
-    ],
-)
-def test_invalid_call_inputs(inputs, mask, match):
-    layer = tfa.MultiHeadAttention(head_size=2, num_heads=2)
-    with pytest.raises(ValueError, match=match):
-        layer(inputs, mask=mask)
-
-
-def test_feature_size_must_match_the_built_one():
-    layer = tfa.MultiHeadAttention(head_size=2, num_heads=2)
-    layer([Q, K])
-    with pytest.raises(
-        ValueError, match=r"last dimension of `key` must be 7.*\(2, 4, 8\)"
-    ):
-        layer([Q, np.zeros((2, 4, 8), "float32")])
