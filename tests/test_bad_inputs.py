@@ -770,6 +770,12 @@ CASES = [
         "height",
     ),
     Case(
+        "patch/width_not_a_multiple",
+        lambda: PatchEmbedding((2, 4), 3)(_f(1, 4, 6, 3)),
+        "inputs",
+        "width of `inputs` must be a multiple.*4",
+    ),
+    Case(
         "patch/width_not_a_multiple_shape",
         lambda: PatchEmbedding((2, 4), 3).compute_output_shape((None, 4, 6, 3)),
         "inputs",
