@@ -59,6 +59,9 @@ def test_versions_count_up_from_the_largest(tmp_path):
     path = serving.export_saved_model(model, base, version=42)
     assert os.path.basename(path) == "42"
     assert _export.existing_versions(str(base)) == [7, 8, 9, 42]
+    # Version 0 is a TF Serving version too (it reads names as int64).
+    path = serving.export_saved_model(model, base, version=0)
+    assert _export.existing_versions(str(base)) == [0, 7, 8, 9, 42]
 
 
 def test_existing_version_is_not_overwritten_unless_asked(tmp_path, rng):
@@ -337,8 +340,8 @@ def test_keras_file_round_trip_then_export_agree(tmp_path, exported):
     "kwargs,match",
     [
         (dict(version=-1), "`version` must be an integer from 0"),
-        (dict(version="2"), "`version` must be None or an integer"),
-        (dict(version=True), "`version` must be None or an integer"),
+        (dict(version="2"), "`version` must be an integer from 0"),
+        (dict(version=True), "`version` must be an integer from 0"),
         (dict(overwrite="yes"), "`overwrite` must be a bool"),
         (dict(signatures=[1]), "`signatures` must be a dict"),
         (dict(signatures={"x": lambda t: t}), "needs|must be a `tf.function`"),

@@ -104,7 +104,7 @@ def test_rest_url():
     )
     with pytest.raises(ValueError, match="`model_name`"):
         serving.rest_url("h", 1, "a/b")
-    with pytest.raises(ValueError, match="`version` must be a non-negative"):
+    with pytest.raises(ValueError, match="`version` must be an integer from 0"):
         serving.rest_url("h", 1, "a", version=-1)
 
 
