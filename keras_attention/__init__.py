@@ -15,6 +15,7 @@ from keras_attention.layers import GroupQueryAttention
 from keras_attention.layers import MultiHeadAttention
 from keras_attention.layers import PatchEmbedding
 from keras_attention.layers import PositionEmbedding
+from keras_attention.layers import RotaryEmbedding
 from keras_attention.layers import SinusoidalPositionEncoding
 from keras_attention.layers import TransformerEncoder
 
@@ -28,6 +29,7 @@ __all__ = [
     "MultiHeadAttention",
     "PatchEmbedding",
     "PositionEmbedding",
+    "RotaryEmbedding",
     "SinusoidalPositionEncoding",
     "TransformerEncoder",
     "layers",

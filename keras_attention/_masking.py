@@ -36,12 +36,15 @@ def and_masks(*masks):
     return result
 
 
-def causal_mask(q_len, k_len):
+def causal_mask(q_len, k_len, offset=0):
     """Boolean `(q_len, k_len)` mask where query `i` attends keys `j <= i`.
 
     The mask is aligned top-left, as in `keras.layers.MultiHeadAttention`'s
     `use_causal_mask`: query position `i` sees key positions `0..i`, whatever
-    the two lengths are. Lengths may be Python ints or scalar tensors.
+    the two lengths are. With `offset`, query `i` sits at position
+    `offset + i` and attends keys `j <= offset + i` (a cache being filled
+    from position `offset`). Lengths and the offset may be Python ints or
+    scalar tensors.
 
     Example:
 
@@ -49,14 +52,23 @@ def causal_mask(q_len, k_len):
     array([[ True, False, False],
            [ True,  True, False]])
     """
-    rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), -1)
+    rows = _positions(q_len, offset)
     cols = ops.expand_dims(ops.arange(k_len, dtype="int32"), 0)
     return ops.greater_equal(rows, cols)
 
 
-def sliding_window_mask(q_len, k_len, window):
-    """Boolean `(q_len, k_len)` band: `|i - j| < window`, as in Keras MHA."""
-    rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), -1)
+def _positions(length, offset):
+    """`(length, 1)` int32 positions `offset, ..., offset + length - 1`."""
+    rows = ops.arange(length, dtype="int32")
+    if not (isinstance(offset, int) and offset == 0):
+        rows = rows + ops.cast(offset, "int32")
+    return ops.expand_dims(rows, -1)
+
+
+def sliding_window_mask(q_len, k_len, window, offset=0):
+    """Boolean `(q_len, k_len)` band: `|i - j| < window`, as in Keras MHA;
+    query `i` at position `offset + i`."""
+    rows = _positions(q_len, offset)
     cols = ops.expand_dims(ops.arange(k_len, dtype="int32"), 0)
     return ops.less(ops.abs(rows - cols), window)
 

@@ -498,6 +498,46 @@ def check_start_index(start_index, length=None, sequence_length=None):
         )
 
 
+def check_index(name, value, upper=None, upper_desc=""):
+    """A non-negative position: a Python int or a 0-d integer tensor.
+
+    Returns the value as a Python int when it is known now (an int, a NumPy
+    scalar, an eager tensor), else None. With `upper`, a known value must
+    not exceed it (`upper_desc` says what `upper` is).
+    """
+    if isinstance(value, bool):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a "
+            f"non-negative integer. Received: {name}={value!r}"
+        )
+    shape = static_shape(value)
+    if len(shape) != 0:
+        raise ValueError(
+            f"Argument `{name}` must be a scalar (a Python int or a 0-d "
+            f"integer tensor). Received: {name}.shape={shape}"
+        )
+    known = concrete_values(value)
+    if known is None:
+        return None
+    if not np.issubdtype(known.dtype, np.integer):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a "
+            f"non-negative integer. Received: {name}={short_repr(value)}"
+        )
+    known = int(known)
+    if known < 0:
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a "
+            f"non-negative integer. Received: {name}={known}"
+        )
+    if upper is not None and known > upper:
+        raise ValueError(
+            f"Argument `{name}` is past the end: at most {upper} "
+            f"({upper_desc}). Received: {name}={known}"
+        )
+    return known
+
+
 # TF Serving reads a version directory's name as a signed 64-bit integer
 # (`ParseVersionNumber` in tensorflow_serving/sources/storage_path/
 # file_system_storage_path_source.cc); we accept its non-negative range.

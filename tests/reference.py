@@ -34,8 +34,12 @@ def sdpa(
     is_causal=False,
     scale=None,
     soft_cap=None,
+    causal_offset=0,
 ):
     """(B, T, N, H) x (B, S, K, H) x (B, S, K, Hv) -> (out, weights).
+
+    `causal_offset`: with `is_causal`, query `i` attends keys `j <= i +
+    causal_offset`.
 
     `soft_cap`: logits become `cap * tanh(logits / cap)` after the scale and
     the bias; `-inf` bias entries stay masked.
@@ -62,7 +66,7 @@ def sdpa(
     if mask is not None:
         full_mask &= np.broadcast_to(np.asarray(mask, bool), full_mask.shape)
     if is_causal:
-        full_mask &= np.tril(np.ones((t, s), bool))
+        full_mask &= np.tril(np.ones((t, s), bool), k=causal_offset)
     weights = softmax_rows(logits, full_mask)
     out = np.zeros((b, t, n, v.shape[-1]))
     for head in range(n):
@@ -152,3 +156,41 @@ def pooling(x, score_kernel, hidden_kernel=None, hidden_bias=None, mask=None):
     weights = softmax_rows(logits, full_mask)
     pooled = np.einsum("bhl,bld->bhd", weights, x)
     return pooled.reshape(x.shape[0], -1), weights
+
+
+def rotary_embedding(
+    x,
+    positions,
+    max_wavelength=10000.0,
+    scaling_factor=1.0,
+    sequence_axis=1,
+    feature_axis=-1,
+):
+    """Rotary position embedding (Su et al., 2021), rotating halves.
+
+    Feature `i < d / 2` and feature `i + d / 2` form a pair rotated by
+    `theta = p * max_wavelength ** (-2 i / d) / scaling_factor`:
+    `(a, b) -> (a cos theta - b sin theta, b cos theta + a sin theta)`.
+    `positions`: `(length,)`, or `(batch, length)` with the batch the first
+    axis that is neither `sequence_axis` nor `feature_axis`.
+    """
+    x = np.asarray(x, np.float64)
+    positions = np.asarray(positions, np.float64)
+    moved = np.moveaxis(x, (sequence_axis, feature_axis), (-2, -1))
+    out = np.zeros_like(moved)
+    length, dim = moved.shape[-2:]
+    half = dim // 2
+    for index in np.ndindex(moved.shape[:-2]):
+        for t in range(length):
+            if positions.ndim == 1:
+                p = positions[t]
+            else:
+                p = positions[index[0] if positions.shape[0] > 1 else 0, t]
+            for i in range(half):
+                theta = p * max_wavelength ** (-2.0 * i / dim) / scaling_factor
+                a, b = moved[index + (t, i)], moved[index + (t, i + half)]
+                out[index + (t, i)] = a * np.cos(theta) - b * np.sin(theta)
+                out[index + (t, i + half)] = b * np.cos(theta) + a * np.sin(
+                    theta
+                )
+    return np.moveaxis(out, (-2, -1), (sequence_axis, feature_axis))

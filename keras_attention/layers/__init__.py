@@ -7,6 +7,7 @@ from keras_attention.layers.grouped_query_attention import GroupedQueryAttention
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
 from keras_attention.layers.patch_embedding import PatchEmbedding
 from keras_attention.layers.position_embedding import PositionEmbedding
+from keras_attention.layers.rotary_embedding import RotaryEmbedding
 from keras_attention.layers.sinusoidal_position_encoding import (
     SinusoidalPositionEncoding,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "MultiHeadAttention",
     "PatchEmbedding",
     "PositionEmbedding",
+    "RotaryEmbedding",
     "SinusoidalPositionEncoding",
     "TransformerEncoder",
 ]

@@ -51,6 +51,8 @@ class GroupedQueryAttention(MultiHeadAttention):
         seed: optional int, seed for the attention dropout.
         chunk_size: `"auto"`, `None` or a positive int; see the op.
         logits_soft_cap: optional positive float; see the op.
+        rope_max_wavelength, rope_scaling_factor: rotary position
+            embeddings, as in `keras_attention.MultiHeadAttention`.
         **kwargs: base layer arguments, e.g. `name` and `dtype`.
 
     Call arguments:
@@ -59,13 +61,16 @@ class GroupedQueryAttention(MultiHeadAttention):
         key: optional `(batch_size, source_length, dim)`; defaults to
             `value`.
         query_mask, value_mask, key_mask, attention_mask,
-        return_attention_scores, training, use_causal_mask, attention_bias:
-            as in `keras_attention.MultiHeadAttention`.
+        return_attention_scores, training, use_causal_mask, attention_bias,
+        cache, cache_update_index: as in `keras_attention.MultiHeadAttention`
+            (its key/value cache holds `num_key_value_heads` heads of
+            `head_dim`).
 
     Returns:
         attention_output: `(batch_size, target_length, dim)`.
         attention_scores: only if `return_attention_scores`, `(batch_size,
             num_query_heads, target_length, source_length)`.
+        cache: with a cache, the updated cache.
 
     Example:
 
@@ -100,6 +105,8 @@ class GroupedQueryAttention(MultiHeadAttention):
         seed=None,
         chunk_size="auto",
         logits_soft_cap=None,
+        rope_max_wavelength=None,
+        rope_scaling_factor=1.0,
         **kwargs,
     ):
         _validation.check_positive_int("head_dim", head_dim)
@@ -136,6 +143,8 @@ class GroupedQueryAttention(MultiHeadAttention):
             num_key_value_heads=num_key_value_heads,
             chunk_size=chunk_size,
             logits_soft_cap=logits_soft_cap,
+            rope_max_wavelength=rope_max_wavelength,
+            rope_scaling_factor=rope_scaling_factor,
             **kwargs,
         )
         self.head_dim = int(head_dim)
@@ -179,6 +188,7 @@ class GroupedQueryAttention(MultiHeadAttention):
         use_causal_mask=False,
         attention_bias=None,
         logits_soft_cap=None,
+        causal_offset=0,
     ):
         """The attention step on projected tensors: override to change it.
 
@@ -198,6 +208,7 @@ class GroupedQueryAttention(MultiHeadAttention):
             use_causal_mask=use_causal_mask,
             attention_bias=attention_bias,
             logits_soft_cap=logits_soft_cap,
+            causal_offset=causal_offset,
         )
 
     _stock_compute_attention = _compute_attention
@@ -217,6 +228,8 @@ class GroupedQueryAttention(MultiHeadAttention):
                 "seed": self.seed,
                 "chunk_size": self.chunk_size,
                 "logits_soft_cap": self.logits_soft_cap,
+                "rope_max_wavelength": self.rope_max_wavelength,
+                "rope_scaling_factor": self.rope_scaling_factor,
                 "activity_regularizer": keras.regularizers.serialize(
                     self._activity_regularizer
                 ),

@@ -8,6 +8,8 @@ from keras import ops
 from keras_attention import _masking
 from keras_attention import _validation
 from keras_attention.layers import _common
+from keras_attention.layers.rotary_embedding import apply_rotary
+from keras_attention.layers.rotary_embedding import rotary_positions
 from keras_attention.ops.attention import scaled_dot_product_attention
 
 
@@ -26,6 +28,21 @@ def _proj_equation(free_dims, bound_dims, output_dims):
 
 def _output_shape(output_rank, known_last_dims):
     return [None] * (output_rank - len(known_last_dims)) + list(known_last_dims)
+
+
+def _check_rope(max_wavelength, scaling_factor, head_dim):
+    """The attention layers' RoPE options (`head_dim` the rotated size)."""
+    _validation.check_positive_number(
+        "rope_max_wavelength", max_wavelength, allow_none=True
+    )
+    _validation.check_positive_number("rope_scaling_factor", scaling_factor)
+    if max_wavelength is not None and head_dim % 2:
+        raise ValueError(
+            "Rotary position embeddings rotate pairs of features, so the "
+            "head dimension must be even when `rope_max_wavelength` is set. "
+            f"Received: key_dim={head_dim}, "
+            f"rope_max_wavelength={max_wavelength}"
+        )
 
 
 def _product(dims):
@@ -86,7 +103,33 @@ class MultiHeadAttention(_common.ValidatedLayer):
             heads.
         chunk_size: `"auto"`, `None` or a positive int; see the op.
         logits_soft_cap: optional positive float; see the op.
+        rope_max_wavelength: optional positive float. When set, the
+            projected queries and keys are rotated per head by rotary
+            position embeddings (`keras_attention.RotaryEmbedding`'s
+            numerics), at positions that start at `cache_update_index`
+            (0 without one). `None` (default): no rotation. Needs an even
+            `key_dim`.
+        rope_scaling_factor: positive float, the positions are divided by
+            it (linear RoPE scaling). Default 1.
         **kwargs: base layer arguments, e.g. `name` and `dtype`.
+
+    Key/value cache (autoregressive decoding), with keras-hub's
+    `CachedMultiHeadAttention` conventions, so code that passes them by
+    keyword runs unchanged: `cache` is `(batch_size, 2, max_length,
+    num_key_value_heads, cache_dim)`, keys at index 0 and values at index
+    1, `cache_dim = max(key_dim, value_dim)` (the shorter one is stored
+    zero-padded). With `cache_update_index`, the projected (and rotated)
+    key/value of the inputs are written into the cache from that index and
+    the queries attend the whole updated cache; without it, the cache is
+    read as it is (cross-attention) and the inputs' `key`/`value` are
+    ignored. The call then returns the new cache too. With a cache,
+    `use_causal_mask=True` and `sliding_window` place query `i` at position
+    `cache_update_index + i`, so no mask is built by hand; with
+    `use_causal_mask=False` every slot is attended unless `attention_mask`
+    (`(batch_size, target_length, max_length)`) or `value_mask`/`key_mask`
+    (`(batch_size, max_length)`, over the slots) say otherwise, as in
+    keras-hub. A cache needs rank-3 inputs (one attention axis). Writes are
+    scatters, which export to plain TensorFlow ops.
 
     Call arguments:
         query: `(batch_size, target_length, dim)`.
@@ -103,12 +146,18 @@ class MultiHeadAttention(_common.ValidatedLayer):
         attention_bias: optional float tensor added to the logits,
             broadcastable to `(batch_size, num_heads, target_length,
             source_length)` (ALiBi, relative positions).
+        cache: optional key/value cache, see above.
+        cache_update_index: optional int or 0-d integer tensor, where the
+            inputs' keys and values are written into `cache`. A known index
+            must leave room for them.
 
     Returns:
         attention_output: `(batch_size, target_length, E)`, `E` the query's
             last dimension or `output_shape`.
         attention_scores: if `return_attention_scores`, `(batch_size,
-            num_heads, target_length, source_length)`.
+            num_heads, target_length, source_length)` (`max_length` with a
+            cache).
+        cache: with a cache, the updated cache, returned last.
 
     Example:
 
@@ -147,6 +196,8 @@ class MultiHeadAttention(_common.ValidatedLayer):
         num_key_value_heads=None,
         chunk_size="auto",
         logits_soft_cap=None,
+        rope_max_wavelength=None,
+        rope_scaling_factor=1.0,
         **kwargs,
     ):
         _validation.check_positive_int("num_heads", num_heads)
@@ -169,6 +220,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         _validation.check_positive_number(
             "logits_soft_cap", logits_soft_cap, allow_none=True
         )
+        _check_rope(rope_max_wavelength, rope_scaling_factor, key_dim)
         # The window is compared with int32 positions.
         _validation.check_positive_int(
             "sliding_window",
@@ -206,6 +258,10 @@ class MultiHeadAttention(_common.ValidatedLayer):
         self.logits_soft_cap = (
             None if logits_soft_cap is None else float(logits_soft_cap)
         )
+        self.rope_max_wavelength = (
+            None if rope_max_wavelength is None else float(rope_max_wavelength)
+        )
+        self.rope_scaling_factor = float(rope_scaling_factor)
         self.partial_output_shape = self._standardize_output_shape(output_shape)
         self.attention_axes = self._standardize_attention_axes(attention_axes)
         self.sliding_window = sliding_window
@@ -365,10 +421,12 @@ class MultiHeadAttention(_common.ValidatedLayer):
         value_mask=None,
         key_mask=None,
         attention_mask=None,
-        attention_bias=None,
         return_attention_scores=False,
         training=None,
         use_causal_mask=False,
+        attention_bias=None,
+        cache=None,
+        cache_update_index=None,
     ):
         key_shape = None if key is None else key.shape
         query_shape, value_shape, _, axes = self._check_shapes(
@@ -378,13 +436,19 @@ class MultiHeadAttention(_common.ValidatedLayer):
             self.compute_output_shape(query.shape, value.shape, key_shape),
             dtype=self.compute_dtype,
         )
-        if not return_attention_scores:
-            return output
-        scores = keras.KerasTensor(
-            self._scores_shape(query_shape, value_shape, axes),
-            dtype=self.compute_dtype,
-        )
-        return output, scores
+        outputs = [output]
+        if return_attention_scores:
+            if cache is not None:
+                value_shape = (value_shape[0], cache.shape[2], None)
+            outputs.append(
+                keras.KerasTensor(
+                    self._scores_shape(query_shape, value_shape, axes),
+                    dtype=self.compute_dtype,
+                )
+            )
+        if cache is not None:
+            outputs.append(keras.KerasTensor(cache.shape, dtype=cache.dtype))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     # ------------------------------------------------------------------
     # Build
@@ -517,32 +581,33 @@ class MultiHeadAttention(_common.ValidatedLayer):
     # ------------------------------------------------------------------
     def _attention_mask(
         self,
-        query,
-        value,
+        q_len,
+        v_len,
         query_mask,
         value_mask,
         key_mask,
         attention_mask,
         use_causal_mask,
+        offset=0,
     ):
-        """Combines all masks, in Keras' `(B, T, S)` layout (or None)."""
+        """Combines all masks, in Keras' `(B, T, S)` layout (or None).
+
+        Query `i` sits at position `offset + i` (a cache's update index)."""
         query_mask = _masking.as_bool(query_mask, "query_mask")
         value_mask = _masking.as_bool(value_mask, "value_mask")
         key_mask = _masking.as_bool(key_mask, "key_mask")
-        q_len, v_len = ops.shape(query)[1], ops.shape(value)[1]
         masks = [
             None if query_mask is None else ops.expand_dims(query_mask, -1),
             None if value_mask is None else ops.expand_dims(value_mask, -2),
             None if key_mask is None else ops.expand_dims(key_mask, -2),
         ]
         if use_causal_mask:
-            masks.append(_masking.causal_mask(q_len, v_len)[None])
+            masks.append(_masking.causal_mask(q_len, v_len, offset)[None])
         if self.sliding_window is not None:
-            masks.append(
-                _masking.sliding_window_mask(q_len, v_len, self.sliding_window)[
-                    None
-                ]
+            window = _masking.sliding_window_mask(
+                q_len, v_len, self.sliding_window, offset
             )
+            masks.append(window[None])
         masks.append(_masking.as_bool(attention_mask, "attention_mask"))
         return _masking.and_masks(*masks)
 
@@ -557,6 +622,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         attention_mask,
         attention_bias,
         axes,
+        cache=None,
     ):
         q_dim, k_dim, v_dim = self._built_shapes
         _validation.check_last_dim("query", query.shape, q_dim, "query")
@@ -564,6 +630,11 @@ class MultiHeadAttention(_common.ValidatedLayer):
         _validation.check_last_dim("value", value.shape, v_dim, "value")
         q_shape = tuple(query.shape[:-1])
         kv_shape = tuple(value.shape[:-1])
+        value_shape = value.shape
+        if cache is not None:
+            # The keys are the cache's slots.
+            kv_shape = (value.shape[0], cache.shape[2])
+            value_shape = kv_shape + (None,)
         _validation.check_mask(
             "query_mask", query_mask, q_shape, "(batch, <query dims>)"
         )
@@ -573,7 +644,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         _validation.check_mask(
             "key_mask", key_mask, kv_shape, "(batch, <key dims>)"
         )
-        scores_shape = self._scores_shape(query.shape, value.shape, axes)
+        scores_shape = self._scores_shape(query.shape, value_shape, axes)
         n_inner = 2 * len(axes)
         for name, operand in (
             ("attention_mask", attention_mask),
@@ -686,9 +757,12 @@ class MultiHeadAttention(_common.ValidatedLayer):
         training=None,
         use_causal_mask=False,
         attention_bias=None,
+        cache=None,
+        cache_update_index=None,
     ):
         if key is None:
             key = value
+        offset = self._check_cache(query, key, cache, cache_update_index)
         self._check_call_inputs(
             query,
             value,
@@ -699,6 +773,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
             attention_mask,
             attention_bias,
             self._axes,
+            cache,
         )
         rank = len(query.shape)
         # Sequences (rank 3): the query's padding mask is applied to the
@@ -710,20 +785,29 @@ class MultiHeadAttention(_common.ValidatedLayer):
             query_mask = None
         masks = (query_mask, value_mask, key_mask, attention_mask)
         causal_only = self._causal_only(use_causal_mask, rank, masks)
+        q_len = ops.shape(query)[1]
+        k_len = ops.shape(value if cache is None else cache[:, 0])[1]
         mask = None
         if not causal_only:
-            mask = self._attention_mask(query, value, *masks, use_causal_mask)
+            mask = self._attention_mask(
+                q_len, k_len, *masks, use_causal_mask, offset
+            )
 
         gate = None
         if self.use_gate:
             gate = self._gate_dense(_common.strip_keras_mask(query))
-        q = self._query_dense(_common.strip_keras_mask(query))
-        k = self._key_dense(_common.strip_keras_mask(key))
-        v = self._value_dense(_common.strip_keras_mask(value))
+        q = self._rotate(
+            self._query_dense(_common.strip_keras_mask(query)), offset
+        )
+        k, v, cache = self._keys_and_values(
+            key, value, cache, cache_update_index
+        )
 
         # Only what is set reaches `_compute_attention`, so that subclasses
         # written against Keras' signature keep working.
         extras = {"use_causal_mask": True} if causal_only else {}
+        if causal_only and not (isinstance(offset, int) and offset == 0):
+            extras["causal_offset"] = offset
         if attention_bias is not None:
             extras["attention_bias"] = attention_bias
         if self.logits_soft_cap is not None:
@@ -741,9 +825,92 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 scores = (
                     scores * ops.cast(row_mask, scores.dtype)[:, None, :, None]
                 )
+        outputs = (output,)
         if return_attention_scores:
-            return output, scores
-        return output
+            outputs += (scores,)
+        if cache is not None:
+            outputs += (cache,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _check_cache(self, query, key, cache, cache_update_index):
+        """Checks the cache and returns the queries' causal offset."""
+        if cache is None:
+            if cache_update_index is not None:
+                raise ValueError(
+                    "Argument `cache_update_index` needs a `cache` to update."
+                    " Received: cache=None, cache_update_index="
+                    f"{_validation.short_repr(cache_update_index)}"
+                )
+            return 0
+        if len(query.shape) != 3 or len(self._axes) != 1:
+            raise ValueError(
+                "Argument `cache` needs rank-3 inputs (batch, length, dim) "
+                "and one attention axis; a cache over several "
+                "`attention_axes` is not supported. Received: "
+                f"attention_axes={self.attention_axes}, "
+                f"query.shape={tuple(query.shape)}"
+            )
+        shape = _validation.static_shape(cache)
+        expected = (
+            query.shape[0],
+            2,
+            None,
+            self.num_key_value_heads or self.num_heads,
+            self._cache_dim(),
+        )
+        if len(shape) != 5 or any(
+            want is not None and got is not None and want != got
+            for want, got in zip(expected, shape)
+        ):
+            raise ValueError(
+                "Argument `cache` must have the shape (batch_size, 2, "
+                "max_length, num_key_value_heads, max(key_dim, value_dim)) "
+                f"= {expected} (None: any). Received: cache.shape={shape}"
+            )
+        if cache_update_index is None:
+            return 0
+        max_length, new = shape[2], key.shape[1]
+        upper = None
+        if max_length is not None and new is not None:
+            upper = max_length - new
+        known = _validation.check_index(
+            "cache_update_index",
+            cache_update_index,
+            upper,
+            f"the cache holds {max_length} positions and {new} are written",
+        )
+        return cache_update_index if known is None else known
+
+    def _cache_dim(self):
+        return max(self.key_dim, self.value_dim or self.key_dim)
+
+    def _rotate(self, x, start):
+        """Rotary embeddings of positions `start, start + 1, ...` (if on)."""
+        if self.rope_max_wavelength is None:
+            return x
+        return apply_rotary(
+            x,
+            rotary_positions(ops.shape(x)[1], start),
+            self.rope_max_wavelength,
+            self.rope_scaling_factor,
+        )
+
+    def _keys_and_values(self, key, value, cache, cache_update_index):
+        """Projected keys and values, and the updated cache (or None)."""
+        if cache is not None and cache_update_index is None:
+            value_dim = self.value_dim or self.key_dim
+            return (
+                cache[:, 0, :, :, : self.key_dim],
+                cache[:, 1, :, :, :value_dim],
+                cache,
+            )
+        start = 0 if cache is None else cache_update_index
+        k = self._rotate(self._key_dense(_common.strip_keras_mask(key)), start)
+        v = self._value_dense(_common.strip_keras_mask(value))
+        if cache is None:
+            return k, v, None
+        cache = _write_cache(cache, k, v, cache_update_index)
+        return self._keys_and_values(None, None, cache, None)
 
     def _attend(self, q, k, v, mask, training, return_scores, extras):
         """Calls `_compute_attention` with Keras' MHA signature."""
@@ -762,6 +929,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         use_causal_mask=False,
         attention_bias=None,
         logits_soft_cap=None,
+        causal_offset=0,
     ):
         """The attention step on projected tensors: override to change it.
 
@@ -772,7 +940,8 @@ class MultiHeadAttention(_common.ValidatedLayer):
         to the scores shape once the heads axis is inserted;
         `use_causal_mask` adds the causal mask. Our extras, given by `call`
         only when set: `attention_bias`, added to the logits, and
-        `logits_soft_cap` (defaults to the layer's). Returns `(output,
+        `logits_soft_cap` (defaults to the layer's), and `causal_offset`,
+        the position of query 0 in causal decoding. Returns `(output,
         scores)`, `scores` None unless `return_attention_scores`.
         """
         axes = self._axes
@@ -819,6 +988,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
             chunk_size=self.chunk_size,
             logits_soft_cap=logits_soft_cap,
             flash_attention=self.flash_attention,
+            causal_offset=causal_offset,
         )
         scores = None
         if return_attention_scores:
@@ -893,6 +1063,8 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 "flash_attention": self.flash_attention,
                 "num_key_value_heads": self.num_key_value_heads,
                 "chunk_size": self.chunk_size,
+                "rope_max_wavelength": self.rope_max_wavelength,
+                "rope_scaling_factor": self.rope_scaling_factor,
                 "seed": self.seed,
                 "activity_regularizer": keras.regularizers.serialize(
                     self._activity_regularizer
@@ -901,3 +1073,36 @@ class MultiHeadAttention(_common.ValidatedLayer):
         )
         config.update(_common.serialize_keras_objects(self))
         return config
+
+
+def _write_cache(cache, key, value, index):
+    """Writes `key` and `value` `(B, T, heads, dim)` into `cache` `(B, 2,
+    max_length, heads, cache_dim)` from position `index`.
+
+    A scatter (`TensorScatterUpdate` on TensorFlow), not `slice_update`,
+    which TensorFlow lowers to `XlaDynamicUpdateSlice`: TF Serving runs
+    without XLA by default.
+    """
+    cache_dim = cache.shape[-1]
+    updates = []
+    for x in (key, value):
+        x = ops.cast(x, cache.dtype)
+        if x.shape[-1] != cache_dim:
+            x = ops.pad(
+                x, [[0, 0], [0, 0], [0, 0], [0, cache_dim - x.shape[-1]]]
+            )
+        updates.append(x)
+    updates = ops.stack(updates, axis=1)  # (B, 2, T, heads, cache_dim)
+    batch, length = ops.shape(key)[0], ops.shape(key)[1]
+    grid = ops.shape(updates)[:3]
+    rows = ops.broadcast_to(
+        ops.reshape(ops.arange(batch, dtype="int32"), (-1, 1, 1)), grid
+    )
+    parts = ops.broadcast_to(
+        ops.reshape(ops.arange(2, dtype="int32"), (1, 2, 1)), grid
+    )
+    positions = ops.arange(length, dtype="int32") + ops.cast(index, "int32")
+    slots = ops.broadcast_to(ops.reshape(positions, (1, 1, -1)), grid)
+    indices = ops.reshape(ops.stack([rows, parts, slots], axis=-1), (-1, 3))
+    flat = ops.reshape(updates, (-1,) + tuple(updates.shape[-2:]))
+    return ops.scatter_update(cache, indices, flat)

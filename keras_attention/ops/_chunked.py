@@ -98,8 +98,11 @@ class _Engine:
         score_t_fn,
         score_t_vjp,
         soft_cap=None,
+        causal_offset=0,
     ):
         self.soft_cap = soft_cap
+        # Causal: query row `r` sits at position `causal_offset + r`.
+        self.offset = causal_offset
         self.score_fn = score_fn
         self.score_t_fn = score_t_fn
         self.score_t_vjp = score_t_vjp
@@ -153,7 +156,7 @@ class _Engine:
             in_range = ops.reshape(cols < self.s_len, col_shape)
             valid = in_range if valid is None else valid & in_range
         if self.is_causal:
-            rows = i * self.cq + ops.arange(self.cq, dtype="int32")
+            rows = self._row(i * self.cq) + ops.arange(self.cq, dtype="int32")
             causal = ops.reshape(rows, row_shape) >= ops.reshape(
                 cols, col_shape
             )
@@ -164,8 +167,14 @@ class _Engine:
         """Number of key blocks query block `i` needs (causal: to diagonal)."""
         if not self.is_causal:
             return self.nk
-        last_row = (i + 1) * self.cq - 1
+        last_row = self._row((i + 1) * self.cq - 1)
         return ops.minimum(self.nk, last_row // self.ck + 1)
+
+    def _row(self, r):
+        """The causal position of query row `r`."""
+        if isinstance(self.offset, int) and self.offset == 0:
+            return r
+        return r + ops.cast(self.offset, "int32")
 
     def capped(self, s):
         """Logit soft-capping, `cap * tanh(s / cap)` (none without a cap)."""
@@ -295,7 +304,7 @@ class _Engine:
                 if not self.is_causal:
                     return compute(i)
                 # The block is above the diagonal: no query sees these keys.
-                above = (i + 1) * self.cq - 1 < j * self.ck
+                above = self._row((i + 1) * self.cq - 1) < j * self.ck
 
                 def skip():
                     return (
@@ -385,13 +394,14 @@ def _dot_score_t_vjp(qb, kb, ds_t):
 
 
 def chunked_dot_product_attention(
-    q, k, v, mask, is_causal, q_chunk, k_chunk, soft_cap=None
+    q, k, v, mask, is_causal, q_chunk, k_chunk, soft_cap=None, causal_offset=0
 ):
     """Exact softmax attention on head-major float32 tensors.
 
     `q (B, N, T, D)` must already be scaled; `k (B, N, S, D)`, `v (B, N, S,
     Dv)`; `mask` is None or boolean `(B|1, N|1, T|1, S|1)`; `soft_cap` is
-    None or a positive float (logits become `cap * tanh(logits / cap)`).
+    None or a positive float (logits become `cap * tanh(logits / cap)`);
+    `causal_offset` the position of query row 0 in causal attention.
     Returns the float32 output `(B, N, T, Dv)`; its gradient is recomputed
     blockwise.
     """
@@ -410,6 +420,7 @@ def chunked_dot_product_attention(
             _dot_score_t,
             _dot_score_t_vjp,
             soft_cap=soft_cap,
+            causal_offset=causal_offset,
         )
         return _output_and_gradient(engine, ())
 

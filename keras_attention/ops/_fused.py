@@ -124,13 +124,21 @@ def choose(flash_attention, global_setting, **call_facts):
     return True
 
 
-def attend(query, key, value, mask, is_causal, scale, soft_cap):
+def attend(query, key, value, mask, is_causal, scale, soft_cap, offset=0):
     """The fused kernel, with fully masked query rows set to zero.
 
     Rows with no key to attend are given every key, so that the kernel never
     sees an empty row (its output there may be NaN, and so its gradients);
     the select afterwards zeroes them, with zero gradients.
     """
+    if is_causal and not (isinstance(offset, int) and offset == 0):
+        # The fused kernel's causal mask is top-left aligned: an offset
+        # diagonal goes in as a mask.
+        causal = _masking.causal_mask(
+            ops.shape(query)[1], ops.shape(key)[1], offset
+        )
+        mask = _masking.and_masks(mask, causal[None, None])
+        is_causal = False
     row_valid = None
     if mask is not None:
         full = mask

@@ -63,6 +63,7 @@ def scaled_dot_product_attention(
     chunk_size="auto",
     logits_soft_cap=None,
     flash_attention=None,
+    causal_offset=0,
 ):
     """Scaled dot-product attention with exact masking and float32 softmax.
 
@@ -166,6 +167,14 @@ def scaled_dot_product_attention(
               prevents it.
             On the fused path, too, a fully masked query row gives zeros,
             with zero gradients.
+        causal_offset: int or 0-d integer tensor, default 0: with
+            `is_causal`, query `i` sits at position `causal_offset + i` and
+            attends keys `j <= causal_offset + i` (e.g. a prefill or a
+            decoding step into a key/value cache whose first new entry is at
+            `causal_offset`). The chunked kernel still skips the key blocks
+            past the diagonal, and no `(q_len, k_len)` mask is built. A
+            known offset must be non-negative; a non-zero one without
+            `is_causal` is a `ValueError`.
 
     Returns:
         The attention output of shape `(batch, q_len, num_heads, value_dim)`
@@ -221,6 +230,16 @@ def scaled_dot_product_attention(
         "logits_soft_cap", logits_soft_cap, allow_none=True
     )
     _validation.check_flash_attention(flash_attention)
+    known_offset = _validation.check_index("causal_offset", causal_offset)
+    if known_offset == 0:
+        causal_offset = 0
+    elif not is_causal:
+        raise ValueError(
+            "Argument `causal_offset` applies to causal attention only: pass "
+            "`is_causal=True`, or leave it at 0. Received: "
+            f"causal_offset={_validation.short_repr(causal_offset)}, "
+            "is_causal=False"
+        )
     target = (query.shape[0], num_heads, query.shape[1], key.shape[1])
     target_desc = "(batch, num_heads, q_len, k_len)"
     mask = as_bool(mask)
@@ -244,7 +263,14 @@ def scaled_dot_product_attention(
         ),
     ):
         return _fused.attend(
-            query, key, value, mask, is_causal, scale, logits_soft_cap
+            query,
+            key,
+            value,
+            mask,
+            is_causal,
+            scale,
+            logits_soft_cap,
+            causal_offset,
         )
 
     use_dense = (
@@ -255,6 +281,7 @@ def scaled_dot_product_attention(
     )
     dense_args = (query, key, value, mask, bias, is_causal, scale)
     dense_kwargs = dict(
+        causal_offset=causal_offset,
         soft_cap=logits_soft_cap,
         dropout_rate=dropout_rate,
         training=training,
@@ -270,7 +297,15 @@ def scaled_dot_product_attention(
 
     def chunked():
         return _chunked_sdpa(
-            query, key, value, mask, is_causal, scale, chunks, logits_soft_cap
+            query,
+            key,
+            value,
+            mask,
+            is_causal,
+            scale,
+            chunks,
+            logits_soft_cap,
+            causal_offset,
         )
 
     if chunk_size != "auto":
@@ -296,7 +331,15 @@ def scaled_dot_product_attention(
 
 
 def _chunked_sdpa(
-    query, key, value, mask, is_causal, scale, chunks, soft_cap=None
+    query,
+    key,
+    value,
+    mask,
+    is_causal,
+    scale,
+    chunks,
+    soft_cap=None,
+    causal_offset=0,
 ):
     num_heads, num_kv_heads = query.shape[2], key.shape[2]
     q_chunk = _fit_chunk(chunks[0], query)
@@ -312,7 +355,7 @@ def _chunked_sdpa(
     if mask is not None and len(mask.shape) == 2:
         mask = mask[None, None]
     out = chunked_dot_product_attention(
-        q, k, v, mask, is_causal, q_chunk, k_chunk, soft_cap
+        q, k, v, mask, is_causal, q_chunk, k_chunk, soft_cap, causal_offset
     )
     return ops.cast(ops.transpose(out, (0, 2, 1, 3)), value.dtype)
 
@@ -339,6 +382,7 @@ def _dense_sdpa(
     bias,
     is_causal,
     scale,
+    causal_offset=0,
     soft_cap=None,
     dropout_rate=0.0,
     training=False,
@@ -349,7 +393,7 @@ def _dense_sdpa(
     dim = query.shape[3]
     if is_causal:
         q_len, k_len = ops.shape(query)[1], ops.shape(key)[1]
-        mask = and_masks(mask, causal_mask(q_len, k_len))
+        mask = and_masks(mask, causal_mask(q_len, k_len, causal_offset))
 
     groups = num_heads // num_kv_heads
     q32 = ops.cast(query, "float32") * ops.cast(scale, "float32")
