@@ -3,11 +3,11 @@ import keras
 from keras_attention import _masking
 from keras_attention import _validation
 from keras_attention.layers import _common
-from keras_attention.layers.multi_head_attention import MultiHeadAttention
+from keras_attention.layers import _transformer
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class TransformerEncoder(_common.ValidatedLayer):
+class TransformerEncoder(_transformer.TransformerBlock):
     """A Transformer encoder block: self-attention and a feed-forward network.
 
     The block is two residual sub-blocks. Self-attention: this package's
@@ -63,6 +63,16 @@ class TransformerEncoder(_common.ValidatedLayer):
         kernel_constraint: constraint for the attention and dense kernels.
         bias_constraint: constraint for the attention and dense biases.
         seed: optional int, seed for the dropout layers.
+        num_key_value_heads: optional int dividing `num_heads`: grouped-query
+            attention with that many key/value heads.
+        rope_max_wavelength: optional positive float: rotary position
+            embeddings on the queries and keys (None: off). Needs an even
+            head size.
+        rope_scaling_factor: positive float, linear RoPE scaling.
+        sliding_window: optional positive int: each position attends
+            positions within `sliding_window - 1` of itself.
+        logits_soft_cap: optional positive float, see
+            `keras_attention.ops.scaled_dot_product_attention`.
         **kwargs: base layer arguments, e.g. `name` and `dtype`.
 
     Call arguments:
@@ -122,155 +132,63 @@ class TransformerEncoder(_common.ValidatedLayer):
         kernel_constraint=None,
         bias_constraint=None,
         seed=None,
+        num_key_value_heads=None,
+        rope_max_wavelength=None,
+        rope_scaling_factor=1.0,
+        sliding_window=None,
+        logits_soft_cap=None,
         **kwargs,
     ):
-        _validation.check_positive_int("intermediate_dim", intermediate_dim)
-        _validation.check_positive_int("num_heads", num_heads)
-        _validation.check_rate("dropout", dropout)
-        _validation.check_positive_number(
-            "layer_norm_epsilon", layer_norm_epsilon
-        )
-        _validation.check_bool("normalize_first", normalize_first)
-        _validation.check_positive_int("key_dim", key_dim, allow_none=True)
-        _validation.check_chunk_size(chunk_size)
-        _validation.check_seed(seed)
-        _validation.check_size_product({"intermediate_dim": intermediate_dim})
-        if key_dim is not None:
-            _validation.check_size_product(
-                {"num_heads": num_heads, "key_dim": key_dim}
-            )
-        # The base layer applies the activity regularizer once, to the
-        # block's output (not to every sublayer's).
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self.supports_masking = True
-        self.intermediate_dim = int(intermediate_dim)
-        self.num_heads = int(num_heads)
-        self.dropout = float(dropout)
-        self.activation = _validation.get_keras_object(
-            "activations", "activation", activation
-        )
-        self.layer_norm_epsilon = float(layer_norm_epsilon)
-        self.normalize_first = normalize_first
-        self.key_dim = None if key_dim is None else int(key_dim)
-        self.chunk_size = chunk_size
-        self.kernel_initializer = _validation.get_initializer(
-            "kernel_initializer", kernel_initializer
-        )
-        self.bias_initializer = _validation.get_initializer(
-            "bias_initializer", bias_initializer
-        )
-        self.kernel_regularizer = _validation.get_regularizer(
-            "kernel_regularizer", kernel_regularizer
-        )
-        self.bias_regularizer = _validation.get_regularizer(
-            "bias_regularizer", bias_regularizer
-        )
-        self.kernel_constraint = _validation.get_constraint(
-            "kernel_constraint", kernel_constraint
-        )
-        self.bias_constraint = _validation.get_constraint(
-            "bias_constraint", bias_constraint
-        )
-        self.seed = seed
-
-    def _seed(self, offset):
-        return None if self.seed is None else self.seed + offset
-
-    def _dense_kwargs(self):
-        return dict(
-            kernel_initializer=_common.clone_initializer(
-                self.kernel_initializer
-            ),
-            bias_initializer=_common.clone_initializer(self.bias_initializer),
-            kernel_regularizer=self.kernel_regularizer,
-            bias_regularizer=self.bias_regularizer,
-            kernel_constraint=self.kernel_constraint,
-            bias_constraint=self.bias_constraint,
-            dtype=self.dtype_policy,
+        super().__init__(
+            intermediate_dim=intermediate_dim,
+            num_heads=num_heads,
+            dropout=dropout,
+            activation=activation,
+            layer_norm_epsilon=layer_norm_epsilon,
+            normalize_first=normalize_first,
+            key_dim=key_dim,
+            num_key_value_heads=num_key_value_heads,
+            rope_max_wavelength=rope_max_wavelength,
+            rope_scaling_factor=rope_scaling_factor,
+            sliding_window=sliding_window,
+            chunk_size=chunk_size,
+            logits_soft_cap=logits_soft_cap,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            seed=seed,
+            **kwargs,
         )
 
     def build(self, input_shape):
-        _validation.check_rank("inputs", input_shape, (3,))
-        dim = input_shape[-1]
-        if dim is None:
-            raise ValueError(
-                "The last dimension of `inputs` must be known. Received: "
-                f"inputs.shape={tuple(input_shape)}"
-            )
-        key_dim = self.key_dim or dim // self.num_heads
-        if key_dim == 0:
-            raise ValueError(
-                "The inputs' last dimension must be at least `num_heads` "
-                "when `key_dim` is not given (each head gets `dim // "
-                f"num_heads` features). Received: inputs.shape="
-                f"{tuple(input_shape)}, num_heads={self.num_heads}"
-            )
-        _validation.check_weight_shapes(
-            "TransformerEncoder",
-            {
-                "feedforward_intermediate_dense/kernel": (
-                    dim,
-                    self.intermediate_dim,
-                ),
-            },
-            {
-                "inputs.shape[-1]": dim,
-                "intermediate_dim": self.intermediate_dim,
-            },
+        dim, key_dim = self._check_input_shape(
+            "TransformerEncoder", input_shape
         )
-        # The attention's kernels are checked by its own `build`.
         self._dim = dim
         input_shape = tuple(input_shape)
         # Created in keras-hub's order, under keras-hub's names.
-        self._self_attention_layer = MultiHeadAttention(
-            num_heads=self.num_heads,
-            key_dim=key_dim,
-            dropout=self.dropout,
-            chunk_size=self.chunk_size,
-            seed=self._seed(0),
-            name="self_attention_layer",
-            **self._dense_kwargs(),
+        self._self_attention_layer = self._attention(
+            "self_attention_layer", key_dim, 0
         )
         self._self_attention_layer.build(input_shape, input_shape)
-        self._self_attention_layer_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon,
-            dtype=self.dtype_policy,
-            name="self_attention_layer_norm",
+        self._self_attention_layer_norm = self._layer_norm(
+            "self_attention_layer_norm", input_shape
         )
-        self._self_attention_layer_norm.build(input_shape)
-        self._self_attention_dropout = keras.layers.Dropout(
-            rate=self.dropout,
-            seed=self._seed(1),
-            dtype=self.dtype_policy,
-            name="self_attention_dropout",
+        self._self_attention_dropout = self._dropout(
+            "self_attention_dropout", 1
         )
-        self._feedforward_layer_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon,
-            dtype=self.dtype_policy,
-            name="feedforward_layer_norm",
+        self._feedforward_layer_norm = self._layer_norm(
+            "feedforward_layer_norm", input_shape
         )
-        self._feedforward_layer_norm.build(input_shape)
-        self._feedforward_intermediate_dense = keras.layers.Dense(
-            self.intermediate_dim,
-            activation=self.activation,
-            name="feedforward_intermediate_dense",
-            **self._dense_kwargs(),
-        )
-        self._feedforward_intermediate_dense.build(input_shape)
-        self._feedforward_output_dense = keras.layers.Dense(
-            dim,
-            name="feedforward_output_dense",
-            **self._dense_kwargs(),
-        )
-        self._feedforward_output_dense.build(
-            input_shape[:-1] + (self.intermediate_dim,)
-        )
-        self._feedforward_dropout = keras.layers.Dropout(
-            rate=self.dropout,
-            seed=self._seed(2),
-            dtype=self.dtype_policy,
-            name="feedforward_dropout",
-        )
+        (
+            self._feedforward_intermediate_dense,
+            self._feedforward_output_dense,
+        ) = self._feedforward_denses(input_shape)
+        self._feedforward_dropout = self._dropout("feedforward_dropout", 2)
 
     def call(
         self,
@@ -306,39 +224,33 @@ class TransformerEncoder(_common.ValidatedLayer):
         # Sublayers get plain tensors: the masks are passed explicitly.
         x = _common.strip_keras_mask(inputs)
 
-        # Self-attention sub-block.
-        residual = x
-        if self.normalize_first:
-            x = self._self_attention_layer_norm(x)
-        attended = self._self_attention_layer(
+        def attend(x):
+            attended = self._self_attention_layer(
+                x,
+                x,
+                query_mask=padding_mask,
+                value_mask=padding_mask,
+                attention_mask=attention_mask,
+                use_causal_mask=use_causal_mask,
+                return_attention_scores=return_attention_scores,
+                training=training,
+            )
+            return attended if return_attention_scores else (attended, None)
+
+        x, scores = self._residual(
             x,
-            x,
-            query_mask=padding_mask,
-            value_mask=padding_mask,
-            attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask,
-            return_attention_scores=return_attention_scores,
-            training=training,
+            self._self_attention_layer_norm,
+            self._self_attention_dropout,
+            attend,
+            training,
         )
-        scores = None
-        if return_attention_scores:
-            attended, scores = attended
-        x = self._self_attention_dropout(attended, training=training)
-        x = x + residual
-        if not self.normalize_first:
-            x = self._self_attention_layer_norm(x)
-
-        # Feed-forward sub-block.
-        residual = x
-        if self.normalize_first:
-            x = self._feedforward_layer_norm(x)
-        x = self._feedforward_intermediate_dense(x)
-        x = self._feedforward_output_dense(x)
-        x = self._feedforward_dropout(x, training=training)
-        x = x + residual
-        if not self.normalize_first:
-            x = self._feedforward_layer_norm(x)
-
+        x, _ = self._residual(
+            x,
+            self._feedforward_layer_norm,
+            self._feedforward_dropout,
+            self._feedforward,
+            training,
+        )
         if return_attention_scores:
             return x, scores
         return x
@@ -371,24 +283,3 @@ class TransformerEncoder(_common.ValidatedLayer):
             (batch, self.num_heads, length, length), dtype=self.compute_dtype
         )
         return output, scores
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "intermediate_dim": self.intermediate_dim,
-                "num_heads": self.num_heads,
-                "dropout": self.dropout,
-                "activation": keras.activations.serialize(self.activation),
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-                "normalize_first": self.normalize_first,
-                "key_dim": self.key_dim,
-                "chunk_size": self.chunk_size,
-                "seed": self.seed,
-                "activity_regularizer": keras.regularizers.serialize(
-                    self.activity_regularizer
-                ),
-            }
-        )
-        config.update(_common.serialize_keras_objects(self))
-        return config
