@@ -17,6 +17,7 @@ from keras_attention.layers import PatchEmbedding
 from keras_attention.layers import PositionEmbedding
 from keras_attention.layers import RotaryEmbedding
 from keras_attention.layers import SinusoidalPositionEncoding
+from keras_attention.layers import TransformerDecoder
 from keras_attention.layers import TransformerEncoder
 
 __version__ = "0.2.0"
@@ -31,6 +32,7 @@ __all__ = [
     "PositionEmbedding",
     "RotaryEmbedding",
     "SinusoidalPositionEncoding",
+    "TransformerDecoder",
     "TransformerEncoder",
     "layers",
     "ops",

@@ -1,0 +1,369 @@
+import keras
+
+from keras_attention import _masking
+from keras_attention import _validation
+from keras_attention.layers import _common
+from keras_attention.layers import _transformer
+
+
+@keras.saving.register_keras_serializable(package="keras_attention")
+class TransformerDecoder(_transformer.TransformerBlock):
+    """A Transformer decoder block: causal self-attention, optional
+    cross-attention, and a feed-forward network, with key/value caches.
+
+    Three residual sub-blocks, each with dropout and a
+    `LayerNormalization` (after the residual with `normalize_first=False`,
+    before the sublayer with `True`): self-attention over
+    `decoder_sequence` (causal by default); cross-attention from it to
+    `encoder_sequence`, present when the layer is built with an encoder
+    sequence; and `Dense(intermediate_dim, activation)`, `Dense(dim)`.
+    Attention is this package's `MultiHeadAttention`, so the rules of
+    `keras_attention.ops.scaled_dot_product_attention` hold (float32
+    softmax, zero rows for fully masked queries, `chunk_size`).
+
+    Decoding: `self_attention_cache` and `cross_attention_cache` are
+    `MultiHeadAttention` caches, `(batch_size, 2, max_length,
+    num_key_value_heads, head_dim)`. With a self-attention cache the causal
+    mask is aligned to absolute positions: query `i` sits at
+    `self_attention_cache_update_index + i`; RoPE (`rope_max_wavelength`)
+    and `sliding_window` follow the same positions. A cross-attention
+    cache is filled once (`cross_attention_cache_update_index=0`) and read
+    afterwards (`None`). With a cache, `decoder_padding_mask` covers the
+    cache's slots, `(batch_size, max_length)`, e.g. to skip the left
+    padding of a prompt.
+
+    What it adds over keras-hub's `TransformerDecoder` (same constructor
+    and call arguments, sublayer names and weight order, so `set_weights`
+    carries a keras-hub decoder over): grouped-query attention
+    (`num_key_value_heads`), rotary position embeddings, `sliding_window`,
+    `chunk_size` (memory-efficient exact attention for long prefills) and
+    `logits_soft_cap`; padding masks that work with a cache; float32
+    logits under mixed precision; no keras-hub dependency. Keras core has
+    no Transformer block.
+
+    Args:
+        intermediate_dim: int, the hidden size of the feed-forward network.
+        num_heads: int, the number of attention heads.
+        dropout: float in `[0, 1)`, the dropout rate of the attention
+            weights and of the sub-blocks' outputs.
+        activation: activation of the feed-forward network's hidden layer.
+        layer_norm_epsilon: positive float, the layer normalizations'
+            epsilon.
+        kernel_initializer: initializer for the attention and dense kernels.
+        bias_initializer: initializer for the attention and dense biases.
+        normalize_first: bool, pre-norm (`True`) or post-norm (`False`).
+        key_dim: optional int, the size of each head. Defaults to `dim //
+            num_heads`.
+        num_key_value_heads: optional int dividing `num_heads`:
+            grouped-query attention in both attentions.
+        rope_max_wavelength: optional positive float: rotary position
+            embeddings in the self-attention (None: off).
+        rope_scaling_factor: positive float, linear RoPE scaling.
+        sliding_window: optional positive int, the self-attention's window.
+        chunk_size: `"auto"`, `None` or a positive int, see the op.
+        logits_soft_cap: optional positive float, see the op.
+        kernel_regularizer, bias_regularizer, kernel_constraint,
+        bias_constraint: for the attention and dense layers.
+        activity_regularizer: regularizer for the block's output.
+        seed: optional int, seed for the dropout layers.
+        **kwargs: base layer arguments, e.g. `name` and `dtype`.
+
+    Call arguments:
+        decoder_sequence: `(batch_size, target_length, dim)`.
+        encoder_sequence: `(batch_size, source_length, dim_e)`, required
+            when the layer has cross-attention, refused otherwise.
+        decoder_padding_mask: optional boolean `(batch_size,
+            target_length)` (with a cache: `(batch_size, max_length)`).
+            Defaults to `decoder_sequence`'s Keras mask.
+        decoder_attention_mask: optional boolean `(batch_size,
+            target_length, target_length)` (with a cache: `max_length`
+            columns).
+        encoder_padding_mask: optional boolean `(batch_size,
+            source_length)`. Defaults to `encoder_sequence`'s Keras mask.
+        encoder_attention_mask: optional boolean `(batch_size,
+            target_length, source_length)`.
+        self_attention_cache: optional self-attention cache.
+        self_attention_cache_update_index: int or 0-d tensor, where the new
+            keys and values go.
+        cross_attention_cache: optional cross-attention cache; with
+            cross-attention, given together with `self_attention_cache`.
+        cross_attention_cache_update_index: int (0 fills it) or None (read).
+        use_causal_mask: bool, default True.
+        training: bool, whether dropout is active.
+        decoder_sequence_mask, encoder_sequence_mask: the inputs' Keras
+            masks, filled in by Keras.
+
+    Returns:
+        `(batch_size, target_length, dim)`; with caches, `(outputs,
+        self_attention_cache)` or, with cross-attention, `(outputs,
+        self_attention_cache, cross_attention_cache)`, as keras-hub.
+
+    Example:
+
+    >>> import numpy as np
+    >>> decoder = TransformerDecoder(32, num_heads=2, rope_max_wavelength=1e4)
+    >>> x = np.random.rand(2, 6, 16).astype("float32")
+    >>> full = decoder(x)
+    >>> cache = np.zeros((2, 2, 6, 2, 8), "float32")
+    >>> out, cache = decoder(
+    ...     x[:, :4], self_attention_cache=cache,
+    ...     self_attention_cache_update_index=0)
+    >>> step, cache = decoder(
+    ...     x[:, 4:5], self_attention_cache=cache,
+    ...     self_attention_cache_update_index=4)
+    >>> bool(np.allclose(step, full[:, 4:5], atol=1e-5))
+    True
+
+    Reference:
+        [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762).
+    """
+
+    def __init__(
+        self,
+        intermediate_dim,
+        num_heads,
+        dropout=0.0,
+        activation="relu",
+        layer_norm_epsilon=1e-5,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        normalize_first=False,
+        key_dim=None,
+        num_key_value_heads=None,
+        rope_max_wavelength=None,
+        rope_scaling_factor=1.0,
+        sliding_window=None,
+        chunk_size="auto",
+        logits_soft_cap=None,
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        seed=None,
+        **kwargs,
+    ):
+        # keras-hub's configs carry the build shapes.
+        decoder_shape = kwargs.pop("decoder_sequence_shape", None)
+        encoder_shape = kwargs.pop("encoder_sequence_shape", None)
+        super().__init__(
+            intermediate_dim=intermediate_dim,
+            num_heads=num_heads,
+            dropout=dropout,
+            activation=activation,
+            layer_norm_epsilon=layer_norm_epsilon,
+            normalize_first=normalize_first,
+            key_dim=key_dim,
+            num_key_value_heads=num_key_value_heads,
+            rope_max_wavelength=rope_max_wavelength,
+            rope_scaling_factor=rope_scaling_factor,
+            sliding_window=sliding_window,
+            chunk_size=chunk_size,
+            logits_soft_cap=logits_soft_cap,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            seed=seed,
+            **kwargs,
+        )
+        if decoder_shape is not None:
+            self.build(decoder_shape, encoder_shape)
+
+    def build(self, decoder_sequence_shape, encoder_sequence_shape=None):
+        shape = tuple(decoder_sequence_shape)
+        dim, key_dim = self._check_input_shape("TransformerDecoder", shape)
+        self._dim = dim
+        # Created in keras-hub's order, under keras-hub's names.
+        self._self_attention_layer = self._attention(
+            "self_attention", key_dim, 0
+        )
+        self._self_attention_layer.build(shape, shape)
+        self._self_attention_layer_norm = self._layer_norm(
+            "self_attention_layer_norm", shape
+        )
+        self._self_attention_dropout = self._dropout(
+            "self_attention_dropout", 1
+        )
+        self._cross_attention_layer = None
+        if encoder_sequence_shape is not None:
+            encoder_shape = tuple(encoder_sequence_shape)
+            _validation.check_rank("encoder_sequence", encoder_shape, (3,))
+            self._cross_attention_layer = self._attention(
+                "cross_attention", key_dim, 2, self_attention=False
+            )
+            self._cross_attention_layer.build(shape, encoder_shape)
+            self._cross_attention_layer_norm = self._layer_norm(
+                "cross_attention_layer_norm", shape
+            )
+            self._cross_attention_dropout = self._dropout(
+                "cross_attention_dropout", 3
+            )
+        (
+            self._feedforward_intermediate_dense,
+            self._feedforward_output_dense,
+        ) = self._feedforward_denses(shape)
+        self._feedforward_layer_norm = self._layer_norm(
+            "feedforward_layer_norm", shape
+        )
+        self._feedforward_dropout = self._dropout("feedforward_dropout", 4)
+
+    def _check_call(self, decoder_sequence, encoder_sequence, caches):
+        _validation.check_rank("decoder_sequence", decoder_sequence.shape, (3,))
+        _validation.check_last_dim(
+            "decoder_sequence", decoder_sequence.shape, self._dim, "inputs"
+        )
+        has_cross = self._cross_attention_layer is not None
+        if has_cross != (encoder_sequence is not None):
+            raise ValueError(
+                "Argument `encoder_sequence` must be given exactly when the "
+                "layer has cross-attention, which it has when it was built "
+                "with an encoder sequence: `layer(decoder_sequence, "
+                "encoder_sequence)` builds one, `layer(decoder_sequence)` "
+                f"does not. Received: encoder_sequence="
+                f"{'None' if encoder_sequence is None else 'a tensor'}, "
+                f"layer built with cross-attention: {has_cross}"
+            )
+        self_cache, cross_cache = caches
+        if has_cross and (self_cache is None) != (cross_cache is None):
+            raise ValueError(
+                "With cross-attention, `self_attention_cache` and "
+                "`cross_attention_cache` are given together or not at all. "
+                f"Received: self_attention_cache="
+                f"{'None' if self_cache is None else 'a tensor'}, "
+                "cross_attention_cache="
+                f"{'None' if cross_cache is None else 'a tensor'}"
+            )
+
+    def call(
+        self,
+        decoder_sequence,
+        encoder_sequence=None,
+        decoder_padding_mask=None,
+        decoder_attention_mask=None,
+        encoder_padding_mask=None,
+        encoder_attention_mask=None,
+        self_attention_cache=None,
+        self_attention_cache_update_index=None,
+        cross_attention_cache=None,
+        cross_attention_cache_update_index=None,
+        use_causal_mask=True,
+        training=None,
+        decoder_sequence_mask=None,
+        encoder_sequence_mask=None,
+    ):
+        self._check_call(
+            decoder_sequence,
+            encoder_sequence,
+            (self_attention_cache, cross_attention_cache),
+        )
+        if decoder_padding_mask is None:
+            decoder_padding_mask = decoder_sequence_mask
+        if encoder_padding_mask is None:
+            encoder_padding_mask = encoder_sequence_mask
+        decoder_padding_mask = _masking.as_bool(
+            decoder_padding_mask, "decoder_padding_mask"
+        )
+        x = _common.strip_keras_mask(decoder_sequence)
+        # Without a cache the padding mask covers the queries too; with
+        # one it covers the cache's slots.
+        query_mask = None
+        if self_attention_cache is None:
+            query_mask = decoder_padding_mask
+
+        def self_attend(x):
+            result = self._self_attention_layer(
+                x,
+                x,
+                query_mask=query_mask,
+                value_mask=decoder_padding_mask,
+                attention_mask=_masking.as_bool(
+                    decoder_attention_mask, "decoder_attention_mask"
+                ),
+                use_causal_mask=use_causal_mask,
+                training=training,
+                cache=self_attention_cache,
+                cache_update_index=self_attention_cache_update_index,
+            )
+            return (
+                result if self_attention_cache is not None else (result, None)
+            )
+
+        x, self_attention_cache = self._residual(
+            x,
+            self._self_attention_layer_norm,
+            self._self_attention_dropout,
+            self_attend,
+            training,
+        )
+        if self._cross_attention_layer is not None:
+
+            def cross_attend(x):
+                result = self._cross_attention_layer(
+                    x,
+                    _common.strip_keras_mask(encoder_sequence),
+                    value_mask=_masking.as_bool(
+                        encoder_padding_mask, "encoder_padding_mask"
+                    ),
+                    attention_mask=_masking.as_bool(
+                        encoder_attention_mask, "encoder_attention_mask"
+                    ),
+                    training=training,
+                    cache=cross_attention_cache,
+                    cache_update_index=cross_attention_cache_update_index,
+                )
+                if cross_attention_cache is None:
+                    return result, None
+                return result
+
+            x, cross_attention_cache = self._residual(
+                x,
+                self._cross_attention_layer_norm,
+                self._cross_attention_dropout,
+                cross_attend,
+                training,
+            )
+        x, _ = self._residual(
+            x,
+            self._feedforward_layer_norm,
+            self._feedforward_dropout,
+            self._feedforward,
+            training,
+        )
+        if self_attention_cache is None:
+            return x
+        if self._cross_attention_layer is not None:
+            return x, self_attention_cache, cross_attention_cache
+        return x, self_attention_cache
+
+    def compute_mask(self, decoder_sequence, mask=None):
+        return mask
+
+    def compute_output_shape(self, decoder_sequence_shape, *args, **kwargs):
+        _validation.check_rank("decoder_sequence", decoder_sequence_shape, (3,))
+        return tuple(decoder_sequence_shape)
+
+    def compute_output_spec(
+        self,
+        decoder_sequence,
+        encoder_sequence=None,
+        *args,
+        self_attention_cache=None,
+        cross_attention_cache=None,
+        **kwargs,
+    ):
+        output = keras.KerasTensor(
+            self.compute_output_shape(decoder_sequence.shape),
+            dtype=self.compute_dtype,
+        )
+        if self_attention_cache is None:
+            return output
+        caches = [self_attention_cache]
+        if cross_attention_cache is not None:
+            caches.append(cross_attention_cache)
+        return (output,) + tuple(
+            keras.KerasTensor(c.shape, dtype=c.dtype) for c in caches
+        )
