@@ -178,7 +178,9 @@ def describe(tf, meta_graph):
 
 
 def scan_graph(meta_graph):
-    """Problems that would stop TF Serving: Python, custom or XLA-only ops."""
+    """Problems that would stop TF Serving: Python, custom or XLA ops
+    (`Xla*`, e.g. the `XlaDynamicUpdateSlice` of `keras.ops.slice_update`
+    on TensorFlow)."""
     from tensorflow.python.framework import op_def_registry
 
     graph = meta_graph.graph_def
@@ -205,6 +207,11 @@ def scan_graph(meta_graph):
             problems.append(
                 f"op {node.op} ({node.name} in {where}) is not a registered "
                 "TensorFlow op (a custom op TF Serving does not have)"
+            )
+        elif node.op.startswith("Xla"):
+            problems.append(
+                f"XLA op {node.op} ({node.name} in {where}): it is compiled "
+                "by XLA on demand, and TF Serving runs without XLA by default"
             )
         attr = node.attr.get("_XlaMustCompile")
         if attr is not None and attr.b:

@@ -131,6 +131,22 @@ def test_check_rejects_functions_that_need_xla(tmp_path):
     assert "must be compiled with XLA" in result.stdout
 
 
+def test_check_rejects_xla_ops(tmp_path):
+    """`keras.ops.slice_update` lowers to `XlaDynamicUpdateSlice` on TF."""
+
+    def factory(model):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], name="x")])
+        def fn(x):
+            y = keras.ops.slice_update(x, [0, 1], tf.ones_like(x[:, :1]))
+            return {"y": model(y)}
+
+        return fn
+
+    result = _cli(_export_fn(tmp_path, factory))
+    assert result.returncode == 1
+    assert "XLA op XlaDynamicUpdateSlice" in result.stdout
+
+
 def test_check_never_runs_python_from_the_export(export, tmp_path):
     """Files planted in the SavedModel directory are never imported."""
     _, path = export
