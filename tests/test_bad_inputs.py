@@ -53,7 +53,9 @@ from keras_attention import GroupedQueryAttention
 from keras_attention import MultiHeadAttention
 from keras_attention import PatchEmbedding
 from keras_attention import PositionEmbedding
+from keras_attention import RotaryEmbedding
 from keras_attention import SinusoidalPositionEncoding
+from keras_attention import TransformerDecoder
 from keras_attention import TransformerEncoder
 from keras_attention.compat import tfa
 from keras_attention.ops import additive_attention
@@ -1237,6 +1239,410 @@ CASES = [
         from_config(tfa.BahdanauAttention, units=3, code="print(1)"),
         "code",
         "print",
+    ),
+    # -- RotaryEmbedding ----------------------------------------------------
+    *[
+        Case(f"rotary/{arg}={value!r}", construct(cls, {}, arg, value), arg)
+        for cls, arg, value in [
+            (RotaryEmbedding, "max_wavelength", 0),
+            (RotaryEmbedding, "max_wavelength", -1),
+            (RotaryEmbedding, "max_wavelength", float("nan")),
+            (RotaryEmbedding, "max_wavelength", float("inf")),
+            (RotaryEmbedding, "max_wavelength", True),
+            (RotaryEmbedding, "max_wavelength", "10000"),
+            (RotaryEmbedding, "scaling_factor", 0),
+            (RotaryEmbedding, "scaling_factor", -2.0),
+            (RotaryEmbedding, "scaling_factor", float("nan")),
+            (RotaryEmbedding, "scaling_factor", float("inf")),
+            (RotaryEmbedding, "scaling_factor", True),
+            (RotaryEmbedding, "sequence_axis", 1.5),
+            (RotaryEmbedding, "sequence_axis", True),
+            (RotaryEmbedding, "feature_axis", None),
+            (RotaryEmbedding, "feature_axis", "-1"),
+        ]
+    ],
+    Case(
+        "rotary/axes_equal",
+        lambda: RotaryEmbedding(sequence_axis=2, feature_axis=2),
+        "feature_axis",
+        "sequence_axis=2",
+    ),
+    Case(
+        "rotary/axes_equal_for_rank",
+        lambda: RotaryEmbedding(sequence_axis=2)(_f(2, 5, 4)),
+        "feature_axis",
+        r"feature_axis=-1.*\(2, 5, 4\)",
+    ),
+    Case(
+        "rotary/sequence_axis_out_of_range",
+        lambda: RotaryEmbedding(sequence_axis=3)(_f(2, 5, 4)),
+        "sequence_axis",
+        "rank 3",
+    ),
+    Case(
+        "rotary/feature_axis_out_of_range",
+        lambda: RotaryEmbedding(feature_axis=-5)(_f(2, 5, 2, 4)),
+        "feature_axis",
+        "=-5",
+    ),
+    Case(
+        "rotary/inputs_rank_2",
+        lambda: RotaryEmbedding()(_f(5, 4)),
+        "inputs",
+        "rank >= 3",
+    ),
+    Case(
+        "rotary/odd_head_dim",
+        lambda: RotaryEmbedding()(_f(2, 5, 2, 5)),
+        "inputs",
+        "even head dimension",
+    ),
+    Case(
+        "rotary/odd_head_dim_symbolic",
+        lambda: RotaryEmbedding()(keras.Input((None, 2, 5))),
+        "inputs",
+        "even head dimension",
+    ),
+    Case(
+        "rotary/odd_head_dim_shape",
+        lambda: RotaryEmbedding().compute_output_shape((None, 5, 3)),
+        "inputs",
+        "even head dimension",
+    ),
+    Case(
+        "rotary/positions_length",
+        lambda: RotaryEmbedding()(_f(2, 5, 4), positions=np.arange(4)),
+        "positions",
+        r"\(4,\)",
+    ),
+    Case(
+        "rotary/positions_length_heads_first",
+        lambda: RotaryEmbedding(sequence_axis=2)(
+            _f(2, 3, 5, 4), positions=np.arange(3)
+        ),
+        "positions",
+        r"\(3,\)",
+    ),
+    Case(
+        "rotary/positions_batch",
+        lambda: RotaryEmbedding()(_f(2, 5, 4), positions=np.zeros((3, 5))),
+        "positions",
+        r"\(3, 5\)",
+    ),
+    Case(
+        "rotary/positions_rank_3",
+        lambda: RotaryEmbedding()(_f(2, 5, 4), positions=np.zeros((2, 5, 1))),
+        "positions",
+        r"\(2, 5, 1\)",
+    ),
+    Case(
+        "rotary/positions_bool",
+        lambda: RotaryEmbedding()(_f(2, 5, 4), positions=np.ones(5, bool)),
+        "positions",
+        "bool",
+    ),
+    Case(
+        "rotary/start_negative",
+        lambda: RotaryEmbedding()(_f(2, 5, 4), start_index=-1),
+        "start_index",
+        "=-1",
+    ),
+    Case(
+        "rotary/start_bool",
+        lambda: RotaryEmbedding()(_f(2, 5, 4), start_index=True),
+        "start_index",
+    ),
+    Case(
+        "rotary/start_not_scalar",
+        lambda: RotaryEmbedding()(_f(2, 5, 4), start_index=np.array([0, 1])),
+        "start_index",
+        "scalar",
+    ),
+    Case(
+        "config/rotary_max_wavelength_str",
+        from_config(RotaryEmbedding, max_wavelength="x"),
+        "max_wavelength",
+        "'x'",
+    ),
+    Case(
+        "config/rotary_keras_hub_rope_type",
+        from_config(RotaryEmbedding, rope_type="yarn"),
+        "rope_type",
+        "yarn",
+    ),
+    # -- scaled_dot_product_attention: causal_offset -------------------------
+    Case(
+        "sdpa/causal_offset_negative",
+        sdpa(is_causal=True, causal_offset=-1),
+        "causal_offset",
+        "=-1",
+    ),
+    Case(
+        "sdpa/causal_offset_bool",
+        sdpa(is_causal=True, causal_offset=True),
+        "causal_offset",
+        "True",
+    ),
+    Case(
+        "sdpa/causal_offset_float",
+        sdpa(is_causal=True, causal_offset=1.5),
+        "causal_offset",
+        "1.5",
+    ),
+    Case(
+        "sdpa/causal_offset_not_scalar",
+        sdpa(is_causal=True, causal_offset=np.array([1, 2])),
+        "causal_offset",
+        "scalar",
+    ),
+    Case(
+        "sdpa/causal_offset_not_causal",
+        sdpa(causal_offset=2),
+        "causal_offset",
+        "causal_offset=2",
+    ),
+    # -- MultiHeadAttention and GroupedQueryAttention: key/value cache -------
+    # A valid cache of `mha()`: (batch=2, 2, max_length=5, heads=2, dim=4).
+    Case(
+        "mha_cache/rank_4",
+        mha(cache=_f(2, 2, 5, 2), cache_update_index=0),
+        "cache",
+        r"\(2, 2, 5, 2\)",
+    ),
+    Case(
+        "mha_cache/axis_1",
+        mha(cache=_f(2, 3, 5, 2, 4), cache_update_index=0),
+        "cache",
+        r"\(2, 3, 5, 2, 4\)",
+    ),
+    Case(
+        "mha_cache/kv_heads",
+        mha(
+            dict(num_heads=4, num_key_value_heads=2),
+            cache=_f(2, 2, 5, 4, 4),
+            cache_update_index=0,
+        ),
+        "cache",
+        r"\(2, 2, 5, 4, 4\)",
+    ),
+    Case(
+        "gqa_cache/kv_heads",
+        gqa(cache=_f(2, 2, 5, 4, 4), cache_update_index=0),
+        "cache",
+        r"\(2, 2, 5, 4, 4\)",
+    ),
+    Case(
+        "mha_cache/head_dim",
+        mha(cache=_f(2, 2, 5, 2, 3), cache_update_index=0),
+        "cache",
+        r"\(2, 2, 5, 2, 3\)",
+    ),
+    Case(
+        "mha_cache/batch",
+        mha(cache=_f(3, 2, 5, 2, 4), cache_update_index=0),
+        "cache",
+        r"\(3, 2, 5, 2, 4\)",
+    ),
+    Case(
+        "mha_cache/index_past_end",
+        mha(
+            query=(2, 2, 6),
+            value=(2, 2, 6),
+            cache=_f(2, 2, 5, 2, 4),
+            cache_update_index=4,
+        ),
+        "cache_update_index",
+        "=4",
+    ),
+    Case(
+        "mha_cache/index_negative",
+        mha(cache=_f(2, 2, 5, 2, 4), cache_update_index=-1),
+        "cache_update_index",
+        "=-1",
+    ),
+    Case(
+        "mha_cache/index_without_cache",
+        mha(cache_update_index=0),
+        "cache_update_index",
+        "cache=None",
+    ),
+    Case(
+        "mha_cache/attention_axes",
+        mha(
+            dict(attention_axes=(1, 2)),
+            query=(2, 3, 3, 6),
+            value=(2, 3, 3, 6),
+            cache=_f(2, 2, 5, 2, 4),
+            cache_update_index=0,
+        ),
+        "cache",
+        "attention_axes",
+    ),
+    Case(
+        "mha_cache/value_mask_update_length",
+        mha(
+            value=(2, 3, 6),
+            cache=_f(2, 2, 5, 2, 4),
+            cache_update_index=0,
+            value_mask=np.ones((2, 3), bool),
+        ),
+        "value_mask",
+        r"\(2, 3\)",
+    ),
+    Case(
+        "mha_cache/attention_mask_last_dim",
+        mha(
+            value=(2, 3, 6),
+            cache=_f(2, 2, 5, 2, 4),
+            cache_update_index=0,
+            attention_mask=np.ones((2, 3, 3), bool),
+        ),
+        "attention_mask",
+        r"\(2, 3, 3\)",
+    ),
+    # -- RoPE options of the attention layers and the Transformer blocks -----
+    *[
+        Case(f"{prefix}/{arg}={value!r}", construct(cls, base, arg, value), arg)
+        for prefix, cls, base in [
+            ("mha", MultiHeadAttention, dict(num_heads=2, key_dim=4)),
+            (
+                "gqa",
+                GroupedQueryAttention,
+                dict(head_dim=4, num_query_heads=4, num_key_value_heads=2),
+            ),
+            ("encoder", TransformerEncoder, ENCODER),
+            ("decoder", TransformerDecoder, ENCODER),
+        ]
+        for arg, value in [
+            ("rope_max_wavelength", 0),
+            ("rope_max_wavelength", -1),
+            ("rope_max_wavelength", float("nan")),
+            ("rope_max_wavelength", float("inf")),
+            ("rope_max_wavelength", "x"),
+            ("rope_scaling_factor", 0),
+        ]
+    ],
+    Case(
+        "mha/rope_odd_key_dim",
+        mha(dict(key_dim=3, rope_max_wavelength=100)),
+        "rope_max_wavelength",
+        "key_dim=3",
+    ),
+    Case(
+        "gqa/rope_odd_head_dim",
+        gqa(dict(head_dim=5, rope_max_wavelength=100)),
+        "rope_max_wavelength",
+        "=5",
+    ),
+    Case(
+        "encoder/rope_odd_key_dim",
+        lambda: TransformerEncoder(8, 2, key_dim=3, rope_max_wavelength=100),
+        "key_dim",
+        "key_dim=3",
+    ),
+    Case(
+        "encoder/rope_odd_head_size_at_build",
+        build(
+            lambda: TransformerEncoder(8, 2, rope_max_wavelength=100), (2, 5, 6)
+        ),
+        "rope_max_wavelength",
+        r"\(2, 5, 6\)",
+    ),
+    Case(
+        "decoder/rope_odd_key_dim",
+        lambda: TransformerDecoder(8, 2, key_dim=3, rope_max_wavelength=100),
+        "key_dim",
+        "key_dim=3",
+    ),
+    Case(
+        "decoder/rope_odd_head_size_at_build",
+        build(
+            lambda: TransformerDecoder(8, 2, rope_max_wavelength=100), (2, 5, 6)
+        ),
+        "rope_max_wavelength",
+        r"\(2, 5, 6\)",
+    ),
+    # -- TransformerDecoder ---------------------------------------------------
+    *[
+        Case(
+            f"decoder/{arg}={value!r}",
+            construct(TransformerDecoder, ENCODER, arg, value),
+            arg,
+        )
+        for arg, value in [
+            ("intermediate_dim", 0),
+            ("num_heads", 0),
+            ("dropout", 1.5),
+            ("num_key_value_heads", 3),
+            ("sliding_window", 0),
+            ("chunk_size", 0),
+            ("logits_soft_cap", 0),
+            ("activation", "nope"),
+        ]
+    ],
+    Case(
+        "decoder/intermediate_dim_absurd",
+        lambda: TransformerDecoder(intermediate_dim=10**10, num_heads=2),
+        "intermediate_dim",
+        "intermediate_dim=10000000000",
+        allocates=False,
+    ),
+    Case(
+        "decoder/absurd_at_build",
+        build(lambda: TransformerDecoder(10**6, 2), (2, 5, 10**4)),
+        "intermediate_dim",
+        "intermediate_dim=1000000",
+        allocates=False,
+    ),
+    Case(
+        "decoder/dim_after_build",
+        lambda: _built(TransformerDecoder(16, 2), (3, 6, 8))(_f(3, 6, 10)),
+        "decoder_sequence",
+        "last dimension",
+    ),
+    Case(
+        "decoder/encoder_sequence_without_cross",
+        lambda: _built(TransformerDecoder(16, 2), (2, 5, 8))(
+            _f(2, 5, 8), _f(2, 4, 8)
+        ),
+        "encoder_sequence",
+        "a tensor",
+    ),
+    Case(
+        "decoder/encoder_sequence_missing",
+        lambda: _built(TransformerDecoder(16, 2), (2, 5, 8), (2, 4, 8))(
+            _f(2, 5, 8)
+        ),
+        "encoder_sequence",
+        "None",
+    ),
+    Case(
+        "decoder/self_cache_without_cross_cache",
+        lambda: _built(TransformerDecoder(16, 2), (2, 5, 8), (2, 4, 8))(
+            _f(2, 1, 8),
+            _f(2, 4, 8),
+            self_attention_cache=_f(2, 2, 5, 2, 4),
+            self_attention_cache_update_index=0,
+        ),
+        "cross_attention_cache",
+        "cross_attention_cache=None",
+    ),
+    Case(
+        "config/decoder_missing_num_heads",
+        from_config(TransformerDecoder, intermediate_dim=8),
+        "num_heads",
+        "intermediate_dim",
+    ),
+    Case(
+        "config/decoder_sliding_window_str",
+        from_config(
+            TransformerDecoder,
+            intermediate_dim=8,
+            num_heads=2,
+            sliding_window="4",
+        ),
+        "sliding_window",
+        "'4'",
     ),
 ]
 
