@@ -159,14 +159,14 @@ class TransformerBlock(_common.ValidatedLayer):
             dtype=self.dtype_policy,
         )
 
-    def _check_input_shape(self, layer, input_shape):
+    def _check_input_shape(self, layer, input_shape, name="inputs"):
         """The inputs' last dimension and the heads' size, checked."""
-        _validation.check_rank("inputs", input_shape, (3,))
+        _validation.check_rank(name, input_shape, (3,))
         dim = input_shape[-1]
         if dim is None:
             raise ValueError(
-                "The last dimension of `inputs` must be known. Received: "
-                f"inputs.shape={tuple(input_shape)}"
+                f"The last dimension of `{name}` must be known. Received: "
+                f"{name}.shape={tuple(input_shape)}"
             )
         key_dim = self.key_dim or dim // self.num_heads
         if key_dim == 0:

@@ -175,7 +175,9 @@ class TransformerDecoder(_transformer.TransformerBlock):
 
     def build(self, decoder_sequence_shape, encoder_sequence_shape=None):
         shape = tuple(decoder_sequence_shape)
-        dim, key_dim = self._check_input_shape("TransformerDecoder", shape)
+        dim, key_dim = self._check_input_shape(
+            "TransformerDecoder", shape, "decoder_sequence"
+        )
         self._dim = dim
         # Created in keras-hub's order, under keras-hub's names.
         self._self_attention_layer = self._attention(
@@ -214,7 +216,10 @@ class TransformerDecoder(_transformer.TransformerBlock):
     def _check_call(self, decoder_sequence, encoder_sequence, caches):
         _validation.check_rank("decoder_sequence", decoder_sequence.shape, (3,))
         _validation.check_last_dim(
-            "decoder_sequence", decoder_sequence.shape, self._dim, "inputs"
+            "decoder_sequence",
+            decoder_sequence.shape,
+            self._dim,
+            "decoder_sequence",
         )
         has_cross = self._cross_attention_layer is not None
         if has_cross != (encoder_sequence is not None):

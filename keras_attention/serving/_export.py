@@ -143,7 +143,12 @@ def export_saved_model(
     requests = _check_warmup(warmup_inputs, specs)
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(model)  # its lookup tables (TextVectorization, ...)
+    # `track` also lists the model's Keras variables, which the SavedModel
+    # would then store a second time next to the endpoints' own variables
+    # (`_all_variables`): the variables/ files would be twice the model.
+    for name in ("variables", "trainable_variables", "non_trainable_variables"):
+        setattr(archive._tf_trackable, name, [])
     endpoints = {}
     if "serving_default" not in extra:
         endpoints["serving_default"] = archive.add_endpoint(

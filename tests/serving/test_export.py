@@ -38,6 +38,21 @@ def _signature(path, name="serving_default"):
 
 
 # -- layout and versions -----------------------------------------------------
+def test_variables_are_stored_once(exported):
+    """variables/ holds each weight once (Keras' `track` lists them a
+    second time, beside the endpoints' own `_all_variables`)."""
+    model, path, _ = exported
+    reader = tf.train.load_checkpoint(
+        os.path.join(path, "variables", "variables")
+    )
+    stored = sum(
+        int(np.prod(shape))
+        for name, shape in reader.get_variable_to_shape_map().items()
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    )
+    assert stored == sum(int(np.prod(v.shape)) for v in model.variables)
+
+
 def test_layout_is_tf_serving_layout(exported):
     _, path, _ = exported
     assert os.path.basename(path) == "1"
