@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import keras
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,3 +136,43 @@ def test_rounds_combine_into_the_median_of_their_medians():
     assert combine_rounds([ok(1.0, 5), oom, ok(1.0, 5)]) is oom
     single = ok(1.5, 3)
     assert combine_rounds([single]) is single
+
+
+def test_decoding_benchmark_smoke_run(tmp_path):
+    from tests.testing import import_keras_hub
+
+    import_keras_hub()
+    report = _smoke_run("benchmarks.decoding", tmp_path)
+    assert report["contexts"] == [16, 32]
+    assert report["backend"] == keras.backend.backend()
+    assert report["device"] and report["versions"] and report["command"]
+    for row in report["rows"]:
+        for name in ("cached", "hub", "recompute", "gqa_kv2", "gqa_kv1"):
+            assert row["step_s"][name] > 0
+            assert row["tokens_per_s"][name] > 0
+            # One compilation served every step (the index is a tensor).
+            assert row["traces"]["step"][name] in (None, 1)
+        for name in ("ours", "hub", "gqa_kv2", "gqa_kv1"):
+            assert row["prefill_s"][name] > 0
+        assert row["speedup_vs_recompute"] > 0
+        assert row["ours_over_hub_step_paired"] > 0
+        # Cached steps computed the recompute rows, and our layer
+        # keras-hub's outputs and cache with the same weights.
+        diffs = row["max_abs_diff"]
+        assert diffs["recompute_step_outputs"] < 1e-4
+        assert diffs["prefill_vs_steps"] < 1e-4
+        for key in ("prefill_output", "prefill_cache", "step_outputs"):
+            assert diffs[f"hub_{key}"] < 1e-5
+        memory = row["cache_memory"]
+        assert memory["mha"]["bytes"] == 2 * row["context"] * 8 * 64 * 4
+        for name, kv_heads in (("mha", 8), ("gqa_kv2", 2), ("gqa_kv1", 1)):
+            assert memory[name]["kv_heads"] == kv_heads
+            assert memory[name]["actual_nbytes"] == memory[name]["bytes"]
+    assert report["passed"]
+    assert [t["target"] for t in report["targets"]] == [
+        "ours / keras-hub per step, C=16",
+        "ours / keras-hub per step, C=32",
+    ]
+    table = (tmp_path / "smoke.md").read_text()
+    assert "## Per-token decode step" in table
+    assert "| 16 | 64 KiB | 16 KiB (0.25x) | 8 KiB (0.125x) | yes |" in table
