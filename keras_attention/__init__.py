@@ -17,6 +17,7 @@ from keras_attention.layers import PatchEmbedding
 from keras_attention.layers import PositionEmbedding
 from keras_attention.layers import RotaryEmbedding
 from keras_attention.layers import SinusoidalPositionEncoding
+from keras_attention.layers import TokenGenerator
 from keras_attention.layers import TransformerDecoder
 from keras_attention.layers import TransformerEncoder
 
@@ -32,6 +33,7 @@ __all__ = [
     "PositionEmbedding",
     "RotaryEmbedding",
     "SinusoidalPositionEncoding",
+    "TokenGenerator",
     "TransformerDecoder",
     "TransformerEncoder",
     "layers",

@@ -11,6 +11,7 @@ from keras_attention.layers.rotary_embedding import RotaryEmbedding
 from keras_attention.layers.sinusoidal_position_encoding import (
     SinusoidalPositionEncoding,
 )
+from keras_attention.layers.token_generator import TokenGenerator
 from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.layers.transformer_encoder import TransformerEncoder
 
@@ -27,6 +28,7 @@ __all__ = [
     "PositionEmbedding",
     "RotaryEmbedding",
     "SinusoidalPositionEncoding",
+    "TokenGenerator",
     "TransformerDecoder",
     "TransformerEncoder",
 ]
