@@ -90,8 +90,20 @@ class TokenGenerator(_common.ValidatedLayer):
         int32 `(batch_size, max_length - prompt_length)`, the generated
         tokens.
 
-    Example: see `examples/text_generation.py` and the README's "Decoding"
-    section, which builds a model, generates and exports it.
+    Example (the interface in its simplest form, a bigram model; the full
+    story is `examples/text_generation.py`):
+
+    >>> class Bigram(keras.layers.Layer):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.table = keras.layers.Embedding(5, 5)
+    ...     def init_cache(self, batch_size, max_length):
+    ...         return ()
+    ...     def call_with_cache(self, token_ids, cache, index, padding_mask):
+    ...         return self.table(token_ids), cache
+    >>> generator = TokenGenerator(Bigram(), max_length=6)
+    >>> tuple(generator(np.array([[0, 3], [2, 1]])).shape)
+    (2, 4)
     """
 
     def __init__(
