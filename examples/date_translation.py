@@ -81,6 +81,7 @@ MAX_INPUT_LENGTH = 32
 TARGET_CHARS = "-0123456789"
 START = 0
 TARGET_LENGTH = 10  # "2026-11-21"
+TRANSFORMER_LEARNING_RATE = 1e-3
 
 
 def add_arguments(parser):
@@ -99,23 +100,54 @@ def add_arguments(parser):
         "(default: %(default)s)",
     )
     group.add_argument(
+        "--model",
+        choices=["bahdanau", "transformer"],
+        default="bahdanau",
+        help="bahdanau: GRU encoder and decoder with AdditiveAttention; "
+        "transformer: TransformerEncoder and TransformerDecoder blocks "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
         "--units",
         type=int,
         default=64,
-        help="GRU units per direction in the encoder; the decoder GRU has "
-        "twice as many (default: %(default)s)",
+        help="bahdanau: GRU units per direction in the encoder; the decoder "
+        "GRU has twice as many (default: %(default)s)",
+    )
+    group.add_argument(
+        "--dim",
+        type=int,
+        default=64,
+        help="transformer: the model width; the feed-forward networks have "
+        "twice as many units (default: %(default)s)",
+    )
+    group.add_argument(
+        "--num-heads",
+        type=int,
+        default=4,
+        help="transformer: attention heads (default: %(default)s)",
+    )
+    group.add_argument(
+        "--num-layers",
+        type=int,
+        default=2,
+        help="transformer: encoder blocks, and as many decoder blocks "
+        "(default: %(default)s)",
     )
     group.add_argument(
         "--dropout",
         type=float,
         default=0.1,
-        help="dropout on the character embeddings (default: %(default)s)",
+        help="dropout on the character embeddings (transformer: also in the "
+        "blocks) (default: %(default)s)",
     )
     group.add_argument(
         "--learning-rate",
         type=float,
-        default=3e-3,
-        help="Adam's initial rate, cosine decay (default: %(default)s)",
+        default=None,
+        help="Adam's peak rate, cosine decay (default: 3e-3 for bahdanau; "
+        f"{TRANSFORMER_LEARNING_RATE} for transformer, after a linear warmup "
+        "over the first epoch)",
     )
 
 

@@ -124,16 +124,78 @@ def transformer_encoder(rng):
     return keras.Model(tokens, x), [_tokens(rng)]
 
 
+def multi_head_attention_rope(rng):
+    """RoPE (scaled), grouped-query heads, causal, over a padded batch."""
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    x = ka.MultiHeadAttention(
+        num_heads=4,
+        key_dim=4,
+        num_key_value_heads=2,
+        rope_max_wavelength=100.0,
+        rope_scaling_factor=2.0,
+    )(x, x, use_causal_mask=True)
+    return keras.Model(tokens, x), [_tokens(rng)]
+
+
+def rotary_embedding(rng):
+    """Queries laid out (batch, length, heads, head_dim), from step 3."""
+    features = keras.Input((None, 2, 4), name="features")
+    x = ka.RotaryEmbedding(max_wavelength=100, scaling_factor=2.0)(
+        features, start_index=3
+    )
+    return keras.Model(features, x), [rng.normal(size=(2, 5, 2, 4))]
+
+
+def transformer_encoder_rope(rng):
+    """The encoder's 0.2 options: GQA, RoPE, window, soft-cap."""
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    x = ka.TransformerEncoder(
+        intermediate_dim=12,
+        num_heads=2,
+        num_key_value_heads=1,
+        rope_max_wavelength=100.0,
+        rope_scaling_factor=2.0,
+        sliding_window=3,
+        logits_soft_cap=10.0,
+    )(x)
+    return keras.Model(tokens, x), [_tokens(rng)]
+
+
+def transformer_decoder(rng):
+    """Pre-norm, cross-attention to a memory of another width, GQA, RoPE
+    and a sliding window; the tokens' padding mask reaches the block."""
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    memory = keras.Input((None, 6), name="memory")
+    x = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    x = ka.TransformerDecoder(
+        intermediate_dim=12,
+        num_heads=2,
+        normalize_first=True,
+        num_key_value_heads=1,
+        rope_max_wavelength=100.0,
+        sliding_window=3,
+    )(x, memory)
+    model = keras.Model([tokens, memory], x)
+    inputs = [_tokens(rng), rng.normal(size=(3, 5, 6)).astype("float32")]
+    return model, inputs
+
+
 GOLDEN = {
     "MultiHeadAttention": multi_head_attention,
     "MultiHeadAttention-gated": multi_head_attention_gated,
+    "MultiHeadAttention-rope": multi_head_attention_rope,
     "GroupedQueryAttention": grouped_query_attention,
     "AdditiveAttention": additive_attention,
     "AttentionPooling": attention_pooling,
     "PatchEmbedding": patch_embedding,
     "PositionEmbedding": position_embedding,
+    "RotaryEmbedding": rotary_embedding,
     "SinusoidalPositionEncoding": sinusoidal_position_encoding,
     "TransformerEncoder": transformer_encoder,
+    "TransformerEncoder-rope": transformer_encoder_rope,
+    "TransformerDecoder": transformer_decoder,
 }
 
 

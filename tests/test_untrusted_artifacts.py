@@ -85,6 +85,11 @@ LAYERS = {
         dict(sequence_length=8),
         [(2, 5, 6)],
     ),
+    "RotaryEmbedding": (
+        ka.RotaryEmbedding,
+        dict(max_wavelength=100, scaling_factor=2.0),
+        [(2, 5, 6)],
+    ),
     "SinusoidalPositionEncoding": (
         ka.SinusoidalPositionEncoding,
         dict(max_wavelength=100),
@@ -94,6 +99,19 @@ LAYERS = {
         ka.TransformerEncoder,
         dict(intermediate_dim=8, num_heads=2, dropout=0.1),
         [(2, 5, 6)],
+    ),
+    "TransformerDecoder": (
+        ka.TransformerDecoder,
+        dict(
+            intermediate_dim=8,
+            num_heads=2,
+            dropout=0.1,
+            num_key_value_heads=1,
+            rope_max_wavelength=100.0,
+            sliding_window=4,
+            seed=3,
+        ),
+        [(2, 5, 8), (2, 4, 6)],
     ),
     "tfa.MultiHeadAttention": (
         tfa.MultiHeadAttention,
