@@ -182,6 +182,53 @@ def transformer_decoder(rng):
     return model, inputs
 
 
+@keras.saving.register_keras_serializable(package="golden")
+class GoldenLM(keras.Model):
+    """The smallest language model with `TokenGenerator`'s interface: an
+    embedding, one cached `TransformerDecoder` (RoPE, GQA), logits."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding = keras.layers.Embedding(11, 8, name="tokens")
+        self.block = ka.TransformerDecoder(
+            12,
+            2,
+            normalize_first=True,
+            num_key_value_heads=1,
+            rope_max_wavelength=100.0,
+            name="block",
+        )
+        self.head = keras.layers.Dense(11, name="logits")
+
+    def call(self, token_ids):
+        return self.head(self.block(self.embedding(token_ids)))
+
+    def init_cache(self, batch_size, max_length):
+        return keras.ops.zeros((batch_size, 2, max_length, 1, 4))
+
+    def call_with_cache(self, token_ids, cache, index, padding_mask):
+        x, cache = self.block(
+            self.embedding(token_ids),
+            decoder_padding_mask=padding_mask,
+            self_attention_cache=cache,
+            self_attention_cache_update_index=index,
+        )
+        return self.head(x), cache
+
+
+def token_generator(rng):
+    """Seeded top-k sampling from a small cached LM, left-padded prompts."""
+    lm = GoldenLM()
+    lm(np.ones((1, 3), "int32"))
+    prompts = keras.Input((5,), dtype="int32", name="prompts")
+    x = ka.TokenGenerator(
+        lm, max_length=9, strategy="sample", temperature=0.7, top_k=4
+    )(prompts, seed=3)
+    tokens = rng.integers(1, 11, size=(3, 5)).astype("int32")
+    tokens[1, :3] = 0  # left padding
+    return keras.Model(prompts, x), [tokens]
+
+
 GOLDEN = {
     "MultiHeadAttention": multi_head_attention,
     "MultiHeadAttention-gated": multi_head_attention_gated,
@@ -196,6 +243,7 @@ GOLDEN = {
     "TransformerEncoder": transformer_encoder,
     "TransformerEncoder-rope": transformer_encoder_rope,
     "TransformerDecoder": transformer_decoder,
+    "TokenGenerator": token_generator,
 }
 
 

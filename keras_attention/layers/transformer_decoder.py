@@ -173,6 +173,20 @@ class TransformerDecoder(_transformer.TransformerBlock):
         if decoder_shape is not None:
             self.build(decoder_shape, encoder_shape)
 
+    @classmethod
+    def from_config(cls, config):
+        """Validates the config, then builds the layer from it; keras-hub's
+        configs (with their build shapes) load too."""
+        config = dict(config)
+        shapes = [
+            config.pop(key, None)
+            for key in ("decoder_sequence_shape", "encoder_sequence_shape")
+        ]
+        layer = super().from_config(config)
+        if shapes[0] is not None:
+            layer.build(*shapes)
+        return layer
+
     def build(self, decoder_sequence_shape, encoder_sequence_shape=None):
         shape = tuple(decoder_sequence_shape)
         dim, key_dim = self._check_input_shape(
