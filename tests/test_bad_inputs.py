@@ -55,6 +55,7 @@ from keras_attention import PatchEmbedding
 from keras_attention import PositionEmbedding
 from keras_attention import RotaryEmbedding
 from keras_attention import SinusoidalPositionEncoding
+from keras_attention import TokenGenerator
 from keras_attention import TransformerDecoder
 from keras_attention import TransformerEncoder
 from keras_attention.compat import tfa
@@ -148,6 +149,22 @@ def bahdanau(init=None, **call):
 
 
 ENCODER = dict(intermediate_dim=8, num_heads=2)
+
+
+class _Protocol:
+    """The least `TokenGenerator` accepts as a model (never reached)."""
+
+    def init_cache(self, batch_size, max_length):
+        raise AssertionError("the generator ran before its checks")
+
+    call_with_cache = init_cache
+
+
+GENERATOR = dict(model=_Protocol(), max_length=8)
+
+
+def _generator(strategy="greedy"):
+    return TokenGenerator(_Protocol(), 8, strategy=strategy)
 
 
 def construct(cls, base, arg, value):
@@ -1643,6 +1660,58 @@ CASES = [
         ),
         "sliding_window",
         "'4'",
+    ),
+    # -- TokenGenerator -------------------------------------------------------
+    *[
+        Case(
+            f"generator/{arg}={value!r}",
+            construct(TokenGenerator, GENERATOR, arg, value),
+            arg,
+        )
+        for arg, value in [
+            ("max_length", 0),
+            ("max_length", 2.5),
+            ("max_length", 2**40),
+            ("strategy", "beam"),
+            ("temperature", 0.0),
+            ("temperature", float("nan")),
+            ("top_k", 0),
+            ("end_token_id", -1),
+            ("padding_token_id", True),
+            ("model", object()),
+        ]
+    ],
+    Case(
+        "generator/max_length_not_above_prompt",
+        lambda: _generator()(np.ones((2, 8), "int32")),
+        "max_length",
+        r"max_length=8, prompt_ids.shape\[1\]=8",
+    ),
+    Case(
+        "generator/max_length_not_above_prompt_symbolic",
+        lambda: _generator()(keras.Input((9,), dtype="int32")),
+        "max_length",
+        "max_length=8",
+    ),
+    Case(
+        "generator/prompt_rank_1",
+        lambda: _generator()(np.ones((3,), "int32")),
+        "prompt_ids",
+        r"\(3,\)",
+    ),
+    Case(
+        "generator/seed_negative",
+        lambda: _generator()(np.ones((2, 3), "int32"), seed=-2),
+        "seed",
+        "=-2",
+    ),
+    Case(
+        "generator/temperature_negative_at_call",
+        lambda: _generator("sample")(
+            np.ones((2, 3), "int32"), temperature=np.float32(-1.0)
+        ),
+        "temperature",
+        "-1",
     ),
 ]
 

@@ -85,6 +85,9 @@ class TokenGenerator(_common.ValidatedLayer):
         prompt_ids: integer `(batch_size, prompt_length)`, left-padded.
         seed: optional int or 0-d integer tensor, the sampling seed
             (default 0).
+        temperature: optional float or 0-d tensor overriding the
+            constructor's for `"sample"`; 0 means greedy, so one exported
+            graph can serve both.
 
     Returns:
         int32 `(batch_size, max_length - prompt_length)`, the generated
@@ -151,11 +154,26 @@ class TokenGenerator(_common.ValidatedLayer):
         self.end_token_id = end_token_id
         self.padding_token_id = int(padding_token_id)
 
-    def _next_token(self, logits, seed, step):
+    def _next_token(self, logits, seed, step, temperature=None):
         """`logits (batch, vocab)` float32 -> int32 `(batch,)`."""
+        greedy = ops.cast(ops.argmax(logits, axis=-1), "int32")
         if self.strategy == "greedy":
-            return ops.cast(ops.argmax(logits, axis=-1), "int32")
-        logits = logits / self.temperature
+            return greedy
+        if temperature is None:
+            temperature = self.temperature
+        if isinstance(temperature, (int, float)):
+            if temperature == 0:
+                return greedy
+            return self._sample(logits, seed, step, temperature)
+        # A tensor: 0 means greedy.
+        temperature = ops.cast(temperature, "float32")
+        sampled = self._sample(
+            logits, seed, step, ops.maximum(temperature, 1e-6)
+        )
+        return ops.where(temperature > 0.0, sampled, greedy)
+
+    def _sample(self, logits, seed, step, temperature):
+        logits = logits / temperature
         if self.top_k is not None:
             k = min(self.top_k, logits.shape[-1])
             threshold = ops.top_k(logits, k)[0][:, -1:]
@@ -164,9 +182,16 @@ class TokenGenerator(_common.ValidatedLayer):
         gumbel = -ops.log(-ops.log(uniform))
         return ops.cast(ops.argmax(logits + gumbel, axis=-1), "int32")
 
-    def call(self, prompt_ids, seed=0):
+    def call(self, prompt_ids, seed=0, temperature=None):
         _validation.check_rank("prompt_ids", prompt_ids.shape, (2,))
         _validation.check_index("seed", seed)
+        known = _validation.concrete_values(temperature)
+        if known is not None and (known.ndim or not known >= 0):
+            raise ValueError(
+                "Argument `temperature` must be a non-negative scalar (0: "
+                "greedy). Received: temperature="
+                f"{_validation.short_repr(temperature)}"
+            )
         self._check_prompt_length(prompt_ids.shape[1])
         prompt_ids = ops.cast(prompt_ids, "int32")
         batch, prompt_length = ops.shape(prompt_ids)
@@ -180,7 +205,10 @@ class TokenGenerator(_common.ValidatedLayer):
             prompt_ids, cache, 0, padding_mask
         )
         token = self._next_token(
-            ops.cast(logits[:, -1], "float32"), seed, prompt_length
+            ops.cast(logits[:, -1], "float32"),
+            seed,
+            prompt_length,
+            temperature,
         )
         columns = ops.arange(new_tokens, dtype="int32")[None, :]
         generated = ops.full((batch, new_tokens), -1, "int32")
@@ -206,7 +234,10 @@ class TokenGenerator(_common.ValidatedLayer):
                 token[:, None], cache, position, padding_mask
             )
             token = self._next_token(
-                ops.cast(logits[:, -1], "float32"), seed, position + 1
+                ops.cast(logits[:, -1], "float32"),
+                seed,
+                position + 1,
+                temperature,
             )
             generated, done, token = emit(generated, done, token, step)
             return step + 1, token, cache, generated, done
@@ -229,7 +260,7 @@ class TokenGenerator(_common.ValidatedLayer):
                 f"{prompt_length}"
             )
 
-    def compute_output_spec(self, prompt_ids, seed=0):
+    def compute_output_spec(self, prompt_ids, seed=0, temperature=None):
         _validation.check_rank("prompt_ids", prompt_ids.shape, (2,))
         self._check_prompt_length(prompt_ids.shape[1])
         length = prompt_ids.shape[1]

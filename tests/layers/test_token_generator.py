@@ -154,6 +154,21 @@ def test_sampling_is_reproducible_and_depends_on_the_seed(lm):
     np.testing.assert_array_equal(to_numpy(top1), to_numpy(greedy))
 
 
+def test_call_time_temperature(lm):
+    """A tensor temperature overrides the constructor's; 0 is greedy."""
+    sample = keras_attention.TokenGenerator(
+        lm, MAX_LENGTH, strategy="sample", temperature=1.5, top_k=6
+    )
+    prompts = _left_padded(PROMPTS)
+    greedy = keras_attention.TokenGenerator(lm, MAX_LENGTH)(prompts)
+    zero = sample(prompts, seed=np.int32(5), temperature=np.float32(0.0))
+    np.testing.assert_array_equal(to_numpy(zero), to_numpy(greedy))
+    same = sample(prompts, seed=np.int32(5), temperature=ops.array(1.5))
+    np.testing.assert_array_equal(
+        to_numpy(same), to_numpy(sample(prompts, seed=np.int32(5)))
+    )
+
+
 def test_compiled_generation_equals_eager(lm):
     sample = keras_attention.TokenGenerator(
         lm, MAX_LENGTH, strategy="sample", top_k=5

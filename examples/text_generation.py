@@ -1,0 +1,538 @@
+"""Text generation: a character-level decoder-only Transformer with a KV cache.
+
+What it shows:
+    A small GPT-style language model built from `keras_attention`:
+    `TransformerDecoder` blocks (pre-norm) with grouped-query attention
+    (`num_key_value_heads`) and rotary position embeddings
+    (`rope_max_wavelength`), trained with `model.fit` to predict the next
+    character of Python source code. Generation runs through
+    `keras_attention.TokenGenerator`: one prefill call fills fixed-size
+    key/value caches, then a `keras.ops.while_loop` decodes one character at
+    a time, greedily or by seeded top-k sampling, with left-padded ragged
+    prompts. The script reports held-out bits per character next to a
+    character 5-gram model with interpolated Kneser-Ney smoothing fitted on
+    the same training text, prints samples, plots the attention of the last
+    block on a code snippet, and exports a string-in, string-out SavedModel
+    for TF Serving: the character lookup, the left padding, the prefill, the
+    decoding loop and the join back to a string all run inside the graph.
+
+The data (offline): the Python standard library's own `.py` files, found
+through `sysconfig`, split by file into training and held-out text
+(`examples/_char_lm.py`): no held-out file contributes training text.
+
+How to run:
+    python examples/text_generation.py       # trains, evaluates, exports
+    KERAS_BACKEND=jax python examples/text_generation.py   # no export
+    python examples/text_generation.py --help
+    python examples/text_generation.py --max-steps 4 --epochs 1 --no-export
+
+Expected result: see examples/RESULTS.md ("Text generation"), measured on
+our 2-core CPUs.
+"""
+
+import json
+import os
+import sys
+
+import _char_lm
+import _common  # noqa: F401  (before keras: it may split the CPU)
+import keras
+import numpy as np
+from keras import ops
+
+import keras_attention
+
+PROMPT_LENGTH = 64
+DEMO_PROMPTS = [
+    "def ",
+    "import os\nimport sys\n\n\nclass ",
+    "    def __init__(self",
+    "        for i in range(",
+    '    """Return the',
+]
+
+
+def add_arguments(parser):
+    group = parser.add_argument_group("text generation")
+    group.add_argument("--sequence-length", type=int, default=128)
+    group.add_argument("--hidden-dim", type=int, default=128)
+    group.add_argument("--num-layers", type=int, default=3)
+    group.add_argument("--num-heads", type=int, default=4)
+    group.add_argument("--num-key-value-heads", type=int, default=2)
+    group.add_argument("--intermediate-dim", type=int, default=256)
+    group.add_argument("--dropout", type=float, default=0.0)
+    group.add_argument("--learning-rate", type=float, default=2e-3)
+    group.add_argument(
+        "--train-chars",
+        type=int,
+        default=2_000_000,
+        help="characters of training text (default: %(default)s)",
+    )
+    group.add_argument(
+        "--heldout-chars",
+        type=int,
+        default=100_000,
+        help="characters of held-out text (default: %(default)s)",
+    )
+    group.add_argument(
+        "--eval-chars",
+        type=int,
+        default=50_000,
+        help="held-out characters the model is scored on (default: "
+        "%(default)s); the baseline is scored on the same ones",
+    )
+    group.add_argument("--max-new-tokens", type=int, default=120)
+
+
+# Model -------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package="text_generation")
+class CharTransformerLM(keras.Model):
+    """Token ids -> next-token logits; with `init_cache` and
+    `call_with_cache`, the interface `keras_attention.TokenGenerator`
+    decodes with.
+
+    Embedding, `num_layers` pre-norm `TransformerDecoder` blocks (no
+    cross-attention; GQA and RoPE, so no position embedding), a final
+    `LayerNormalization` and the output projection.
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        hidden_dim=128,
+        num_layers=3,
+        num_heads=4,
+        num_key_value_heads=2,
+        intermediate_dim=256,
+        dropout=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.head_dim = hidden_dim // num_heads
+        self.embedding = keras.layers.Embedding(
+            vocabulary_size, hidden_dim, name="tokens"
+        )
+        self.blocks = [
+            keras_attention.TransformerDecoder(
+                intermediate_dim,
+                num_heads,
+                dropout=dropout,
+                activation="gelu",
+                normalize_first=True,
+                num_key_value_heads=num_key_value_heads,
+                rope_max_wavelength=10_000,
+                # Short sequences: the dense kernel (what "auto" picks),
+                # without the chunked one's branch in the exported graph.
+                chunk_size=None,
+                name=f"block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.final_norm = keras.layers.LayerNormalization(name="final_norm")
+        self.head = keras.layers.Dense(vocabulary_size, name="logits")
+
+    def call(self, token_ids, padding_mask=None, training=None):
+        x = self.embedding(token_ids)
+        for block in self.blocks:
+            x = block(x, decoder_padding_mask=padding_mask, training=training)
+        return self.head(self.final_norm(x))
+
+    def init_cache(self, batch_size, max_length):
+        shape = (
+            batch_size,
+            2,
+            max_length,
+            self.num_key_value_heads,
+            self.head_dim,
+        )
+        return tuple(ops.zeros(shape, self.compute_dtype) for _ in self.blocks)
+
+    def call_with_cache(self, token_ids, cache, cache_update_index, mask):
+        x = self.embedding(token_ids)
+        caches = []
+        for block, block_cache in zip(self.blocks, cache):
+            x, block_cache = block(
+                x,
+                decoder_padding_mask=mask,
+                self_attention_cache=block_cache,
+                self_attention_cache_update_index=cache_update_index,
+            )
+            caches.append(block_cache)
+        return self.head(self.final_norm(x)), tuple(caches)
+
+    def attention_scores(self, token_ids, block_index=-1):
+        """The self-attention weights of one block `(batch, heads, T, T)`."""
+        x = self.embedding(token_ids)
+        blocks = self.blocks[: len(self.blocks) + block_index + 1]
+        for block in blocks[:-1]:
+            x = block(x)
+        block = blocks[-1]
+        attention = block._self_attention_layer
+        x = block._self_attention_layer_norm(x)
+        _, scores = attention(
+            x, x, use_causal_mask=True, return_attention_scores=True
+        )
+        return scores
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "hidden_dim": self.hidden_dim,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "num_key_value_heads": self.num_key_value_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+            }
+        )
+        return config
+
+
+def build_model(args):
+    model = CharTransformerLM(
+        len(_char_lm.VOCABULARY),
+        hidden_dim=args.hidden_dim,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
+        num_key_value_heads=args.num_key_value_heads,
+        intermediate_dim=args.intermediate_dim,
+        dropout=args.dropout,
+        name="char_transformer_lm",
+    )
+    model(np.zeros((1, args.sequence_length), "int32"))
+    return model
+
+
+# Data --------------------------------------------------------------------
+def windows(ids, length, stride, rng=None):
+    """`(inputs, targets)`: windows of `length + 1` ids, every `stride`."""
+    starts = np.arange(0, len(ids) - length - 1, stride)
+    if rng is not None:
+        starts = starts + rng.integers(0, stride, size=len(starts))
+        starts = np.minimum(starts, len(ids) - length - 1)
+    index = starts[:, None] + np.arange(length + 1)[None, :]
+    chunk = ids[index]
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+# Evaluation ----------------------------------------------------------------
+def bits_per_char(model, ids, length, batch_size=64):
+    """Held-out bits per character, each scored character with at least
+    `length // 2` characters of context (except the first window's)."""
+    half = length // 2
+    starts = list(range(0, max(1, len(ids) - length), half))
+    inputs = np.stack(
+        [_pad_to(ids[s : s + length], length) for s in starts]
+    ).astype("int32")
+    targets = np.stack(
+        [_pad_to(ids[s + 1 : s + length + 1], length) for s in starts]
+    )
+    logits = model.predict(inputs, batch_size=batch_size, verbose=0)
+    logits = logits.astype("float64")
+    logits -= logits.max(-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    scored = np.zeros_like(targets, bool)
+    scored[:, half:] = True
+    scored[0, :] = True
+    scored &= targets > 0
+    nats = -picked[scored]
+    return float(nats.mean() / np.log(2)), int(scored.sum()), starts
+
+
+def _pad_to(x, length):
+    return np.concatenate([x, np.zeros(length - len(x), x.dtype)])
+
+
+def baseline_bits(train_text, heldout_text, starts, length, order=5):
+    """The Kneser-Ney baseline on exactly the characters the model scored."""
+    model = _char_lm.KneserNeyCharModel(order=order).fit(train_text)
+    half = length // 2
+    total, count = 0.0, 0
+    for n, s in enumerate(starts):
+        first = s + 1 if n == 0 else s + 1 + half
+        for i in range(first, min(s + length + 1, len(heldout_text))):
+            context = heldout_text[max(0, i - order + 1) : i]
+            total -= np.log2(model.prob(context, heldout_text[i]))
+            count += 1
+    return total / count, count
+
+
+# Generation ----------------------------------------------------------------
+def left_pad(prompts, length=PROMPT_LENGTH):
+    """Left-padded prompt ids `(batch, length)`: each prompt's last
+    `length` characters, right-aligned."""
+    out = np.zeros((len(prompts), length), "int32")
+    for row, text in enumerate(prompts):
+        ids = _char_lm.encode(text)[-length:]
+        out[row, length - len(ids) :] = ids
+    return out
+
+
+def generate(generator, prompts, seed=0):
+    ids = keras.ops.convert_to_numpy(
+        generator(left_pad(prompts), seed=np.int32(seed))
+    )
+    return [_char_lm.decode(row) for row in ids]
+
+
+def plot_attention(model, text, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = _char_lm.encode(text)[None]
+    scores = keras.ops.convert_to_numpy(model.attention_scores(ids))[0]
+    heads = scores.shape[0]
+    fig, axes = plt.subplots(1, heads, figsize=(4.2 * heads, 4.6))
+    labels = [repr(c)[1:-1] for c in text]
+    for h, ax in enumerate(np.atleast_1d(axes)):
+        ax.imshow(scores[h], cmap="viridis", vmin=0, vmax=scores.max())
+        ax.set_xticks(range(len(text)), labels, fontsize=6, rotation=90)
+        ax.set_yticks(range(len(text)), labels, fontsize=6)
+        ax.set_title(f"last block, head {h}", fontsize=10)
+    fig.suptitle(
+        "Causal self-attention (RoPE, grouped-query): each row is a "
+        "character attending to the characters before it",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# Export --------------------------------------------------------------------
+def export(run, model, args):
+    """`text` -> `continuation` and `token_ids` (greedy), and `(text,
+    seed)` -> `continuation` (top-k sampling), for TF Serving."""
+    if run.backend != "tensorflow" or not args.export:
+        return run.export(model)  # says why it skips
+    import tensorflow as tf
+
+    # One generator, one traced graph: temperature 0 is greedy decoding.
+    sample = keras_attention.TokenGenerator(
+        model,
+        PROMPT_LENGTH + args.max_new_tokens,
+        strategy="sample",
+        temperature=0.8,
+        top_k=10,
+        name="sample",
+    )
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, PROMPT_LENGTH], tf.int32),
+            tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([], tf.float32),
+        ],
+        autograph=False,
+    )
+    def generate_ids(prompt_ids, seed, temperature):
+        return sample(prompt_ids, seed=seed, temperature=temperature)
+
+    table = tf.constant(_char_lm.VOCABULARY)
+
+    def char_ids(code_points):
+        """Code points -> ids, by arithmetic (`_char_lm`'s id scheme): no
+        lookup table, so nothing to track."""
+        printable = (code_points >= 32) & (code_points <= 126)
+        ids = tf.where(printable, code_points - 30, 1)
+        ids = tf.where(code_points == 10, 97, ids)
+        return tf.where(code_points == 9, 98, ids)
+
+    def to_ids(text):
+        text = tf.strings.regex_replace(text, "\r\n?", "\n")
+        points = tf.strings.unicode_decode(text, "UTF-8", errors="replace")
+        ragged = tf.ragged.map_flat_values(char_ids, points[:, -PROMPT_LENGTH:])
+        lengths = tf.cast(ragged.row_lengths(), tf.int32)
+        dense = ragged.to_tensor(0, shape=[None, PROMPT_LENGTH])
+        reversed_rows = tf.reverse_sequence(dense, lengths, 1, 0)
+        return tf.reverse(reversed_rows, axis=[1])
+
+    def to_text(ids):
+        return tf.strings.reduce_join(tf.gather(table, ids), axis=-1)
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+        autograph=False,
+    )
+    def serve_text(text):
+        token_ids = generate_ids(to_ids(text), 0, 0.0)
+        return {"continuation": to_text(token_ids), "token_ids": token_ids}
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="text"),
+            tf.TensorSpec([], tf.int32, name="seed"),
+        ],
+        autograph=False,
+    )
+    def serve_sample(text, seed):
+        token_ids = generate_ids(to_ids(text), seed, 0.8)
+        return {"continuation": to_text(token_ids)}
+
+    path = run.export(
+        model,
+        signatures={
+            "serving_default": serve_text,
+            "sample": serve_sample,
+        },
+        warmup_inputs={"text": np.asarray(DEMO_PROMPTS[:2], dtype=object)},
+    )
+    greedy = keras_attention.TokenGenerator(
+        model, PROMPT_LENGTH + args.max_new_tokens
+    )
+    return path, greedy, sample
+
+
+def check_served(path, greedy, sample, prompts):
+    """Reloads the export and compares it with eager generation."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    served = loaded.signatures["serving_default"](text=tf.constant(prompts))
+    served = [s.decode() for s in served["continuation"].numpy()]
+    eager = generate(greedy, prompts)
+    sampled = loaded.signatures["sample"](
+        text=tf.constant(prompts), seed=tf.constant(7)
+    )
+    sampled = [s.decode() for s in sampled["continuation"].numpy()]
+    eager_sampled = generate(sample, prompts, seed=7)
+    mismatches = sum(a != b for a, b in zip(served, eager))
+    mismatches += sum(a != b for a, b in zip(sampled, eager_sampled))
+    print(
+        f"served == eager generation on {len(prompts)} prompts (greedy and "
+        f"sampled, seed 7): {mismatches} mismatch(es)"
+    )
+    return mismatches == 0
+
+
+# Main ----------------------------------------------------------------------
+def main(argv=None):
+    args = _common.parse_args(
+        __doc__,
+        "text_generation",
+        argv=argv,
+        add_arguments=add_arguments,
+        epochs=4,
+        batch_size=32,
+    )
+    run = _common.setup(args)
+    corpus = _char_lm.load_stdlib_corpus(
+        args.train_chars, args.heldout_chars, seed=args.seed
+    )
+    train_ids = _char_lm.encode(corpus.train)
+    heldout_ids = _char_lm.encode(corpus.heldout)[: args.eval_chars]
+    print(
+        f"data: {len(corpus.train):,} training characters from "
+        f"{corpus.train_files} files, {len(corpus.heldout):,} held-out "
+        f"characters from {corpus.heldout_files} other files"
+    )
+    rng = np.random.default_rng(args.seed)
+    x, y = windows(train_ids, args.sequence_length, args.sequence_length, rng)
+    with run.scope():
+        model = build_model(args)
+        steps = run.steps(len(x), args.batch_size)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            args.learning_rate,
+            decay_steps=steps * args.epochs,
+            alpha=0.05,
+            warmup_target=None,
+        )
+        model.compile(
+            optimizer=keras.optimizers.AdamW(
+                schedule, weight_decay=0.01, clipnorm=1.0
+            ),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=run.jit_compile,
+        )
+    model.summary()
+
+    # Training --------------------------------------------------------------
+    fit_samples = min(len(x), steps * args.batch_size)
+    history = model.fit(
+        x[:fit_samples],
+        y[:fit_samples],
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        steps_per_epoch=steps,
+        shuffle=True,
+    )
+    losses = [float(v) for v in history.history["loss"]]
+    print(f"loss by epoch: {json.dumps([round(v, 4) for v in losses])}")
+    train_seconds = run.elapsed()
+    print(f"trained in {train_seconds:.0f} s (since setup)")
+
+    # Evaluation --------------------------------------------------------------
+    model_bpc, scored, starts = bits_per_char(
+        model, heldout_ids, args.sequence_length
+    )
+    heldout_text = _char_lm.decode(heldout_ids)
+    baseline_bpc, counted = baseline_bits(
+        corpus.train, heldout_text, starts, args.sequence_length
+    )
+    print(
+        f"held-out bits/char on {scored:,} characters: model "
+        f"{model_bpc:.3f}, character 5-gram Kneser-Ney baseline "
+        f"{baseline_bpc:.3f} ({counted:,} characters)"
+    )
+
+    greedy = keras_attention.TokenGenerator(
+        model, PROMPT_LENGTH + args.max_new_tokens
+    )
+    sample = keras_attention.TokenGenerator(
+        model,
+        PROMPT_LENGTH + args.max_new_tokens,
+        strategy="sample",
+        temperature=0.8,
+        top_k=10,
+    )
+    samples = {
+        "greedy": generate(greedy, DEMO_PROMPTS),
+        "sample": generate(sample, DEMO_PROMPTS, seed=7),
+    }
+    for strategy, texts in samples.items():
+        for prompt, text in zip(DEMO_PROMPTS, texts):
+            print(f"--- {strategy}: {prompt!r}\n{prompt}{text}")
+    figure = run.figure_path("attention.png")
+    plot_attention(model, "def add(a, b):\n    return a + b\n", figure)
+    print(f"saved {figure}")
+
+    summary = {
+        "backend": run.backend,
+        "bits_per_char": model_bpc,
+        "baseline_bits_per_char": baseline_bpc,
+        "scored_characters": scored,
+        "loss": losses,
+        "train_seconds": train_seconds,
+        "samples": samples,
+    }
+
+    # Export ----------------------------------------------------------------
+    exported = export(run, model, args)
+    summary["export"] = None
+    if isinstance(exported, tuple):
+        path, greedy_export, sample_export = exported
+        summary["export"] = path
+        if not check_served(path, greedy_export, sample_export, DEMO_PROMPTS):
+            return 1
+        print(f"export size: {_common.directory_size(path) / 1e6:.2f} MB")
+    summary["seconds"] = run.elapsed()
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"done in {summary['seconds']:.0f} s")
+    return 0 if model_bpc < baseline_bpc or args.max_steps else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
