@@ -538,6 +538,35 @@ def check_index(name, value, upper=None, upper_desc=""):
     return known
 
 
+def check_key_value_heads(num_heads, num_key_value_heads):
+    """`num_key_value_heads`: None or a positive divisor of `num_heads`."""
+    check_positive_int(
+        "num_key_value_heads", num_key_value_heads, allow_none=True
+    )
+    if num_key_value_heads is not None and num_heads % num_key_value_heads:
+        raise ValueError(
+            "Received an invalid value for argument `num_key_value_heads`,"
+            " expected a divisor of `num_heads`. Received: "
+            f"num_heads={num_heads}, "
+            f"num_key_value_heads={num_key_value_heads}"
+        )
+
+
+def check_rope(max_wavelength, scaling_factor, head_dim=None):
+    """The layers' RoPE options; `head_dim`, when known, must be even."""
+    check_positive_number(
+        "rope_max_wavelength", max_wavelength, allow_none=True
+    )
+    check_positive_number("rope_scaling_factor", scaling_factor)
+    if max_wavelength is not None and head_dim is not None and head_dim % 2:
+        raise ValueError(
+            "Rotary position embeddings rotate pairs of features, so the "
+            "head dimension must be even when `rope_max_wavelength` is set. "
+            f"Received: key_dim={head_dim}, "
+            f"rope_max_wavelength={max_wavelength}"
+        )
+
+
 # TF Serving reads a version directory's name as a signed 64-bit integer
 # (`ParseVersionNumber` in tensorflow_serving/sources/storage_path/
 # file_system_storage_path_source.cc); we accept its non-negative range.

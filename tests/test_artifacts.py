@@ -125,10 +125,23 @@ def test_batching_config_parses():
     assert message.pad_variable_length_inputs
 
 
-def test_saved_models_folder_is_under_10_mb():
+def test_saved_models_folder_is_under_13_mb():
+    # Raised from 10 MB for the text-generation export (2.5 MB: a 3-block
+    # language model, and its prefill and decoding loop in the graph), the
+    # one export that needs its own weights to show anything.
     total = sum(
         os.path.getsize(os.path.join(root, f))
         for root, _, files in os.walk(SAVED)
         for f in files
     )
-    assert total < 10 * 2**20, f"saved_models/ holds {total / 2**20:.1f} MB"
+    assert total < 13 * 2**20, f"saved_models/ holds {total / 2**20:.1f} MB"
+
+
+def test_text_generation_export_is_at_most_3_mb():
+    path = os.path.join(SAVED, "text_generation")
+    total = sum(
+        os.path.getsize(os.path.join(root, f))
+        for root, _, files in os.walk(path)
+        for f in files
+    )
+    assert 0 < total <= 3 * 10**6, f"{path} holds {total / 1e6:.2f} MB"

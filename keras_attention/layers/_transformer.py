@@ -61,21 +61,9 @@ class TransformerBlock(_common.ValidatedLayer):
         )
         _validation.check_bool("normalize_first", normalize_first)
         _validation.check_positive_int("key_dim", key_dim, allow_none=True)
-        _validation.check_positive_int(
-            "num_key_value_heads", num_key_value_heads, allow_none=True
-        )
-        if num_key_value_heads is not None and num_heads % num_key_value_heads:
-            raise ValueError(
-                "Received an invalid value for argument `num_key_value_heads`,"
-                " expected a divisor of `num_heads`. Received: "
-                f"num_heads={num_heads}, "
-                f"num_key_value_heads={num_key_value_heads}"
-            )
-        _validation.check_positive_number(
-            "rope_max_wavelength", rope_max_wavelength, allow_none=True
-        )
-        _validation.check_positive_number(
-            "rope_scaling_factor", rope_scaling_factor
+        _validation.check_key_value_heads(num_heads, num_key_value_heads)
+        _validation.check_rope(
+            rope_max_wavelength, rope_scaling_factor, key_dim
         )
         _validation.check_positive_int(
             "sliding_window",
@@ -93,13 +81,6 @@ class TransformerBlock(_common.ValidatedLayer):
             _validation.check_size_product(
                 {"num_heads": num_heads, "key_dim": key_dim}
             )
-            if rope_max_wavelength is not None and key_dim % 2:
-                raise ValueError(
-                    "Rotary position embeddings rotate pairs of features, so "
-                    "`key_dim` must be even when `rope_max_wavelength` is "
-                    f"set. Received: key_dim={key_dim}, "
-                    f"rope_max_wavelength={rope_max_wavelength}"
-                )
         # The base layer applies the activity regularizer once, to the
         # block's output (not to every sublayer's).
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)

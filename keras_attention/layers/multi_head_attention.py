@@ -30,21 +30,6 @@ def _output_shape(output_rank, known_last_dims):
     return [None] * (output_rank - len(known_last_dims)) + list(known_last_dims)
 
 
-def _check_rope(max_wavelength, scaling_factor, head_dim):
-    """The attention layers' RoPE options (`head_dim` the rotated size)."""
-    _validation.check_positive_number(
-        "rope_max_wavelength", max_wavelength, allow_none=True
-    )
-    _validation.check_positive_number("rope_scaling_factor", scaling_factor)
-    if max_wavelength is not None and head_dim % 2:
-        raise ValueError(
-            "Rotary position embeddings rotate pairs of features, so the "
-            "head dimension must be even when `rope_max_wavelength` is set. "
-            f"Received: key_dim={head_dim}, "
-            f"rope_max_wavelength={max_wavelength}"
-        )
-
-
 def _product(dims):
     result = 1
     for dim in dims:
@@ -203,16 +188,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         _validation.check_positive_int("num_heads", num_heads)
         _validation.check_positive_int("key_dim", key_dim)
         _validation.check_positive_int("value_dim", value_dim, allow_none=True)
-        _validation.check_positive_int(
-            "num_key_value_heads", num_key_value_heads, allow_none=True
-        )
-        if num_key_value_heads is not None and num_heads % num_key_value_heads:
-            raise ValueError(
-                "Received an invalid value for argument `num_key_value_heads`,"
-                " expected a divisor of `num_heads`. Received: "
-                f"num_heads={num_heads}, "
-                f"num_key_value_heads={num_key_value_heads}"
-            )
+        _validation.check_key_value_heads(num_heads, num_key_value_heads)
         _validation.check_rate("dropout", dropout)
         _validation.check_chunk_size(chunk_size)
         _validation.check_bool("use_bias", use_bias)
@@ -220,7 +196,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
         _validation.check_positive_number(
             "logits_soft_cap", logits_soft_cap, allow_none=True
         )
-        _check_rope(rope_max_wavelength, rope_scaling_factor, key_dim)
+        _validation.check_rope(
+            rope_max_wavelength, rope_scaling_factor, key_dim
+        )
         # The window is compared with int32 positions.
         _validation.check_positive_int(
             "sliding_window",
