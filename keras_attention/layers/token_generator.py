@@ -185,7 +185,9 @@ class TokenGenerator(_common.ValidatedLayer):
     def call(self, prompt_ids, seed=0, temperature=None):
         _validation.check_rank("prompt_ids", prompt_ids.shape, (2,))
         _validation.check_index("seed", seed)
-        known = _validation.concrete_values(temperature)
+        known = None
+        if temperature is not None:
+            known = _validation.concrete_values(temperature)
         if known is not None and (known.ndim or not known >= 0):
             raise ValueError(
                 "Argument `temperature` must be a non-negative scalar (0: "

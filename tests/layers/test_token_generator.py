@@ -95,11 +95,15 @@ def _left_padded(prompts, length=5):
 
 def _recompute_greedy(model, prompt, n):
     """Greedy decoding by running the whole sequence each step (no cache);
-    also the smallest top-2 margin of the logits."""
+    also the smallest top-2 margin of the logits. The sequence sits in a
+    fixed-size buffer (causal: the zeros after it change nothing), so each
+    step has the same shape and compiles once on JAX."""
     tokens = list(prompt)
     margin = np.inf
     for _ in range(n):
-        logits = to_numpy(model(np.array([tokens], "int32")))[0, -1]
+        buffer = np.zeros((1, MAX_LENGTH), "int32")
+        buffer[0, : len(tokens)] = tokens
+        logits = to_numpy(model(buffer))[0, len(tokens) - 1]
         top2 = np.sort(logits)[-2:]
         margin = min(margin, top2[1] - top2[0])
         tokens.append(int(np.argmax(logits)))
