@@ -26,8 +26,16 @@ How to run:
     python examples/text_generation.py --help
     python examples/text_generation.py --max-steps 4 --epochs 1 --no-export
 
-Expected result: see examples/RESULTS.md ("Text generation"), measured on
-our 2-core CPUs.
+Expected result (default flags, seed 0, TensorFlow, 2 CPU cores shared with
+other jobs): held-out 2.059 bits per character against 2.260 for the
+Kneser-Ney 5-gram, in about 17 minutes in all (926 s of training, 4 epochs
+of 489 steps at 300-430 ms); samples, runs/text_generation/attention.png
+and an export to saved_models/text_generation/<next version>/ (2.5 MB)
+whose `serving_default` continues a prompt: `{"inputs": {"text": ["def
+"]}}` gives a continuation such as `"__init__(self, other):..."`. The
+script exits non-zero if the export's continuations differ from eager
+generation, or if the model does not beat the baseline. Details:
+examples/RESULTS.md ("Text generation").
 """
 
 import json

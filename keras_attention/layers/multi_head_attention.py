@@ -112,9 +112,11 @@ class MultiHeadAttention(_common.ValidatedLayer):
     `cache_update_index + i`, so no mask is built by hand; with
     `use_causal_mask=False` every slot is attended unless `attention_mask`
     (`(batch_size, target_length, max_length)`) or `value_mask`/`key_mask`
-    (`(batch_size, max_length)`, over the slots) say otherwise, as in
-    keras-hub. A cache needs rank-3 inputs (one attention axis). Writes are
-    scatters, which export to plain TensorFlow ops.
+    say otherwise, as in keras-hub. Those cover the slots, `(batch_size,
+    max_length)`, or only the keys being written, `(batch_size,
+    new_length)` (e.g. the inputs' Keras mask). A cache needs rank-3
+    inputs (one attention axis). Writes are scatters, which export to plain
+    TensorFlow ops.
 
     Call arguments:
         query: `(batch_size, target_length, dim)`.
@@ -741,6 +743,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
         if key is None:
             key = value
         offset = self._check_cache(query, key, cache, cache_update_index)
+        if cache is not None and cache_update_index is not None:
+            value_mask = _slot_mask(value_mask, cache, cache_update_index)
+            key_mask = _slot_mask(key_mask, cache, cache_update_index)
         self._check_call_inputs(
             query,
             value,
@@ -1059,6 +1064,22 @@ class MultiHeadAttention(_common.ValidatedLayer):
         )
         config.update(_common.serialize_keras_objects(self))
         return config
+
+
+def _slot_mask(mask, cache, index):
+    """A `(batch, new_tokens)` padding mask of the keys being written (e.g.
+    the inputs' Keras mask) -> a mask over the cache's slots, True outside
+    the update. A `(batch, max_length)` mask already covers the slots."""
+    if mask is None:
+        return None
+    mask = _masking.as_bool(mask)
+    new, slots = mask.shape[-1], cache.shape[2]
+    if len(mask.shape) != 2 or new is None or slots is None or new == slots:
+        return mask
+    positions = ops.arange(slots, dtype="int32") - ops.cast(index, "int32")
+    inside = ops.logical_and(positions >= 0, positions < new)
+    picked = ops.take(mask, ops.clip(positions, 0, new - 1), axis=1)
+    return ops.where(inside[None, :], picked, True)
 
 
 def _head_slice(x, dim):

@@ -6,8 +6,8 @@
   rotated) keys and values. Hypothesis draws the configurations.
 - A causal prefill runs through the chunked kernel without a mask.
 - keras-hub's `CachedMultiHeadAttention`, with the same weights, called by
-  keyword as keras-hub code calls it: same outputs and caches. (Inputs
-  that carry a Keras mask: a known gap, marked `xfail`.)
+  keyword as keras-hub code calls it: same outputs and caches, also for
+  inputs that carry a Keras mask (it covers the keys being written).
 - A traced `cache_update_index` (`tf.function`, `jax.jit`) equals eager.
 - A static cache (cross-attention) equals uncached cross-attention.
 - A Keras bug seen through the layer (TensorFlow, head dim 1), `xfail`.
@@ -438,13 +438,6 @@ def test_keras_hub_parity_static_cache(rng):
         np.testing.assert_array_equal(got[1], cache)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="With a cache, Keras fills `value_mask` from the value's Keras "
-    "mask, (batch, new tokens), and the layer rejects it as a mask over "
-    "the (batch, max_length) slots; keras-hub runs this call.",
-)
 def test_keras_hub_parity_inputs_with_a_keras_mask(rng):
     # keras-hub code whose inputs carry a Keras mask (`mask_zero=True`
     # embeddings, right padding): keras-hub ignores it; ours zeroes the
