@@ -81,7 +81,8 @@ MAX_INPUT_LENGTH = 32
 TARGET_CHARS = "-0123456789"
 START = 0
 TARGET_LENGTH = 10  # "2026-11-21"
-TRANSFORMER_LEARNING_RATE = 1e-3
+TRANSFORMER_LEARNING_RATE = 2e-3
+ROPE_MAX_WAVELENGTH = 100.0  # the source has 32 positions
 
 
 def add_arguments(parser):
@@ -472,11 +473,13 @@ class AttentionDecoder(keras.layers.Layer):
 
 
 class GreedyDecoding(keras.layers.Layer):
-    """Greedy decoding with an `AttentionDecoder` (its weights, shared).
+    """Greedy decoding with a decoder's `greedy()` (its weights, shared).
 
-    Returns the ids `(batch, target_length)` and the attention weights
-    `(batch, target_length, source_length)`. A layer of its own because a
-    Keras layer keeps one output structure across its calls.
+    For an `AttentionDecoder` or a `TransformerTargetDecoder`: called with
+    the arguments of its `greedy()`, it returns the ids `(batch,
+    target_length)` and the attention weights `(batch, target_length,
+    source_length)`. A layer of its own because a Keras layer keeps one
+    output structure across its calls.
     """
 
     def __init__(self, decoder, **kwargs):
@@ -484,8 +487,8 @@ class GreedyDecoding(keras.layers.Layer):
         self.supports_masking = True
         self.decoder = decoder
 
-    def call(self, encoder_outputs, initial_state, source_ids):
-        return self.decoder.greedy(encoder_outputs, initial_state, source_ids)
+    def call(self, encoder_outputs, *args):
+        return self.decoder.greedy(encoder_outputs, *args)
 
     def compute_output_spec(self, encoder_outputs, *args):
         batch, length = encoder_outputs.shape[:2]
@@ -545,6 +548,288 @@ def build_models(units, dropout=0.0):
     return training, inference
 
 
+class TransformerTargetDecoder(keras.layers.Layer):
+    """The Transformer's target side: characters in, next characters out.
+
+    Target characters (the start token, then the targets shifted right)
+    are embedded, with learned positions (`keras_attention.
+    PositionEmbedding`), and go through `num_layers`
+    `keras_attention.TransformerDecoder` blocks: causal self-attention over
+    the target, cross-attention over the encoder outputs (the source's
+    padding masked) and a feed-forward network. A `Dense` gives the logits.
+
+    Called with the `decoder_inputs` (teacher forcing), it returns the
+    logits `(batch, target_length, vocabulary)`. `greedy()` decodes with
+    the blocks' key/value caches: the encoder outputs are projected into
+    each block's cross-attention cache once, at the first step, and each
+    later step runs one character through the blocks, writing its keys and
+    values into the fixed-size self-attention caches, in a
+    `keras.ops.fori_loop`. `uncached_step_logits()` is the slow reference:
+    the whole prefix again at every step.
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        target_length,
+        dim,
+        num_heads,
+        num_layers,
+        intermediate_dim,
+        dropout=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.vocabulary_size = vocabulary_size
+        self.target_length = target_length
+        self.dim = dim
+        self.num_heads = num_heads
+        self.num_layers = num_layers
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.head_dim = dim // num_heads
+        self.embedding = keras.layers.Embedding(
+            vocabulary_size, dim, name="embedding"
+        )
+        self.positions = ka.PositionEmbedding(target_length, name="positions")
+        self.embedding_dropout = keras.layers.Dropout(dropout)
+        self.blocks = [
+            ka.TransformerDecoder(
+                intermediate_dim,
+                num_heads,
+                dropout=dropout,
+                name=f"decoder_block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.logits = keras.layers.Dense(
+            vocabulary_size, dtype="float32", name="logits"
+        )
+
+    def build(self, encoder_outputs_shape, *args, **kwargs):
+        batch = encoder_outputs_shape[0]
+        shape = (batch, self.target_length, self.dim)
+        self.embedding.build((batch, self.target_length))
+        self.positions.build(shape)
+        for block in self.blocks:
+            block.build(shape, encoder_outputs_shape)
+        self.logits.build(shape)
+
+    def embed(self, tokens, start_index=0, training=None):
+        """Character and position embeddings of `tokens` `(batch, length)`,
+        the first at position `start_index`."""
+        x = self.embedding(tokens)
+        x = x + self.positions(x, start_index=start_index)
+        return self.embedding_dropout(x, training=training)
+
+    def call(
+        self,
+        encoder_outputs,
+        source_ids,
+        decoder_inputs,
+        training=None,
+    ):
+        source_mask = ops.not_equal(source_ids, 0)
+        x = self.embed(decoder_inputs, training=training)
+        for block in self.blocks:
+            # Causal self-attention: position i sees the targets before i.
+            x = block(
+                x,
+                encoder_outputs,
+                encoder_padding_mask=source_mask,
+                training=training,
+            )
+        return self.logits(x)
+
+    def _cache(self, batch, length):
+        shape = (batch, 2, length, self.num_heads, self.head_dim)
+        return ops.zeros(shape, self.compute_dtype)
+
+    def greedy(self, encoder_outputs, source_ids):
+        """Greedy decoding with KV caches: ids and cross-attention weights."""
+        source_mask = ops.not_equal(source_ids, 0)
+        batch, source_length = ops.shape(source_ids)[0], source_ids.shape[1]
+        steps = self.target_length
+
+        def next_token(x):
+            logits = self.logits(x)[:, 0]
+            return ops.cast(ops.argmax(logits, axis=-1), "int32")
+
+        def write(ids, i, token):
+            # Write step i into the ids (shapes stay fixed in the loop).
+            at_i = ops.one_hot(i, steps, dtype="int32")
+            return ids + at_i[None, :] * token[:, None]
+
+        # Step 0, the start token: fills each block's cross-attention cache
+        # with the projected encoder outputs (once) and slot 0 of its
+        # self-attention cache.
+        x = self.embed(ops.zeros((batch, 1), "int32") + START)
+        self_caches, cross_caches = [], []
+        for block in self.blocks:
+            x, self_cache, cross_cache = block(
+                x,
+                encoder_outputs,
+                encoder_padding_mask=source_mask,
+                self_attention_cache=self._cache(batch, steps),
+                self_attention_cache_update_index=0,
+                cross_attention_cache=self._cache(batch, source_length),
+                cross_attention_cache_update_index=0,
+            )
+            self_caches.append(self_cache)
+            cross_caches.append(cross_cache)
+        token = next_token(x)
+        ids = write(ops.zeros((batch, steps), "int32"), 0, token)
+
+        def body(i, carry):
+            # Step i: the previous character at position i; its keys and
+            # values go to slot i, the causal mask hides the slots after i,
+            # and the cross-attention caches are only read (index None).
+            token, ids, self_caches = carry
+            x = self.embed(token[:, None], start_index=i)
+            updated = []
+            for block, self_cache, cross_cache in zip(
+                self.blocks, self_caches, cross_caches
+            ):
+                x, self_cache, _ = block(
+                    x,
+                    encoder_outputs,
+                    encoder_padding_mask=source_mask,
+                    self_attention_cache=self_cache,
+                    self_attention_cache_update_index=i,
+                    cross_attention_cache=cross_cache,
+                    cross_attention_cache_update_index=None,
+                )
+                updated.append(self_cache)
+            token = next_token(x)
+            return token, write(ids, i, token), updated
+
+        _, ids, _ = ops.fori_loop(1, steps, body, (token, ids, self_caches))
+        start = ops.zeros((batch, 1), "int32") + START
+        decoder_inputs = ops.concatenate([start, ids[:, :-1]], axis=1)
+        alignments = self.cross_attention_weights(
+            encoder_outputs, source_ids, decoder_inputs
+        )
+        return ids, alignments
+
+    def cross_attention_weights(self, encoder_outputs, source_ids, inputs):
+        """The last block's cross-attention weights, averaged over heads,
+        `(batch, target_length, source_length)`, for the decoder inputs
+        `inputs` (one teacher-forced pass, no caches).
+
+        `TransformerDecoder` returns no attention weights, so this re-runs
+        the last block's first two sublayers (keras-hub's names, which
+        `TransformerDecoder` keeps): post-norm, the cross-attention's query
+        is `self_attention_layer_norm(x + self_attention(x))`.
+        """
+        source_mask = ops.not_equal(source_ids, 0)
+        x = self.embed(inputs)
+        for block in self.blocks[:-1]:
+            x = block(x, encoder_outputs, encoder_padding_mask=source_mask)
+        last = self.blocks[-1]
+        y = last._self_attention_layer(x, x, use_causal_mask=True)
+        query = last._self_attention_layer_norm(x + y)
+        _, weights = last._cross_attention_layer(
+            query,
+            encoder_outputs,
+            value_mask=source_mask,
+            return_attention_scores=True,
+        )
+        return ops.mean(ops.cast(weights, "float32"), axis=1)
+
+    def uncached_step_logits(self, encoder_outputs, source_ids, ids, i):
+        """The logits of step `i` by recomputing the whole prefix: the
+        start token and `ids[:, :i]` through the blocks without caches."""
+        start = ops.zeros((ops.shape(ids)[0], 1), "int32") + START
+        prefix = ops.concatenate([start, ids[:, :i]], axis=1)
+        source_mask = ops.not_equal(source_ids, 0)
+        x = self.embed(prefix)
+        for block in self.blocks:
+            x = block(x, encoder_outputs, encoder_padding_mask=source_mask)
+        return self.logits(x)[:, -1]
+
+    def compute_output_spec(self, encoder_outputs, *args, **kwargs):
+        shape = encoder_outputs.shape[:1] + (
+            self.target_length,
+            self.vocabulary_size,
+        )
+        return keras.KerasTensor(shape, dtype="float32")
+
+    def compute_mask(self, *args, **kwargs):
+        return None  # the source mask does not carry over to the targets
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "target_length": self.target_length,
+                "dim": self.dim,
+                "num_heads": self.num_heads,
+                "num_layers": self.num_layers,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+            }
+        )
+        return config
+
+
+def build_transformer_models(dim=64, num_heads=4, num_layers=2, dropout=0.0):
+    """The Transformer's training and greedy inference models (shared
+    layers), with the inputs and outputs of `build_models`'.
+
+    Also returns the encoder model, `source_ids` -> encoder outputs, and the
+    `TransformerTargetDecoder`, for the cache test.
+    """
+    source_ids = keras.Input((MAX_INPUT_LENGTH,), dtype="int32", name="source")
+    decoder_inputs = keras.Input(
+        (TARGET_LENGTH,), dtype="int32", name="decoder_inputs"
+    )
+    # Encoder: characters -> TransformerEncoder blocks that attend over the
+    # source's characters, never its padding. Rotary position embeddings
+    # (relative positions) rather than learned absolute ones: "sat 21/11/26"
+    # reads like "21/11/26" four characters on.
+    source_mask = ops.not_equal(source_ids, 0)
+    x = keras.layers.Embedding(len(INPUT_CHARS) + 2, dim, name="characters")(
+        source_ids
+    )
+    x = keras.layers.Dropout(dropout)(x)
+    for i in range(num_layers):
+        x = ka.TransformerEncoder(
+            2 * dim,
+            num_heads,
+            dropout=dropout,
+            rope_max_wavelength=ROPE_MAX_WAVELENGTH,
+            name=f"encoder_block_{i}",
+        )(x, padding_mask=source_mask)
+    encoder_outputs = x
+
+    decoder = TransformerTargetDecoder(
+        vocabulary_size=len(TARGET_CHARS) + 1,
+        target_length=TARGET_LENGTH,
+        dim=dim,
+        num_heads=num_heads,
+        num_layers=num_layers,
+        intermediate_dim=2 * dim,
+        dropout=dropout,
+        name="decoder",
+    )
+    logits = decoder(encoder_outputs, source_ids, decoder_inputs)
+    target_ids, alignments = GreedyDecoding(decoder, name="greedy")(
+        encoder_outputs, source_ids
+    )
+    training = keras.Model(
+        [source_ids, decoder_inputs], logits, name="date_translation"
+    )
+    inference = keras.Model(
+        source_ids,
+        {"target_ids": target_ids, "alignments": alignments},
+        name="date_translation_greedy",
+    )
+    encoder = keras.Model(source_ids, encoder_outputs, name="encoder")
+    return training, inference, encoder, decoder
+
+
 def translate(inference_model, texts, batch_size=256):
     """Greedy translations and alignments of a list of strings."""
     ids = encode_inputs(texts)
@@ -563,7 +848,7 @@ def exact_match(inference_model, pairs):
     return float(np.mean(predicted == pairs["iso"])), predicted
 
 
-def plot_alignments(texts, predictions, alignments, path):
+def plot_alignments(texts, predictions, alignments, path, model="bahdanau"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -585,9 +870,13 @@ def plot_alignments(texts, predictions, alignments, path):
         ax.set_title(f"{text!r} -> {predicted}", fontsize=10)
     for ax in axes.flat[len(texts) :]:
         ax.axis("off")
+    title = {
+        "bahdanau": "AdditiveAttention weights",
+        "transformer": "Cross-attention weights of the last decoder block "
+        "(mean over heads)",
+    }[model]
     fig.suptitle(
-        "AdditiveAttention weights: output characters (rows) over input "
-        "characters (columns)",
+        f"{title}: output characters (rows) over input characters (columns)",
         fontsize=11,
     )
     fig.tight_layout()
@@ -692,6 +981,16 @@ def main(argv=None):
         epochs=4,
         batch_size=128,
     )
+    if args.model == "transformer":
+        # Its own run directory and servable, beside the Bahdanau model's.
+        if args.output_dir == os.path.join("runs", args.name):
+            args.output_dir += "_transformer"
+        args.name += "_transformer"
+    if args.learning_rate is None:
+        args.learning_rate = {
+            "bahdanau": 3e-3,
+            "transformer": TRANSFORMER_LEARNING_RATE,
+        }[args.model]
     run = _common.setup(args)
 
     data = make_dataset(args.train_samples, args.test_samples, args.seed)
@@ -708,11 +1007,25 @@ def main(argv=None):
         print(f"  {text!r} -> {iso!r}")
 
     with run.scope():
-        model, inference_model = build_models(args.units, args.dropout)
         steps = run.steps(len(source), args.batch_size)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            args.learning_rate, decay_steps=steps * args.epochs, alpha=0.05
-        )
+        if args.model == "bahdanau":
+            model, inference_model = build_models(args.units, args.dropout)
+            schedule = keras.optimizers.schedules.CosineDecay(
+                args.learning_rate, decay_steps=steps * args.epochs, alpha=0.05
+            )
+        else:
+            model, inference_model, _, _ = build_transformer_models(
+                args.dim, args.num_heads, args.num_layers, args.dropout
+            )
+            # A linear warmup over the first epoch, then the cosine decay.
+            warmup = steps if args.epochs > 1 else 0
+            schedule = keras.optimizers.schedules.CosineDecay(
+                0.0 if warmup else args.learning_rate,
+                decay_steps=max(1, steps * args.epochs - warmup),
+                alpha=0.05,
+                warmup_target=args.learning_rate if warmup else None,
+                warmup_steps=warmup,
+            )
         model.compile(
             optimizer=keras.optimizers.Adam(schedule, clipnorm=1.0),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -771,7 +1084,7 @@ def main(argv=None):
     for text, iso in zip(DEMO, demo):
         print(f"  {text!r} -> {iso!r}")
     figure = run.figure_path("alignments.png")
-    plot_alignments(DEMO, demo, alignments, figure)
+    plot_alignments(DEMO, demo, alignments, figure, args.model)
     print(f"saved {figure}")
 
     # Inputs to compare the export with: the demo and some test inputs.
@@ -785,6 +1098,7 @@ def main(argv=None):
     check_iso, _ = translate(inference_model, check_texts)
     summary = {
         "backend": run.backend,
+        "model": args.model,
         "exact_match": results,
         "loss": losses,
         "train_seconds": train_seconds,

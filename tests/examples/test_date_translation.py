@@ -1,10 +1,12 @@
 """Tests of examples/date_translation.py.
 
 The CLI runs as a subprocess (under the test session's Keras backend) for a
-few steps on a tiny slice of the generated data; under TensorFlow its export
-must reload and answer as the Keras model does. The generator is checked for
-determinism, for held-out days and formats that training never sees, and
-against `datetime.strptime` reading the same inputs independently.
+few steps on a tiny slice of the generated data, with each `--model`; under
+TensorFlow its export must reload and answer as the Keras model does. The
+Transformer's cached greedy decoding must give what recomputing the whole
+prefix at every step gives. The generator is checked for determinism, for
+held-out days and formats that training never sees, and against
+`datetime.strptime` reading the same inputs independently.
 """
 
 import datetime
@@ -35,20 +37,36 @@ def run_example(tmp_path, *flags, timeout=300):
 
 
 # -- the CLI -----------------------------------------------------------------
+SMOKE_FLAGS = (
+    "--train-samples=512",
+    "--test-samples=32",
+    "--epochs=3",
+    "--max-steps=4",
+    "--batch-size=32",
+)
+
+
 def test_smoke_trains_evaluates_and_exports(tmp_path):
-    output = run_example(
-        tmp_path,
-        "--train-samples=512",
-        "--test-samples=32",
-        "--epochs=3",
-        "--max-steps=4",
-        "--batch-size=32",
+    output = run_example(tmp_path, *SMOKE_FLAGS)
+    check_smoke_run(tmp_path, output, "bahdanau", "date_translation")
+
+
+def test_smoke_transformer(tmp_path):
+    output = run_example(tmp_path, "--model=transformer", *SMOKE_FLAGS)
+    assert "TransformerTargetDecoder" in output  # the summary
+    check_smoke_run(
+        tmp_path, output, "transformer", "date_translation_transformer"
     )
+
+
+def check_smoke_run(tmp_path, output, model, name):
+    """The run's files, and under TensorFlow its export at `name`/1."""
     history = read_json(tmp_path, "history.json")
     assert len(history["loss"]) == 3
     assert history["loss"][-1] < history["loss"][0], history["loss"]
     results = read_json(tmp_path, "results.json")
     assert results["backend"] == BACKEND
+    assert results["model"] == model
     assert set(results["exact_match"]) == {
         "overall",
         "held_out_dates",
@@ -61,7 +79,7 @@ def test_smoke_trains_evaluates_and_exports(tmp_path):
     )
     assert (tmp_path / "run" / "alignments.png").stat().st_size > 10_000
 
-    base = tmp_path / "saved_models" / "date_translation"
+    base = tmp_path / "saved_models" / name
     if BACKEND != "tensorflow":
         assert "export skipped" in output
         assert not base.exists()
@@ -87,6 +105,39 @@ def test_smoke_trains_evaluates_and_exports(tmp_path):
     assert [s.decode() for s in one] == results["check_iso"][:1]
 
 
+# -- the Transformer's decoding ----------------------------------------------
+def test_transformer_cached_decoding_equals_recomputing_the_prefix(example):
+    keras.utils.set_random_seed(3)
+    _, inference, encoder, decoder = example.build_transformer_models(
+        dim=32, num_heads=4, num_layers=2, dropout=0.1
+    )
+    texts = example.DEMO + ["21-11-2026", "1/2/03", ""]  # "": all padding
+    source = example.encode_inputs(texts)
+    outputs = inference.predict(source, verbose=0)
+    cached = outputs["target_ids"]
+    assert cached.shape == (len(texts), example.TARGET_LENGTH)
+
+    # The reference: at step i, the start token and the i ids so far go
+    # through the blocks again, without caches.
+    encoded = encoder(source)
+    ids = np.zeros_like(cached)
+    for i in range(example.TARGET_LENGTH):
+        logits = decoder.uncached_step_logits(encoded, source, ids, i)
+        ids[:, i] = np.argmax(keras.ops.convert_to_numpy(logits), axis=-1)
+    np.testing.assert_array_equal(cached, ids)
+    # Untrained, but the ids vary within and across rows.
+    assert len(np.unique(cached)) > 1 and len(np.unique(cached, axis=0)) > 1
+
+    # Alignments: the last block's cross-attention weights, a distribution
+    # over each input's characters (none on padding; zero rows for "").
+    alignments = outputs["alignments"]
+    assert alignments.shape == (len(texts), 10, example.MAX_INPUT_LENGTH)
+    real = source != 0
+    expected = np.broadcast_to(real.any(-1)[:, None], alignments.shape[:2])
+    np.testing.assert_allclose(alignments.sum(-1), expected, atol=1e-5)
+    assert not (alignments * ~real[:, None, :]).any()
+
+
 def test_help(example, capsys):
     with pytest.raises(SystemExit) as exit_info:
         example.main(["--help"])
@@ -97,6 +148,7 @@ def test_help(example, capsys):
         "--test-samples",
         "--max-steps",
         "--export",
+        "--model",
     ):
         assert flag in text
 
