@@ -1496,15 +1496,16 @@ CASES = [
         "attention_axes",
     ),
     Case(
-        "mha_cache/value_mask_update_length",
+        # Neither the keys being written (3) nor the cache's slots (5).
+        "mha_cache/value_mask_length",
         mha(
             value=(2, 3, 6),
             cache=_f(2, 2, 5, 2, 4),
             cache_update_index=0,
-            value_mask=np.ones((2, 3), bool),
+            value_mask=np.ones((2, 4), bool),
         ),
         "value_mask",
-        r"\(2, 3\)",
+        r"\(2, 4\)",
     ),
     Case(
         "mha_cache/attention_mask_last_dim",

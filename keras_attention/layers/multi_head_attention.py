@@ -744,8 +744,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
             key = value
         offset = self._check_cache(query, key, cache, cache_update_index)
         if cache is not None and cache_update_index is not None:
-            value_mask = _slot_mask(value_mask, cache, cache_update_index)
-            key_mask = _slot_mask(key_mask, cache, cache_update_index)
+            new = key.shape[1]
+            value_mask = _slot_mask(value_mask, cache, cache_update_index, new)
+            key_mask = _slot_mask(key_mask, cache, cache_update_index, new)
         self._check_call_inputs(
             query,
             value,
@@ -1066,17 +1067,18 @@ class MultiHeadAttention(_common.ValidatedLayer):
         return config
 
 
-def _slot_mask(mask, cache, index):
-    """A `(batch, new_tokens)` padding mask of the keys being written (e.g.
+def _slot_mask(mask, cache, index, new):
+    """A `(batch, new)` padding mask of the `new` keys being written (e.g.
     the inputs' Keras mask) -> a mask over the cache's slots, True outside
-    the update. A `(batch, max_length)` mask already covers the slots."""
+    the update. Any other mask is returned as it is (and checked)."""
     if mask is None:
         return None
-    mask = _masking.as_bool(mask)
-    new, slots = mask.shape[-1], cache.shape[2]
-    if len(mask.shape) != 2 or new is None or slots is None or new == slots:
+    shape, slots = _validation.static_shape(mask), cache.shape[2]
+    if len(shape) != 2 or new is None or shape[-1] != new or new == slots:
         return mask
-    positions = ops.arange(slots, dtype="int32") - ops.cast(index, "int32")
+    mask = _masking.as_bool(mask)
+    positions = ops.arange(ops.shape(cache)[2], dtype="int32")
+    positions = positions - ops.cast(index, "int32")
     inside = ops.logical_and(positions >= 0, positions < new)
     picked = ops.take(mask, ops.clip(positions, 0, new - 1), axis=1)
     return ops.where(inside[None, :], picked, True)
