@@ -599,6 +599,7 @@ class TransformerTargetDecoder(keras.layers.Layer):
                 intermediate_dim,
                 num_heads,
                 dropout=dropout,
+                chunk_size=None,  # see build_transformer_models
                 name=f"decoder_block_{i}",
             )
             for i in range(num_layers)
@@ -788,7 +789,9 @@ def build_transformer_models(dim=64, num_heads=4, num_layers=2, dropout=0.0):
     # Encoder: characters -> TransformerEncoder blocks that attend over the
     # source's characters, never its padding. Rotary position embeddings
     # (relative positions) rather than learned absolute ones: "sat 21/11/26"
-    # reads like "21/11/26" four characters on.
+    # reads like "21/11/26" four characters on. `chunk_size=None`: dense
+    # attention, as the sequences are short; "auto" would also put the
+    # chunked kernel in the graph, for batches too big for the dense one.
     source_mask = ops.not_equal(source_ids, 0)
     x = keras.layers.Embedding(len(INPUT_CHARS) + 2, dim, name="characters")(
         source_ids
@@ -800,6 +803,7 @@ def build_transformer_models(dim=64, num_heads=4, num_layers=2, dropout=0.0):
             num_heads,
             dropout=dropout,
             rope_max_wavelength=ROPE_MAX_WAVELENGTH,
+            chunk_size=None,
             name=f"encoder_block_{i}",
         )(x, padding_mask=source_mask)
     encoder_outputs = x
