@@ -1,4 +1,5 @@
-"""Date translation: a character-level seq2seq model with Bahdanau attention.
+"""Date translation: a character-level seq2seq model with Bahdanau attention
+(or, with --model transformer, an encoder-decoder Transformer).
 
 What it shows:
     The classic Bahdanau setting with `keras_attention.AdditiveAttention`:
@@ -17,6 +18,26 @@ What it shows:
     SavedModel for TF Serving: lower-casing, character lookup, the decoding
     loop and the join back to a string all run inside the graph.
 
+    `--model transformer`: the same task, data, evaluation and export with
+    an encoder-decoder Transformer (64 wide, 4 heads, 172k weights): two
+    `keras_attention.TransformerEncoder` blocks over the characters, with
+    rotary position embeddings and the source's padding masked, and two
+    `keras_attention.TransformerDecoder` blocks (causal self-attention,
+    cross-attention to the encoder outputs) over the target characters,
+    with `keras_attention.PositionEmbedding`; teacher forcing in training.
+    Greedy decoding uses the blocks' key/value caches: the encoder runs
+    once, each block's cross-attention cache is filled once at the first
+    step (`cross_attention_cache_update_index=0`) and then only read, and
+    a `keras.ops.fori_loop` feeds one character per step through the
+    blocks, writing its keys and values into fixed-size self-attention
+    caches at `self_attention_cache_update_index=step`. Its defaults
+    differ in one place: Adam peaks at 2e-3 (not 3e-3) after a linear
+    warmup over the first epoch. The alignments in its plot are the last
+    decoder block's cross-attention weights averaged over the heads (one
+    teacher-forced pass over the decoded characters, as `TransformerDecoder`
+    returns no weights). Its run files go to runs/date_translation_transformer/
+    and its export to saved_models/date_translation_transformer/.
+
 The data (generated deterministically from --seed, offline): every day from
 1969-01-01 to 2068-12-31 (so that two-digit years read as Python's `%y`
 does: 69-99 are 19xx, 00-68 are 20xx), in one of 31 training formats with
@@ -31,6 +52,7 @@ the model read the held-out formats (in a 3-epoch trial without it,
 
 How to run:
     python examples/date_translation.py        # trains, evaluates, exports
+    python examples/date_translation.py --model transformer
     KERAS_BACKEND=jax python examples/date_translation.py   # no export
     python examples/date_translation.py --help
     python examples/date_translation.py --max-steps 4 --epochs 2 --no-export
@@ -42,17 +64,28 @@ other jobs, load average about 5; TF 2.21, Keras 3.15.1, JAX 0.10.2):
     "{d}-{m}-{yyyy}" as in "6-12-2014" at 97.4%), in 2.4 minutes in all
     (145 s wall: 121 s of training, 4 epochs of 313 steps at 80-92 ms per
     step, then evaluation, export and its check; 187 s in an earlier run
-    with the same training at load average 3 to 8).
+    with the same training at load average 3 to 8, 183 s in a rerun beside
+    the Transformer's, at load average 3).
     JAX: 100.00% on both test sets in 2.2 minutes (132 s wall: 124 s of
     training at 76-111 ms per step, compilation included); export skipped.
     Then `alignments.png` in runs/date_translation/ (the committed one is
     examples/figures/date_translation_alignments.png: each output digit
     attends to the input character it copies, month names to their letters)
-    and an export to saved_models/date_translation/<next version>/ (2 MB)
+    and an export to saved_models/date_translation/<next version>/ (1.2 MB)
     whose `serving_default` signature maps strings to ISO dates:
     `{"inputs": {"text": ["sat 21 nov 2026"]}}` gives `{"outputs":
     ["2026-11-21"]}`. The script exits non-zero if the export's answers
     differ from the Keras model's.
+    --model transformer, TensorFlow: exact match 99.85% overall, 99.70% on
+    held-out dates in the training formats (the errors: run-together or
+    unpadded numbers, "20411209" read as 2041-11-09) and 100.00% on all
+    seven held-out formats, in 5.8 minutes (349 s wall, load average about
+    3: 310 s of training at 162-177 ms per step; a 3.6 MB export). With
+    learned absolute positions in the encoder instead of RoPE (and Adam at
+    1e-3), "{wd} {dd}/{mm}/{yy}" fell to 3.8%: the numbers sat four
+    characters later than in any training format.
+    --model transformer, JAX: 99.80% overall (99.60% and 100.00%) in 5.1
+    minutes (307 s wall: 292 s of training at 202-257 ms per step).
 """
 
 import datetime
