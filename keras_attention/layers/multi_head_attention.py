@@ -464,6 +464,16 @@ class MultiHeadAttention(_common.ValidatedLayer):
         )
         self._axes = axes
         rank = len(query_shape)
+        if self.rope_max_wavelength is not None and (
+            rank != 3 or len(axes) != 1
+        ):
+            raise ValueError(
+                "Argument `rope_max_wavelength` needs rank-3 inputs (batch, "
+                "length, dim) and one attention axis: rotary positions run "
+                "along one sequence axis. Received: "
+                f"query.shape={tuple(query_shape)}, "
+                f"attention_axes={self.attention_axes}"
+            )
         kv_heads = self.num_key_value_heads or self.num_heads
         value_dim = self.value_dim or self.key_dim
         out_dims = self.partial_output_shape or (query_shape[-1],)
@@ -745,8 +755,12 @@ class MultiHeadAttention(_common.ValidatedLayer):
         offset = self._check_cache(query, key, cache, cache_update_index)
         if cache is not None and cache_update_index is not None:
             new = key.shape[1]
-            value_mask = _slot_mask(value_mask, cache, cache_update_index, new)
-            key_mask = _slot_mask(key_mask, cache, cache_update_index, new)
+            value_mask = _slot_mask(
+                "value_mask", value_mask, cache, cache_update_index, new
+            )
+            key_mask = _slot_mask(
+                "key_mask", key_mask, cache, cache_update_index, new
+            )
         self._check_call_inputs(
             query,
             value,
@@ -768,11 +782,23 @@ class MultiHeadAttention(_common.ValidatedLayer):
             row_mask = _masking.as_bool(query_mask, "query_mask")
             query_mask = None
         masks = (query_mask, value_mask, key_mask, attention_mask)
-        causal_only = self._causal_only(use_causal_mask, rank, masks)
+        # Causal masking stays in the kernel (no (T, S) mask; the chunked
+        # kernel skips the blocks past the diagonal) when the other masks
+        # only pad the keys: they go in as a (B, 1, S) mask.
+        key_masks = value_mask is not None or key_mask is not None
+        causal_only = self._causal_only(
+            use_causal_mask,
+            rank,
+            (query_mask, attention_mask)
+            + ((attention_bias,) if key_masks else ()),
+        )
         q_len = ops.shape(query)[1]
         k_len = ops.shape(value if cache is None else cache[:, 0])[1]
-        mask = None
-        if not causal_only:
+        if causal_only:
+            mask = self._attention_mask(
+                q_len, k_len, None, value_mask, key_mask, None, False
+            )
+        else:
             mask = self._attention_mask(
                 q_len, k_len, *masks, use_causal_mask, offset
             )
@@ -802,7 +828,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
         if gate is not None:
             attended = attended * gate
         output = self._output_dense(attended)
-        output = self._zero_masked_rows(output, q, k, mask, attention_bias)
+        output = self._zero_masked_rows(
+            output, q, k, mask, attention_bias, offset if causal_only else None
+        )
         if row_mask is not None:
             output = output * ops.cast(row_mask, output.dtype)[:, :, None]
             if scores is not None:
@@ -850,6 +878,12 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 "Argument `cache` must have the shape (batch_size, 2, "
                 "max_length, num_key_value_heads, max(key_dim, value_dim)) "
                 f"= {expected} (None: any). Received: cache.shape={shape}"
+            )
+        if not _is_float(cache):
+            raise ValueError(
+                "Argument `cache` must be a floating-point tensor (it holds "
+                "keys and values). Received: cache.dtype="
+                f"{keras.backend.standardize_dtype(cache.dtype)}"
             )
         if cache_update_index is None:
             return 0
@@ -1000,13 +1034,31 @@ class MultiHeadAttention(_common.ValidatedLayer):
         )
         return self._scores_to_kernel_layout(x, full_scores_shape, len(axes))
 
-    def _zero_masked_rows(self, output, q, k, mask, attention_bias):
+    def _zero_masked_rows(
+        self, output, q, k, mask, attention_bias, causal_offset=None
+    ):
         """Zeroes the output rows whose keys are all masked in every head
         (by the masks, by `-inf` entries of the bias, or a key length of
         0). NaN bias entries count as usable, so that NaN propagates.
 
         `q` and `k` are the projected query and key, in Keras' layout.
+        `causal_offset`: causal masking was left to the kernel, and `mask`
+        is a `(B, 1, S)` key mask; a row then has keys when a valid key
+        sits at or before its position, found without a `(T, S)` mask.
         """
+        if causal_offset is not None and mask is not None:
+            key_valid = ops.broadcast_to(
+                mask[:, 0, :], (ops.shape(k)[0], ops.shape(k)[1])
+            )
+            first = ops.argmax(ops.cast(key_valid, "int32"), axis=1)
+            rows = ops.arange(ops.shape(q)[1], dtype="int32")
+            if not (isinstance(causal_offset, int) and causal_offset == 0):
+                rows = rows + ops.cast(causal_offset, "int32")
+            row_valid = ops.logical_and(
+                ops.any(key_valid, axis=1)[:, None],
+                rows[None, :] >= ops.cast(first, "int32")[:, None],
+            )
+            return output * ops.cast(row_valid, output.dtype)[:, :, None]
         if mask is None and attention_bias is None:
             if k.shape[1] in (None, 0):
                 has_keys = ops.greater(ops.shape(k)[1], 0)
@@ -1067,21 +1119,41 @@ class MultiHeadAttention(_common.ValidatedLayer):
         return config
 
 
-def _slot_mask(mask, cache, index, new):
-    """A `(batch, new)` padding mask of the `new` keys being written (e.g.
-    the inputs' Keras mask) -> a mask over the cache's slots, True outside
-    the update. Any other mask is returned as it is (and checked)."""
-    if mask is None:
-        return None
-    shape, slots = _validation.static_shape(mask), cache.shape[2]
-    if len(shape) != 2 or new is None or shape[-1] != new or new == slots:
+def _slot_mask(name, mask, cache, index, new):
+    """A 2-D padding mask of the keys being written (e.g. the inputs' Keras
+    mask, `(batch, new_length)`) -> a mask over the cache's slots, True
+    outside the update. A mask of the slots' length is returned as it is,
+    and so is any other shape (the call's checks refuse it)."""
+    if mask is None or len(_validation.static_shape(mask)) != 2:
         return mask
-    mask = _masking.as_bool(mask)
-    positions = ops.arange(ops.shape(cache)[2], dtype="int32")
-    positions = positions - ops.cast(index, "int32")
-    inside = ops.logical_and(positions >= 0, positions < new)
-    picked = ops.take(mask, ops.clip(positions, 0, new - 1), axis=1)
-    return ops.where(inside[None, :], picked, True)
+    mask = _masking.as_bool(mask, name)
+    length, slots = mask.shape[-1], cache.shape[2]
+    if length is not None and (
+        length == slots or (new is not None and length != new)
+    ):
+        return mask
+
+    def mapped():
+        new = ops.shape(mask)[1]
+        positions = ops.arange(ops.shape(cache)[2], dtype="int32")
+        positions = positions - ops.cast(index, "int32")
+        inside = ops.logical_and(positions >= 0, positions < new)
+        picked = ops.take(mask, ops.clip(positions, 0, new - 1), axis=1)
+        return ops.where(inside[None, :], picked, True)
+
+    if length is not None and slots is not None:
+        return mapped()
+    # Unknown lengths (a traced signature): decided at run time.
+    return ops.cond(
+        ops.equal(ops.shape(mask)[1], ops.shape(cache)[2]),
+        lambda: mask,
+        mapped,
+    )
+
+
+def _is_float(x):
+    dtype = keras.backend.standardize_dtype(getattr(x, "dtype", "float32"))
+    return dtype.startswith(("float", "bfloat"))
 
 
 def _head_slice(x, dim):
@@ -1098,7 +1170,7 @@ def _write_rows(cache, update, index):
     without XLA by default. A shorter `dim` is zero-padded.
     """
     update = ops.cast(update, cache.dtype)
-    cache_dim = cache.shape[-1]
+    cache_dim = cache.shape[-1] or update.shape[-1]
     if update.shape[-1] != cache_dim:
         update = ops.pad(
             update,

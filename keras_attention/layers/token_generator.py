@@ -25,8 +25,10 @@ def _uniform(seed, step, shape):
     cols = ops.arange(vocab, dtype="int32")[None, :]
     x = _hash(ops.cast(seed, "int32") * _GOLDEN + ops.cast(step, "int32"))
     x = _hash(x + rows * vocab + cols)
-    bits = ops.cast(ops.bitwise_and(ops.right_shift(x, 8), 0xFFFFFF), "float32")
-    return (bits + 0.5) / float(2**24)
+    # 23 bits: `bits + 0.5` is exact in float32, so u < 1 (24 bits would
+    # round 2**24 - 0.5 up to 2**24, u = 1 and an infinite Gumbel draw).
+    bits = ops.cast(ops.bitwise_and(ops.right_shift(x, 9), 0x7FFFFF), "float32")
+    return (bits + 0.5) / float(2**23)
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -55,10 +57,12 @@ class TokenGenerator(_common.ValidatedLayer):
     Ragged prompts are **left-padded** with `padding_token_id`: each row's
     prompt ends at the last column, so every row writes its next token to
     the same cache slot. The padded slots are masked out of every key set,
-    so each row's continuation equals that prompt generated alone, up to
-    float rounding: with rotary position embeddings (relative), positions
-    need no shift. A model with absolute position embeddings should take
-    positions `cumsum(padding_mask) - 1` inside `call_with_cache`. Every
+    so each row's greedy continuation equals that prompt generated alone,
+    up to float rounding: with rotary position embeddings (relative),
+    positions need no shift (sampled draws are keyed by the padded
+    position, so they differ from the prompt's draws alone). A model with
+    absolute position embeddings should take positions
+    `cumsum(padding_mask) - 1` inside `call_with_cache`. Every
     row needs at least one prompt token; `padding_token_id` is never
     generated as a real token.
 
@@ -156,6 +160,11 @@ class TokenGenerator(_common.ValidatedLayer):
 
     def _next_token(self, logits, seed, step, temperature=None):
         """`logits (batch, vocab)` float32 -> int32 `(batch,)`."""
+        # The padding token is never generated.
+        vocabulary = ops.arange(ops.shape(logits)[-1], dtype="int32")
+        logits = ops.where(
+            vocabulary[None, :] == self.padding_token_id, float("-inf"), logits
+        )
         greedy = ops.cast(ops.argmax(logits, axis=-1), "int32")
         if self.strategy == "greedy":
             return greedy
@@ -184,7 +193,7 @@ class TokenGenerator(_common.ValidatedLayer):
 
     def call(self, prompt_ids, seed=0, temperature=None):
         _validation.check_rank("prompt_ids", prompt_ids.shape, (2,))
-        _validation.check_index("seed", seed)
+        _validation.check_index("seed", seed, 2**31 - 1, "an int32 seed")
         known = None
         if temperature is not None:
             known = _validation.concrete_values(temperature)

@@ -177,11 +177,13 @@ class TransformerDecoder(_transformer.TransformerBlock):
     def from_config(cls, config):
         """Validates the config, then builds the layer from it; keras-hub's
         configs (with their build shapes) load too."""
-        config = dict(config)
-        shapes = [
-            config.pop(key, None)
-            for key in ("decoder_sequence_shape", "encoder_sequence_shape")
-        ]
+        shapes = [None, None]
+        if isinstance(config, dict):  # anything else: refused by the base
+            config = dict(config)
+            shapes = [
+                config.pop(key, None)
+                for key in ("decoder_sequence_shape", "encoder_sequence_shape")
+            ]
         layer = super().from_config(config)
         if shapes[0] is not None:
             layer.build(*shapes)
@@ -369,9 +371,14 @@ class TransformerDecoder(_transformer.TransformerBlock):
         self,
         decoder_sequence,
         encoder_sequence=None,
-        *args,
+        decoder_padding_mask=None,
+        decoder_attention_mask=None,
+        encoder_padding_mask=None,
+        encoder_attention_mask=None,
         self_attention_cache=None,
+        self_attention_cache_update_index=None,
         cross_attention_cache=None,
+        *args,
         **kwargs,
     ):
         output = keras.KerasTensor(

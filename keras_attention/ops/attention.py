@@ -172,7 +172,8 @@ def scaled_dot_product_attention(
             attends keys `j <= causal_offset + i` (e.g. a prefill or a
             decoding step into a key/value cache whose first new entry is at
             `causal_offset`). The chunked kernel still skips the key blocks
-            past the diagonal, and no `(q_len, k_len)` mask is built. A
+            past the diagonal and builds no `(q_len, k_len)` mask (the
+            dense and fused kernels do, as without an offset). A
             known offset must be non-negative; a non-zero one without
             `is_causal` is a `ValueError`.
 
