@@ -1707,6 +1707,34 @@ CASES = [
         "=-2",
     ),
     Case(
+        "generator/seed_past_int32",
+        lambda: _generator("sample")(np.ones((2, 3), "int32"), seed=2**31),
+        "seed",
+        "2147483648",
+    ),
+    Case(
+        "mha_cache/integer_cache",
+        mha(
+            value=(2, 3, 6),
+            cache=np.zeros((2, 2, 5, 2, 4), "int32"),
+            cache_update_index=0,
+        ),
+        "cache",
+        "int32",
+    ),
+    Case(
+        "mha/rope_with_two_attention_axes",
+        build(
+            lambda: MultiHeadAttention(
+                2, 4, attention_axes=(1, 2), rope_max_wavelength=100
+            ),
+            (2, 3, 5, 8),
+            (2, 3, 5, 8),
+        ),
+        "rope_max_wavelength",
+        "attention_axes=\\(1, 2\\)",
+    ),
+    Case(
         "generator/temperature_negative_at_call",
         lambda: _generator("sample")(
             np.ones((2, 3), "int32"), temperature=np.float32(-1.0)
