@@ -773,14 +773,16 @@ class TransformerTargetDecoder(keras.layers.Layer):
 
     def uncached_step_logits(self, encoder_outputs, source_ids, ids, i):
         """The logits of step `i` by recomputing the whole prefix: the
-        start token and `ids[:, :i]` through the blocks without caches."""
+        start token and `ids[:, :i]` through the blocks without caches.
+        The prefix sits in a buffer of `target_length` ids (causal: what
+        follows it changes nothing), so every step has one shape."""
         start = ops.zeros((ops.shape(ids)[0], 1), "int32") + START
-        prefix = ops.concatenate([start, ids[:, :i]], axis=1)
+        prefix = ops.concatenate([start, ids[:, :-1]], axis=1)
         source_mask = ops.not_equal(source_ids, 0)
         x = self.embed(prefix)
         for block in self.blocks:
             x = block(x, encoder_outputs, encoder_padding_mask=source_mask)
-        return self.logits(x)[:, -1]
+        return self.logits(x)[:, i]
 
     def compute_output_spec(self, encoder_outputs, *args, **kwargs):
         shape = encoder_outputs.shape[:1] + (
