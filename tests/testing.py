@@ -339,3 +339,27 @@ def loss_and_grads(fn, *args):
         value, grads = jax.value_and_grad(loss, argnums=range(len(args)))(*args)
         return np.asarray(value), [np.asarray(g) for g in grads]
     raise NotImplementedError(backend)
+
+
+def compiled(fn):
+    """`jax.jit(fn)` on JAX (a built layer's weights become constants): one
+    compile per call shape instead of one per op; `fn` elsewhere."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
+
+
+def ci_examples(tensorflow, jax):
+    """Few hypothesis examples in the `ci` profile (fewer on JAX, a compile
+    each); other profiles (`thorough`) keep theirs."""
+    from hypothesis import settings
+
+    in_ci = settings.default.max_examples == (
+        settings.get_profile("ci").max_examples
+    )
+    if not in_ci:
+        return lambda test: test
+    n = jax if keras.backend.backend() == "jax" else tensorflow
+    return settings(max_examples=min(n, settings.default.max_examples))

@@ -20,13 +20,14 @@ import keras
 import numpy as np
 import pytest
 from hypothesis import given
-from hypothesis import settings
 from hypothesis import strategies as st
 
 from keras_attention import GroupedQueryAttention
 from keras_attention import MultiHeadAttention
 from keras_attention.ops import attention as attention_ops
 from tests import reference
+from tests.testing import ci_examples
+from tests.testing import compiled
 from tests.testing import import_keras_hub
 from tests.testing import to_numpy
 
@@ -43,28 +44,6 @@ def _assert_close(got, want, what, tol=TOL):
     np.testing.assert_allclose(
         got, want, atol=tol * scale, rtol=tol, err_msg=what
     )
-
-
-def _compiled(fn):
-    """`jax.jit(fn)` on JAX (the layer's weights become constants), `fn`
-    elsewhere."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.jit(fn)
-    return fn
-
-
-def _ci_examples(tensorflow, jax):
-    """Fewer examples on JAX (a compile per example) in the `ci` profile;
-    other profiles (`thorough`) keep theirs."""
-    in_ci = settings.default.max_examples == (
-        settings.get_profile("ci").max_examples
-    )
-    if not in_ci:
-        return lambda test: test
-    n = jax if keras.backend.backend() == "jax" else tensorflow
-    return settings(max_examples=min(n, settings.default.max_examples))
 
 
 # Built with zeros, then given random weights from NumPy: JAX compiles the
@@ -125,8 +104,8 @@ def _decode(layer, x, split, max_length, **kwargs):
 
     # The prefill's index is a Python int (static); the steps' indices are
     # traced under `jax.jit`.
-    prefill = _compiled(lambda tokens, cache, r: step(tokens, cache, 0, r))
-    one = _compiled(step)
+    prefill = compiled(lambda tokens, cache, r: step(tokens, cache, 0, r))
+    one = compiled(step)
     cache = _empty_cache(layer, x.shape[0], max_length)
     results = [prefill(x[:, :split], cache, rows(0, split))]
     for i in range(split, x.shape[1]):
@@ -168,7 +147,7 @@ def _expected_cache(layer, x, max_length):
     return cache
 
 
-@_ci_examples(tensorflow=25, jax=8)
+@ci_examples(tensorflow=25, jax=8)
 @given(st.data())
 def test_cached_decoding_equals_uncached(data):
     draw = data.draw
@@ -238,7 +217,7 @@ def test_cached_decoding_equals_uncached(data):
         cached_masks["attention_mask"] = pairs
         uncached_masks["attention_mask"] = pairs[:, :, :length]
 
-    full = _compiled(
+    full = compiled(
         lambda x: layer(
             x,
             x,
@@ -279,7 +258,7 @@ def test_head_dim_one_with_as_many_heads_as_tokens(rng):
     want, _ = reference.mha(_weights(layer), x, x, is_causal=True)
     got, _, _ = _decode(layer, x, 1, 2)
     _assert_close(got, want, "cached")
-    full = _compiled(lambda x: layer(x, x, use_causal_mask=True))
+    full = compiled(lambda x: layer(x, x, use_causal_mask=True))
     _assert_close(to_numpy(full(x)), want, "uncached")
 
 
@@ -316,12 +295,12 @@ def test_causal_prefill_runs_chunked_without_a_mask(rng, monkeypatch):
         )
         return prefill, block, cache
 
-    prefill, block, cache = (to_numpy(y) for y in _compiled(decode)(x))
+    prefill, block, cache = (to_numpy(y) for y in compiled(decode)(x))
     assert [c[1:] for c in calls] == [(True, 13, 20), (True, 4, 20)], calls
     for mask, *_ in calls:
         assert mask is None, "a (q_len, max_length) mask reached the kernel"
     calls.clear()
-    want = to_numpy(_compiled(lambda x: dense(x, x, use_causal_mask=True))(x))
+    want = to_numpy(compiled(lambda x: dense(x, x, use_causal_mask=True))(x))
     assert not calls  # the dense layer stays dense
     _assert_close(prefill, want[:, :13], "prefill")
     _assert_close(block, want[:, 13:], "block")
@@ -350,7 +329,7 @@ def _hub_pair(rng):
 def _by_keyword(layer, **kwargs):
     """A call as keras-hub code writes it, every argument by keyword; the
     results as NumPy arrays."""
-    return [to_numpy(y) for y in _compiled(lambda: layer(**kwargs))()]
+    return [to_numpy(y) for y in compiled(lambda: layer(**kwargs))()]
 
 
 def _hub_cache(rng):
@@ -462,10 +441,10 @@ def test_keras_hub_parity_inputs_with_a_keras_mask(rng):
         )
 
     want_output, want_cache = (
-        to_numpy(y) for y in _compiled(lambda: prefill(hub))()
+        to_numpy(y) for y in compiled(lambda: prefill(hub))()
     )
     got_output, got_cache = (
-        to_numpy(y) for y in _compiled(lambda: prefill(ours))()
+        to_numpy(y) for y in compiled(lambda: prefill(ours))()
     )
     rows = tokens != 0
     _assert_close(got_output[rows], want_output[rows], "unpadded rows")
@@ -563,7 +542,7 @@ def test_static_cache_equals_uncached_cross_attention(rng):
         return want, got, keras.ops.concatenate(steps, axis=1), same, cache
 
     for mask in (None, padding):
-        run_ = _compiled(lambda q, e, m=mask: run(q, e, m))
+        run_ = compiled(lambda q, e, m=mask: run(q, e, m))
         want, got, steps, same, cache = (
             to_numpy(y) for y in run_(queries, enc)
         )

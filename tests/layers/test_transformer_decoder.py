@@ -19,14 +19,14 @@ per call shape instead of one per op).
 
 import json
 
-import keras
 import numpy as np
 import pytest
 from hypothesis import given
-from hypothesis import settings
 from hypothesis import strategies as st
 
 from keras_attention import TransformerDecoder
+from tests.testing import ci_examples
+from tests.testing import compiled
 from tests.testing import import_keras_hub
 from tests.testing import run_layer_test
 from tests.testing import to_numpy
@@ -64,28 +64,6 @@ def _close(got, want, what=""):
     np.testing.assert_allclose(
         to_numpy(got), to_numpy(want), atol=TOL, rtol=TOL, err_msg=what
     )
-
-
-def _compiled(fn):
-    """`jax.jit(fn)` on JAX (the built layer's weights become constants):
-    one compile per call shape instead of one per op; `fn` elsewhere."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.jit(fn)
-    return fn
-
-
-def _ci_examples(tensorflow, jax):
-    """Few examples in the `ci` profile (fewer on JAX, a compile each);
-    other profiles (`thorough`) keep theirs."""
-    in_ci = settings.default.max_examples == (
-        settings.get_profile("ci").max_examples
-    )
-    if not in_ci:
-        return lambda test: test
-    n = jax if keras.backend.backend() == "jax" else tensorflow
-    return settings(max_examples=min(n, settings.default.max_examples))
 
 
 # ----------------------------------------------------------------------
@@ -241,12 +219,8 @@ def test_caches_match_keras_hub(cross, rng):
             assert len(result) == (3 if cross else 2)
             return result[0], tuple(result[1:])
 
-        prefill = _compiled(
-            lambda tokens, caches: call(tokens, caches, 0, True)
-        )
-        one = _compiled(
-            lambda tokens, caches, i: call(tokens, caches, i, False)
-        )
+        prefill = compiled(lambda tokens, caches: call(tokens, caches, 0, True))
+        one = compiled(lambda tokens, caches, i: call(tokens, caches, i, False))
         caches = (_hub_cache(T), _hub_cache(S)) if cross else (_hub_cache(T),)
         out, caches = prefill(x[:, :split], caches)
         outputs = [to_numpy(out)]
@@ -316,8 +290,8 @@ def _decode(layer, x, split, memory=None, padding=None):
 
     # The prefill's index is a Python int (static); the steps' indices are
     # traced under `jax.jit`.
-    prefill = _compiled(lambda tokens, caches: step(tokens, caches, 0, True))
-    one = _compiled(lambda tokens, caches, i: step(tokens, caches, i, False))
+    prefill = compiled(lambda tokens, caches: step(tokens, caches, 0, True))
+    one = compiled(lambda tokens, caches, i: step(tokens, caches, i, False))
     caches = (self_cache, cross_cache) if memory is not None else (self_cache,)
     out, caches = prefill(x[:, :split], caches)
     outputs = [to_numpy(out)]
@@ -327,7 +301,7 @@ def _decode(layer, x, split, memory=None, padding=None):
     return np.concatenate(outputs, axis=1)
 
 
-@_ci_examples(tensorflow=8, jax=5)
+@ci_examples(tensorflow=8, jax=5)
 @given(st.data())
 def test_cached_decoding_equals_uncached(data):
     draw = data.draw
@@ -359,7 +333,7 @@ def test_cached_decoding_equals_uncached(data):
         # With a cache the mask covers its slots, (B, max_length = T).
         padding = np.arange(T)[None] >= np.array([0, left_pad])[:, None]
     args = (x,) if memory is None else (x, memory)
-    uncached = _compiled(lambda *a: layer(*a, decoder_padding_mask=padding))
+    uncached = compiled(lambda *a: layer(*a, decoder_padding_mask=padding))
     want = to_numpy(uncached(*args))
     got = _decode(layer, x, split, memory, padding)
     # Uncached, a padded query row's self-attention output is zero; with a
