@@ -374,7 +374,22 @@ def teacher_forcing(targets):
 
 
 # Model -------------------------------------------------------------------
-class AttentionDecoder(keras.layers.Layer):
+class _TargetDecoder(keras.layers.Layer):
+    """What both target decoders share: `(batch, target_length,
+    vocabulary_size)` logits, without the source's mask."""
+
+    def compute_output_spec(self, encoder_outputs, *args, **kwargs):
+        shape = encoder_outputs.shape[:1] + (
+            self.target_length,
+            self.vocabulary_size,
+        )
+        return keras.KerasTensor(shape, dtype="float32")
+
+    def compute_mask(self, *args, **kwargs):
+        return None  # the source mask does not carry over to the targets
+
+
+class AttentionDecoder(_TargetDecoder):
     """A GRU decoder with Bahdanau attention over the encoder outputs.
 
     At each step the previous decoder state queries the encoder outputs; the
@@ -481,16 +496,6 @@ class AttentionDecoder(keras.layers.Layer):
         _, _, ids, alignments = ops.fori_loop(0, steps, body, initial)
         return ids, alignments
 
-    def compute_output_spec(self, encoder_outputs, *args):
-        shape = encoder_outputs.shape[:1] + (
-            self.target_length,
-            self.vocabulary_size,
-        )
-        return keras.KerasTensor(shape, dtype="float32")
-
-    def compute_mask(self, *args, **kwargs):
-        return None  # the source mask does not carry over to the targets
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -581,7 +586,7 @@ def build_models(units, dropout=0.0):
     return training, inference
 
 
-class TransformerTargetDecoder(keras.layers.Layer):
+class TransformerTargetDecoder(_TargetDecoder):
     """The Transformer's target side: characters in, next characters out.
 
     Target characters (the start token, then the targets shifted right)
@@ -783,16 +788,6 @@ class TransformerTargetDecoder(keras.layers.Layer):
         for block in self.blocks:
             x = block(x, encoder_outputs, encoder_padding_mask=source_mask)
         return self.logits(x)[:, i]
-
-    def compute_output_spec(self, encoder_outputs, *args, **kwargs):
-        shape = encoder_outputs.shape[:1] + (
-            self.target_length,
-            self.vocabulary_size,
-        )
-        return keras.KerasTensor(shape, dtype="float32")
-
-    def compute_mask(self, *args, **kwargs):
-        return None  # the source mask does not carry over to the targets
 
     def get_config(self):
         config = super().get_config()
