@@ -16,17 +16,116 @@ k_chunk)` block of logits per loop iteration:
   log-sum-exp and returns the block's gradients. The gradients of the query
   blocks are summed into the carry; those of the key block are stored in its
   slot. Blocks above the causal diagonal are skipped with `cond`.
+- Dropout (optional): each block's keep mask is a pure function of the
+  call's key and the block index (`keep_mask`), drawn in the forward pass
+  and drawn again in the backward pass; no mask is stored.
 
 Memory is O(length x chunk) in both passes. Only `keras.ops` are used, with
 dynamic lengths, so it runs in `tf.function` with unknown lengths, in an
 exported SavedModel (no XLA-only ops) and under JAX.
 """
 
+import keras
 from keras import ops
 
 from keras_attention._masking import MASKED
 
 NEG_INF = float("-inf")
+
+# lowbias32 (C. Wellons, "Prospecting for hash functions"), as int32.
+_MULTIPLIERS = (0x7FEB352D, 0x846CA68B - 2**32)
+_GOLDEN = 0x9E3779B9 - 2**32
+_SECOND = 0x85EBCA6B - 2**32
+
+
+def hash32(x):
+    """A 32-bit integer hash of int32 `x`, with wrapping multiplication."""
+    for multiplier in _MULTIPLIERS:
+        x = ops.bitwise_xor(x, ops.bitwise_and(ops.right_shift(x, 16), 0xFFFF))
+        x = x * multiplier
+    return ops.bitwise_xor(x, ops.bitwise_and(ops.right_shift(x, 16), 0xFFFF))
+
+
+class StatelessSeed(keras.random.SeedGenerator):
+    """A fixed seed tensor for `keras.random`'s draws (no state)."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def next(self, ordered=True):
+        if keras.backend.backend() == "jax":
+            return ops.cast(self._value, "uint32")
+        return self._value
+
+
+def call_key(seed):
+    """The call's dropout key, an int32 `(2,)` tensor drawn from `seed` (an
+    int, a `SeedGenerator`, which advances once, or None: Keras' global
+    generator), as `keras.random.dropout` would draw its seed."""
+    return keras.random.randint(
+        (2,), -(2**31), 2**31 - 1, dtype="int32", seed=seed
+    )
+
+
+def _block_hash(key, i, j):
+    """An int32 hash of the call's key and the block index `(i, j)`."""
+    return hash32(
+        hash32(key[0] * _GOLDEN + key[1])
+        + ops.cast(i, "int32") * _GOLDEN
+        + ops.cast(j, "int32") * _SECOND
+    )
+
+
+def _index_bits(block, shape, transposed):
+    """Hashed bits of each element's index `(b, n, r, c)` in a block of
+    `shape = (B, N, rows, cols)` (laid out `(B, N, cols, rows)` if
+    `transposed`): the same bits for the same element in both layouts."""
+    b, n, rows, cols = shape
+    index = (
+        ops.reshape(ops.arange(b, dtype="int32"), (-1, 1, 1, 1)) * n
+        + ops.reshape(ops.arange(n, dtype="int32"), (1, -1, 1, 1))
+    ) * (rows * cols)
+    r = ops.arange(rows, dtype="int32") * cols
+    c = ops.arange(cols, dtype="int32")
+    if transposed:
+        index = index + ops.reshape(c, (1, 1, -1, 1)) + r[None, None, None]
+    else:
+        index = index + ops.reshape(r, (1, 1, -1, 1)) + c[None, None, None]
+    # An odd multiplier before the block's hash is mixed in: two blocks
+    # never share a run of consecutive inputs.
+    return hash32(ops.bitwise_xor(index * _GOLDEN, block))
+
+
+def _uses_hash():
+    """Which generator is cheapest, measured in `benchmarks/dropout_rng.py`:
+    under JAX the integer hash (XLA fuses it into one loop; threefry costs
+    4-7x the block's matmuls), elsewhere `keras.random.uniform` (one Philox
+    kernel on TensorFlow, where the hash's ops run one by one)."""
+    return keras.backend.backend() == "jax"
+
+
+def _threshold32(rate):
+    return int(round(rate * 2**32)) - 2**31
+
+
+def keep_scale(rate):
+    """`1 / P(keep)` of the block masks, so that dropout is unbiased."""
+    if _uses_hash():
+        return 2**32 / (2**32 - (_threshold32(rate) + 2**31))
+    return 1.0 / (1.0 - rate)
+
+
+def keep_mask(key, i, j, shape, rate, transposed=False):
+    """Boolean keep mask of block `(i, j)` of shape `(B, N, rows, cols)`
+    (`(B, N, cols, rows)` if `transposed`, the same draws transposed): a pure
+    function of the call's `key`, `(i, j)` and the element's place, so the
+    backward pass regenerates the forward's mask."""
+    block = _block_hash(key, i, j)
+    if _uses_hash():
+        return _index_bits(block, shape, transposed) >= _threshold32(rate)
+    seed = ops.stack([block, hash32(block + key[1])])
+    keep = keras.random.uniform(shape, seed=StatelessSeed(seed)) >= rate
+    return ops.swapaxes(keep, -1, -2) if transposed else keep
 
 
 def _ceil_div(a, b):
@@ -99,8 +198,11 @@ class _Engine:
         score_t_vjp,
         soft_cap=None,
         causal_offset=0,
+        dropout=None,
     ):
         self.soft_cap = soft_cap
+        # Dropout: None or `(rate, key)`, the call's int32 `(2,)` key.
+        self.dropout = dropout
         # Causal: query row `r` sits at position `causal_offset + r`.
         self.offset = causal_offset
         self.score_fn = score_fn
@@ -176,6 +278,18 @@ class _Engine:
             return r
         return r + ops.cast(self.offset, "int32")
 
+    def dropped(self, p, i, j, transposed=False):
+        """`p` with block `(i, j)`'s dropout applied (kept weights scaled by
+        `1 / P(keep)`); `p` itself without dropout."""
+        if self.dropout is None:
+            return p
+        rate, key = self.dropout
+        shape = ops.shape(p)
+        if transposed:
+            shape = (shape[0], shape[1], shape[3], shape[2])
+        keep = keep_mask(key, i, j, shape, rate, transposed)
+        return ops.where(keep, p * keep_scale(rate), 0.0)
+
     def capped(self, s):
         """Logit soft-capping, `cap * tanh(s / cap)` (none without a cap)."""
         if self.soft_cap is None:
@@ -221,8 +335,9 @@ class _Engine:
                 alpha = ops.exp(m - m_safe)
                 beta = ops.exp(block_max - m_safe) * block_sum
                 denom = alpha * denom + beta
+                # Dropout keeps the denominators of the undropped weights.
                 acc = alpha[..., None] * acc + beta[..., None] * ops.matmul(
-                    p, vb
+                    self.dropped(p, i, j), vb
                 )
                 return m_new, denom, acc
 
@@ -293,8 +408,18 @@ class _Engine:
                 if valid is not None:
                     s_t = ops.where(valid, s_t, NEG_INF)
                 p_t = ops.exp(s_t)
-                dv = ops.matmul(p_t, dob)
-                ds_t = p_t * _matmul_t_shifted(vb, dob, -delta_b)
+                if self.dropout is None:
+                    dv = ops.matmul(p_t, dob)
+                    ds_t = p_t * _matmul_t_shifted(vb, dob, -delta_b)
+                else:
+                    # out = dropped(P) v: dv = dropped(P)^T dO, and
+                    # dS = P * (dropped(dP) - delta) = dropped(P) * dP - P *
+                    # delta, with delta = rowsum(dO * out) as without.
+                    pd_t = self.dropped(p_t, i, j, transposed=True)
+                    dv = ops.matmul(pd_t, dob)
+                    ds_t = pd_t * _matmul_t_shifted(
+                        vb, dob, None
+                    ) - p_t * ops.swapaxes(delta_b, -1, -2)
                 if self.soft_cap is not None:
                     ds_t = ds_t * (1.0 - ops.square(tanh))
                 dq, dk, *dpar = self.score_t_vjp(qb, kb, ds_t)
@@ -356,16 +481,39 @@ class _Engine:
         return ops.reshape(x, (shape[0], shape[1], self.sp, shape[4]))
 
 
-def _output_and_gradient(engine, params):
-    """The forward output and the `custom_gradient` function recomputing it."""
-    out, lse = engine.forward()
+def _attend(make_engine, args, context):
+    """The engine's output, with a custom gradient over `args` (`q, k, v`,
+    then the score parameters) that recomputes it blockwise.
 
-    def grad(*args, upstream=None):
-        if upstream is None:
-            (upstream,) = args
-        return engine.backward(out, lse, upstream, params)
+    `context` holds the engine's other inputs (mask, causal offset, dropout
+    key). Its tensors go in as extra inputs without gradients rather than
+    being closed over: a closed-over tracer breaks `jax.grad` of a jitted
+    call.
+    """
+    names = [
+        name
+        for name, x in context.items()
+        if x is not None and not isinstance(x, (bool, int, float, tuple))
+    ]
+    fixed = {name: x for name, x in context.items() if name not in names}
+    n_args = len(args)
 
-    return out, grad
+    @ops.custom_gradient
+    def attend(*inputs):
+        engine = make_engine(
+            *inputs[:n_args], **fixed, **dict(zip(names, inputs[n_args:]))
+        )
+        out, lse = engine.forward()
+
+        def grad(*upstreams, upstream=None):
+            if upstream is None:
+                (upstream,) = upstreams
+            grads = engine.backward(out, lse, upstream, inputs[3:n_args])
+            return (*grads, *([None] * len(names)))
+
+        return out, grad
+
+    return attend(*args, *(context[name] for name in names))
 
 
 def _dot_score(qb, kb):
@@ -394,21 +542,29 @@ def _dot_score_t_vjp(qb, kb, ds_t):
 
 
 def chunked_dot_product_attention(
-    q, k, v, mask, is_causal, q_chunk, k_chunk, soft_cap=None, causal_offset=0
+    q,
+    k,
+    v,
+    mask,
+    is_causal,
+    q_chunk,
+    k_chunk,
+    soft_cap=None,
+    causal_offset=0,
+    dropout=None,
 ):
     """Exact softmax attention on head-major float32 tensors.
 
     `q (B, N, T, D)` must already be scaled; `k (B, N, S, D)`, `v (B, N, S,
     Dv)`; `mask` is None or boolean `(B|1, N|1, T|1, S|1)`; `soft_cap` is
     None or a positive float (logits become `cap * tanh(logits / cap)`);
-    `causal_offset` the position of query row 0 in causal attention.
-    Returns the float32 output `(B, N, T, Dv)`; its gradient is recomputed
-    blockwise.
+    `causal_offset` the position of query row 0 in causal attention;
+    `dropout` None or `(rate, key)` (see `keep_mask`). Returns the float32
+    output `(B, N, T, Dv)`; its gradient is recomputed blockwise.
     """
 
-    @ops.custom_gradient
-    def attend(q, k, v):
-        engine = _Engine(
+    def make_engine(q, k, v, mask, causal_offset, dropout_key):
+        return _Engine(
             q,
             k,
             v,
@@ -421,14 +577,34 @@ def chunked_dot_product_attention(
             _dot_score_t_vjp,
             soft_cap=soft_cap,
             causal_offset=causal_offset,
+            dropout=_with_key(dropout, dropout_key),
         )
-        return _output_and_gradient(engine, ())
 
-    return attend(q, k, v)
+    context = dict(
+        mask=mask, causal_offset=causal_offset, dropout_key=_key(dropout)
+    )
+    return _attend(make_engine, (q, k, v), context)
+
+
+def _key(dropout):
+    return None if dropout is None else dropout[1]
+
+
+def _with_key(dropout, key):
+    return None if dropout is None else (dropout[0], key)
 
 
 def chunked_additive_attention(
-    q, k, v, attention_v, attention_b, mask, is_causal, q_chunk, k_chunk
+    q,
+    k,
+    v,
+    attention_v,
+    attention_b,
+    mask,
+    is_causal,
+    q_chunk,
+    k_chunk,
+    dropout=None,
 ):
     """Additive attention on `q (B, 1, T, U)`, `k (B, 1, S, U)`, `v (B, 1, S,
     Dv)` (float32), scoring `attention_v . tanh(q + k + attention_b)`.
@@ -438,8 +614,7 @@ def chunked_additive_attention(
     blockwise.
     """
 
-    @ops.custom_gradient
-    def attend(q, k, v, attention_v, attention_b):
+    def make_engine(q, k, v, attention_v, attention_b, mask, dropout_key):
         def hidden(rows, cols):
             """tanh(rows_i + cols_j + b): `(B, 1, len(rows), len(cols), U)`."""
             return ops.tanh(
@@ -466,7 +641,7 @@ def chunked_additive_attention(
                 ops.sum(dq, (0, 1, 2)),
             )
 
-        engine = _Engine(
+        return _Engine(
             q,
             k,
             v,
@@ -477,7 +652,8 @@ def chunked_additive_attention(
             score,
             score_t,
             score_t_vjp,
+            dropout=_with_key(dropout, dropout_key),
         )
-        return _output_and_gradient(engine, (attention_v, attention_b))
 
-    return attend(q, k, v, attention_v, attention_b)
+    context = dict(mask=mask, dropout_key=_key(dropout))
+    return _attend(make_engine, (q, k, v, attention_v, attention_b), context)

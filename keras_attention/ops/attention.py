@@ -11,6 +11,7 @@ from keras_attention._masking import as_bool
 from keras_attention._masking import causal_mask
 from keras_attention._masking import finite_logits_mask
 from keras_attention._masking import masked_softmax
+from keras_attention.ops import _chunked
 from keras_attention.ops import _fused
 from keras_attention.ops._chunked import chunked_additive_attention
 from keras_attention.ops._chunked import chunked_dot_product_attention
@@ -115,9 +116,21 @@ def scaled_dot_product_attention(
             aligned, as Keras' `use_causal_mask`). Combined with `mask`.
         scale: multiplier of the logits. Defaults to `1 / sqrt(dim)`.
         dropout_rate: dropout on the attention weights, in `[0, 1)`. Applied
-            only when `training` is True.
+            only when `training` is True, to the normalized weights, with
+            the kept ones scaled by `1 / P(keep)`: the output is an unbiased
+            estimate of the output without dropout. The chunked kernel
+            draws each block's mask from a stateless seed derived from the
+            call's key and the block's (query block, key block) index, and
+            its backward pass regenerates the masks (none is stored), so
+            dropout keeps its O(length x chunk) memory. Its draws differ from
+            the dense kernel's (and between backends: JAX hashes the
+            element's index, TensorFlow uses Philox through
+            `keras.random.uniform`; see `benchmarks/dropout_rng.py`).
         training: Python bool, whether dropout is active.
-        seed: int or `keras.random.SeedGenerator` for the dropout.
+        seed: int or `keras.random.SeedGenerator` for the dropout. The call
+            draws one key from it (a `SeedGenerator` advances once per call,
+            as with `keras.random.dropout`); a fixed int makes the call,
+            and its gradients, reproducible.
         return_scores: if True, also return the attention weights (after the
             softmax, before dropout). They are `(batch, num_heads, q_len,
             k_len)` in the dtype of `query`; returning them materialises the
@@ -141,9 +154,9 @@ def scaled_dot_product_attention(
               above; decided at run time when lengths are unknown.
               Thresholds measured with `benchmarks/`.
             Requests that need the full matrix use the dense kernel whatever
-            `chunk_size` says: `return_scores=True`, dropout in training (a
-            chunked dropout would not match the dense one's random draws)
-            and `bias` (a `(q_len, k_len)` tensor already).
+            `chunk_size` says: `return_scores=True` and `bias` (a `(q_len,
+            k_len)` tensor already). Dropout in training does not: it runs
+            inside the chunked kernel.
         logits_soft_cap: optional positive float `cap`. The logits become
             `cap * tanh(logits / cap)` (Gemma 2; Google's TPU splash
             kernel), after the scale and the bias, before masking, in
@@ -274,19 +287,13 @@ def scaled_dot_product_attention(
             causal_offset,
         )
 
-    use_dense = (
-        chunk_size is None
-        or return_scores
-        or bias is not None
-        or (training and dropout_rate > 0.0)
-    )
+    use_dense = chunk_size is None or return_scores or bias is not None
+    dropout = _dropout(dropout_active, dropout_rate, seed)
     dense_args = (query, key, value, mask, bias, is_causal, scale)
     dense_kwargs = dict(
         causal_offset=causal_offset,
         soft_cap=logits_soft_cap,
-        dropout_rate=dropout_rate,
-        training=training,
-        seed=seed,
+        dropout=dropout,
         return_scores=return_scores,
     )
     if use_dense:
@@ -307,6 +314,7 @@ def scaled_dot_product_attention(
             chunks,
             logits_soft_cap,
             causal_offset,
+            dropout,
         )
 
     if chunk_size != "auto":
@@ -341,6 +349,7 @@ def _chunked_sdpa(
     chunks,
     soft_cap=None,
     causal_offset=0,
+    dropout=None,
 ):
     num_heads, num_kv_heads = query.shape[2], key.shape[2]
     q_chunk = _fit_chunk(chunks[0], query)
@@ -356,9 +365,35 @@ def _chunked_sdpa(
     if mask is not None and len(mask.shape) == 2:
         mask = mask[None, None]
     out = chunked_dot_product_attention(
-        q, k, v, mask, is_causal, q_chunk, k_chunk, soft_cap, causal_offset
+        q,
+        k,
+        v,
+        mask,
+        is_causal,
+        q_chunk,
+        k_chunk,
+        soft_cap,
+        causal_offset,
+        dropout,
     )
     return ops.cast(ops.transpose(out, (0, 2, 1, 3)), value.dtype)
+
+
+def _dropout(active, rate, seed):
+    """`(rate, key)` for the kernels, or None: the call's key is drawn once
+    from `seed` (a `SeedGenerator` advances once per call), before the kernel
+    is chosen, so that dense and chunked calls use it alike."""
+    if not active:
+        return None
+    return rate, _chunked.call_key(seed)
+
+
+def _apply_dropout(weights, dropout):
+    """The dense kernels' dropout on the full weights."""
+    if dropout is None:
+        return weights
+    rate, key = dropout
+    return keras.random.dropout(weights, rate, seed=_chunked.StatelessSeed(key))
 
 
 def _fit_chunk(chunk, x):
@@ -385,9 +420,7 @@ def _dense_sdpa(
     scale,
     causal_offset=0,
     soft_cap=None,
-    dropout_rate=0.0,
-    training=False,
-    seed=None,
+    dropout=None,
     return_scores=False,
 ):
     num_heads, num_kv_heads = query.shape[2], key.shape[2]
@@ -416,9 +449,7 @@ def _dense_sdpa(
     weights = masked_softmax(logits, mask)
 
     scores = ops.cast(weights, query.dtype) if return_scores else None
-    if training and dropout_rate > 0.0:
-        weights = keras.random.dropout(weights, dropout_rate, seed=seed)
-    weights = ops.cast(weights, value.dtype)
+    weights = ops.cast(_apply_dropout(weights, dropout), value.dtype)
     if groups == 1:
         output = ops.einsum("bnts,bsnh->btnh", weights, value)
     else:
@@ -478,8 +509,9 @@ def additive_attention(
             units)` tensor exists, and recomputes them in the backward pass.
             `"auto"` is dense while `batch * q_len * k_len * units <=
             AUTO_ADDITIVE_DENSE_MAX` (2**24), chunked with blocks of
-            `AUTO_ADDITIVE_CHUNK` (128) above. Returned scores and dropout in
-            training use the dense kernel.
+            `AUTO_ADDITIVE_CHUNK` (128) above. Returned scores use the dense
+            kernel; dropout in training runs in the chunked kernel too (see
+            `scaled_dot_product_attention`'s `dropout_rate`).
 
     Returns:
         The context `(batch, q_len, value_dim)` in the dtype of `value`, or
@@ -532,26 +564,22 @@ def additive_attention(
             "(batch, q_len, k_len)",
         )
     _validation.check_chunk_size(chunk_size)
-    dense = (
-        chunk_size is None or return_scores or (training and dropout_rate > 0.0)
+    dropout = _dropout(
+        bool(training) and dropout_rate > 0.0, dropout_rate, seed
     )
     args = (query, key, value, attention_v, hidden_bias, mask, is_causal)
-    if dense:
+    if chunk_size is None or return_scores:
         return _dense_additive(
-            *args,
-            dropout_rate=dropout_rate,
-            training=training,
-            seed=seed,
-            return_scores=return_scores,
+            *args, dropout=dropout, return_scores=return_scores
         )
     chunk = AUTO_ADDITIVE_CHUNK if chunk_size == "auto" else chunk_size
     if chunk_size != "auto":
-        return _chunked_additive(*args, chunk)
+        return _chunked_additive(*args, chunk, dropout)
     sizes = (query.shape[0], query.shape[1], key.shape[1], query.shape[2])
     if None not in sizes:
         if math.prod(sizes) <= AUTO_ADDITIVE_DENSE_MAX:
-            return _dense_additive(*args)
-        return _chunked_additive(*args, chunk)
+            return _dense_additive(*args, dropout=dropout)
+        return _chunked_additive(*args, chunk, dropout)
     shape_q, shape_k = ops.shape(query), ops.shape(key)
     n_hidden = (
         ops.cast(shape_q[0], "float32")
@@ -561,13 +589,21 @@ def additive_attention(
     )
     return ops.cond(
         n_hidden <= float(AUTO_ADDITIVE_DENSE_MAX),
-        lambda: _dense_additive(*args),
-        lambda: _chunked_additive(*args, chunk),
+        lambda: _dense_additive(*args, dropout=dropout),
+        lambda: _chunked_additive(*args, chunk, dropout),
     )
 
 
 def _chunked_additive(
-    query, key, value, attention_v, hidden_bias, mask, is_causal, chunk
+    query,
+    key,
+    value,
+    attention_v,
+    hidden_bias,
+    mask,
+    is_causal,
+    chunk,
+    dropout=None,
 ):
     q = ops.cast(query, "float32")[:, None]
     k = ops.cast(key, "float32")[:, None]
@@ -590,6 +626,7 @@ def _chunked_additive(
         is_causal,
         _fit_chunk(chunk, query),
         _fit_chunk(chunk, key),
+        dropout,
     )
     return ops.cast(out[:, 0], value.dtype)
 
@@ -602,9 +639,7 @@ def _dense_additive(
     hidden_bias,
     mask,
     is_causal,
-    dropout_rate=0.0,
-    training=False,
-    seed=None,
+    dropout=None,
     return_scores=False,
 ):
     if is_causal:
@@ -622,9 +657,8 @@ def _dense_additive(
     )
     weights = masked_softmax(logits, mask)
     scores = ops.cast(weights, query.dtype) if return_scores else None
-    if training and dropout_rate > 0.0:
-        weights = keras.random.dropout(weights, dropout_rate, seed=seed)
-    output = ops.einsum("bts,bsd->btd", ops.cast(weights, value.dtype), value)
+    weights = ops.cast(_apply_dropout(weights, dropout), value.dtype)
+    output = ops.einsum("bts,bsd->btd", weights, value)
     if return_scores:
         return output, scores
     return output
