@@ -313,3 +313,30 @@ def test_tf_function_with_unknown_lengths_matches_eager(rng):
     np.testing.assert_allclose(
         traced_auto(*args).numpy(), to_numpy(auto(*args)), atol=1e-6
     )
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX only")
+def test_grad_of_a_jitted_call_with_traced_mask_and_dropout(rng):
+    """Tensors made inside the jitted function (a mask, the dropout key) are
+    inputs of the custom gradient, not closed over: `jax.grad(jax.jit(f))`
+    works and agrees with `jax.jit(jax.grad(f))`."""
+    import jax
+    import jax.numpy as jnp
+
+    args, _ = _sdpa_inputs(rng, "ragged")
+
+    def f(q, k, v):
+        mask = (jnp.sum(k, axis=(2, 3)) > -1.0)[:, None, None, :]
+        out = scaled_dot_product_attention(
+            q, k, v, mask=mask, chunk_size=4, **_TRAIN
+        )
+        return jnp.sum(out * out)
+
+    outer = jax.grad(jax.jit(f), argnums=(0, 1, 2))(*args)
+    inner = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(*args)
+    for g, h in zip(outer, inner):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(h), atol=1e-6)
+        assert np.any(np.asarray(g) != 0)
+
+
+_TRAIN = dict(dropout_rate=RATE, training=True, seed=2)
