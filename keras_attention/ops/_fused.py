@@ -49,7 +49,7 @@ def fused_kernel(*args, **kwargs):
     return ops.dot_product_attention(*args, **kwargs)
 
 
-def facts(dtype, return_scores, dropout, bias, soft_cap, mask):
+def facts(dtype, return_scores, dropout, bias, soft_cap, mask, chunk_size):
     """The inputs of `choose` for one call, from the call's arguments."""
     mask_ok = mask is None or (
         len(mask.shape) in (2, 4) and None not in tuple(mask.shape)
@@ -64,13 +64,17 @@ def facts(dtype, return_scores, dropout, bias, soft_cap, mask):
         bias=bias is not None,
         soft_cap=soft_cap is not None,
         mask_ok=mask_ok,
+        auto_chunk=isinstance(chunk_size, str) and chunk_size == "auto",
     )
 
 
 def blockers(
     backend, platform, dtype, return_scores, dropout, bias, soft_cap, mask_ok
 ):
-    """The reasons the fused kernel can't take a call (empty if it can)."""
+    """The reasons the fused kernel can't take a call (empty if it can).
+
+    `chunk_size` is not one: it only decides what `flash_attention=None`
+    means (see `choose`)."""
     found = []
     has_kernel = backend == "jax" and platform in ("gpu", "tpu")
     if not has_kernel:
@@ -97,13 +101,17 @@ def choose(flash_attention, global_setting, **call_facts):
 
     `flash_attention`: the layer's or call's `True`, `False` or `None`;
     `global_setting`: `keras.config.is_flash_attention_enabled()` (`None`
-    when unset or enabled, `False` when disabled).
+    when unset or enabled, `False` when disabled); `auto_chunk` (in
+    `call_facts`): whether `chunk_size="auto"`. An explicit `chunk_size`
+    (an int, or None for the dense kernel) means our kernels unless
+    `flash_attention=True`: explicit beats auto.
     """
     if flash_attention is False:
         return False
+    auto_chunk = call_facts.pop("auto_chunk")
     found = blockers(**call_facts)
     if flash_attention is None:
-        return global_setting is not False and not found
+        return global_setting is not False and auto_chunk and not found
     if found:
         # In `_REASONS`' order: Keras' own wording first.
         first = next(r for r in _REASONS if r in found)

@@ -168,18 +168,21 @@ def scaled_dot_product_attention(
               is turned back into "auto" by the unset global switch, `False`
               here always means our kernels.
             - `None`: follows `keras.config.is_flash_attention_enabled()`.
-              When that is unset or enabled, the fused kernel runs when it
-              is possible: the backend has one (JAX on a GPU or TPU), the
-              dtype is one it takes (float16 or bfloat16 on a GPU), no scores
-              are returned, no dropout in training, no `bias`, no
-              `logits_soft_cap` (except on a TPU, whose kernel takes one) and
+              When that is unset or enabled and `chunk_size="auto"`, the
+              fused kernel runs when it is possible: the backend has one
+              (JAX on a GPU or TPU), the dtype is one it takes (float16
+              or bfloat16 on a GPU), no scores are returned, no dropout in
+              training, no `bias`, no `logits_soft_cap` (except on a TPU,
+              whose kernel takes one) and
               a mask of rank 2 or 4 with a static shape. Otherwise, and
               always on TensorFlow, our exact kernels run, dense or chunked
-              by `chunk_size`.
+              by `chunk_size`. An explicit `chunk_size` (an int, or `None`)
+              always means our kernels: explicit beats auto.
             - `True`: the fused kernel, or a `ValueError` naming what
-              prevents it.
+              prevents it, whatever `chunk_size` says.
             On the fused path, too, a fully masked query row gives zeros,
-            with zero gradients.
+            with zero gradients. Its logits are the backend kernel's (not
+            this package's float32 ones).
         causal_offset: int or 0-d integer tensor, default 0: with
             `is_causal`, query `i` sits at position `causal_offset + i` and
             attends keys `j <= causal_offset + i` (e.g. a prefill or a
@@ -274,6 +277,7 @@ def scaled_dot_product_attention(
             bias,
             logits_soft_cap,
             mask,
+            chunk_size,
         ),
     ):
         return _fused.attend(

@@ -30,6 +30,7 @@ FACTS = dict(
     bias=(False, True),
     soft_cap=(False, True),
     mask_ok=(True, False),
+    auto_chunk=(True, False),
 )
 
 
@@ -70,9 +71,10 @@ def test_choose_follows_the_rule_for_every_combination(
             assert got is False, facts
         elif flash_attention is True:
             assert got is True, facts
-        else:  # None: the global switch, then "when possible"
-            assert got is (global_setting is not False and possible), facts
-    assert count == 2 * 3 * 3 * 2**5
+        else:  # None: the global switch, `chunk_size="auto"`, "possible"
+            want = global_setting is not False and facts["auto_chunk"]
+            assert got is (want and possible), facts
+    assert count == 2 * 3 * 3 * 2**6
 
 
 def test_flash_true_errors_name_the_cause_in_keras_words():
@@ -85,6 +87,7 @@ def test_flash_true_errors_name_the_cause_in_keras_words():
         bias=False,
         soft_cap=False,
         mask_ok=True,
+        auto_chunk=False,
     )
     expected = {
         "return_scores": "Returning attention scores is not supported when "
@@ -146,7 +149,13 @@ def test_op_sends_what_the_fused_kernel_takes(rng, fused_stub):
     scaled_dot_product_attention(q, k, v, logits_soft_cap=5.0)
     scaled_dot_product_attention(*_qkv(rng, "float32"))
     scaled_dot_product_attention(q, k, v, flash_attention=False)
+    # An explicit chunk_size means our kernels; an explicit True still wins.
+    scaled_dot_product_attention(q, k, v, chunk_size=2)
+    scaled_dot_product_attention(q, k, v, chunk_size=None)
     assert len(fused_stub) == 1
+    scaled_dot_product_attention(q, k, v, chunk_size=2, flash_attention=True)
+    assert len(fused_stub) == 2
+    fused_stub.pop()
     keras.config.disable_flash_attention()
     try:
         scaled_dot_product_attention(q, k, v)
@@ -213,6 +222,7 @@ def test_layers_use_the_fused_kernel_when_possible(rng, fused_stub, layer_name):
     assert len(fused_stub) == 1
     layer(x, x, return_attention_scores=True)  # scores: our kernel
     make(dtype="float16", logits_soft_cap=3.0)(x, x)  # soft-cap on a GPU
+    make(dtype="float16", chunk_size=4)(x, x)  # explicit: our kernel
     assert len(fused_stub) == 1
     with pytest.raises(ValueError, match="Returning attention scores"):
         make(dtype="float16", flash_attention=True)(
