@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_attention as ka
 from keras_attention import serving
 from keras_attention.serving import _export
 from tests.serving.helpers import masked_model
@@ -518,3 +519,33 @@ def test_string_signature_replacing_serving_default(tmp_path):
             signatures={"serving_default": from_text},
             warmup_inputs={"tokens": [[1, 2]]},
         )
+
+
+def test_model_with_dropout_exports_without_dropout(tmp_path, rng):
+    """Attention dropout (chunked kernels) in training; the signature is the
+    inference graph: no random ops, outputs equal `model(x)` every call."""
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    x = ka.MultiHeadAttention(2, 4, dropout=0.5, seed=1, chunk_size=3)(x, x)
+    x = ka.AdditiveAttention(units=4, dropout=0.5, seed=2, chunk_size=3)(x, x)
+    score = keras.layers.Dense(1, name="score")(ka.AttentionPooling(4)(x))
+    model = keras.Model(tokens, score)
+    model.compile("adam", "mse")
+    data = rng.integers(1, 20, size=(8, 7)).astype("int32")
+    model.fit(data, rng.normal(size=(8, 1)), epochs=1, verbose=0)
+    train_a = model(data, training=True)
+    train_b = model(data, training=True)
+    assert not np.allclose(train_a, train_b)  # dropout was active
+    path = serving.export_saved_model(model, tmp_path / "dropout")
+    signature = _signature(path)
+    graph = signature.graph.as_graph_def()
+    ops_used = {node.op for node in graph.node} | {
+        node.op
+        for function in graph.library.function
+        for node in function.node_def
+    }
+    assert any("MatMul" in op for op in ops_used), ops_used  # the body
+    assert not [op for op in ops_used if "Random" in op], ops_used
+    for _ in range(2):
+        got = signature(tokens=tf.constant(data))["score"]
+        np.testing.assert_allclose(got, model(data), atol=1e-6)
