@@ -35,9 +35,19 @@ def _smoke_run(module, tmp_path, *args, returncode=0):
     return json.loads((tmp_path / "smoke.json").read_text())
 
 
-@pytest.mark.tensorflow_only
+BACKEND = keras.backend.backend()
+jax_only = pytest.mark.skipif(
+    BACKEND != "jax", reason="runs in the JAX suite (it forces JAX itself)"
+)
+
+
+@pytest.mark.skipif(
+    BACKEND not in ("tensorflow", "jax"),
+    reason="benchmarks.attention runs on TensorFlow and JAX",
+)
 def test_benchmark_smoke_run(tmp_path):
-    report = _smoke_run("benchmarks.attention", tmp_path)
+    # Under the session's backend: each suite checks its own path.
+    report = _smoke_run("benchmarks.attention", tmp_path, "--backend", BACKEND)
     assert report["matmul_gflops"] > 0
     (row,) = report["rows"]
     for impl in ("ours", "keras"):
@@ -48,6 +58,163 @@ def test_benchmark_smoke_run(tmp_path):
     assert row["checksum_rel_diff"] < 1e-4
     table = (tmp_path / "smoke.md").read_text()
     assert "| MHA B=2 L=64 h=2x8 | train |" in table
+    if BACKEND == "jax":
+        assert report["backend"] == "jax"
+        assert report["machine"].startswith("jax-cpu-")
+        assert "TensorFlow" not in report["versions"]
+        assert "jaxlib" in report["versions_detail"]
+        for impl in ("ours", "keras"):
+            # A CPU keeps no device memory statistics: the peak RSS.
+            assert row[impl]["memory_source"] == "process peak RSS"
+            assert row[impl]["peak_bytes"] > 0 and row[impl]["peak_exact"]
+            assert row[impl]["gflops"] > 0
+        assert "TFLOP/s" in table and "% of peak" in table
+    else:
+        assert "backend" not in report  # the TensorFlow report as before
+        assert "GFLOP/s" in table
+
+
+def test_issue_15_targets_are_evaluated_from_their_rows():
+    from benchmarks.attention import evaluate_targets
+    from benchmarks.attention import pair_rows
+    from benchmarks.attention import target_configs
+
+    def result(config):
+        length, train = config["length"], config["mode"] == "train"
+        ours = config["impl"] == "ours"
+        if not ours and length == 16384:  # Keras core: the memory cap
+            return dict(status="killed: RSS above 22 GB", peak_rss_bytes=2e10)
+        return dict(
+            status="ok",
+            median_s=(1.0 if ours else 1.1) * length / 1000,
+            times_s=[1.0],
+            peak_rss_bytes=(1e9 if ours else 8e9) if train else 1e9,
+            gflops=10.0,
+            checksum=1.0,
+        )
+
+    rows = pair_rows(
+        [dict(config=c, result=result(c)) for c in target_configs()]
+    )
+    targets = evaluate_targets(rows, peak=20.0)
+    assert [t["target"] for t in targets] == [
+        "1. MHA train step, L=8192, dropout 0.1",
+        "2. MHA train step, L=16384, dropout 0.1",
+        "3. MHA train step, L=8192, no dropout",
+        "4. MHA forward, L=4096",
+        "4. MHA forward, L=8192",
+        "5. MHA train step, B=32, L=128",
+        "5. MHA train step, B=32, L=512",
+    ]
+    assert all(t["met"] for t in targets), targets
+    assert "Keras: killed: RSS above 22 GB" in targets[1]["measured"]
+    # The GPU target appears on a GPU only.
+    assert len(evaluate_targets(rows, peak=20.0, platform="gpu")) == 7
+
+
+def _no_tensorflow(tmp_path):
+    """A PYTHONPATH entry under which `import tensorflow` fails, as on the
+    GPU machine (which has none)."""
+    blocker = tmp_path / "no_tensorflow" / "tensorflow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(
+        "raise ImportError(\"No module named 'tensorflow' (blocked)\")\n"
+    )
+    return str(blocker.parent)
+
+
+@jax_only
+def test_device_run_smoke(tmp_path):
+    """`bash benchmarks/device_run.sh --smoke`, without TensorFlow."""
+    out = tmp_path / "out"
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [_no_tensorflow(tmp_path)]
+            + [p for p in [os.environ.get("PYTHONPATH")] if p]
+        ),
+        PYTHON=sys.executable,
+    )
+    env.pop("OUT", None)
+    result = subprocess.run(
+        ["bash", "benchmarks/device_run.sh", "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=900,
+    )
+    output = result.stdout + result.stderr
+    log = out / "device-run.log"
+    detail = output[-3000:] + (log.read_text()[-6000:] if log.exists() else "")
+    assert result.returncode == 0, detail
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [
+        "attention.json",
+        "attention.md",
+        "attention.png",
+        "device-run.json",
+        "device-run.log",
+        "device-run.md",
+        "gpu-checks.json",
+    ]
+    assert all(p.is_file() for p in out.iterdir())  # no folders
+
+    summary = json.loads((out / "device-run.json").read_text())
+    assert summary["passed"] and summary["smoke"]
+    assert summary["command"].startswith("bash benchmarks/device_run.sh")
+    assert summary["device"]
+    for name in ("jax", "jaxlib", "keras", "numpy", "python"):
+        assert summary["versions"][name]
+    assert [s["name"] for s in summary["stages"]] == [
+        "gpu_checks",
+        "attention",
+        "image_classification",
+        "date_translation",
+        "text_generation",
+    ]
+    assert all(s["ok"] and s["seconds"] > 0 for s in summary["stages"])
+
+    checks = json.loads((out / "gpu-checks.json").read_text())
+    assert checks["passed"] and checks["failed"] == 0
+    assert checks["cases"] == 12
+    # On a CPU the fused kernel never runs, and none was expected to.
+    assert checks["platform"] == "cpu"
+    assert checks["fused_cases"] == checks["expected_fused_cases"] == 0
+    assert {c["path"] for c in checks["results"]} == {
+        "dense",
+        "chunked",
+        "auto",
+    }
+    assert all(c["ok_zero_rows"] for c in checks["results"])
+    assert sum(c["empty_rows"] > 0 for c in checks["results"]) == 12
+
+    bench = json.loads((out / "attention.json").read_text())
+    assert bench["backend"] == "jax" and bench["gpu_set"]
+    assert bench["matmul_gflops"] > 0
+    assert len(bench["rows"]) == 2
+    for row in bench["rows"]:
+        assert row["config"]["dtype"] == "bfloat16"
+        for impl in ("ours", "keras"):
+            assert row[impl]["status"] == "ok"
+            assert row[impl]["median_s"] > 0
+            assert row[impl]["gflops"] > 0
+        assert row["checksum_rel_diff"] < 0.05  # bfloat16
+    for entry in bench["results"]:  # two lengths per process (a series)
+        assert entry["config"]["series"].endswith("-train-bfloat16")
+        assert entry["result"]["memory_source"] == "process peak RSS"
+        assert entry["result"]["peak_exact"] in (True, False)
+
+    examples = summary["examples"]
+    assert 0.0 <= examples["image_classification"]["value"] <= 1.0
+    assert 0.0 <= examples["date_translation"]["value"] <= 1.0
+    assert examples["text_generation"]["value"] > 0
+    assert examples["text_generation"]["baseline_bits_per_char"] > 0
+    for metrics in examples.values():
+        assert metrics["precision"] == "float32"  # --mixed-precision auto
+        assert metrics["train_seconds"] > 0
+    table = (out / "device-run.md").read_text()
+    assert "| text_generation |" in table and "Passed: yes" in table
 
 
 @pytest.mark.tensorflow_only
