@@ -279,16 +279,14 @@ class _Engine:
         return r + ops.cast(self.offset, "int32")
 
     def dropped(self, p, i, j, transposed=False):
-        """`p` with block `(i, j)`'s dropout applied (kept weights scaled by
-        `1 / P(keep)`); `p` itself without dropout."""
-        if self.dropout is None:
-            return p
+        """`p` with block `(i, j)`'s dropped weights zeroed, not yet scaled
+        (the callers scale a smaller operand by `keep_scale`)."""
         rate, key = self.dropout
         shape = ops.shape(p)
         if transposed:
             shape = (shape[0], shape[1], shape[3], shape[2])
         keep = keep_mask(key, i, j, shape, rate, transposed)
-        return ops.where(keep, p * keep_scale(rate), 0.0)
+        return ops.where(keep, p, 0.0)
 
     def capped(self, s):
         """Logit soft-capping, `cap * tanh(s / cap)` (none without a cap)."""
@@ -335,10 +333,14 @@ class _Engine:
                 alpha = ops.exp(m - m_safe)
                 beta = ops.exp(block_max - m_safe) * block_sum
                 denom = alpha * denom + beta
-                # Dropout keeps the denominators of the undropped weights.
-                acc = alpha[..., None] * acc + beta[..., None] * ops.matmul(
-                    self.dropped(p, i, j), vb
-                )
+                if self.dropout is None:
+                    pv = ops.matmul(p, vb)
+                else:
+                    # The denominators stay those of the undropped weights;
+                    # the 1 / P(keep) scale goes on the (rows, dim) product.
+                    pv = ops.matmul(self.dropped(p, i, j), vb)
+                    pv = pv * keep_scale(self.dropout[0])
+                acc = alpha[..., None] * acc + beta[..., None] * pv
                 return m_new, denom, acc
 
             m, denom, acc = ops.fori_loop(0, self.key_blocks_for(i), body, init)
@@ -412,13 +414,15 @@ class _Engine:
                     dv = ops.matmul(p_t, dob)
                     ds_t = p_t * _matmul_t_shifted(vb, dob, -delta_b)
                 else:
-                    # out = dropped(P) v: dv = dropped(P)^T dO, and
-                    # dS = P * (dropped(dP) - delta) = dropped(P) * dP - P *
-                    # delta, with delta = rowsum(dO * out) as without.
+                    # out = c M.P v, with M the keep mask and c = 1 / P(keep):
+                    # dv = (M.P)^T (c dO), and dS = P * (c M.dP - delta) =
+                    # (M.P) * (v . c dO) - P * delta, with delta = rowsum(dO
+                    # * out) as without dropout. c scales the small dO.
                     pd_t = self.dropped(p_t, i, j, transposed=True)
-                    dv = ops.matmul(pd_t, dob)
+                    dob_c = dob * keep_scale(self.dropout[0])
+                    dv = ops.matmul(pd_t, dob_c)
                     ds_t = pd_t * _matmul_t_shifted(
-                        vb, dob, None
+                        vb, dob_c, None
                     ) - p_t * ops.swapaxes(delta_b, -1, -2)
                 if self.soft_cap is not None:
                     ds_t = ds_t * (1.0 - ops.square(tanh))
