@@ -355,8 +355,13 @@ class _Engine:
             ops.zeros(tuple(ops.shape(q0)[:-1]) + (self.v.shape[-1],)),
             ops.zeros(ops.shape(q0)[:-1]),
         )
+        # With dropout each iteration also holds its random block: one at
+        # a time, as in the backward pass.
         outs, lses = _map_blocks(
-            query_block, self.nq, templates, sequential=False
+            query_block,
+            self.nq,
+            templates,
+            sequential=self.dropout is not None,
         )
         out = self._unblock(outs)
         lse = self._unblock(lses[..., None])[..., 0]
