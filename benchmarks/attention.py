@@ -63,7 +63,8 @@ def mha(
     """A MultiHeadAttention configuration.
 
     `dropout`: both layers get `dropout=...`, and the train step calls them
-    with `training=True` (the forward pass stays `training=False`).
+    with `training=True` (the forward pass stays `training=False`); every
+    train step passes `training=True`, as `fit` does.
     `dtype`: both layers get `dtype=...` and inputs of that dtype.
     """
     return dict(
@@ -248,8 +249,8 @@ def _build(config):
 
 
 def _train_kwargs(config, kwargs):
-    """The train step's call arguments: `training=True` with dropout."""
-    return dict(kwargs, training=True) if config.get("dropout") else kwargs
+    """The train step's call arguments: `training=True`, as `fit` passes."""
+    return dict(kwargs, training=True)
 
 
 def _flops(config):

@@ -199,8 +199,13 @@ class _Engine:
         soft_cap=None,
         causal_offset=0,
         dropout=None,
+        training=False,
     ):
         self.soft_cap = soft_cap
+        # Training (a backward pass follows) or dropout (each iteration
+        # also holds its random block): the forward's query blocks run one
+        # at a time, as in the backward pass; in inference side by side.
+        self.sequential_forward = bool(training) or dropout is not None
         # Dropout: None or `(rate, key)`, the call's int32 `(2,)` key.
         self.dropout = dropout
         # Causal: query row `r` sits at position `causal_offset + r`.
@@ -355,13 +360,8 @@ class _Engine:
             ops.zeros(tuple(ops.shape(q0)[:-1]) + (self.v.shape[-1],)),
             ops.zeros(ops.shape(q0)[:-1]),
         )
-        # With dropout each iteration also holds its random block: one at
-        # a time, as in the backward pass.
         outs, lses = _map_blocks(
-            query_block,
-            self.nq,
-            templates,
-            sequential=self.dropout is not None,
+            query_block, self.nq, templates, self.sequential_forward
         )
         out = self._unblock(outs)
         lse = self._unblock(lses[..., None])[..., 0]
@@ -561,6 +561,7 @@ def chunked_dot_product_attention(
     soft_cap=None,
     causal_offset=0,
     dropout=None,
+    training=False,
 ):
     """Exact softmax attention on head-major float32 tensors.
 
@@ -568,7 +569,9 @@ def chunked_dot_product_attention(
     Dv)`; `mask` is None or boolean `(B|1, N|1, T|1, S|1)`; `soft_cap` is
     None or a positive float (logits become `cap * tanh(logits / cap)`);
     `causal_offset` the position of query row 0 in causal attention;
-    `dropout` None or `(rate, key)` (see `keep_mask`). Returns the float32
+    `dropout` None or `(rate, key)` (see `keep_mask`); `training` whether a
+    backward pass follows (the forward then holds one block at a time).
+    Returns the float32
     output `(B, N, T, Dv)`; its gradient is recomputed blockwise.
     """
 
@@ -587,6 +590,7 @@ def chunked_dot_product_attention(
             soft_cap=soft_cap,
             causal_offset=causal_offset,
             dropout=_with_key(dropout, dropout_key),
+            training=training,
         )
 
     context = dict(
@@ -614,6 +618,7 @@ def chunked_additive_attention(
     q_chunk,
     k_chunk,
     dropout=None,
+    training=False,
 ):
     """Additive attention on `q (B, 1, T, U)`, `k (B, 1, S, U)`, `v (B, 1, S,
     Dv)` (float32), scoring `attention_v . tanh(q + k + attention_b)`.
@@ -662,6 +667,7 @@ def chunked_additive_attention(
             score_t,
             score_t_vjp,
             dropout=_with_key(dropout, dropout_key),
+            training=training,
         )
 
     context = dict(mask=mask, dropout_key=_key(dropout))

@@ -149,9 +149,12 @@ def scaled_dot_product_attention(
               chunk longer than the input shrinks to its length (at run
               time when the length is unknown). At most 2**31 - 1.
             - `"auto"`: dense while `batch * num_heads * q_len * k_len <=
-              AUTO_DENSE_MAX_LOGITS` (2**25), chunked with blocks of
-              `AUTO_CHUNK` (512) queries and `AUTO_KEY_CHUNK` (1024) keys
-              above; decided at run time when lengths are unknown.
+              AUTO_DENSE_MAX_LOGITS` (2**25), and while the input fits in
+              one block (`q_len <= AUTO_CHUNK` and `k_len <=
+              AUTO_KEY_CHUNK`, where chunking saves no memory); chunked
+              with blocks of `AUTO_CHUNK` (512) queries and `AUTO_KEY_CHUNK`
+              (1024) keys otherwise; decided at run time when lengths are
+              unknown.
               Thresholds measured with `benchmarks/`.
             Requests that need the full matrix use the dense kernel whatever
             `chunk_size` says: `return_scores=True` and `bias` (a `(q_len,
@@ -319,14 +322,18 @@ def scaled_dot_product_attention(
             logits_soft_cap,
             causal_offset,
             dropout,
+            training,
         )
 
     if chunk_size != "auto":
         return chunked()
-    # "auto": dense while the (batch, heads, q_len, k_len) logits are small.
+    # "auto": dense while the (batch, heads, q_len, k_len) logits are small,
+    # or while one block would hold them all (chunking saves nothing then).
     sizes = (query.shape[0], num_heads, query.shape[1], key.shape[1])
     if None not in sizes:
-        if math.prod(sizes) <= AUTO_DENSE_MAX_LOGITS:
+        if math.prod(sizes) <= AUTO_DENSE_MAX_LOGITS or (
+            sizes[2] <= chunks[0] and sizes[3] <= chunks[1]
+        ):
             return _dense_sdpa(*dense_args, **dense_kwargs)
         return chunked()
     shape_q, shape_k = ops.shape(query), ops.shape(key)
@@ -336,8 +343,11 @@ def scaled_dot_product_attention(
         * ops.cast(shape_q[1], "float32")
         * ops.cast(shape_k[1], "float32")
     )
+    one_block = ops.logical_and(
+        shape_q[1] <= chunks[0], shape_k[1] <= chunks[1]
+    )
     return ops.cond(
-        n_logits <= float(AUTO_DENSE_MAX_LOGITS),
+        ops.logical_or(n_logits <= float(AUTO_DENSE_MAX_LOGITS), one_block),
         lambda: _dense_sdpa(*dense_args, **dense_kwargs),
         chunked,
     )
@@ -354,6 +364,7 @@ def _chunked_sdpa(
     soft_cap=None,
     causal_offset=0,
     dropout=None,
+    training=False,
 ):
     num_heads, num_kv_heads = query.shape[2], key.shape[2]
     q_chunk = _fit_chunk(chunks[0], query)
@@ -379,6 +390,7 @@ def _chunked_sdpa(
         soft_cap,
         causal_offset,
         dropout,
+        training,
     )
     return ops.cast(ops.transpose(out, (0, 2, 1, 3)), value.dtype)
 
@@ -512,8 +524,9 @@ def additive_attention(
             `chunk_size` queries and keys so that no `(batch, q_len, k_len,
             units)` tensor exists, and recomputes them in the backward pass.
             `"auto"` is dense while `batch * q_len * k_len * units <=
-            AUTO_ADDITIVE_DENSE_MAX` (2**24), chunked with blocks of
-            `AUTO_ADDITIVE_CHUNK` (128) above. Returned scores use the dense
+            AUTO_ADDITIVE_DENSE_MAX` (2**24) or both lengths fit in one
+            block, chunked with blocks of `AUTO_ADDITIVE_CHUNK` (128)
+            otherwise. Returned scores use the dense
             kernel; dropout in training runs in the chunked kernel too (see
             `scaled_dot_product_attention`'s `dropout_rate`).
 
@@ -577,13 +590,15 @@ def additive_attention(
             *args, dropout=dropout, return_scores=return_scores
         )
     chunk = AUTO_ADDITIVE_CHUNK if chunk_size == "auto" else chunk_size
+    chunked_args = (*args, chunk, dropout, training)
     if chunk_size != "auto":
-        return _chunked_additive(*args, chunk, dropout)
+        return _chunked_additive(*chunked_args)
     sizes = (query.shape[0], query.shape[1], key.shape[1], query.shape[2])
     if None not in sizes:
-        if math.prod(sizes) <= AUTO_ADDITIVE_DENSE_MAX:
+        one_block = sizes[1] <= chunk and sizes[2] <= chunk
+        if math.prod(sizes) <= AUTO_ADDITIVE_DENSE_MAX or one_block:
             return _dense_additive(*args, dropout=dropout)
-        return _chunked_additive(*args, chunk, dropout)
+        return _chunked_additive(*chunked_args)
     shape_q, shape_k = ops.shape(query), ops.shape(key)
     n_hidden = (
         ops.cast(shape_q[0], "float32")
@@ -591,10 +606,11 @@ def additive_attention(
         * ops.cast(shape_k[1], "float32")
         * float(query.shape[2])
     )
+    one_block = ops.logical_and(shape_q[1] <= chunk, shape_k[1] <= chunk)
     return ops.cond(
-        n_hidden <= float(AUTO_ADDITIVE_DENSE_MAX),
+        ops.logical_or(n_hidden <= float(AUTO_ADDITIVE_DENSE_MAX), one_block),
         lambda: _dense_additive(*args, dropout=dropout),
-        lambda: _chunked_additive(*args, chunk, dropout),
+        lambda: _chunked_additive(*chunked_args),
     )
 
 
@@ -608,6 +624,7 @@ def _chunked_additive(
     is_causal,
     chunk,
     dropout=None,
+    training=False,
 ):
     q = ops.cast(query, "float32")[:, None]
     k = ops.cast(key, "float32")[:, None]
@@ -631,6 +648,7 @@ def _chunked_additive(
         _fit_chunk(chunk, query),
         _fit_chunk(chunk, key),
         dropout,
+        training,
     )
     return ops.cast(out[:, 0], value.dtype)
 

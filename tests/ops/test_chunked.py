@@ -226,6 +226,29 @@ def test_auto_switches_between_dense_and_chunked(rng, monkeypatch):
         assert bool(calls) == chunked
 
 
+def test_auto_stays_dense_when_one_block_holds_everything(rng, monkeypatch):
+    """Many logits, but short sequences: one block would hold them all, so
+    the chunked kernel would save nothing (B=32, L=512 in benchmarks/)."""
+    monkeypatch.setattr(attention_module, "AUTO_DENSE_MAX_LOGITS", 1)
+    monkeypatch.setattr(attention_module, "AUTO_CHUNK", 8)
+    monkeypatch.setattr(attention_module, "AUTO_KEY_CHUNK", 16)
+    calls = []
+    original = attention_module._chunked_sdpa
+    monkeypatch.setattr(
+        attention_module,
+        "_chunked_sdpa",
+        lambda *a: calls.append(1) or original(*a),
+    )
+    for t, s, chunked in ((8, 16, False), (9, 16, True), (8, 17, True)):
+        calls.clear()
+        q = rng.normal(size=(2, t, 2, 4)).astype("float32")
+        k = rng.normal(size=(2, s, 2, 4)).astype("float32")
+        out = scaled_dot_product_attention(q, k, k)
+        want, _ = reference.sdpa(q, k, k)
+        np.testing.assert_allclose(to_numpy(out), want, atol=1e-5)
+        assert bool(calls) == chunked, (t, s)
+
+
 @pytest.mark.tensorflow_only
 def test_auto_decides_at_run_time_with_unknown_lengths(rng, monkeypatch):
     import tensorflow as tf

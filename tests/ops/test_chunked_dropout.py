@@ -233,8 +233,14 @@ def _spy_kernels(monkeypatch):
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(attention_module, name, spy)
-    monkeypatch.setattr(attention_module, "AUTO_DENSE_MAX_LOGITS", 64)
-    monkeypatch.setattr(attention_module, "AUTO_ADDITIVE_DENSE_MAX", 64)
+    for name, value in (
+        ("AUTO_DENSE_MAX_LOGITS", 64),
+        ("AUTO_CHUNK", 4),
+        ("AUTO_KEY_CHUNK", 4),
+        ("AUTO_ADDITIVE_DENSE_MAX", 64),
+        ("AUTO_ADDITIVE_CHUNK", 4),
+    ):
+        monkeypatch.setattr(attention_module, name, value)
     return calls
 
 
