@@ -3,18 +3,8 @@ from keras import ops
 
 from keras_attention import _validation
 from keras_attention.layers import _common
-
-# lowbias32 (C. Wellons, "Prospecting for hash functions"), as int32.
-_MULTIPLIERS = (0x7FEB352D, 0x846CA68B - 2**32)
-_GOLDEN = 0x9E3779B9 - 2**32
-
-
-def _hash(x):
-    """A 32-bit integer hash of int32 `x`, with wrapping multiplication."""
-    for multiplier in _MULTIPLIERS:
-        x = ops.bitwise_xor(x, ops.bitwise_and(ops.right_shift(x, 16), 0xFFFF))
-        x = x * multiplier
-    return ops.bitwise_xor(x, ops.bitwise_and(ops.right_shift(x, 16), 0xFFFF))
+from keras_attention.ops._chunked import _GOLDEN
+from keras_attention.ops._chunked import hash32 as _hash
 
 
 def _uniform(seed, step, shape):
