@@ -206,10 +206,8 @@ def test_chunked_in_tf_function_with_unknown_lengths(rng):
             np.testing.assert_allclose(g.numpy(), w.numpy(), atol=1e-4)
 
 
-def test_auto_switches_between_dense_and_chunked(rng, monkeypatch):
-    # A tiny threshold: 2 * 2 * 6 * 6 = 144 logits is dense, more is chunked.
-    monkeypatch.setattr(attention_module, "AUTO_DENSE_MAX_LOGITS", 144)
-    monkeypatch.setattr(attention_module, "AUTO_CHUNK", 4)
+def _count_chunked_calls(monkeypatch):
+    """A list that gets an entry for each call of the chunked kernel."""
     calls = []
     original = attention_module._chunked_sdpa
     monkeypatch.setattr(
@@ -217,6 +215,14 @@ def test_auto_switches_between_dense_and_chunked(rng, monkeypatch):
         "_chunked_sdpa",
         lambda *a: calls.append(1) or original(*a),
     )
+    return calls
+
+
+def test_auto_switches_between_dense_and_chunked(rng, monkeypatch):
+    # A tiny threshold: 2 * 2 * 6 * 6 = 144 logits is dense, more is chunked.
+    monkeypatch.setattr(attention_module, "AUTO_DENSE_MAX_LOGITS", 144)
+    monkeypatch.setattr(attention_module, "AUTO_CHUNK", 4)
+    calls = _count_chunked_calls(monkeypatch)
     for length, chunked in ((6, False), (11, True)):
         calls.clear()
         q = rng.normal(size=(2, length, 2, 4)).astype("float32")
@@ -232,13 +238,7 @@ def test_auto_stays_dense_when_one_block_holds_everything(rng, monkeypatch):
     monkeypatch.setattr(attention_module, "AUTO_DENSE_MAX_LOGITS", 1)
     monkeypatch.setattr(attention_module, "AUTO_CHUNK", 8)
     monkeypatch.setattr(attention_module, "AUTO_KEY_CHUNK", 16)
-    calls = []
-    original = attention_module._chunked_sdpa
-    monkeypatch.setattr(
-        attention_module,
-        "_chunked_sdpa",
-        lambda *a: calls.append(1) or original(*a),
-    )
+    calls = _count_chunked_calls(monkeypatch)
     for t, s, chunked in ((8, 16, False), (9, 16, True), (8, 17, True)):
         calls.clear()
         q = rng.normal(size=(2, t, 2, 4)).astype("float32")
