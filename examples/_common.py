@@ -37,10 +37,14 @@ if _CPU_DEVICES > 1:
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}"
 
 
-def parse_args(doc, name, argv=None, add_arguments=None, **defaults):
+def parse_args(
+    doc, name, argv=None, add_arguments=None, multiworker=False, **defaults
+):
     """The shared flags, plus the example's own (`add_arguments(parser)`).
 
-    `defaults` sets the example's defaults, e.g. `epochs=20`.
+    `multiworker`: the example trains through `Run.fit`, which supports
+    `--distribute multiworker`. `defaults` sets the example's defaults, e.g.
+    `epochs=20`.
     """
     parser = argparse.ArgumentParser(
         description=doc.split("\n\n")[0],
@@ -75,10 +79,24 @@ def parse_args(doc, name, argv=None, add_arguments=None, **defaults):
     )
     shared.add_argument(
         "--distribute",
-        choices=["none", "mirrored"],
+        choices=["none", "mirrored", "multiworker"],
         default="none",
         help="mirrored: tf.distribute.MirroredStrategy (TensorFlow) or "
-        "keras.distribution.DataParallel (JAX) over all local devices",
+        "keras.distribution.DataParallel (JAX) over all local devices; "
+        "multiworker: tf.distribute.MultiWorkerMirroredStrategy over the "
+        "workers in TF_CONFIG (TensorFlow; start one process per worker)",
+    )
+    shared.add_argument(
+        "--shuffle",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="shuffle the training data every epoch",
+    )
+    shared.add_argument(
+        "--save-weights",
+        default=None,
+        metavar="PATH",
+        help="write the trained weights to PATH (.npz), in model.weights order",
     )
     shared.add_argument(
         "--cpu-devices",
@@ -108,6 +126,11 @@ def parse_args(doc, name, argv=None, add_arguments=None, **defaults):
     args = parser.parse_args(argv)
     if args.cpu_devices != _CPU_DEVICES and args.cpu_devices > 1:
         parser.error("--cpu-devices must be given on the command line")
+    if args.distribute == "multiworker" and not multiworker:
+        parser.error(
+            "--distribute multiworker: only text_classification.py trains "
+            "through the multi-worker loop so far (Run.fit)"
+        )
     args.name = name
     return args
 
@@ -120,13 +143,17 @@ class Run:
 
         self.args = args
         self.backend = keras.backend.backend()
+        self.strategy = None
+        if args.distribute == "multiworker":
+            # Before anything else touches TensorFlow's runtime: the
+            # strategy configures its collectives at start-up.
+            self.strategy = _multiworker(self.backend)
         self.platform, self.devices = _devices(self.backend, args.cpu_devices)
         self.policy = _policy(args.mixed_precision, self.platform)
         keras.config.set_dtype_policy(self.policy)
         self.jit_compile = {"auto": "auto", "on": True, "off": False}[
             args.jit_compile
         ]
-        self.strategy = None
         if args.distribute == "mirrored":
             self.strategy = _distribute(self.backend, self.platform)
         keras.utils.set_random_seed(args.seed)
@@ -146,6 +173,81 @@ class Run:
         if self.backend == "tensorflow":
             return self.strategy.num_replicas_in_sync
         return len(self.strategy.device_mesh.devices.reshape(-1))
+
+    def fit(self, model, x, y, batch_size, epochs, **kwargs):
+        """`model.fit(x, y, ...)`; under `--distribute multiworker`, the same
+        train steps in a loop of our own.
+
+        Keras 3's `fit` fails under `MultiWorkerMirroredStrategy`: its
+        symbolic build reduces the first distributed batch eagerly, which
+        the multi-worker strategy cannot do (keras-team/keras#20585). The
+        loop runs Keras' own `model.train_step` on each worker's share of
+        every global batch (`strategy.run`; the optimizer all-reduces the
+        gradients), so the weights follow the same steps as one process
+        fed the whole batch. Validation data is skipped there.
+        Returns the `History`.
+        """
+        if self.args.distribute != "multiworker":
+            return model.fit(
+                x, y, batch_size=batch_size, epochs=epochs, **kwargs
+            )
+        import keras
+        import tensorflow as tf
+
+        strategy = self.strategy
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+        dataset = tf.data.Dataset.from_tensor_slices((x, y))
+        if kwargs.get("shuffle", True):
+            dataset = dataset.shuffle(len(x), seed=self.args.seed)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        dataset = strategy.experimental_distribute_dataset(
+            dataset.batch(batch_size).with_options(options)
+        )
+
+        @tf.function
+        def step(batch):
+            logs = strategy.run(model.train_step, args=(batch,))
+            return {
+                k: strategy.reduce("MEAN", v, axis=None)
+                for k, v in logs.items()
+            }
+
+        history = keras.callbacks.History()
+        history.history = {}
+        for epoch in range(epochs):
+            for metric in model.metrics:
+                metric.reset_state()
+            for batch in dataset:
+                logs = step(batch)
+            for key, value in logs.items():
+                history.history.setdefault(key, []).append(float(value))
+            print(
+                f"epoch {epoch + 1}/{epochs}: "
+                + ", ".join(f"{k} {float(v):.4f}" for k, v in logs.items())
+            )
+        return history
+
+    @property
+    def is_chief(self):
+        """False on the workers of a multi-worker run other than the chief:
+        they train but write no exports."""
+        if self.args.distribute != "multiworker":
+            return True
+        return bool(self.strategy.extended.should_checkpoint)
+
+    def save_weights(self, model):
+        """`--save-weights PATH`: the trained weights, as NumPy arrays."""
+        if self.args.save_weights is None:
+            return
+        import numpy as np
+
+        weights = model.get_weights()
+        np.savez(self.args.save_weights, *(np.asarray(w) for w in weights))
+        print(f"saved weights to {self.args.save_weights}")
 
     def describe(self):
         import keras
@@ -186,6 +288,20 @@ class Run:
         from keras_attention import serving
 
         base = os.path.join(self.args.saved_models_dir, name or self.args.name)
+        if not self.is_chief:
+            # TensorFlow's multi-worker recipe: every worker saves (saving
+            # may run collectives), the others into a directory they delete.
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as scratch:
+                serving.export_saved_model(
+                    model,
+                    os.path.join(scratch, "export"),
+                    signatures=signatures,
+                    warmup_inputs=warmup_inputs,
+                )
+            print("export: written by the chief (this worker's copy deleted)")
+            return None
         path = serving.export_saved_model(
             model, base, signatures=signatures, warmup_inputs=warmup_inputs
         )
@@ -259,6 +375,32 @@ def _distribute(backend, platform):
         keras.distribution.set_distribution(distribution)
         return distribution
     raise SystemExit(f"--distribute mirrored is not supported on {backend}")
+
+
+def _multiworker(backend):
+    if backend != "tensorflow":
+        raise SystemExit(
+            "--distribute multiworker is tf.distribute's multi-worker "
+            "strategy, for the TensorFlow backend (this run uses "
+            f"{backend!r}). "
+            "On JAX, start one process per host and call "
+            "keras.distribution.initialize() before building the model, then "
+            "use --distribute mirrored (keras.distribution.DataParallel); see "
+            "the README section 'Training on several devices and machines'."
+        )
+    import json
+
+    if "TF_CONFIG" not in os.environ:
+        raise SystemExit(
+            "--distribute multiworker needs the TF_CONFIG environment "
+            "variable: the cluster's workers and this process's task, e.g. "
+            'TF_CONFIG=\'{"cluster": {"worker": ["host0:12345", '
+            '"host1:12345"]}, "task": {"type": "worker", "index": 0}}\''
+        )
+    json.loads(os.environ["TF_CONFIG"])  # a clear error if it is not JSON
+    import tensorflow as tf
+
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def directory_size(path):

@@ -1078,8 +1078,9 @@ def main(argv=None):
         batch_size=args.batch_size,
         epochs=args.epochs,
         steps_per_epoch=steps,
-        shuffle=True,
+        shuffle=args.shuffle,
     )
+    run.save_weights(model)
     losses = [float(x) for x in history.history["loss"]]
     with open(os.path.join(args.output_dir, "history.json"), "w") as f:
         json.dump(history.history, f, indent=1)

@@ -657,6 +657,7 @@ def main(argv=None):
         "text_classification",
         argv=argv,
         add_arguments=add_arguments,
+        multiworker=True,
         epochs=None,
     )
     args = resolve_defaults(args)
@@ -708,14 +709,16 @@ def main(argv=None):
     # Training --------------------------------------------------------------
     # With --max-steps, every epoch trains on the same first `steps` batches.
     fit_samples = min(len(train["text"]), steps * args.batch_size)
-    history = model.fit(
+    history = run.fit(
+        model,
         inputs(train)[:fit_samples],
         train["label"][:fit_samples],
         batch_size=args.batch_size,
         epochs=args.epochs,
         validation_data=(inputs(validation), validation["label"]),
-        shuffle=True,
+        shuffle=args.shuffle,
     )
+    run.save_weights(model)
     losses = [float(x) for x in history.history["loss"]]
     with open(os.path.join(args.output_dir, "history.json"), "w") as f:
         json.dump(history.history, f, indent=1)

@@ -474,8 +474,9 @@ def main(argv=None):
         batch_size=args.batch_size,
         epochs=args.epochs,
         steps_per_epoch=steps,
-        shuffle=True,
+        shuffle=args.shuffle,
     )
+    run.save_weights(model)
     losses = [float(v) for v in history.history["loss"]]
     print(f"loss by epoch: {json.dumps([round(v, 4) for v in losses])}")
     train_seconds = run.elapsed()

@@ -2,10 +2,11 @@
 additive (Bahdanau) and attention pooling, and the Transformer blocks built
 on them: patch and position embeddings and a Transformer encoder.
 
-Public API: `keras_attention.layers.*` (re-exported here) and
-`keras_attention.ops.*`.
+Public API: `keras_attention.layers.*` (re-exported here),
+`keras_attention.ops.*` and `keras_attention.distribution.*`.
 """
 
+from keras_attention import distribution
 from keras_attention import layers
 from keras_attention import ops
 from keras_attention.layers import AdditiveAttention
@@ -36,6 +37,7 @@ __all__ = [
     "TokenGenerator",
     "TransformerDecoder",
     "TransformerEncoder",
+    "distribution",
     "layers",
     "ops",
     "__version__",

@@ -59,6 +59,8 @@ from keras_attention import TokenGenerator
 from keras_attention import TransformerDecoder
 from keras_attention import TransformerEncoder
 from keras_attention.compat import tfa
+from keras_attention.distribution import layout_map
+from keras_attention.distribution import place_cache
 from keras_attention.ops import additive_attention
 from keras_attention.ops import scaled_dot_product_attention
 from tests.testing import to_numpy
@@ -1742,7 +1744,87 @@ CASES = [
         "temperature",
         "-1",
     ),
+    # -- keras_attention.distribution: meshes and head counts ---------------
+    Case(
+        "distribution/mesh_not_a_device_mesh",
+        lambda: layout_map((2, 4), _encoder_model()),
+        "device_mesh",
+        r"\(2, 4\)",
+    ),
+    Case(
+        "distribution/mesh_without_model_axis",
+        lambda: layout_map(_mesh((2, 4), ("batch", "heads")), _encoder_model()),
+        "model_axis",
+        "'batch', 'heads'",
+    ),
+    Case(
+        "distribution/fsdp_without_batch_axis",
+        lambda: layout_map(
+            _mesh((8,), ("model",)), _encoder_model(), fsdp=True
+        ),
+        "batch_axis",
+        "\\('model',\\)",
+    ),
+    Case(
+        "distribution/fsdp_on_the_model_axis",
+        lambda: layout_map(
+            _mesh((2, 4)), _encoder_model(), fsdp=True, batch_axis="model"
+        ),
+        "batch_axis",
+        "'model'",
+    ),
+    Case(
+        "distribution/query_heads_not_divisible",
+        lambda: layout_map(_mesh((2, 4)), _encoder_model(num_heads=6)),
+        "num_heads",
+        "num_heads=6",
+    ),
+    Case(
+        "distribution/intermediate_dim_not_divisible",
+        lambda: layout_map(_mesh((1, 8)), _encoder_model(intermediate=12)),
+        "intermediate_dim",
+        "intermediate_dim=12",
+    ),
+    Case(
+        "distribution/fsdp_dim_not_divisible",
+        lambda: layout_map(
+            _mesh((4, 2)), _encoder_model(num_heads=2, dim=6), fsdp=True
+        ),
+        "fsdp",
+        r"shape \(6, ",
+    ),
+    Case(
+        "distribution/model_not_built",
+        lambda: layout_map(_mesh((2, 4)), TransformerEncoder(8, 4)),
+        "model",
+        "built=False",
+    ),
+    Case(
+        "distribution/cache_wrong_rank",
+        lambda: place_cache((np.zeros((2, 2, 5, 4), "float32"),)),
+        "cache",
+        r"\(2, 2, 5, 4\)",
+    ),
+    Case(
+        "distribution/cache_without_key_value_axis",
+        lambda: place_cache(np.zeros((2, 3, 5, 4, 2), "float32")),
+        "cache",
+        r"\(2, 3, 5, 4, 2\)",
+    ),
 ]
+
+
+def _mesh(shape, axes=("batch", "model")):
+    """A mesh of `prod(shape)` named devices: `layout_map` reads its shape
+    and names only, so no such devices need to exist."""
+    devices = [f"cpu:{i}" for i in range(int(np.prod(shape)))]
+    return keras.distribution.DeviceMesh(shape, axes, devices)
+
+
+def _encoder_model(num_heads=8, intermediate=16, dim=16):
+    inputs = keras.Input((5, dim))
+    block = TransformerEncoder(intermediate, num_heads)
+    return keras.Model(inputs, block(inputs))
 
 
 def test_case_ids_are_unique():

@@ -1,7 +1,8 @@
 """The `Example:` sections of the public docstrings run and print what they
 say. The modules are found by walking the package: every module that
 defines a public name (one exported by `keras_attention`,
-`keras_attention.ops` or `keras_attention.compat.tfa`) must have examples,
+`keras_attention.ops`, `keras_attention.compat.tfa` or
+`keras_attention.distribution`) must have examples,
 and every module with examples runs them. `keras_attention.serving` needs
 TensorFlow: `tests/serving/test_docstrings.py`."""
 
@@ -16,6 +17,7 @@ import pytest
 
 import keras_attention
 import keras_attention.compat.tfa
+import keras_attention.distribution
 import keras_attention.ops
 
 
@@ -46,6 +48,7 @@ def test_every_module_of_a_public_name_has_examples():
         keras_attention,
         keras_attention.ops,
         keras_attention.compat.tfa,
+        keras_attention.distribution,
     ):
         for name in package.__all__:
             obj = getattr(package, name)

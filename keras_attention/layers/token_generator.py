@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_attention import _sharding
 from keras_attention import _validation
 from keras_attention.layers import _common
 from keras_attention.ops._chunked import _GOLDEN
@@ -201,7 +202,9 @@ class TokenGenerator(_common.ValidatedLayer):
         padding_mask = ops.concatenate(
             [prompt_mask, ops.ones((batch, new_tokens), "bool")], axis=1
         )
-        cache = self.model.init_cache(batch, self.max_length)
+        # Under a `keras.distribution` (JAX), the caches take the heads'
+        # sharding; otherwise this returns them as they are.
+        cache = _sharding.place(self.model.init_cache(batch, self.max_length))
         logits, cache = self.model.call_with_cache(
             prompt_ids, cache, 0, padding_mask
         )

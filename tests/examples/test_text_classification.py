@@ -289,3 +289,135 @@ def test_load_data_uses_keras_datasets_imdb(example, monkeypatch):
     vectorizer = example.make_vectorizer(data["train"]["text"], 50, 12)
     vocabulary = set(vectorizer.get_vocabulary())
     assert set(FAKE_WORD_INDEX) <= vocabulary
+
+
+# -- multi-worker training (tf.distribute) ----------------------------------
+MULTIWORKER_FLAGS = (
+    "--train-samples=256",
+    "--test-samples=32",
+    "--epochs=1",
+    "--max-steps=3",
+    "--batch-size=16",
+    "--dropout=0",
+    "--no-shuffle",
+)
+
+
+def _free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute")
+def test_two_workers_train_like_one_process_and_only_the_chief_exports(
+    tmp_path,
+):
+    """2 workers on localhost (`--distribute multiworker`, TF_CONFIG), each
+    fed its share of every global batch of 16, end with the weights of one
+    process trained on the same global batches; the chief exports."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    saved_models = tmp_path / "saved_models"
+    procs = []
+    for index in range(2):
+        config = {
+            "cluster": {"worker": workers},
+            "task": {"type": "worker", "index": index},
+        }
+        env = dict(
+            os.environ,
+            KERAS_BACKEND="tensorflow",
+            TF_CONFIG=json.dumps(config),
+            TF_CPP_MIN_LOG_LEVEL="2",
+        )
+        command = [
+            sys.executable,
+            os.path.join(_runner.EXAMPLES, "text_classification.py"),
+            f"--output-dir={tmp_path / f'worker{index}'}",
+            f"--saved-models-dir={saved_models}",
+            f"--save-weights={tmp_path / f'worker{index}.npz'}",
+            "--distribute=multiworker",
+            *MULTIWORKER_FLAGS,
+        ]
+        procs.append(
+            subprocess.Popen(
+                command,
+                cwd=_runner.ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    try:
+        logs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-4000:]
+    assert "distribute multiworker (2 replica(s))" in logs[0]
+    assert "CHECK PASSED" in logs[0]
+    assert "written by the chief" in logs[1]
+    # One export, the chief's; nothing else under saved_models/.
+    written = sorted(
+        os.path.relpath(os.path.join(root, name), saved_models)
+        for root, dirs, names in os.walk(saved_models)
+        for name in dirs + names
+    )
+    assert [w for w in written if os.sep not in w] == ["text_classification"]
+    assert os.listdir(saved_models / "text_classification") == ["1"]
+
+    run_example(
+        tmp_path,
+        f"--save-weights={tmp_path / 'single.npz'}",
+        "--no-export",
+        *MULTIWORKER_FLAGS,
+    )
+    single = np.load(tmp_path / "single.npz")
+    assert len(single.files) > 10
+    for index in range(2):
+        worker = np.load(tmp_path / f"worker{index}.npz")
+        assert worker.files == single.files
+        for name in single.files:
+            np.testing.assert_allclose(
+                worker[name], single[name], rtol=0, atol=1e-5, err_msg=name
+            )
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the JAX side of the flag")
+def test_multiworker_under_jax_points_to_keras_distribution(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(_runner.EXAMPLES, "text_classification.py"),
+            f"--output-dir={tmp_path / 'run'}",
+            "--distribute=multiworker",
+        ],
+        cwd=_runner.ROOT,
+        env=dict(os.environ, KERAS_BACKEND="jax"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "keras.distribution.initialize()" in result.stderr
+    assert not (tmp_path / "run").exists()
