@@ -343,3 +343,25 @@ def test_decoding_benchmark_smoke_run(tmp_path):
     table = (tmp_path / "smoke.md").read_text()
     assert "## Per-token decode step" in table
     assert "| 16 | 64 KiB | 16 KiB (0.25x) | 8 KiB (0.125x) | yes |" in table
+
+
+@jax_only
+def test_sharding_benchmark_smoke_run(tmp_path):
+    report = _smoke_run("benchmarks.sharding", tmp_path)
+    rows = {(tuple(r["mesh"]), r["fsdp"]): r for r in report["rows"]}
+    assert set(rows) == {
+        (mesh, fsdp) for mesh in ((1, 8), (2, 4)) for fsdp in (False, True)
+    }
+    total = report["parameter_bytes"]
+    for row in rows.values():
+        assert row["max_abs_diff"] <= 1e-4
+        assert 0 < row["bytes_per_device"] < total
+    # More model-axis devices, less per device; fsdp shards further.
+    assert (
+        rows[(1, 8), False]["bytes_per_device"]
+        < rows[(2, 4), False]["bytes_per_device"]
+    )
+    assert (
+        rows[(2, 4), True]["bytes_per_device"]
+        < rows[(2, 4), False]["bytes_per_device"]
+    )

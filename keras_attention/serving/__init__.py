@@ -14,24 +14,47 @@ Command line (`python -m keras_attention.serving --help`):
         neither `keras` nor `keras_attention` can be imported, lists its
         signatures, scans for Python and custom ops, runs sample inputs and
         compares the outputs.
+    export MODEL.keras BASE_PATH [--version N] [--overwrite]
+           [--warmup body.json] [--import MODULE]
+        Loads a `.keras` file under the TensorFlow backend (re-running
+        itself there from any other backend) in safe mode, exports it as
+        `export_saved_model` does, and checks the export.
     request --model NAME --inputs body.json [--protocol rest|grpc] ...
         Sends a predict request to a running TF Serving.
 """
 
-from keras_attention.serving._check import check
-from keras_attention.serving._config import write_batching_config
-from keras_attention.serving._config import write_model_config
-from keras_attention.serving._export import export_saved_model
-from keras_attention.serving._wire import predict_request
-from keras_attention.serving._wire import rest_body
-from keras_attention.serving._wire import rest_url
+import importlib
+import importlib.util
 
-__all__ = [
-    "check",
-    "export_saved_model",
-    "predict_request",
-    "rest_body",
-    "rest_url",
-    "write_batching_config",
-    "write_model_config",
-]
+# Loaded on first use, so that `python -m keras_attention.serving export`
+# (and `check`) can run, and say what is missing, where TensorFlow is not
+# installed.
+_WHERE = {
+    "check": "_check",
+    "export_saved_model": "_export",
+    "predict_request": "_wire",
+    "rest_body": "_wire",
+    "rest_url": "_wire",
+    "write_batching_config": "_config",
+    "write_model_config": "_config",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(
+            f"module 'keras_attention.serving' has no attribute {name!r}"
+        )
+    if _WHERE[name] in ("_export", "_config"):
+        if importlib.util.find_spec("tensorflow") is None:
+            from keras_attention.serving import _export_cli
+
+            raise ImportError(_export_cli.tensorflow_missing_message())
+    module = importlib.import_module(f"keras_attention.serving.{_WHERE[name]}")
+    return getattr(module, name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

@@ -1,33 +1,16 @@
-"""`python -m keras_attention.serving {check,request}`."""
+"""`python -m keras_attention.serving {check,export,request}`."""
 
 import argparse
 import json
 import sys
 
-from keras_attention.serving import _check_worker
+from keras_attention.serving import _export_cli
 from keras_attention.serving import _wire
 from keras_attention.serving._check import check
 
 
-def _load_inputs(path):
-    """A request body (`.json`, REST format) or arrays (`.npz`)."""
-    import numpy as np
-
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    with open(path) as f:
-        body = json.load(f)
-    columns = body.get("inputs", body) if isinstance(body, dict) else body
-    if not isinstance(columns, dict):
-        raise SystemExit(
-            f"{path}: expected {{'inputs': {{name: values}}}} or an .npz file"
-        )
-    return {k: _check_worker.decode_leaf(v) for k, v in columns.items()}
-
-
 def _request(args):
-    inputs = _load_inputs(args.inputs)
+    inputs = _wire.load_request(args.inputs)
     if args.protocol == "rest":
         url = _wire.rest_url(
             args.host, args.port or 8501, args.model, args.version
@@ -64,7 +47,8 @@ def _request(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m keras_attention.serving",
-        description="Check SavedModel exports and query TensorFlow Serving.",
+        description="Export .keras files for TensorFlow Serving, check "
+        "SavedModel exports and query TensorFlow Serving.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
@@ -82,6 +66,7 @@ def main(argv=None):
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--json", help="also write the report to this JSON file")
+    _export_cli.add_parser(sub)
     r = sub.add_parser("request", help="send a predict request to TF Serving")
     r.add_argument("--model", required=True, help="the served model's name")
     r.add_argument(
@@ -108,7 +93,10 @@ def main(argv=None):
         action="store_true",
         help="print the request instead of sending it",
     )
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if args.command == "export":
+        return _export_cli.run(args, argv)
     if args.command == "check":
         return check(
             args.path,

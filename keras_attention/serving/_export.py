@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_attention import _validation
+from keras_attention.serving import _export_cli
 from keras_attention.serving import _wire
 
 # TF Serving's file-system source loads every all-digit directory under the
@@ -56,8 +57,12 @@ def export_saved_model(
 
     Args:
         model: A built `keras.Model` (functional or Sequential). A
-            subclassed model needs `input_signature`. The TensorFlow backend
-            is required.
+            subclassed model needs `input_signature`. Under another backend
+            (JAX), the model is saved to a temporary `.keras` file and
+            exported by `python -m keras_attention.serving export` in a
+            TensorFlow subprocess (TensorFlow must be installed; its custom
+            classes must be importable and registered); `signatures` and
+            `input_signature` are then refused.
         base_path: The model's base directory, as given to TF Serving's
             `--model_base_path` (or `base_path` in a model config).
         version: Integer version, 0 to 2**63 - 1 (TF Serving's range). `None`
@@ -103,16 +108,26 @@ def export_saved_model(
     >>> os.path.basename(serving.export_saved_model(model, base))
     '2'
     """
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            "SavedModel export needs the TensorFlow backend. Set "
-            "KERAS_BACKEND=tensorflow. Current backend: "
-            f"{keras.backend.backend()!r}"
-        )
     if not isinstance(model, keras.Model):
         raise ValueError(
             "Argument `model` must be a `keras.Model`. "
             f"Received: model={type(model).__name__}"
+        )
+    if keras.backend.backend() != "tensorflow":
+        for name, value in (
+            ("signatures", signatures),
+            ("input_signature", input_signature),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"Argument `{name}` holds Python functions or specs, "
+                    "which can't cross to the TensorFlow process that "
+                    f"exports a {keras.backend.backend()} model. Export from "
+                    "a KERAS_BACKEND=tensorflow process to use it. "
+                    f"Received: {name}={value!r}"
+                )
+        return _export_cli.export_through_subprocess(
+            model, base_path, version, warmup_inputs, overwrite, output_masks
         )
     if not isinstance(base_path, (str, os.PathLike)) or not str(base_path):
         raise ValueError(

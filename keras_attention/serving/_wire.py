@@ -9,6 +9,7 @@ import urllib.request
 import numpy as np
 
 from keras_attention import _validation
+from keras_attention.serving import _check_worker
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 SERVING_API_HINT = (
@@ -296,3 +297,18 @@ def send_grpc(target, request, timeout=30.0):
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         response = stub.Predict(request, timeout=timeout)
     return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+
+def load_request(path):
+    """A request body (`.json`, REST format) or arrays (`.npz`)."""
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    with open(path) as f:
+        body = json.load(f)
+    columns = body.get("inputs", body) if isinstance(body, dict) else body
+    if not isinstance(columns, dict):
+        raise SystemExit(
+            f"{path}: expected {{'inputs': {{name: values}}}} or an .npz file"
+        )
+    return {k: _check_worker.decode_leaf(v) for k, v in columns.items()}

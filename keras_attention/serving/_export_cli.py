@@ -1,0 +1,310 @@
+"""`python -m keras_attention.serving export MODEL.keras BASE_PATH`: a
+`.keras` file to a checked TF Serving export, from any backend.
+
+The export always runs under the TensorFlow backend. Called from another
+backend (e.g. `KERAS_BACKEND=jax` on a GPU machine), the command re-runs
+itself in a subprocess with `KERAS_BACKEND=tensorflow`, and
+`export_saved_model` under JAX saves the model to a temporary `.keras` and
+goes through that same subprocess. Nothing of JAX crosses over: the
+TensorFlow process loads the file (in Keras' safe mode) and traces the
+model with TensorFlow ops, so the export has no `XlaCallModule` tied to the
+platform it came from.
+
+This module imports no TensorFlow: it must run, and fail clearly, where
+TensorFlow is not installed.
+"""
+
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+COMMAND = "python -m keras_attention.serving export"
+
+
+class ExportFailed(Exception):
+    """An export that did not happen; the message names the file."""
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "export",
+        help="export a .keras file for TF Serving (under TensorFlow, from "
+        "any backend), then check it",
+    )
+    p.add_argument("model", help="a .keras file")
+    p.add_argument("base_path", help="the model's base path (TF Serving's)")
+    p.add_argument(
+        "--version",
+        type=int,
+        help="default: one more than the largest version there (1 if none)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --version",
+    )
+    p.add_argument(
+        "--warmup",
+        action="append",
+        default=[],
+        metavar="REQUEST.json",
+        help="a REST request body (the format `check --inputs` reads): the "
+        "warm-up records and the sample request; repeat for more records",
+    )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE before loading (it registers custom layers); "
+        "repeatable",
+    )
+    p.add_argument(
+        "--no-output-masks",
+        dest="output_masks",
+        action="store_false",
+        help="don't return Keras masks as <name>_mask outputs",
+    )
+    return p
+
+
+def tensorflow_missing_message(model="MODEL.keras", base_path="BASE_PATH"):
+    return (
+        "SavedModel export needs TensorFlow, which is not installed in this "
+        f"Python ({sys.executable}). Copy {model} to a machine with "
+        "TensorFlow (`pip install keras-attention-layers[tensorflow-cpu,"
+        "serving]`) and run there:\n"
+        f"    {COMMAND} {model} {base_path}"
+    )
+
+
+def run(args, argv):
+    """The `export` command; returns the exit code."""
+    if importlib.util.find_spec("tensorflow") is None:
+        print(
+            f"error: {tensorflow_missing_message(args.model, args.base_path)}",
+            file=sys.stderr,
+        )
+        return 2
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        # Re-run under TensorFlow, with the caller's import path.
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in sys.path if p and os.path.isdir(p)
+        )
+        command = [sys.executable, "-m", "keras_attention.serving", *argv]
+        return subprocess.run(command, env=env).returncode
+    try:
+        path = export_file(
+            args.model,
+            args.base_path,
+            version=args.version,
+            overwrite=args.overwrite,
+            warmup=args.warmup,
+            imports=args.imports,
+            output_masks=args.output_masks,
+        )
+    except ExportFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def _check_archive(model):
+    if not os.path.isfile(model):
+        raise ExportFailed(f"{model}: no such file")
+    if not zipfile.is_zipfile(model):
+        raise ExportFailed(
+            f"{model}: not a .keras archive (not a zip file; truncated or "
+            "another format)"
+        )
+    try:
+        with zipfile.ZipFile(model) as archive:
+            names = set(archive.namelist())
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ExportFailed(f"{model}: a damaged .keras archive ({e})") from e
+    if broken is not None:
+        raise ExportFailed(
+            f"{model}: a damaged .keras archive ({broken} fails its CRC)"
+        )
+    if "config.json" not in names:
+        raise ExportFailed(
+            f"{model}: not a .keras archive (no config.json inside)"
+        )
+
+
+def _check_writable(base_path):
+    """The nearest existing ancestor of `base_path` must be a directory we
+    can create files in (probed by creating one)."""
+    parent = os.path.dirname(os.path.abspath(base_path))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ExportFailed(
+            f"{base_path}: not writable ({existing} is a file, not a directory)"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise ExportFailed(f"{base_path}: not writable ({e})") from e
+    if os.path.exists(base_path) and not os.path.isdir(base_path):
+        raise ExportFailed(f"{base_path}: exists and is not a directory")
+
+
+def _read_warmup(paths):
+    from keras_attention.serving import _wire
+
+    requests = []
+    for path in paths:
+        try:
+            requests.append(_wire.load_request(path))
+        except (Exception, SystemExit) as e:
+            raise ExportFailed(f"{path}: not a request body ({e})") from e
+    return requests or None
+
+
+def export_file(
+    model,
+    base_path,
+    version=None,
+    overwrite=False,
+    warmup=(),
+    imports=(),
+    output_masks=True,
+):
+    """Exports the `.keras` file `model` to `base_path` and checks it (under
+    the TensorFlow backend); returns the version path. Raises `ExportFailed`
+    with nothing written."""
+    import keras
+
+    from keras_attention.serving import _check
+    from keras_attention.serving import _export
+
+    _check_archive(model)
+    _check_writable(base_path)
+    if version is not None and not overwrite:
+        target = os.path.join(base_path, str(version))
+        if os.path.exists(target):
+            raise ExportFailed(
+                f"{target}: version {version} exists (pass --overwrite to "
+                f"replace it); {model} was not exported"
+            )
+    requests = _read_warmup(warmup)
+    for name in imports:
+        try:
+            importlib.import_module(name)
+        except Exception as e:
+            raise ExportFailed(
+                f"--import {name}: cannot be imported ({e}); {model} was not "
+                "exported"
+            ) from e
+    try:
+        loaded = keras.saving.load_model(model, compile=False, safe_mode=True)
+    except Exception as e:
+        raise ExportFailed(
+            f"{model}: cannot be loaded in safe mode: {type(e).__name__}: "
+            f"{e}".rstrip()
+        ) from e
+    before = set(_export.existing_versions(base_path))
+    try:
+        path = _export.export_saved_model(
+            loaded,
+            base_path,
+            version=version,
+            warmup_inputs=requests,
+            overwrite=overwrite,
+            output_masks=output_masks,
+        )
+    except Exception as e:
+        raise ExportFailed(
+            f"{model}: export failed: {type(e).__name__}: {e}"
+        ) from e
+    result = _check.check(path)
+    if result.returncode != 0:
+        # Ours and new: remove it (an overwritten version is gone either
+        # way, so keep what the check saw).
+        if int(os.path.basename(path)) not in before:
+            shutil.rmtree(path, ignore_errors=True)
+        raise ExportFailed(f"{model}: the export at {path} failed its check")
+    return path
+
+
+def export_through_subprocess(
+    model, base_path, version, warmup_inputs, overwrite, output_masks
+):
+    """`export_saved_model` from a backend other than TensorFlow: the model
+    goes to a temporary `.keras`, the warm-up requests to REST bodies, and
+    `export` runs on them under TensorFlow. Returns the version path."""
+    if importlib.util.find_spec("tensorflow") is None:
+        raise RuntimeError(tensorflow_missing_message())
+    from keras_attention.serving import _wire
+
+    imports = sorted(
+        {type(layer).__module__ for layer in model._flatten_layers()}
+        - {"__main__"}
+    )
+    imports = [
+        m for m in imports if not m.startswith(("keras.", "keras_attention."))
+    ]
+    in_main = [
+        type(layer).__name__
+        for layer in model._flatten_layers()
+        if type(layer).__module__ == "__main__"
+    ]
+    if in_main:
+        raise ValueError(
+            "Argument `model` uses classes defined in `__main__` "
+            f"({', '.join(sorted(set(in_main)))}), which the TensorFlow "
+            "export process cannot import: move them to an importable "
+            "module (and register them with "
+            "`keras.saving.register_keras_serializable`)."
+        )
+    requests = warmup_inputs
+    if isinstance(requests, dict):
+        requests = [requests]
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "model.keras")
+        model.save(path)
+        argv = ["export", path, os.fspath(base_path)]
+        if version is not None:
+            argv += ["--version", str(version)]
+        if overwrite:
+            argv.append("--overwrite")
+        if not output_masks:
+            argv.append("--no-output-masks")
+        for i, request in enumerate(requests or []):
+            body = os.path.join(scratch, f"warmup{i}.json")
+            with open(body, "w") as f:
+                json.dump(_wire.rest_body(request), f)
+            argv += ["--warmup", body]
+        for name in imports:
+            argv += ["--import", name]
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in sys.path if p and os.path.isdir(p)
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "keras_attention.serving", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    if result.returncode != 0:
+        raise RuntimeError(
+            "The export under the TensorFlow backend failed:\n"
+            + result.stderr[-4000:]
+        )
+    return result.stdout.strip().splitlines()[-1]
