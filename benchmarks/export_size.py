@@ -1,0 +1,194 @@
+"""What our SavedModel exports hold: graph (`saved_model.pb`) against
+variables, and where the graph's bytes go.
+
+For every committed export under `saved_models/<name>/<version>/`: the size
+of `saved_model.pb`, of `variables/`, the float bytes of the variables the
+checkpoint holds (each stored once since 0.2.0), and the graph's bytes in
+branches and loops (functions whose names contain `cond_`, `while` or
+`map_`): the run-time kernel choice of `chunk_size="auto"` with its chunked
+kernel, and generation loops.
+
+Then the quickstart model exported twice, with the layers' default
+`chunk_size="auto"` (lengths unknown at export: both kernels are in the
+graph, chosen per request) and with `chunk_size=None` (dense only), and
+their served outputs compared on test sequences.
+
+Usage:
+    python -m benchmarks.export_size          # about 30 s (TensorFlow)
+
+Writes `benchmarks/results/export-size-<date>.json` and `.md`.
+"""
+
+import argparse
+import datetime
+import os
+import sys
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+import keras_attention as ka
+from benchmarks.attention import versions
+from benchmarks.attention import write_report
+from keras_attention.serving import _export
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNEL_CHOICE = ("cond_", "while", "map_")
+
+
+def _directory_bytes(path):
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(path)
+        for name in names
+    )
+
+
+def graph_breakdown(path):
+    model = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        model.ParseFromString(f.read())
+    library = model.meta_graphs[0].graph_def.library
+    choice = sum(
+        f.ByteSize()
+        for f in library.function
+        if any(k in f.signature.name for k in KERNEL_CHOICE)
+    )
+    reader = tf.train.load_checkpoint(
+        os.path.join(path, "variables", "variables")
+    )
+    shapes = reader.get_variable_to_shape_map()
+    dtypes = reader.get_variable_to_dtype_map()
+    weights = sum(
+        int(np.prod(shape)) * dtypes[name].size
+        for name, shape in shapes.items()
+        if dtypes[name].is_floating
+    )
+    return dict(
+        saved_model_pb=os.path.getsize(os.path.join(path, "saved_model.pb")),
+        variables=_directory_bytes(os.path.join(path, "variables")),
+        checkpoint_float_bytes=weights,
+        functions=len(library.function),
+        kernel_choice_bytes=choice,
+    )
+
+
+def committed():
+    rows = {}
+    base = os.path.join(ROOT, "saved_models")
+    for name in sorted(os.listdir(base)):
+        model_dir = os.path.join(base, name)
+        if not os.path.isdir(model_dir):
+            continue
+        for version in sorted(os.listdir(model_dir)):
+            path = os.path.join(model_dir, version)
+            if os.path.isfile(os.path.join(path, "saved_model.pb")):
+                rows[f"{name}/{version}"] = graph_breakdown(path)
+    return rows
+
+
+def _quickstart(chunk_size):
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        import quickstart
+    finally:
+        sys.path.pop(0)
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(quickstart.VOCAB, 32, mask_zero=True)(tokens)
+    context = ka.MultiHeadAttention(4, 8, chunk_size=chunk_size)(x, x)
+    hidden = keras.layers.LayerNormalization()(keras.layers.Add()([x, context]))
+    attended = ka.AdditiveAttention(16, chunk_size=chunk_size)(hidden, x)
+    pooled = ka.AttentionPooling(16, num_heads=2)(
+        keras.layers.Concatenate()([hidden, attended])
+    )
+    outputs = keras.layers.Dense(2, "softmax", name="probabilities")(pooled)
+    return keras.Model(tokens, outputs), quickstart.make_data(64, 1)[0]
+
+
+def chunk_size_variants():
+    served, rows = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for chunk_size in ("auto", None):
+            model, tokens = _quickstart(chunk_size)
+            path = _export.export_saved_model(
+                model, os.path.join(tmp, str(chunk_size))
+            )
+            rows[str(chunk_size)] = graph_breakdown(path)
+            serve = tf.saved_model.load(path).signatures["serving_default"]
+            served[chunk_size] = serve(tokens=tf.constant(tokens))[
+                "probabilities"
+            ].numpy()
+    diff = float(np.abs(served["auto"] - served[None]).max())
+    return rows, diff
+
+
+def markdown(report):
+    lines = [
+        "# Export sizes",
+        "",
+        f"{report['date']}; {report['versions']}; `{report['command']}`.",
+        "",
+        "| export | saved_model.pb | variables/ | float weights in the "
+        "checkpoint | graph bytes in branches and loops |",
+        "|---|---|---|---|---|",
+    ]
+
+    def row(name, r):
+        return (
+            f"| {name} | {r['saved_model_pb'] / 1e3:.0f} KB | "
+            f"{r['variables'] / 1e3:.0f} KB | "
+            f"{r['checkpoint_float_bytes'] / 1e3:.0f} KB | "
+            f"{r['kernel_choice_bytes'] / 1e3:.0f} KB "
+            f"({r['kernel_choice_bytes'] / r['saved_model_pb']:.0%}) |"
+        )
+
+    lines += [row(n, r) for n, r in report["committed"].items()]
+    lines += [
+        "",
+        "Quickstart model, both layers' `chunk_size`:",
+        "",
+        "| chunk_size | saved_model.pb | graph bytes in branches and loops |",
+        "|---|---|---|",
+    ]
+    for name, r in report["chunk_size"].items():
+        lines.append(
+            f"| {name} | {r['saved_model_pb'] / 1e3:.0f} KB | "
+            f"{r['kernel_choice_bytes'] / 1e3:.0f} KB |"
+        )
+    lines += [
+        "",
+        "Served outputs, `auto` against `None`, on 64 test sequences: max "
+        f"abs diff {report['served_max_abs_diff']:.1e}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--output-dir", default=os.path.join(ROOT, "benchmarks", "results")
+    )
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args(argv)
+    rows, diff = chunk_size_variants()
+    report = dict(
+        date=datetime.date.today().isoformat(),
+        versions=versions(),
+        command="python -m benchmarks.export_size",
+        committed=committed(),
+        chunk_size=rows,
+        served_max_abs_diff=diff,
+    )
+    text = markdown(report)
+    print(text)
+    stem = args.name or f"export-size-{report['date']}"
+    write_report(report, text, args.output_dir, stem)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
