@@ -365,3 +365,15 @@ def test_sharding_benchmark_smoke_run(tmp_path):
         rows[(2, 4), True]["bytes_per_device"]
         < rows[(2, 4), False]["bytes_per_device"]
     )
+
+
+@pytest.mark.tensorflow_only
+def test_export_size_smoke_run(tmp_path):
+    report = _smoke_run("benchmarks.export_size", tmp_path)
+    auto, dense = report["chunk_size"]["auto"], report["chunk_size"]["None"]
+    assert dense["kernel_choice_bytes"] == 0 < auto["kernel_choice_bytes"]
+    assert dense["saved_model_pb"] < auto["saved_model_pb"]
+    assert report["served_max_abs_diff"] <= 1e-6
+    # Each variable once: the checkpoint's floats are most of variables/.
+    assert auto["checkpoint_float_bytes"] <= auto["variables"]
+    assert auto["variables"] < 1.5 * auto["checkpoint_float_bytes"]
