@@ -273,19 +273,30 @@ class Run:
         return time.time() - self.start
 
     def export(self, model, name=None, signatures=None, warmup_inputs=None):
-        """Exports for TF Serving (TensorFlow backend only) and checks it.
+        """Exports for TF Serving and checks it. Under JAX the export runs in
+        a TensorFlow subprocess (extra `signatures` are TensorFlow-only and
+        dropped there, with a note).
 
-        Returns the version path, or None where export is skipped.
+        Returns the version path, or None where export is skipped (no
+        `--export`, or no TensorFlow installed).
         """
         if not self.args.export:
             return None
-        if self.backend != "tensorflow":
+        if self.backend != "tensorflow" and signatures:
             print(
-                "export skipped: SavedModel export needs the TensorFlow "
-                f"backend (this run uses {self.backend!r})"
+                f"endpoints {sorted(signatures)}: TensorFlow-only (Python-"
+                "defined signatures can't cross to the TensorFlow process "
+                f"that exports a {self.backend} model); exporting "
+                "serving_default"
             )
+            signatures = None
+        try:
+            from keras_attention import serving
+
+            serving.export_saved_model  # noqa: B018 (TensorFlow installed?)
+        except ImportError as e:
+            print(f"export skipped: {e}")
             return None
-        from keras_attention import serving
 
         base = os.path.join(self.args.saved_models_dir, name or self.args.name)
         if not self.is_chief:
@@ -310,6 +321,17 @@ class Run:
         if result.returncode != 0:
             raise SystemExit(f"the export at {path} failed its check")
         return path
+
+    def skip_string_export(self):
+        """The examples whose exports take and return strings build them
+        from TensorFlow-backed layers: they export from TensorFlow runs
+        only. Returns None."""
+        if self.args.export:
+            print(
+                "export skipped: this example's export (strings in, strings "
+                "out) is built from TensorFlow-backed layers; export from a "
+                f"TensorFlow run (this run uses {self.backend!r})"
+            )
 
     def figure_path(self, filename):
         return os.path.join(self.args.output_dir, filename)

@@ -823,7 +823,7 @@ def main(argv=None):
             text_model, warmup_inputs={"text": np.array(DEMO[:4], dtype=object)}
         )
     else:
-        run.export(token_model)  # says why it skips
+        run.skip_string_export()
     if path is not None:
         results["export"] = path
         if not check_served(path, check_texts, check_probabilities):

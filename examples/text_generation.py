@@ -323,8 +323,8 @@ def plot_attention(model, text, path):
 def export(run, model, args):
     """`text` -> `continuation` and `token_ids` (greedy), and `(text,
     seed)` -> `continuation` (top-k sampling), for TF Serving."""
-    if run.backend != "tensorflow" or not args.export:
-        return run.export(model)  # says why it skips
+    if run.backend != "tensorflow" or not run.args.export:
+        return run.skip_string_export()
     import tensorflow as tf
 
     # One generator, one traced graph: temperature 0 is greedy decoding.

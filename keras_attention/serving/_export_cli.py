@@ -252,26 +252,33 @@ def export_through_subprocess(
         raise RuntimeError(tensorflow_missing_message())
     from keras_attention.serving import _wire
 
+    modules = {type(layer).__module__ for layer in model._flatten_layers()}
+    path_entries = [p for p in sys.path if p and os.path.isdir(p)]
+    if "__main__" in modules:
+        # Classes defined in a script: the TensorFlow process imports the
+        # script as a module (its `if __name__ == "__main__"` part doesn't
+        # run), from the script's directory.
+        script = getattr(sys.modules["__main__"], "__file__", None)
+        if script is None or not script.endswith(".py"):
+            in_main = sorted(
+                type(layer).__name__
+                for layer in model._flatten_layers()
+                if type(layer).__module__ == "__main__"
+            )
+            raise ValueError(
+                "Argument `model` uses classes defined in `__main__` "
+                f"({', '.join(sorted(set(in_main)))}) of an interactive "
+                "session, which the TensorFlow export process cannot "
+                "import: move them to an importable module (and register "
+                "them with `keras.saving.register_keras_serializable`). "
+                f"Received: a model with {len(in_main)} such layer(s)"
+            )
+        modules.discard("__main__")
+        modules.add(os.path.splitext(os.path.basename(script))[0])
+        path_entries.insert(0, os.path.dirname(os.path.abspath(script)))
     imports = sorted(
-        {type(layer).__module__ for layer in model._flatten_layers()}
-        - {"__main__"}
+        m for m in modules if not m.startswith(("keras.", "keras_attention."))
     )
-    imports = [
-        m for m in imports if not m.startswith(("keras.", "keras_attention."))
-    ]
-    in_main = [
-        type(layer).__name__
-        for layer in model._flatten_layers()
-        if type(layer).__module__ == "__main__"
-    ]
-    if in_main:
-        raise ValueError(
-            "Argument `model` uses classes defined in `__main__` "
-            f"({', '.join(sorted(set(in_main)))}), which the TensorFlow "
-            "export process cannot import: move them to an importable "
-            "module (and register them with "
-            "`keras.saving.register_keras_serializable`)."
-        )
     requests = warmup_inputs
     if isinstance(requests, dict):
         requests = [requests]
@@ -293,9 +300,7 @@ def export_through_subprocess(
         for name in imports:
             argv += ["--import", name]
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in sys.path if p and os.path.isdir(p)
-        )
+        env["PYTHONPATH"] = os.pathsep.join(path_entries)
         result = subprocess.run(
             [sys.executable, "-m", "keras_attention.serving", *argv],
             env=env,
