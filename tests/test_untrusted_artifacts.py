@@ -409,6 +409,9 @@ def test_corrupted_entry_gives_a_clear_error(saved, watched_dirs, part):
 # -- No unpickling, unmarshalling or eval anywhere in our code ---------------
 
 FORBIDDEN_BUILTINS = {"eval", "exec", "compile", "__import__"}
+# `serving export --import MODULE` imports the modules its user names on
+# the command line (never a name read from the file being exported).
+IMPORT_MODULE_ALLOWED = {"keras_attention/serving/_export_cli.py"}
 FORBIDDEN_MODULES = {"pickle", "marshal", "dill", "cloudpickle", "shelve"}
 
 
@@ -436,6 +439,7 @@ def test_package_source_never_unpickles_or_evals():
                 ) or (
                     isinstance(func, ast.Attribute)
                     and func.attr == "import_module"
+                    and rel.as_posix() not in IMPORT_MODULE_ALLOWED
                 ):
                     problems.append(f"{rel}:{node.lineno} {ast.dump(func)}")
                 for keyword in node.keywords:

@@ -363,3 +363,42 @@ def ci_examples(tensorflow, jax):
         return lambda test: test
     n = jax if keras.backend.backend() == "jax" else tensorflow
     return settings(max_examples=min(n, settings.default.max_examples))
+
+
+def free_ports(n):
+    """`n` distinct free localhost ports (bound together, then released)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def run_together(commands, envs, cwd, timeout):
+    """Starts the processes at once (a cluster's workers) and waits for them
+    all, killing any still running at the timeout or on an error. Returns
+    `(returncodes, logs)`, stdout and stderr merged."""
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for command, env in zip(commands, envs)
+    ]
+    try:
+        logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [p.returncode for p in procs], logs

@@ -23,7 +23,6 @@ Command line (`python -m keras_attention.serving --help`):
         Sends a predict request to a running TF Serving.
 """
 
-import importlib
 import importlib.util
 
 # Loaded on first use, so that `python -m keras_attention.serving export`
@@ -52,8 +51,20 @@ def __getattr__(name):
             from keras_attention.serving import _export_cli
 
             raise ImportError(_export_cli.tensorflow_missing_message())
-    module = importlib.import_module(f"keras_attention.serving.{_WHERE[name]}")
-    return getattr(module, name)
+    return getattr(_module(_WHERE[name]), name)
+
+
+def _module(name):
+    # Static imports: nothing here imports a module by a computed name.
+    if name == "_check":
+        from keras_attention.serving import _check as module
+    elif name == "_wire":
+        from keras_attention.serving import _wire as module
+    elif name == "_config":
+        from keras_attention.serving import _config as module
+    else:
+        from keras_attention.serving import _export as module
+    return module
 
 
 def __dir__():

@@ -97,12 +97,8 @@ def run(args, argv):
 
     if keras.backend.backend() != "tensorflow":
         # Re-run under TensorFlow, with the caller's import path.
-        env = dict(os.environ, KERAS_BACKEND="tensorflow")
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in sys.path if p and os.path.isdir(p)
-        )
         command = [sys.executable, "-m", "keras_attention.serving", *argv]
-        return subprocess.run(command, env=env).returncode
+        return subprocess.run(command, env=_tensorflow_env()).returncode
     try:
         path = export_file(
             args.model,
@@ -118,6 +114,15 @@ def run(args, argv):
         return 1
     print(path)
     return 0
+
+
+def _tensorflow_env(first=None):
+    """This process's environment under the TensorFlow backend, with its
+    import path (and `first` before it)."""
+    paths = [p for p in [first, *sys.path] if p and os.path.isdir(p)]
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
 
 
 def _check_archive(model):
@@ -253,7 +258,7 @@ def export_through_subprocess(
     from keras_attention.serving import _wire
 
     modules = {type(layer).__module__ for layer in model._flatten_layers()}
-    path_entries = [p for p in sys.path if p and os.path.isdir(p)]
+    script_dir = None
     if "__main__" in modules:
         # Classes defined in a script: the TensorFlow process imports the
         # script as a module (its `if __name__ == "__main__"` part doesn't
@@ -275,7 +280,7 @@ def export_through_subprocess(
             )
         modules.discard("__main__")
         modules.add(os.path.splitext(os.path.basename(script))[0])
-        path_entries.insert(0, os.path.dirname(os.path.abspath(script)))
+        script_dir = os.path.dirname(os.path.abspath(script))
     imports = sorted(
         m for m in modules if not m.startswith(("keras.", "keras_attention."))
     )
@@ -299,11 +304,9 @@ def export_through_subprocess(
             argv += ["--warmup", body]
         for name in imports:
             argv += ["--import", name]
-        env = dict(os.environ, KERAS_BACKEND="tensorflow")
-        env["PYTHONPATH"] = os.pathsep.join(path_entries)
         result = subprocess.run(
             [sys.executable, "-m", "keras_attention.serving", *argv],
-            env=env,
+            env=_tensorflow_env(script_dir),
             capture_output=True,
             text=True,
         )

@@ -5,13 +5,14 @@ starts. They run in the JAX suite; the worker forces JAX itself."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
+
+from tests import testing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 MESHES = ("1x8", "2x4", "4x2")
@@ -105,47 +106,30 @@ def test_cache_is_placed_with_the_heads_sharding(sharded, mesh):
     assert sharded["meshes"][mesh]["cache_specs"] == [expected, expected]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_train_like_one(tmp_path):
     """`keras.distribution.initialize` on localhost (gloo CPU collectives):
     2 processes, each feeding half the global batch to a `DataParallel`
     train step, end with the weights of 1 process fed the whole batch."""
-    port = str(_free_port())
-    procs = [
-        subprocess.Popen(
-            _worker(
-                "data",
-                "--processes",
-                "2",
-                "--process-id",
-                str(i),
-                "--port",
-                port,
-                "--out",
-                str(tmp_path / f"process{i}.npz"),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=ROOT,
-            env=_env(),
+    (port,) = testing.free_ports(1)
+    commands = [
+        _worker(
+            "data",
+            "--processes",
+            "2",
+            "--process-id",
+            str(i),
+            "--port",
+            str(port),
+            "--out",
+            str(tmp_path / f"process{i}.npz"),
         )
         for i in range(2)
     ]
-    try:
-        logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    codes, logs = testing.run_together(
+        commands, [_env()] * 2, cwd=ROOT, timeout=TIMEOUT
+    )
+    for code, log in zip(codes, logs):
+        assert code == 0, log[-3000:]
     single = subprocess.run(
         _worker("data", "--out", str(tmp_path / "single.npz")),
         capture_output=True,

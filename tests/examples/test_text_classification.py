@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests import testing
 from tests.examples import _runner
 from tests.examples._runner import BACKEND
 from tests.examples._runner import import_example
@@ -303,19 +304,6 @@ MULTIWORKER_FLAGS = (
 )
 
 
-def _free_ports(n):
-    import socket
-
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute")
 def test_two_workers_train_like_one_process_and_only_the_chief_exports(
     tmp_path,
@@ -325,51 +313,40 @@ def test_two_workers_train_like_one_process_and_only_the_chief_exports(
     process trained on the same global batches; the chief exports."""
     import json
     import os
-    import subprocess
     import sys
 
-    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    workers = [f"localhost:{port}" for port in testing.free_ports(2)]
     saved_models = tmp_path / "saved_models"
-    procs = []
+    commands, envs = [], []
     for index in range(2):
         config = {
             "cluster": {"worker": workers},
             "task": {"type": "worker", "index": index},
         }
-        env = dict(
-            os.environ,
-            KERAS_BACKEND="tensorflow",
-            TF_CONFIG=json.dumps(config),
-            TF_CPP_MIN_LOG_LEVEL="2",
-        )
-        command = [
-            sys.executable,
-            os.path.join(_runner.EXAMPLES, "text_classification.py"),
-            f"--output-dir={tmp_path / f'worker{index}'}",
-            f"--saved-models-dir={saved_models}",
-            f"--save-weights={tmp_path / f'worker{index}.npz'}",
-            "--distribute=multiworker",
-            *MULTIWORKER_FLAGS,
-        ]
-        procs.append(
-            subprocess.Popen(
-                command,
-                cwd=_runner.ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
+        envs.append(
+            dict(
+                os.environ,
+                KERAS_BACKEND="tensorflow",
+                TF_CONFIG=json.dumps(config),
+                TF_CPP_MIN_LOG_LEVEL="2",
             )
         )
-    try:
-        logs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-4000:]
+        commands.append(
+            [
+                sys.executable,
+                os.path.join(_runner.EXAMPLES, "text_classification.py"),
+                f"--output-dir={tmp_path / f'worker{index}'}",
+                f"--saved-models-dir={saved_models}",
+                f"--save-weights={tmp_path / f'worker{index}.npz'}",
+                "--distribute=multiworker",
+                *MULTIWORKER_FLAGS,
+            ]
+        )
+    codes, logs = testing.run_together(
+        commands, envs, cwd=_runner.ROOT, timeout=300
+    )
+    for code, log in zip(codes, logs):
+        assert code == 0, log[-4000:]
     assert "distribute multiworker (2 replica(s))" in logs[0]
     assert "CHECK PASSED" in logs[0]
     assert "written by the chief" in logs[1]
