@@ -141,9 +141,7 @@ def _spec(array):
 def _max_diff(a, b):
     if isinstance(a, list):
         return max(_max_diff(x, y) for x, y in zip(a, b))
-    if np.issubdtype(np.asarray(a).dtype, np.integer):
-        return float(np.abs(np.asarray(a) - np.asarray(b)).max())
-    return float(np.abs(a - b).max())
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max())
 
 
 def _bytes(variables):

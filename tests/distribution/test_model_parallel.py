@@ -34,10 +34,10 @@ def _env():
     return env
 
 
-@pytest.fixture(scope="module")
-def sharded():
+def _run_worker(*args):
+    """One worker process; returns its stdout (fails on a non-zero exit)."""
     result = subprocess.run(
-        _worker("sharded", "--meshes", *MESHES),
+        _worker(*args),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -45,7 +45,13 @@ def sharded():
         timeout=TIMEOUT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def sharded():
+    out = _run_worker("sharded", "--meshes", *MESHES)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("mesh", MESHES)
@@ -130,15 +136,7 @@ def test_two_processes_train_like_one(tmp_path):
     )
     for code, log in zip(codes, logs):
         assert code == 0, log[-3000:]
-    single = subprocess.run(
-        _worker("data", "--out", str(tmp_path / "single.npz")),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=_env(),
-        timeout=TIMEOUT,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
+    _run_worker("data", "--out", str(tmp_path / "single.npz"))
     runs = [np.load(tmp_path / f"{n}.npz") for n in ("process0", "process1")]
     reference = np.load(tmp_path / "single.npz")
     assert len(reference.files) > 10

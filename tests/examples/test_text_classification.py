@@ -7,6 +7,10 @@ on a fake dataset in `keras.datasets.imdb`'s format.
 """
 
 import collections
+import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -311,10 +315,6 @@ def test_two_workers_train_like_one_process_and_only_the_chief_exports(
     """2 workers on localhost (`--distribute multiworker`, TF_CONFIG), each
     fed its share of every global batch of 16, end with the weights of one
     process trained on the same global batches; the chief exports."""
-    import json
-    import os
-    import sys
-
     workers = [f"localhost:{port}" for port in testing.free_ports(2)]
     saved_models = tmp_path / "saved_models"
     commands, envs = [], []
@@ -378,10 +378,6 @@ def test_two_workers_train_like_one_process_and_only_the_chief_exports(
 
 @pytest.mark.skipif(BACKEND != "jax", reason="the JAX side of the flag")
 def test_multiworker_under_jax_points_to_keras_distribution(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     result = subprocess.run(
         [
             sys.executable,
