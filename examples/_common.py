@@ -110,7 +110,8 @@ def parse_args(
         action=argparse.BooleanOptionalAction,
         default=True,
         help="export a SavedModel for TF Serving to "
-        "<saved-models-dir>/<name>/<next version>/ (TensorFlow backend)",
+        "<saved-models-dir>/<name>/<next version>/ (from another backend: "
+        "<output-dir>/<name>.keras, exported under TensorFlow)",
     )
     shared.add_argument("--saved-models-dir", default="saved_models")
     shared.add_argument(
@@ -273,32 +274,35 @@ class Run:
         return time.time() - self.start
 
     def export(self, model, name=None, signatures=None, warmup_inputs=None):
-        """Exports for TF Serving and checks it. Under JAX the export runs in
-        a TensorFlow subprocess (extra `signatures` are TensorFlow-only and
-        dropped there, with a note).
+        """Exports for TF Serving and checks it.
+
+        Under another backend (JAX) the model is saved first, to
+        `<output-dir>/<name>.keras`, and exported in a TensorFlow subprocess
+        (`serving.export_saved_model` does that); where TensorFlow is not
+        installed, the command that exports the file on a machine with it
+        is printed instead. Extra `signatures` are TensorFlow-only: they
+        are dropped there, with a note.
 
         Returns the version path, or None where export is skipped (no
         `--export`, or no TensorFlow installed).
         """
         if not self.args.export:
             return None
-        if self.backend != "tensorflow" and signatures:
-            print(
-                f"endpoints {sorted(signatures)}: TensorFlow-only (Python-"
-                "defined signatures can't cross to the TensorFlow process "
-                f"that exports a {self.backend} model); exporting "
-                "serving_default"
-            )
-            signatures = None
-        try:
-            from keras_attention import serving
+        name = name or self.args.name
+        base = os.path.join(self.args.saved_models_dir, name)
+        if self.backend != "tensorflow":
+            if signatures:
+                print(
+                    f"endpoints {sorted(signatures)}: TensorFlow-only "
+                    "(Python-defined signatures can't cross to the "
+                    f"TensorFlow process that exports a {self.backend} "
+                    "model); exporting serving_default"
+                )
+                signatures = None
+            if not self._save_to_export(model, name, base):
+                return None
+        from keras_attention import serving
 
-            serving.export_saved_model  # noqa: B018 (TensorFlow installed?)
-        except ImportError as e:
-            print(f"export skipped: {e}")
-            return None
-
-        base = os.path.join(self.args.saved_models_dir, name or self.args.name)
         if not self.is_chief:
             # TensorFlow's multi-worker recipe: every worker saves (saving
             # may run collectives), the others into a directory they delete.
@@ -322,16 +326,35 @@ class Run:
             raise SystemExit(f"the export at {path} failed its check")
         return path
 
-    def skip_string_export(self):
-        """The examples whose exports take and return strings build them
-        from TensorFlow-backed layers: they export from TensorFlow runs
-        only. Returns None."""
-        if self.args.export:
+    def _save_to_export(self, model, name, base):
+        """Saves `model` to `<output-dir>/<name>.keras` and prints the
+        command that exports it. Returns False where this Python has no
+        TensorFlow to run it."""
+        import importlib.util
+
+        path = os.path.join(self.args.output_dir, f"{name}.keras")
+        model.save(path)
+        inputs = ", ".join(f"{x.name} ({x.dtype})" for x in model.inputs)
+        print(
+            f"saved the model to export, {model.name!r} ({inputs} -> "
+            f"{', '.join(model.output_names)}), to {path}"
+        )
+        command = f"python -m keras_attention.serving export {path} {base}"
+        if any(
+            type(layer).__module__ == "__main__"
+            for layer in model._flatten_layers()
+        ):  # the script's own layers: the exporter imports them from it
+            script = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+            command += f" --import examples.{script}"
+        if importlib.util.find_spec("tensorflow") is None:
             print(
-                "export skipped: this example's export (strings in, strings "
-                "out) is built from TensorFlow-backed layers; export from a "
-                f"TensorFlow run (this run uses {self.backend!r})"
+                "export skipped: SavedModel export needs TensorFlow, which "
+                "this Python lacks. On a machine with TensorFlow, from the "
+                f"repository root: {command}"
             )
+            return False
+        print(f"exporting it under TensorFlow (as `{command}` does)")
+        return True
 
     def figure_path(self, filename):
         return os.path.join(self.args.output_dir, filename)
@@ -423,6 +446,33 @@ def _multiworker(backend):
     import tensorflow as tf
 
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def check_served_outputs(path, inputs, expected, what):
+    """`serving.check` of the export at `path`: the request `inputs`
+    (`{name: array}`) must give the `expected` outputs (`{name: array}`:
+    floats within 1e-5, strings as bytes, equal). Prints the verdict on
+    `what` (e.g. "32 test images"); returns True if they match."""
+    import json
+    import tempfile
+
+    import keras
+    import numpy as np
+
+    from keras_attention import serving
+
+    with tempfile.TemporaryDirectory() as tmp:
+        request = os.path.join(tmp, "request.json")
+        with open(request, "w") as f:
+            json.dump(serving.rest_body(inputs), f)
+        outputs = os.path.join(tmp, "expected.npz")
+        np.savez(outputs, **expected)
+        ok = serving.check(path, inputs=request, expect=outputs).returncode == 0
+    print(
+        f"served (serving_default) vs Keras ({keras.backend.backend()}) on "
+        f"{what}: {'match' if ok else 'DIFFER'}"
+    )
+    return ok
 
 
 def directory_size(path):

@@ -18,7 +18,10 @@ What it shows:
     the blocks, read from the head, upsampled and overlaid on test digits),
     and exports a SavedModel for TF Serving whose signatures take uint8
     pixels (`serving_default`) or PNG-encoded bytes decoded inside the
-    graph (`serving_bytes`).
+    graph (`serving_bytes`). Under JAX the model is saved to
+    runs/image_classification/image_classification.keras and exported by a
+    TensorFlow process, with `serving_default` only (`serving_bytes` is a
+    TensorFlow function); see "Trained on JAX" in the README.
 
 The data: scikit-learn's bundled 8x8 handwritten digits by default (1797
 images, offline; 16 grey levels scaled to uint8 0..255), with a fixed
@@ -32,7 +35,7 @@ How to run:
     python examples/image_classification.py              # digits, ViT
     python examples/image_classification.py --head cls   # a class token
     python examples/image_classification.py --model conv-attention
-    KERAS_BACKEND=jax python examples/image_classification.py  # no export
+    KERAS_BACKEND=jax python examples/image_classification.py  # see below
     python examples/image_classification.py --distribute mirrored \\
         --cpu-devices 2                  # data parallel on 2 CPU devices
     python examples/image_classification.py --dataset mnist   # downloads
@@ -55,7 +58,10 @@ the run; TF 2.21 CPU, Keras 3.15.1, JAX 0.10.2 CPU, seed 0):
     JAX backend, default flags (load average 3.2 rising to 8.6 during the
     run): test accuracy 98.67% (444/450), training 157 s (first epoch 45 s
     with XLA compilation, then 1.1 s per epoch), 181 s wall clock in all
-    (export skipped).
+    (before the export under JAX existed). Rerun with it (load average
+    about 1.6): 98.89%, training 63 s, 89 s wall in all; the export through
+    TensorFlow (0.99 MB) serves the JAX model's probabilities on 16 test
+    images (1e-5).
     Other flags (TensorFlow, under load average 7-9, so slower): --head cls
     98.22%; --model conv-attention 97.78%; --epochs 40 97.78%; --position
     sinusoidal 93.78% (one-dimensional encodings of the patch index are a
@@ -583,24 +589,12 @@ def check_served(path, images, expected):
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        import json
-        import tempfile
-
-        from keras_attention import serving
-
-        with tempfile.TemporaryDirectory() as tmp:
-            request = os.path.join(tmp, "request.json")
-            with open(request, "w") as f:
-                json.dump(serving.rest_body({"pixels": images}), f)
-            outputs = os.path.join(tmp, "expected.npz")
-            np.savez(outputs, probabilities=expected)
-            ok = serving.check(path, inputs=request, expect=outputs)
-        print(
-            f"served (serving_default) vs Keras ({keras.backend.backend()}) "
-            f"on {len(images)} test images: "
-            f"{'match' if ok.returncode == 0 else 'DIFFER'} within 1e-5"
+        return _common.check_served_outputs(
+            path,
+            {"pixels": images},
+            {"probabilities": expected},
+            f"{len(images)} test images",
         )
-        return ok.returncode == 0
     import tensorflow as tf
 
     loaded = tf.saved_model.load(path)

@@ -4,10 +4,14 @@ The CLI runs as a subprocess for a few steps on a small slice of the corpus:
 it trains, scores held-out text against the Kneser-Ney baseline, samples,
 plots, and under TensorFlow exports and compares the served continuations
 (greedy and seeded sampling) with eager generation, exiting non-zero on a
-mismatch. The model's cached generation is checked against recomputing the
-whole prefix; the export comparison also checks the in-graph prompt
-encoding against `left_pad`.
+mismatch; under JAX the greedy string model it saves, exported by the CLI
+under TensorFlow, must serve the JAX model's continuations. The model's
+cached generation is checked against recomputing the whole prefix; the
+export comparison also checks the in-graph prompt encoding against
+`left_pad`.
 """
+
+import re
 
 import numpy as np
 import pytest
@@ -16,6 +20,7 @@ from tests.examples import _runner
 from tests.examples._runner import BACKEND
 from tests.examples._runner import import_example
 from tests.examples._runner import read_json
+from tests.serving import helpers
 from tests.testing import to_numpy
 
 
@@ -48,7 +53,35 @@ def test_smoke_trains_evaluates_generates_and_exports(tmp_path):
         assert "0 mismatch(es)" in output
         assert results["export"]
     else:
-        assert "export skipped" in output
+        check_jax_round_trip(tmp_path, output, results)
+
+
+def check_jax_round_trip(tmp_path, output, results):
+    """Trained under JAX: the greedy string model, saved to the run folder
+    and exported by the CLI under TensorFlow, serves the JAX model's
+    continuations exactly, for the prompts whose greedy margins exceed
+    1e-3."""
+    assert "endpoint sample (seeded top-k sampling): TensorFlow-only" in output
+    assert re.search(r"continuations of \d of 5 prompts .*: match", output)
+    path = helpers.export_with_cli(
+        tmp_path / "run" / "text_generation.keras",
+        tmp_path / "cli" / "text_generation",
+        "examples.text_generation",
+    )
+    example = import_example("text_generation")
+    keep = np.array(results["greedy_margins"]) > 1e-3
+    assert keep.sum() >= 3, results["greedy_margins"]
+    prompts = np.array(example.DEMO_PROMPTS, dtype=object)[keep]
+    greedy = [s for s, k in zip(results["samples"]["greedy"], keep) if k]
+    helpers.check_expect(
+        path,
+        tmp_path,
+        {"text": prompts},
+        {
+            "continuation": np.array([s.encode() for s in greedy], dtype="S"),
+            "token_ids": np.stack([example._char_lm.encode(s) for s in greedy]),
+        },
+    )
 
 
 def test_cached_generation_equals_recompute(example):

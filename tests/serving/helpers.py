@@ -1,6 +1,10 @@
-"""Models and data shared by the serving tests."""
+"""Models, data and commands shared by the serving tests (and the examples'
+cross-backend round trips)."""
 
+import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -54,3 +58,45 @@ def tree(path):
             for f in files
         )
     return entries
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+def _serving(*argv, env=None):
+    """`python -m keras_attention.serving ARGV` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "keras_attention.serving", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+
+
+def export_with_cli(model_file, base, *imports):
+    """`serving export MODEL_FILE BASE [--import M ...]` under this
+    session's backend (from JAX it re-runs under TensorFlow); returns the
+    version path it printed."""
+    argv = ["export", model_file, base]
+    for name in imports:
+        argv += ["--import", name]
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    result = _serving(*argv, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+def check_expect(path, tmp_path, inputs, expected):
+    """`serving check PATH --inputs --expect`: the request `inputs` must
+    give the `expected` outputs (floats within 1e-5, the rest equal)."""
+    from keras_attention.serving import _wire
+
+    body = tmp_path / "check_request.json"
+    body.write_text(json.dumps(_wire.rest_body(inputs)))
+    npz = tmp_path / "expected.npz"
+    np.savez(npz, **expected)
+    result = _serving("check", path, "--inputs", body, "--expect", npz)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert "CHECK PASSED" in result.stdout

@@ -219,32 +219,6 @@ def test_without_tensorflow_it_fails_at_once_with_the_command(tmp_path):
     assert "tensorflow" not in result.stderr.split("needs TensorFlow")[0]
 
 
-def _check(path, tmp_path, inputs, expected):
-    body = tmp_path / "check_request.json"
-    body.write_text(json.dumps(_wire.rest_body(inputs)))
-    npz = tmp_path / "expected.npz"
-    np.savez(npz, **expected)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keras_attention.serving",
-            "check",
-            str(path),
-            "--inputs",
-            str(body),
-            "--expect",
-            str(npz),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    assert "CHECK PASSED" in result.stdout
-
-
 @jax_only
 def test_jax_trained_model_exported_by_the_cli_serves_jax_predictions(
     saved, tmp_path
@@ -253,23 +227,8 @@ def test_jax_trained_model_exported_by_the_cli_serves_jax_predictions(
     inputs = _inputs()
     probabilities, per_token = model.predict(inputs["tokens"], verbose=0)
     base = tmp_path / "models" / "masked"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keras_attention.serving",
-            "export",
-            str(saved),
-            str(base),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ, KERAS_BACKEND="jax"),
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    _check(
+    assert helpers.export_with_cli(saved, base) == str(base / "1")
+    helpers.check_expect(
         base / "1",
         tmp_path,
         inputs,
@@ -291,7 +250,7 @@ def test_export_saved_model_under_jax_goes_through_tensorflow(tmp_path):
     assert os.path.exists(
         os.path.join(path, "assets.extra", "tf_serving_warmup_requests")
     )
-    _check(
+    helpers.check_expect(
         path,
         tmp_path,
         inputs,
