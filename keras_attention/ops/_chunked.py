@@ -29,6 +29,7 @@ import keras
 from keras import ops
 
 from keras_attention._masking import MASKED
+from keras_attention._masking import masked_softmax
 
 NEG_INF = float("-inf")
 
@@ -214,16 +215,21 @@ class _Engine:
         self.score_t_fn = score_t_fn
         self.score_t_vjp = score_t_vjp
         self.is_causal = is_causal
-        self.cq = q_chunk
-        self.ck = k_chunk
         t_len, s_len = ops.shape(q)[2], ops.shape(k)[2]
         self.t_len, self.s_len = t_len, s_len
+        # `k_chunk=None`: one key block of all the keys (whole rows), never
+        # padded; inference then takes `_forward_rows`.
+        self.whole_rows = k_chunk is None
+        if self.whole_rows:
+            k_chunk = _at_least_one(s_len)
+        self.cq = q_chunk
+        self.ck = k_chunk
         self.nq = _at_least_one(_ceil_div(t_len, q_chunk))
         self.nk = _at_least_one(_ceil_div(s_len, k_chunk))
         self.tp = self.nq * q_chunk
         self.sp = self.nk * k_chunk
         static_s = k.shape[2]
-        self.pad_keys = (
+        self.pad_keys = not self.whole_rows and (
             static_s is None or static_s == 0 or static_s % k_chunk != 0
         )
         self.q = _pad_axis(q, 2, self.tp)
@@ -301,6 +307,32 @@ class _Engine:
 
     # -- forward ----------------------------------------------------------
     def forward(self):
+        """`(out, lse)`; lse is None from `_forward_rows`."""
+        if self.whole_rows and not self.sequential_forward:
+            return self._forward_rows()
+        return self.forward_online()
+
+    def _forward_rows(self):
+        """Inference over whole rows: each query block against all the keys
+        at once, its weights from one fused softmax, then one matmul, as in
+        the dense kernel, one block at a time. No running maximum and no
+        log-sum-exp (each would be one more pass over the block's logits):
+        a gradient, if one is asked for after all, recomputes them with
+        `forward_online`."""
+
+        def query_block(i):
+            qb = _rows(self.q, i * self.cq, self.cq)
+            s = self.capped(self.score_fn(qb, self.k))
+            return ops.matmul(masked_softmax(s, self.valid(i, 0)), self.v)
+
+        q0 = _rows(self.q, 0, self.cq)
+        template = ops.zeros(tuple(ops.shape(q0)[:-1]) + (self.v.shape[-1],))
+        outs = _map_blocks(query_block, self.nq, template, sequential=True)
+        return self._unblock(outs), None
+
+    def forward_online(self):
+        """The online softmax over key blocks: `(out, lse)`."""
+
         def query_block(i):
             qb = _rows(self.q, i * self.cq, self.cq)
             row_shape = ops.shape(qb)[:-1]
@@ -517,7 +549,12 @@ def _attend(make_engine, args, context):
         def grad(*upstreams, upstream=None):
             if upstream is None:
                 (upstream,) = upstreams
-            grads = engine.backward(out, lse, upstream, inputs[3:n_args])
+            lse_for_grad = lse
+            if lse_for_grad is None:  # an inference forward: recompute it
+                lse_for_grad = engine.forward_online()[1]
+            grads = engine.backward(
+                out, lse_for_grad, upstream, inputs[3:n_args]
+            )
             return (*grads, *([None] * len(names)))
 
         return out, grad
@@ -571,8 +608,10 @@ def chunked_dot_product_attention(
     `causal_offset` the position of query row 0 in causal attention;
     `dropout` None or `(rate, key)` (see `keep_mask`); `training` whether a
     backward pass follows (the forward then holds one block at a time).
-    Returns the float32
-    output `(B, N, T, Dv)`; its gradient is recomputed blockwise.
+    `k_chunk=None`: one key block of all the keys; without training or
+    dropout, each query block is then one softmax over whole rows (see
+    `_Engine._forward_rows`). Returns the float32 output `(B, N, T, Dv)`;
+    its gradient is recomputed blockwise.
     """
 
     def make_engine(q, k, v, mask, causal_offset, dropout_key):

@@ -24,6 +24,12 @@ AUTO_CHUNK = 512
 # "auto" uses longer key blocks than query blocks: fewer online-softmax
 # steps per query block (measured fastest of 256..2048 on CPU).
 AUTO_KEY_CHUNK = 1024
+# "auto" in inference (no training, no dropout, not causal): query blocks of
+# at most AUTO_ROWS rows against all the keys at once, one softmax each (no
+# running maximum): fewer rows while a block would hold more than
+# AUTO_DENSE_MAX_LOGITS logits, the online softmax below AUTO_MIN_ROWS.
+AUTO_ROWS = 256
+AUTO_MIN_ROWS = 64
 # The same for additive attention, whose dense kernel holds a (batch, q_len,
 # k_len, units) tensor.
 AUTO_ADDITIVE_DENSE_MAX = 2**24
@@ -154,7 +160,15 @@ def scaled_dot_product_attention(
               AUTO_KEY_CHUNK`, where chunking saves no memory); chunked
               with blocks of `AUTO_CHUNK` (512) queries and `AUTO_KEY_CHUNK`
               (1024) keys otherwise; decided at run time when lengths are
-              unknown.
+              unknown. In inference (`training=False`, so no dropout) and
+              without `is_causal`, the chunked kernel takes blocks of at
+              most `AUTO_ROWS` (256) queries against all the keys at once,
+              one softmax each, as the dense kernel computes them, fewer
+              rows while a block would hold more than 2**25 logits (with
+              static shapes, the online softmax below `AUTO_MIN_ROWS`, 64
+              rows). That is O(k_len) memory per block, and no running
+              maximum to compute. A gradient taken after such a call is
+              still exact (it recomputes the log-sum-exp).
               Thresholds measured with `benchmarks/`.
             Requests that need the full matrix use the dense kernel whatever
             `chunk_size` says: `return_scores=True` and `bias` (a `(q_len,
@@ -309,8 +323,13 @@ def scaled_dot_product_attention(
         chunks = (AUTO_CHUNK, AUTO_KEY_CHUNK)
     else:
         chunks = (chunk_size, chunk_size)
+    # Inference (no backward pass, no dropout): whole rows, see AUTO_ROWS.
+    whole_rows = chunk_size == "auto" and not training and not is_causal
 
     def chunked():
+        blocks = chunks
+        if whole_rows:
+            blocks = _whole_row_chunks(query, key, num_heads) or chunks
         return _chunked_sdpa(
             query,
             key,
@@ -318,7 +337,7 @@ def scaled_dot_product_attention(
             mask,
             is_causal,
             scale,
-            chunks,
+            blocks,
             logits_soft_cap,
             causal_offset,
             dropout,
@@ -353,6 +372,41 @@ def scaled_dot_product_attention(
     )
 
 
+def _whole_row_chunks(query, key, num_heads):
+    """`(rows, None)` for inference's whole-row blocks (`_chunked`'s
+    `k_chunk=None`), or None for the online softmax.
+
+    At most `AUTO_ROWS` rows, fewer while a block would hold more than
+    `AUTO_DENSE_MAX_LOGITS` logits, spread evenly over the queries in the
+    fewest blocks. With static shapes, below `AUTO_MIN_ROWS` rows the
+    online softmax's square blocks read each key fewer times and win: None.
+    With unknown shapes the rows are decided at run time, at least 1.
+    """
+    sizes = (query.shape[0], num_heads, query.shape[1], key.shape[1])
+    if None not in sizes:
+        batch, heads, q_len, k_len = sizes
+        per_row = max(1, batch * heads * k_len)
+        rows = min(AUTO_ROWS, AUTO_DENSE_MAX_LOGITS // per_row)
+        if rows < AUTO_MIN_ROWS:
+            return None
+        q_len = max(q_len, 1)
+        blocks = -(-q_len // rows)
+        return -(-q_len // blocks), None
+    shape_q, shape_k = ops.shape(query), ops.shape(key)
+    per_row = (
+        ops.cast(shape_q[0], "float32")
+        * float(num_heads)
+        * ops.cast(shape_k[1], "float32")
+    )
+    rows = ops.cast(
+        ops.clip(float(AUTO_DENSE_MAX_LOGITS) / per_row, 1.0, AUTO_ROWS),
+        "int32",
+    )
+    q_len = ops.maximum(shape_q[1], 1)
+    blocks = (q_len + rows - 1) // rows
+    return (q_len + blocks - 1) // blocks, None
+
+
 def _chunked_sdpa(
     query,
     key,
@@ -367,8 +421,11 @@ def _chunked_sdpa(
     training=False,
 ):
     num_heads, num_kv_heads = query.shape[2], key.shape[2]
-    q_chunk = _fit_chunk(chunks[0], query)
-    k_chunk = _fit_chunk(chunks[1], key)
+    if chunks[1] is None:  # whole rows, fitted by `_whole_row_chunks`
+        q_chunk, k_chunk = chunks
+    else:
+        q_chunk = _fit_chunk(chunks[0], query)
+        k_chunk = _fit_chunk(chunks[1], key)
     q = ops.transpose(
         ops.cast(query, "float32") * ops.cast(scale, "float32"), (0, 2, 1, 3)
     )
