@@ -11,6 +11,7 @@ from keras_attention.ops import additive_attention
 from keras_attention.ops import scaled_dot_product_attention
 from keras_attention.ops._chunked import _Engine
 from tests import reference
+from tests.ops import cases
 from tests.testing import loss_and_grads
 from tests.testing import to_numpy
 
@@ -26,26 +27,11 @@ CASES = {
 }
 
 
-def _mask(kind, rng, b, t, s):
-    if kind is None:
-        return None
-    if kind == "padding":
-        lengths = rng.integers(1, s + 1, size=b)
-        return (np.arange(s)[None] < lengths[:, None])[:, None, None, :]
-    mask = rng.random((b, 1, t, s)) > 0.3
-    if kind == "empty_rows":
-        mask[0, :, 2] = False
-        mask[1, :, -1] = False
-    return mask
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_sdpa_chunked_matches_dense_with_gradients(rng, case):
     b, t, s, n, kv, chunk, causal, kind = CASES[case]
-    q = rng.normal(size=(b, t, n, 8)).astype("float32")
-    k = rng.normal(size=(b, s, kv, 8)).astype("float32")
-    v = rng.normal(size=(b, s, kv, 5)).astype("float32")
-    mask = _mask(kind, rng, b, t, s)
+    q, k, v = cases.qkv(rng, b, t, s, n, kv)
+    mask = cases.mask(kind, rng, b, t, s)
 
     def run(chunk_size):
         return lambda q, k, v: scaled_dot_product_attention(
@@ -76,7 +62,7 @@ def test_additive_chunked_matches_dense_with_gradients(rng, causal, kind):
         rng.normal(size=(u,)).astype("float32"),
         rng.normal(size=(u,)).astype("float32"),
     ]
-    mask = _mask(kind, rng, b, t, s)
+    mask = cases.mask(kind, rng, b, t, s)
     if mask is not None:
         mask = mask[:, 0]
 

@@ -16,6 +16,7 @@ import pytest
 import keras_attention.ops.attention as attention_module
 from keras_attention.ops import scaled_dot_product_attention
 from tests import reference
+from tests.ops import cases
 from tests.testing import loss_and_grads
 from tests.testing import to_numpy
 
@@ -26,19 +27,6 @@ CASES = {
     "empty_rows": (2, 19, 26, 2, 2, "empty_rows", None),
     "gqa_soft_cap": (2, 21, 30, 4, 2, "random", 5.0),
 }
-
-
-def _mask(kind, rng, b, t, s):
-    if kind is None:
-        return None
-    if kind == "padding":
-        lengths = rng.integers(1, s + 1, size=b)
-        return (np.arange(s)[None] < lengths[:, None])[:, None, None, :]
-    mask = rng.random((b, 1, t, s)) > 0.3
-    if kind == "empty_rows":
-        mask[0, :, 2] = False
-        mask[1, :, -1] = False
-    return mask
 
 
 @pytest.fixture
@@ -66,10 +54,8 @@ def test_whole_rows_match_the_reference_and_the_dense_gradients(
     rng, blocks, case
 ):
     b, t, s, n, kv, kind, cap = CASES[case]
-    q = rng.normal(size=(b, t, n, 8)).astype("float32")
-    k = rng.normal(size=(b, s, kv, 8)).astype("float32")
-    v = rng.normal(size=(b, s, kv, 5)).astype("float32")
-    mask = _mask(kind, rng, b, t, s)
+    q, k, v = cases.qkv(rng, b, t, s, n, kv)
+    mask = cases.mask(kind, rng, b, t, s)
 
     def run(chunk_size):
         return lambda q, k, v: scaled_dot_product_attention(
