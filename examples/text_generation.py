@@ -368,28 +368,17 @@ class IdsToText(keras.layers.Layer):
         return keras.KerasTensor(ids.shape[:-1], dtype="string")
 
 
-def export(run, model, args):
-    """`text` -> `continuation` and `token_ids` (greedy), and, from
-    TensorFlow, `(text, seed)` -> `continuation` (top-k sampling), for TF
-    Serving. Returns `(path, greedy, sample)` (the generators the export
-    holds), or None where export is skipped.
+def export(run, model, greedy, sample):
+    """`text` -> `continuation` and `token_ids` (`greedy`'s), and, from
+    TensorFlow, `(text, seed)` -> `continuation` (`sample`'s top-k
+    sampling), for TF Serving. Returns the version path, or None where
+    export is skipped.
 
     The greedy string model is built symbolically on every backend: under
     JAX it is only saved, and exported by a TensorFlow process.
     """
     if not run.args.export:
         return None
-    max_length = PROMPT_LENGTH + args.max_new_tokens
-    greedy = keras_attention.TokenGenerator(model, max_length, name="greedy")
-    # One generator, one traced graph: temperature 0 is greedy decoding.
-    sample = keras_attention.TokenGenerator(
-        model,
-        max_length,
-        strategy="sample",
-        temperature=0.8,
-        top_k=10,
-        name="sample",
-    )
     text = keras.Input((), dtype="string", name="text")
     token_ids = greedy(PromptIds(name="prompt_ids")(text))
     continuation = IdsToText(name="continuation")(token_ids)
@@ -404,8 +393,7 @@ def export(run, model, args):
             "endpoint sample (seeded top-k sampling): TensorFlow-only; "
             "exporting serving_default (greedy)"
         )
-        path = run.export(serving_model, warmup_inputs=warmup)
-        return None if path is None else (path, greedy, sample)
+        return run.export(serving_model, warmup_inputs=warmup)
     import tensorflow as tf
 
     @tf.function(
@@ -417,6 +405,7 @@ def export(run, model, args):
         autograph=False,
     )
     def generate_ids(prompt_ids, seed, temperature):
+        # One generator, one traced graph: temperature 0 is greedy decoding.
         return sample(prompt_ids, seed=seed, temperature=temperature)
 
     to_ids = PromptIds()
@@ -441,7 +430,7 @@ def export(run, model, args):
         token_ids = generate_ids(to_ids(text), seed, 0.8)
         return {"continuation": to_text(token_ids)}
 
-    path = run.export(
+    return run.export(
         model,
         signatures={
             "serving_default": serve_text,
@@ -449,7 +438,6 @@ def export(run, model, args):
         },
         warmup_inputs=warmup,
     )
-    return None if path is None else (path, greedy, sample)
 
 
 def greedy_margins(model, prompts, token_ids):
@@ -583,7 +571,7 @@ def main(argv=None):
     )
 
     greedy = keras_attention.TokenGenerator(
-        model, PROMPT_LENGTH + args.max_new_tokens
+        model, PROMPT_LENGTH + args.max_new_tokens, name="greedy"
     )
     sample = keras_attention.TokenGenerator(
         model,
@@ -591,6 +579,7 @@ def main(argv=None):
         strategy="sample",
         temperature=0.8,
         top_k=10,
+        name="sample",
     )
     greedy_ids = keras.ops.convert_to_numpy(greedy(left_pad(DEMO_PROMPTS)))
     margins = greedy_margins(model, DEMO_PROMPTS, greedy_ids)
@@ -617,14 +606,10 @@ def main(argv=None):
     }
 
     # Export ----------------------------------------------------------------
-    exported = export(run, model, args)
-    summary["export"] = None
-    if isinstance(exported, tuple):
-        path, greedy_export, sample_export = exported
-        summary["export"] = path
-        if not check_served(
-            path, greedy_export, sample_export, DEMO_PROMPTS, margins
-        ):
+    path = export(run, model, greedy, sample)
+    summary["export"] = path
+    if path is not None:
+        if not check_served(path, greedy, sample, DEMO_PROMPTS, margins):
             return 1
         print(f"export size: {_common.directory_size(path) / 1e6:.2f} MB")
     summary["seconds"] = run.elapsed()

@@ -390,21 +390,20 @@ def _whole_row_chunks(query, key, num_heads):
         if rows < AUTO_MIN_ROWS:
             return None
         q_len = max(q_len, 1)
-        blocks = -(-q_len // rows)
-        return -(-q_len // blocks), None
-    shape_q, shape_k = ops.shape(query), ops.shape(key)
-    per_row = (
-        ops.cast(shape_q[0], "float32")
-        * float(num_heads)
-        * ops.cast(shape_k[1], "float32")
-    )
-    rows = ops.cast(
-        ops.clip(float(AUTO_DENSE_MAX_LOGITS) / per_row, 1.0, AUTO_ROWS),
-        "int32",
-    )
-    q_len = ops.maximum(shape_q[1], 1)
-    blocks = (q_len + rows - 1) // rows
-    return (q_len + blocks - 1) // blocks, None
+    else:
+        shape_q, shape_k = ops.shape(query), ops.shape(key)
+        per_row = (
+            ops.cast(shape_q[0], "float32")
+            * float(num_heads)
+            * ops.cast(shape_k[1], "float32")
+        )
+        rows = ops.cast(
+            ops.clip(float(AUTO_DENSE_MAX_LOGITS) / per_row, 1.0, AUTO_ROWS),
+            "int32",
+        )
+        q_len = ops.maximum(shape_q[1], 1)
+    blocks = _chunked._ceil_div(q_len, rows)
+    return _chunked._ceil_div(q_len, blocks), None
 
 
 def _chunked_sdpa(
