@@ -11,6 +11,9 @@ the block's two attention matmuls (`q @ k^T` and `p @ v`, head dim 64):
   Philox `stateless_uniform`; JAX: threefry).
 - `random.randint`: `keras.random.randint` drawing int32 bits (the same
   generators, no float conversion).
+- `randint16`: `keras.random.randint` drawing one 32-bit word per two
+  elements, whose low and high 16 bits are compared with a 16-bit threshold
+  (`_chunked._philox_keep`, the kernel's TensorFlow generator).
 - `hash32`: a counter-based integer hash (lowbias32) of the element's index
   and the seed in `keras.ops` integer arithmetic, one 32-bit draw per
   element.
@@ -22,7 +25,8 @@ Each backend runs in its own subprocess, compiled (`tf.function` / `jax.jit`).
 Usage:
     python -m benchmarks.dropout_rng [--reps 20] [--smoke]
 
-Writes `benchmarks/results/dropout-rng-<machine>-<date>.json` and `.md`.
+Writes `benchmarks/results/dropout-rng-cpu-<date>.json` and `.md` (or
+`--name`'s stem).
 """
 
 import argparse
@@ -32,6 +36,8 @@ import os
 import subprocess
 import sys
 import time
+
+from benchmarks.decoding import device
 
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 
@@ -72,6 +78,10 @@ def _worker(backend, shape, reps):
         )
         return ops.sum(ops.cast(u >= -(2**31) + int(rate * 2**32), "float32"))
 
+    def randint16(q, k, v, key):
+        keep = _chunked._philox_keep(key, (b, n, cq, ck), rate)
+        return ops.sum(ops.cast(keep, "float32"))
+
     def hash32(q, k, v, key):
         block = _chunked._block_hash(key, 0, 0)
         x = _chunked._index_bits(block, (b, n, cq, ck), False)
@@ -88,6 +98,7 @@ def _worker(backend, shape, reps):
     fns = dict(
         matmuls=matmuls,
         **{"random.uniform": uniform, "random.randint": randint},
+        randint16=randint16,
         hash32=hash32,
         hash16=hash16,
     )
@@ -124,6 +135,9 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--output-dir", default=RESULTS_DIR)
+    parser.add_argument(
+        "--name", help="result file stem (default dropout-rng-cpu-<date>)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     shape = (1, 8, 512, 1024, 64) if not args.smoke else (1, 2, 16, 32, 8)
@@ -134,7 +148,7 @@ def main(argv=None):
     report = dict(
         shape=dict(zip(("batch", "heads", "q_chunk", "k_chunk", "dim"), shape)),
         reps=reps,
-        machine=f"{os.cpu_count()} cores",
+        machine=device(),
         date=datetime.date.today().isoformat(),
         command="python -m benchmarks.dropout_rng "
         + " ".join(argv or sys.argv[1:]),
@@ -169,9 +183,9 @@ def main(argv=None):
     lines.append("Ratios are to the block's two matmuls.")
     text = "\n".join(lines) + "\n"
     print(text)
-    if not args.smoke:
+    if not args.smoke or args.name:
         stem = os.path.join(
-            args.output_dir, f"dropout-rng-cpu-{report['date']}"
+            args.output_dir, args.name or f"dropout-rng-cpu-{report['date']}"
         )
         with open(stem + ".json", "w") as f:
             json.dump(report, f, indent=2)

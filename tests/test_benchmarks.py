@@ -305,6 +305,28 @@ def test_rounds_combine_into_the_median_of_their_medians():
     assert combine_rounds([single]) is single
 
 
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="runs both backends itself; once is enough"
+)
+def test_dropout_rng_smoke_run(tmp_path):
+    report = _smoke_run("benchmarks.dropout_rng", tmp_path)
+    generators = [
+        "matmuls",
+        "random.uniform",
+        "random.randint",
+        "randint16",
+        "hash32",
+        "hash16",
+    ]
+    for backend in ("tensorflow", "jax"):
+        times = report["backends"][backend]
+        assert list(times) == generators
+        assert all(t > 0 for t in times.values())
+    assert report["machine"] and report["command"]
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| backend | " + " | ".join(generators) + " |" in table
+
+
 def test_decoding_benchmark_smoke_run(tmp_path):
     from tests.testing import import_keras_hub
 

@@ -100,8 +100,10 @@ def _index_bits(block, shape, transposed):
 def _uses_hash():
     """Which generator is cheapest, measured in `benchmarks/dropout_rng.py`:
     under JAX the integer hash (XLA fuses it into one loop; threefry costs
-    4-7x the block's matmuls), elsewhere `keras.random.uniform` (one Philox
-    kernel on TensorFlow, where the hash's ops run one by one)."""
+    3-7x the block's matmuls), elsewhere Philox words from
+    `keras.random.randint`, 16 bits per mask element (one Philox kernel on
+    TensorFlow, where the hash's ops run one by one; half the draws of
+    `keras.random.uniform`)."""
     return keras.backend.backend() == "jax"
 
 
@@ -109,11 +111,17 @@ def _threshold32(rate):
     return int(round(rate * 2**32)) - 2**31
 
 
+def _threshold16(rate):
+    """`rate` in units of 2**-16, at most 65535 (a keep rate of at least
+    2**-16)."""
+    return min(int(round(rate * 2**16)), 2**16 - 1)
+
+
 def keep_scale(rate):
     """`1 / P(keep)` of the block masks, so that dropout is unbiased."""
     if _uses_hash():
         return 2**32 / (2**32 - (_threshold32(rate) + 2**31))
-    return 1.0 / (1.0 - rate)
+    return 2**16 / (2**16 - _threshold16(rate))
 
 
 def keep_mask(key, i, j, shape, rate, transposed=False):
@@ -125,8 +133,43 @@ def keep_mask(key, i, j, shape, rate, transposed=False):
     if _uses_hash():
         return _index_bits(block, shape, transposed) >= _threshold32(rate)
     seed = ops.stack([block, hash32(block + key[1])])
-    keep = keras.random.uniform(shape, seed=StatelessSeed(seed)) >= rate
+    keep = _philox_keep(seed, shape, rate)
     return ops.swapaxes(keep, -1, -2) if transposed else keep
+
+
+def _philox_keep(seed, shape, rate):
+    """The keep mask `(B, N, rows, cols)` from one Philox draw of 32-bit
+    words `(B, N, ceil(rows / 2), cols)`: rows `r` and `r + ceil(rows / 2)`
+    take the low and the high 16 bits of word `r`, each kept if at least
+    `_threshold16(rate)`. Half the draws of one 32-bit number per element,
+    and a concatenation of two contiguous halves."""
+    b, n, rows, cols = shape
+    half = _ceil_div(rows, 2)
+    # Words uniform on int32: u = words + 2**31 is uniform on [0, 2**32),
+    # its high 16 bits are compared through `words` itself and its low 16
+    # bits are those of `words` (2**31 is a multiple of 2**16).
+    if keras.backend.backend() == "tensorflow":
+        # No bounds: Keras' TensorFlow backend passes them on to
+        # `tf.random.stateless_uniform`, which then draws full-range words
+        # without its per-element modulo (a quarter of the draw's time).
+        low_bound = high_bound = None
+    else:
+        # [-2**31, 2**31 - 1): the word 2**31 - 1 is never drawn.
+        low_bound, high_bound = -(2**31), 2**31 - 1
+    words = keras.random.randint(
+        (b, n, half, cols),
+        low_bound,
+        high_bound,
+        dtype="int32",
+        seed=StatelessSeed(seed),
+    )
+    threshold = _threshold16(rate)
+    low = ops.bitwise_and(words, 0xFFFF) >= threshold
+    high = words >= threshold * 2**16 - 2**31
+    keep = ops.concatenate([low, high], axis=2)
+    if isinstance(rows, int) and rows % 2 == 0:
+        return keep
+    return keep[:, :, :rows]
 
 
 def _ceil_div(a, b):

@@ -129,9 +129,11 @@ def scaled_dot_product_attention(
             call's key and the block's (query block, key block) index, and
             its backward pass regenerates the masks (none is stored), so
             dropout keeps its O(length x chunk) memory. Its draws differ from
-            the dense kernel's (and between backends: JAX hashes the
-            element's index, TensorFlow uses Philox through
-            `keras.random.uniform`; see `benchmarks/dropout_rng.py`).
+            the dense kernel's, and between backends: JAX hashes the
+            element's index (32 bits), TensorFlow draws 16 bits per element
+            from Philox (`keras.random.randint`), so there the rate is
+            rounded to a multiple of 2**-16 and the scale uses the rounded
+            rate; see `benchmarks/dropout_rng.py`.
         training: Python bool, whether dropout is active.
         seed: int or `keras.random.SeedGenerator` for the dropout. The call
             draws one key from it (a `SeedGenerator` advances once per call,

@@ -136,9 +136,19 @@ def test_sdpa_dropout_keep_rate_within_binomial_bound(rng):
     k = rng.normal(size=(b, s, n, 8)).astype("float32")
     kwargs = dict(mask=None, is_causal=False, chunk_size=16)
     keep, _ = _sdpa_keep(q, k, kwargs, seed=21)
+    # The keep rate the kernel scales by, the requested one to 16 bits.
+    p_keep = 1.0 / keep_scale(RATE)
+    assert abs(p_keep - (1 - RATE)) <= 2.0**-17
     count = keep.size
-    bound = SIGMAS * np.sqrt(RATE * (1 - RATE) / count)
-    assert abs(keep.mean() - (1 - RATE)) <= bound, (keep.mean(), bound)
+    bound = SIGMAS * np.sqrt(p_keep * (1 - p_keep) / count)
+    assert abs(keep.mean() - p_keep) <= bound, (keep.mean(), bound)
+    # Rows r and r + 8 of a 16-row block share a 32-bit Philox word on
+    # TensorFlow (its low and high 16 bits): they are still independent.
+    blocks = keep.reshape(b, n, t // 16, 2, 8, s)
+    both = (blocks[:, :, :, 0] & blocks[:, :, :, 1]).mean()
+    pairs = blocks[:, :, :, 0].size
+    bound = SIGMAS * np.sqrt(p_keep**2 * (1 - p_keep**2) / pairs)
+    assert abs(both - p_keep**2) <= bound, (both, p_keep**2, bound)
     # Blocks and heads draw different masks.
     assert not np.array_equal(keep[:, :, :16, :16], keep[:, :, 16:32, :16])
     assert not np.array_equal(keep[:, 0], keep[:, 1])
