@@ -37,9 +37,9 @@ import subprocess
 import sys
 import time
 
+from benchmarks.attention import RESULTS_DIR
+from benchmarks.attention import write_report
 from benchmarks.decoding import device
-
-RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 
 
 def _worker(backend, shape, reps):
@@ -184,13 +184,8 @@ def main(argv=None):
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.smoke or args.name:
-        stem = os.path.join(
-            args.output_dir, args.name or f"dropout-rng-cpu-{report['date']}"
-        )
-        with open(stem + ".json", "w") as f:
-            json.dump(report, f, indent=2)
-        with open(stem + ".md", "w") as f:
-            f.write(text)
+        stem = args.name or f"dropout-rng-cpu-{report['date']}"
+        write_report(report, text, args.output_dir, stem)
     return 0
 
 
