@@ -59,6 +59,7 @@ def mha(
     causal=False,
     dropout=0.0,
     dtype="float32",
+    train_call="training",
 ):
     """A MultiHeadAttention configuration.
 
@@ -66,8 +67,12 @@ def mha(
     with `training=True` (the forward pass stays `training=False`); every
     train step passes `training=True`, as `fit` does.
     `dtype`: both layers get `dtype=...` and inputs of that dtype.
+    `train_call`: `"training"`, the train step calls the layers with
+    `training=True`; `"default"`, without `training` (inference mode), as a
+    custom gradient loop, a saliency map or fine-tuning in inference mode
+    does.
     """
-    return dict(
+    config = dict(
         layer="mha",
         impl=impl,
         mode=mode,
@@ -79,6 +84,9 @@ def mha(
         dropout=dropout,
         dtype=dtype,
     )
+    if train_call != "training":  # earlier results have no such key
+        config["train_call"] = train_call
+    return config
 
 
 def additive(impl, mode, batch, length, dim=128):
@@ -106,6 +114,9 @@ def target_configs():
         configs += both(mha, "forward", 1, length)
     for length in (128, 512):  # target 5
         configs += both(mha, "train", 32, length)
+    # Targets 7 and 8: the gradient of a call without `training`.
+    configs += both(mha, "train", 1, 8192, train_call="default")
+    configs.append(mha("ours", "train", 1, 32768, train_call="default"))
     return configs
 
 
@@ -249,7 +260,10 @@ def _build(config):
 
 
 def _train_kwargs(config, kwargs):
-    """The train step's call arguments: `training=True`, as `fit` passes."""
+    """The train step's call arguments: `training=True`, as `fit` passes,
+    or none more (`train_call="default"`)."""
+    if config.get("train_call") == "default":
+        return dict(kwargs)
     return dict(kwargs, training=True)
 
 
@@ -726,9 +740,13 @@ def _describe(config):
         )
         dtype = config.get("dtype", "float32")
         dtype = f", {dtype}" if dtype != "float32" else ""
+        call = ""
+        if config.get("train_call") == "default":
+            call = ", called without training"
         return (
             f"MHA B={config['batch']} L={config['length']} "
             f"h={config['heads']}x{config['head_dim']}{causal}{dropout}{dtype}"
+            f"{call}"
         )
     return (
         f"Additive B={config['batch']} {config['length']}x{config['length']}"
@@ -773,7 +791,9 @@ def _find(rows, **want):
     return None
 
 
-def _find_mha(rows, mode, batch, length, dropout=0.0, dtype="float32"):
+def _find_mha(
+    rows, mode, batch, length, dropout=0.0, dtype="float32", train_call=None
+):
     return _find(
         rows,
         layer="mha",
@@ -783,6 +803,7 @@ def _find_mha(rows, mode, batch, length, dropout=0.0, dtype="float32"):
         causal=False,
         dropout=dropout,
         dtype=dtype,
+        train_call=train_call,
     )
 
 
@@ -883,6 +904,25 @@ def evaluate_targets(rows, peak, platform="cpu"):
                 f"time {row['time_ratio']:.2f}x",
                 row["time_ratio"] <= 1.05,
             )
+    time_and_memory(
+        "7. MHA train step, L=8192, called without training",
+        "time <= 1.12x, memory <= 0.25x",
+        _find_mha(rows, "train", 1, 8192, train_call="default"),
+        1.12,
+        0.25,
+    )
+    row = _find_mha(rows, "train", 1, 32768, train_call="default")
+    if row and row["ours"]:
+        o = row["ours"]
+        ok = o.get("status") == "ok" and o.get("peak_exact", True)
+        ok = ok and _peak(o) < 12 * 2**30
+        add(
+            "8. MHA train step, L=32768, called without training",
+            "ours runs under 12 GiB",
+            row,
+            f"ours {_status(o)}",
+            ok,
+        )
     if platform == "cpu":
         return targets
     for mode in ("forward", "train"):

@@ -1665,6 +1665,18 @@ CASES = [
         "'4'",
     ),
     # -- TokenGenerator -------------------------------------------------------
+    Case(
+        "config/generator_not_a_dict",
+        lambda: TokenGenerator.from_config([("max_length", 8)]),
+        "config",
+        r"config=\[\('max_length', 8\)\]",
+    ),
+    Case(
+        "config/generator_none",
+        lambda: TokenGenerator.from_config(None),
+        "config",
+        "config=None",
+    ),
     *[
         Case(
             f"generator/{arg}={value!r}",

@@ -202,6 +202,10 @@ def test_sdpa_dense_matches_reference(case, data):
         bias[rng.random(bias.shape) < 0.1] = -np.inf
         if data.draw(st.booleans(), label="bias_empty_rows"):
             bias[..., rng.integers(0, t), :] = -np.inf
+        if data.draw(st.booleans(), label="bias_empties_a_causal_row"):
+            # Row r's keys 0..r: with is_causal, no key is left to it.
+            row = rng.integers(0, t)
+            bias[..., row, : row + 1] = -np.inf
     dtype = case["dtype"]
     return_scores = data.draw(st.booleans(), label="return_scores")
     result = scaled_dot_product_attention(
@@ -367,6 +371,10 @@ def test_multi_head_attention_matches_reference(data):
     if use_bias_arg:
         bias = rng.normal(size=(b, t, s)).astype("float32")
         bias[rng.random(bias.shape) < 0.1] = -np.inf
+        if draw(st.booleans(), label="bias_empties_a_causal_row"):
+            # Row r's keys 0..r: with use_causal_mask, no key is left to it.
+            row = rng.integers(0, t)
+            bias[:, row, : row + 1] = -np.inf
         call["attention_bias"] = bias
 
     result = layer(
@@ -614,4 +622,25 @@ def test_regression_mha_row_emptied_by_inf_bias_is_zero(chunk_size):
     assert np.all(out[0, 1] == 0.0)
     want, _ = reference.mha(_weights_by_path(layer), x, x, bias=bias)
     want[0, 1] = 0.0
+    np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [None, "auto", 3])
+def test_regression_mha_causal_row_emptied_by_inf_bias_is_zero(chunk_size):
+    """Causal masking left to the kernel, with an `attention_bias` whose
+    column 0 is `-inf`: row 0 sees only key 0, so it attends no key and
+    its output is zero, not the output projection's bias."""
+    layer = MultiHeadAttention(
+        num_heads=2, key_dim=4, bias_initializer="ones", chunk_size=chunk_size
+    )
+    x = np.random.default_rng(0).normal(size=(1, 4, 4)).astype("float32")
+    bias = np.zeros((1, 2, 4, 4), "float32")
+    bias[..., 0] = -np.inf
+    out = to_numpy(layer(x, x, use_causal_mask=True, attention_bias=bias))
+    assert np.all(out[0, 0] == 0.0)
+    causal = np.tril(np.ones((4, 4), bool))
+    want, _ = reference.mha(
+        _weights_by_path(layer), x, x, mask=causal[None], bias=bias
+    )
+    want[0, 0] = 0.0
     np.testing.assert_allclose(out, want, atol=1e-5)

@@ -1073,6 +1073,11 @@ class MultiHeadAttention(_common.ValidatedLayer):
             usable = _masking.and_masks(
                 usable, ops.logical_not(bias <= _masking.MASKED)
             )
+            if causal_offset is not None:  # left to the kernel, with a bias
+                causal = _masking.causal_mask(
+                    ops.shape(q)[1], ops.shape(k)[1], causal_offset
+                )
+                usable = _masking.and_masks(usable, causal[None, None])
         # (B', T') in the kernel layout -> (B, <query dims>) -> output rank.
         perm = self._layout(rank, axes)
         shape = tuple(ops.shape(q))

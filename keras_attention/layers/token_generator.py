@@ -288,9 +288,12 @@ class TokenGenerator(_common.ValidatedLayer):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("model"), dict):
-            config["model"] = keras.saving.deserialize_keras_object(
-                config["model"]
-            )
+        """Validates the config, deserializes its `model`, then builds the
+        layer from it."""
+        if isinstance(config, dict):  # anything else: refused by the base
+            config = dict(config)
+            if isinstance(config.get("model"), dict):
+                config["model"] = keras.saving.deserialize_keras_object(
+                    config["model"]
+                )
         return super().from_config(config)

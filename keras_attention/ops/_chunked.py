@@ -29,7 +29,6 @@ import keras
 from keras import ops
 
 from keras_attention._masking import MASKED
-from keras_attention._masking import masked_softmax
 
 NEG_INF = float("-inf")
 
@@ -273,7 +272,10 @@ class _Engine:
         self.sp = self.nk * k_chunk
         static_s = k.shape[2]
         self.pad_keys = not self.whole_rows and (
-            static_s is None or static_s == 0 or static_s % k_chunk != 0
+            static_s is None
+            or not isinstance(k_chunk, int)
+            or static_s == 0
+            or static_s % k_chunk != 0
         )
         self.q = _pad_axis(q, 2, self.tp)
         self.k = _pad_axis(k, 2, self.sp)
@@ -350,7 +352,7 @@ class _Engine:
 
     # -- forward ----------------------------------------------------------
     def forward(self):
-        """`(out, lse)`; lse is None from `_forward_rows`."""
+        """`(out, lse)`, the output and each row's log-sum-exp."""
         if self.whole_rows and not self.sequential_forward:
             return self._forward_rows()
         return self.forward_online()
@@ -358,20 +360,34 @@ class _Engine:
     def _forward_rows(self):
         """Inference over whole rows: each query block against all the keys
         at once, its weights from one fused softmax, then one matmul, as in
-        the dense kernel, one block at a time. No running maximum and no
-        log-sum-exp (each would be one more pass over the block's logits):
-        a gradient, if one is asked for after all, recomputes them with
-        `forward_online`."""
+        the dense kernel, one block at a time. No running maximum: the
+        log-sum-exp a gradient needs is `max(s) - log(max(p))` (the largest
+        weight is `1 / sum(exp(s - max(s)))`), two reductions more."""
 
         def query_block(i):
             qb = _rows(self.q, i * self.cq, self.cq)
             s = self.capped(self.score_fn(qb, self.k))
-            return ops.matmul(masked_softmax(s, self.valid(i, 0)), self.v)
+            valid = self.valid(i, 0)
+            if valid is not None:
+                s = ops.where(valid, s, MASKED)
+            p = ops.softmax(s, axis=-1)
+            row_max = ops.max(s, axis=-1, initial=NEG_INF)
+            p_max = ops.max(p, axis=-1, initial=0.0)
+            if valid is not None:
+                p = ops.where(valid, p, 0.0)
+                # A row with no valid key: zero output, log-sum-exp 0.
+                p_max = ops.where(row_max > MASKED / 2, p_max, 1.0)
+                row_max = ops.where(row_max > MASKED / 2, row_max, 0.0)
+            lse = row_max - ops.log(p_max)
+            return ops.matmul(p, self.v), lse
 
         q0 = _rows(self.q, 0, self.cq)
-        template = ops.zeros(tuple(ops.shape(q0)[:-1]) + (self.v.shape[-1],))
-        outs = _map_blocks(query_block, self.nq, template, sequential=True)
-        return self._unblock(outs), None
+        templates = (
+            ops.zeros(tuple(ops.shape(q0)[:-1]) + (self.v.shape[-1],)),
+            ops.zeros(ops.shape(q0)[:-1]),
+        )
+        outs, lses = _map_blocks(query_block, self.nq, templates, True)
+        return self._unblock(outs), self._unblock(lses[..., None])[..., 0]
 
     def forward_online(self):
         """The online softmax over key blocks: `(out, lse)`."""
@@ -565,9 +581,14 @@ class _Engine:
         return ops.reshape(x, (shape[0], shape[1], self.sp, shape[4]))
 
 
-def _attend(make_engine, args, context):
+def _attend(make_engine, args, context, backward_chunks=None):
     """The engine's output, with a custom gradient over `args` (`q, k, v`,
     then the score parameters) that recomputes it blockwise.
+
+    `make_engine(*args, *context, chunks=None)`: `chunks` overrides the
+    engine's `(q_chunk, k_chunk)`. The gradient of a whole-row forward runs
+    on `backward_chunks`: a key block of all the keys would make each query
+    block's key gradients as long as the keys.
 
     `context` holds the engine's other inputs (mask, causal offset, dropout
     key). Its tensors go in as extra inputs without gradients rather than
@@ -584,20 +605,22 @@ def _attend(make_engine, args, context):
 
     @ops.custom_gradient
     def attend(*inputs):
-        engine = make_engine(
-            *inputs[:n_args], **fixed, **dict(zip(names, inputs[n_args:]))
-        )
-        out, lse = engine.forward()
+        def engine(chunks=None):
+            context_inputs = dict(zip(names, inputs[n_args:]))
+            return make_engine(
+                *inputs[:n_args], **fixed, **context_inputs, chunks=chunks
+            )
+
+        forward = engine()
+        out, lse = forward.forward()
 
         def grad(*upstreams, upstream=None):
             if upstream is None:
                 (upstream,) = upstreams
-            lse_for_grad = lse
-            if lse_for_grad is None:  # an inference forward: recompute it
-                lse_for_grad = engine.forward_online()[1]
-            grads = engine.backward(
-                out, lse_for_grad, upstream, inputs[3:n_args]
+            backward = (
+                engine(backward_chunks) if forward.whole_rows else forward
             )
+            grads = backward.backward(out, lse, upstream, inputs[3:n_args])
             return (*grads, *([None] * len(names)))
 
         return out, grad
@@ -642,6 +665,7 @@ def chunked_dot_product_attention(
     causal_offset=0,
     dropout=None,
     training=False,
+    backward_chunks=None,
 ):
     """Exact softmax attention on head-major float32 tensors.
 
@@ -653,19 +677,19 @@ def chunked_dot_product_attention(
     backward pass follows (the forward then holds one block at a time).
     `k_chunk=None`: one key block of all the keys; without training or
     dropout, each query block is then one softmax over whole rows (see
-    `_Engine._forward_rows`). Returns the float32 output `(B, N, T, Dv)`;
-    its gradient is recomputed blockwise.
+    `_Engine._forward_rows`), and a gradient runs on `backward_chunks`
+    `(q_chunk, k_chunk)`. Returns the float32 output `(B, N, T, Dv)`; its
+    gradient is recomputed blockwise.
     """
 
-    def make_engine(q, k, v, mask, causal_offset, dropout_key):
+    def make_engine(q, k, v, mask, causal_offset, dropout_key, chunks=None):
         return _Engine(
             q,
             k,
             v,
             mask,
             is_causal,
-            q_chunk,
-            k_chunk,
+            *(chunks or (q_chunk, k_chunk)),
             _dot_score,
             _dot_score_t,
             _dot_score_t_vjp,
@@ -678,7 +702,7 @@ def chunked_dot_product_attention(
     context = dict(
         mask=mask, causal_offset=causal_offset, dropout_key=_key(dropout)
     )
-    return _attend(make_engine, (q, k, v), context)
+    return _attend(make_engine, (q, k, v), context, backward_chunks)
 
 
 def _key(dropout):
@@ -710,7 +734,9 @@ def chunked_additive_attention(
     blockwise.
     """
 
-    def make_engine(q, k, v, attention_v, attention_b, mask, dropout_key):
+    def make_engine(
+        q, k, v, attention_v, attention_b, mask, dropout_key, chunks=None
+    ):
         def hidden(rows, cols):
             """tanh(rows_i + cols_j + b): `(B, 1, len(rows), len(cols), U)`."""
             return ops.tanh(
@@ -743,8 +769,7 @@ def chunked_additive_attention(
             v,
             mask,
             is_causal,
-            q_chunk,
-            k_chunk,
+            *(chunks or (q_chunk, k_chunk)),
             score,
             score_t,
             score_t_vjp,

@@ -11,6 +11,7 @@ from keras_attention._masking import as_bool
 from keras_attention._masking import causal_mask
 from keras_attention._masking import finite_logits_mask
 from keras_attention._masking import masked_softmax
+from keras_attention.ops import _backend
 from keras_attention.ops import _chunked
 from keras_attention.ops import _fused
 from keras_attention.ops._chunked import chunked_additive_attention
@@ -321,17 +322,8 @@ def scaled_dot_product_attention(
     )
     if use_dense:
         return _dense_sdpa(*dense_args, **dense_kwargs)
-    if chunk_size == "auto":
-        chunks = (AUTO_CHUNK, AUTO_KEY_CHUNK)
-    else:
-        chunks = (chunk_size, chunk_size)
-    # Inference (no backward pass, no dropout): whole rows, see AUTO_ROWS.
-    whole_rows = chunk_size == "auto" and not training and not is_causal
 
-    def chunked():
-        blocks = chunks
-        if whole_rows:
-            blocks = _whole_row_chunks(query, key, num_heads) or chunks
+    def chunked(blocks):
         return _chunked_sdpa(
             query,
             key,
@@ -347,31 +339,70 @@ def scaled_dot_product_attention(
         )
 
     if chunk_size != "auto":
-        return chunked()
+        return chunked((chunk_size, chunk_size))
     # "auto": dense while the (batch, heads, q_len, k_len) logits are small,
     # or while one block would hold them all (chunking saves nothing then).
-    sizes = (query.shape[0], num_heads, query.shape[1], key.shape[1])
-    if None not in sizes:
-        if math.prod(sizes) <= AUTO_DENSE_MAX_LOGITS or (
-            sizes[2] <= chunks[0] and sizes[3] <= chunks[1]
-        ):
-            return _dense_sdpa(*dense_args, **dense_kwargs)
-        return chunked()
-    shape_q, shape_k = ops.shape(query), ops.shape(key)
-    n_logits = (
-        ops.cast(shape_q[0], "float32")
-        * float(num_heads)
-        * ops.cast(shape_q[1], "float32")
-        * ops.cast(shape_k[1], "float32")
+    chunks = (AUTO_CHUNK, AUTO_KEY_CHUNK)
+    # Inference (no backward pass, no dropout): whole rows, see AUTO_ROWS.
+    whole_rows = not training and not is_causal
+    dense = _auto_dense(
+        (ops.shape(query)[0], num_heads),
+        (ops.shape(query)[1], ops.shape(key)[1]),
+        chunks,
+        AUTO_DENSE_MAX_LOGITS,
     )
+    if dense is True:
+        return _dense_sdpa(*dense_args, **dense_kwargs)
+    if whole_rows:
+        rows = _whole_row_chunks(query, key, num_heads)
+    if dense is False:
+        return chunked((whole_rows and rows) or chunks)
+    if not _backend.compiling_with_xla():
+        return ops.cond(
+            dense,
+            lambda: _dense_sdpa(*dense_args, **dense_kwargs),
+            lambda: chunked(rows if whole_rows else chunks),
+        )
+    # XLA cannot compile a `cond` between the kernels (nor its gradient):
+    # one chunked kernel whose blocks are chosen at run time, a single
+    # block of all the logits where the dense kernel would run.
+    q_len = ops.maximum(ops.shape(query)[1], 1)
+    if whole_rows:
+        return chunked((ops.where(dense, q_len, rows[0]), None))
+    k_len = ops.maximum(ops.shape(key)[1], 1)
+    return chunked(
+        (ops.where(dense, q_len, chunks[0]), ops.where(dense, k_len, chunks[1]))
+    )
+
+
+def _auto_dense(dims, lengths, blocks, max_elements):
+    """Whether `"auto"` runs the dense kernel: while the product of `dims`
+    and `lengths` (the elements its largest tensor holds) is at most
+    `max_elements`, or while the lengths `(q_len, k_len)` fit in one block
+    of `blocks`. Sizes are ints or, unknown when traced, scalar tensors.
+
+    Returns a Python bool when the known sizes decide it (lengths that fit
+    in one block decide it whatever the batch), else a boolean tensor.
+    """
+    sizes = (*dims, *lengths)
+    lengths_known = all(isinstance(n, int) for n in lengths)
+    if lengths_known:
+        if all(n <= b for n, b in zip(lengths, blocks)):
+            return True
+        if all(isinstance(n, int) for n in sizes):
+            return math.prod(sizes) <= max_elements
+    elements = 1.0
+    for n in sizes:
+        elements = elements * (
+            float(n) if isinstance(n, int) else ops.cast(n, "float32")
+        )
+    small = elements <= float(max_elements)
+    if lengths_known:
+        return small
     one_block = ops.logical_and(
-        shape_q[1] <= chunks[0], shape_k[1] <= chunks[1]
+        lengths[0] <= blocks[0], lengths[1] <= blocks[1]
     )
-    return ops.cond(
-        ops.logical_or(n_logits <= float(AUTO_DENSE_MAX_LOGITS), one_block),
-        lambda: _dense_sdpa(*dense_args, **dense_kwargs),
-        chunked,
-    )
+    return ops.logical_or(small, one_block)
 
 
 def _whole_row_chunks(query, key, num_heads):
@@ -422,11 +453,18 @@ def _chunked_sdpa(
     training=False,
 ):
     num_heads, num_kv_heads = query.shape[2], key.shape[2]
+    # A gradient of a whole-row forward runs on the training blocks.
+    backward_chunks = (
+        _fit_chunk(AUTO_CHUNK, query),
+        _fit_chunk(AUTO_KEY_CHUNK, key),
+    )
     if chunks[1] is None:  # whole rows, fitted by `_whole_row_chunks`
         q_chunk, k_chunk = chunks
     else:
-        q_chunk = _fit_chunk(chunks[0], query)
-        k_chunk = _fit_chunk(chunks[1], key)
+        q_chunk, k_chunk = backward_chunks = (
+            _fit_chunk(chunks[0], query),
+            _fit_chunk(chunks[1], key),
+        )
     q = ops.transpose(
         ops.cast(query, "float32") * ops.cast(scale, "float32"), (0, 2, 1, 3)
     )
@@ -449,6 +487,7 @@ def _chunked_sdpa(
         causal_offset,
         dropout,
         training,
+        backward_chunks,
     )
     return ops.cast(ops.transpose(out, (0, 2, 1, 3)), value.dtype)
 
@@ -479,7 +518,7 @@ def _fit_chunk(chunk, x):
     never pads a short request to `chunk_size` positions.
     """
     length = x.shape[1]
-    if length is not None:
+    if length is not None and isinstance(chunk, int):
         return max(1, min(chunk, length))
     return ops.maximum(ops.minimum(chunk, ops.shape(x)[1]), 1)
 
@@ -651,25 +690,26 @@ def additive_attention(
     chunked_args = (*args, chunk, dropout, training)
     if chunk_size != "auto":
         return _chunked_additive(*chunked_args)
-    sizes = (query.shape[0], query.shape[1], key.shape[1], query.shape[2])
-    if None not in sizes:
-        one_block = sizes[1] <= chunk and sizes[2] <= chunk
-        if math.prod(sizes) <= AUTO_ADDITIVE_DENSE_MAX or one_block:
-            return _dense_additive(*args, dropout=dropout)
+    dense = _auto_dense(
+        (ops.shape(query)[0], ops.shape(query)[2]),
+        (ops.shape(query)[1], ops.shape(key)[1]),
+        (chunk, chunk),
+        AUTO_ADDITIVE_DENSE_MAX,
+    )
+    if dense is True:
+        return _dense_additive(*args, dropout=dropout)
+    if dense is False:
         return _chunked_additive(*chunked_args)
-    shape_q, shape_k = ops.shape(query), ops.shape(key)
-    n_hidden = (
-        ops.cast(shape_q[0], "float32")
-        * ops.cast(shape_q[1], "float32")
-        * ops.cast(shape_k[1], "float32")
-        * float(query.shape[2])
-    )
-    one_block = ops.logical_and(shape_q[1] <= chunk, shape_k[1] <= chunk)
-    return ops.cond(
-        ops.logical_or(n_hidden <= float(AUTO_ADDITIVE_DENSE_MAX), one_block),
-        lambda: _dense_additive(*args, dropout=dropout),
-        lambda: _chunked_additive(*chunked_args),
-    )
+    if not _backend.compiling_with_xla():
+        return ops.cond(
+            dense,
+            lambda: _dense_additive(*args, dropout=dropout),
+            lambda: _chunked_additive(*chunked_args),
+        )
+    # As in `scaled_dot_product_attention`: no `cond` under XLA.
+    q_chunk = ops.where(dense, ops.maximum(ops.shape(query)[1], 1), chunk)
+    k_chunk = ops.where(dense, ops.maximum(ops.shape(key)[1], 1), chunk)
+    return _chunked_additive(*args, (q_chunk, k_chunk), dropout, training)
 
 
 def _chunked_additive(
@@ -684,6 +724,8 @@ def _chunked_additive(
     dropout=None,
     training=False,
 ):
+    """`chunk`: an int, or `(q_chunk, k_chunk)`."""
+    q_chunk, k_chunk = chunk if isinstance(chunk, tuple) else (chunk, chunk)
     q = ops.cast(query, "float32")[:, None]
     k = ops.cast(key, "float32")[:, None]
     v = ops.cast(value, "float32")[:, None]
@@ -703,8 +745,8 @@ def _chunked_additive(
         hidden_bias,
         mask,
         is_causal,
-        _fit_chunk(chunk, query),
-        _fit_chunk(chunk, key),
+        _fit_chunk(q_chunk, query),
+        _fit_chunk(k_chunk, key),
         dropout,
         training,
     )

@@ -29,6 +29,7 @@ import importlib.util
 # (and `check`) can run, and say what is missing, where TensorFlow is not
 # installed.
 _WHERE = {
+    "CheckFailed": "_export",
     "check": "_check",
     "export_saved_model": "_export",
     "predict_request": "_wire",

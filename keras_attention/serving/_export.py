@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import uuid
 
 import keras
@@ -12,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_attention import _validation
+from keras_attention.serving import _check
 from keras_attention.serving import _export_cli
 from keras_attention.serving import _wire
 
@@ -26,6 +28,23 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving refuses more
 
 
+class CheckFailed(RuntimeError):
+    """An export that failed `check` and was not moved into `base_path`.
+
+    `returncode` is the checker's exit code; `stderr` its message (the
+    report it printed on stdout says which signature or op failed)."""
+
+    def __init__(self, base_path, returncode, stderr):
+        self.base_path = base_path
+        self.returncode = returncode
+        self.stderr = stderr
+        tail = stderr.strip()[-2000:] or "(the checker wrote nothing)"
+        super().__init__(
+            f"The export failed its check (exit code {returncode}); "
+            f"nothing was written to {base_path}. The checker said:\n{tail}"
+        )
+
+
 def export_saved_model(
     model,
     base_path,
@@ -36,15 +55,29 @@ def export_saved_model(
     overwrite=False,
     input_signature=None,
     output_masks=True,
+    check=False,
 ):
     """Exports a Keras model as one version of a TF Serving model.
 
     The export is a pure TensorFlow graph: TF Serving (C++) loads it with no
     Python code of ours. It is written into a temporary directory beside
-    `base_path` and renamed into `base_path/<version>/` only once it is
-    complete, so a server that polls `base_path` never sees a partial
-    version, and an exception (or a crash) during the export leaves
-    `base_path` as it was.
+    `base_path` and, with `check=True`, checked there; it is renamed into
+    `base_path/<version>/` only once it is complete (and has passed), so a
+    server that polls `base_path` never sees a partial or failing version,
+    and an exception (or a crash) before that rename leaves `base_path` as
+    it was.
+
+    With `overwrite=True`, the old version directory is renamed out of
+    `base_path` (beside it, under a hidden temporary name), then the new
+    one is renamed in, and the old one deleted. Between those two renames
+    `base_path/<version>` does not exist: a server that polls at that
+    instant sees the version gone. Otherwise it sees the old version or
+    the new one, each complete. If the second rename fails, the old
+    directory is renamed back; a crash between the two leaves the version
+    missing, and the next export to `base_path` deletes the old directory
+    with the other leftovers. TF Serving tracks versions by number: a
+    server that loaded the old version and never saw it gone keeps serving
+    it; export a new version to roll out a new model.
 
     The `serving_default` signature takes the model's inputs by their
     `keras.Input` names, with a dynamic batch size (and every dimension the
@@ -89,6 +122,12 @@ def export_saved_model(
             default it comes from `model.inputs`.
         output_masks: Whether outputs that carry a Keras mask also return it
             as `<name>_mask`. Defaults to `True`.
+        check: Whether to run `keras_attention.serving.check` on the export
+            in its temporary directory (printing its report) before it is
+            moved into place. An export that fails it raises `CheckFailed`
+            and leaves `base_path` as it was. Defaults to `False`. From
+            another backend the export is always checked (the `export`
+            command checks it).
 
     Returns:
         The path of the new version directory.
@@ -142,11 +181,11 @@ def export_saved_model(
         )
     if version is not None:
         _validation.check_version(version)
-    if not isinstance(overwrite, bool):
-        raise ValueError(
-            "Argument `overwrite` must be a bool. "
-            f"Received: overwrite={overwrite!r}"
-        )
+    for name, value in (("overwrite", overwrite), ("check", check)):
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"Argument `{name}` must be a bool. Received: {name}={value!r}"
+            )
     extra = _check_signatures(signatures)
     if "serving_default" in extra:  # replaced: its own inputs
         specs = {
@@ -197,10 +236,24 @@ def export_saved_model(
             expected,
             os.path.basename(base_path),
         )
+        if check:
+            _check_staged(tmp, base_path)
         return _move_into_place(tmp, base_path, version, overwrite)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_staged(tmp, base_path):
+    """`check` on the export in its temporary directory; raises
+    `CheckFailed`. Nothing in the export names its own directory (the
+    SavedModel finds its assets relative to itself), so the rename that
+    follows changes nothing the check saw."""
+    result = _check.check(tmp, capture=True)
+    sys.stdout.write(result.stdout)  # the report, as `check` prints it
+    sys.stdout.flush()
+    if result.returncode != 0:
+        raise CheckFailed(base_path, result.returncode, result.stderr)
 
 
 def _remove_stale_temporaries(parent, prefix):

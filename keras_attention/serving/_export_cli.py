@@ -18,7 +18,6 @@ import importlib
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -191,11 +190,12 @@ def export_file(
     output_masks=True,
 ):
     """Exports the `.keras` file `model` to `base_path` and checks it (under
-    the TensorFlow backend); returns the version path. Raises `ExportFailed`
-    with nothing written."""
+    the TensorFlow backend); returns the version path. The check runs before
+    the export is moved into `base_path`, so only a checked version appears
+    there. Raises `ExportFailed` with `base_path` as it was (with
+    `overwrite`, the old version stays)."""
     import keras
 
-    from keras_attention.serving import _check
     from keras_attention.serving import _export
 
     _check_archive(model)
@@ -223,28 +223,22 @@ def export_file(
             f"{model}: cannot be loaded in safe mode: {type(e).__name__}: "
             f"{e}".rstrip()
         ) from e
-    before = set(_export.existing_versions(base_path))
     try:
-        path = _export.export_saved_model(
+        return _export.export_saved_model(
             loaded,
             base_path,
             version=version,
             warmup_inputs=requests,
             overwrite=overwrite,
             output_masks=output_masks,
+            check=True,
         )
+    except _export.CheckFailed as e:
+        raise ExportFailed(f"{model}: {e}") from e
     except Exception as e:
         raise ExportFailed(
             f"{model}: export failed: {type(e).__name__}: {e}"
         ) from e
-    result = _check.check(path)
-    if result.returncode != 0:
-        # Ours and new: remove it (an overwritten version is gone either
-        # way, so keep what the check saw).
-        if int(os.path.basename(path)) not in before:
-            shutil.rmtree(path, ignore_errors=True)
-        raise ExportFailed(f"{model}: the export at {path} failed its check")
-    return path
 
 
 def export_through_subprocess(
@@ -252,7 +246,9 @@ def export_through_subprocess(
 ):
     """`export_saved_model` from a backend other than TensorFlow: the model
     goes to a temporary `.keras`, the warm-up requests to REST bodies, and
-    `export` runs on them under TensorFlow. Returns the version path."""
+    `export` runs on them under TensorFlow. Returns the version path (the
+    last line it prints); raises `RuntimeError` with its exit code and the
+    end of its stderr when it fails or prints none."""
     if importlib.util.find_spec("tensorflow") is None:
         raise RuntimeError(tensorflow_missing_message())
     from keras_attention.serving import _wire
@@ -310,9 +306,12 @@ def export_through_subprocess(
             capture_output=True,
             text=True,
         )
-    if result.returncode != 0:
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        what = "failed" if result.returncode != 0 else "printed no version path"
+        stderr = result.stderr.strip()[-4000:] or "(nothing on stderr)"
         raise RuntimeError(
-            "The export under the TensorFlow backend failed:\n"
-            + result.stderr[-4000:]
+            f"The export under the TensorFlow backend {what} (exit code "
+            f"{result.returncode}). Its stderr ends:\n{stderr}"
         )
-    return result.stdout.strip().splitlines()[-1]
+    return lines[-1]

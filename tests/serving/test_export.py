@@ -359,6 +359,7 @@ def test_keras_file_round_trip_then_export_agree(tmp_path, exported):
         (dict(version="2"), "`version` must be an integer from 0"),
         (dict(version=True), "`version` must be an integer from 0"),
         (dict(overwrite="yes"), "`overwrite` must be a bool"),
+        (dict(check=1), "`check` must be a bool"),
         (dict(signatures=[1]), "`signatures` must be a dict"),
         (dict(signatures={"x": lambda t: t}), "needs|must be a `tf.function`"),
         (dict(warmup_inputs={"wrong": [[1]]}), "inputs \\['tokens'\\]"),

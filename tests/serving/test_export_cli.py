@@ -5,6 +5,7 @@ Under TensorFlow the command runs in this process (`__main__.main`); under
 JAX it re-runs itself in a TensorFlow subprocess, and the JAX tests check
 that a model trained under JAX serves its JAX predictions."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ import numpy as np
 import pytest
 
 from keras_attention.serving import __main__ as cli
+from keras_attention.serving import _check
+from keras_attention.serving import _export_cli
 from keras_attention.serving import _wire
 from tests.serving import helpers
 
@@ -168,6 +171,164 @@ def test_existing_version_without_overwrite(saved, tmp_path, capfd):
     assert "--overwrite" in err
     code, _, err = _export(capfd, saved, base, "--version", "1", "--overwrite")
     assert code == 0, err
+
+
+def _contents(path):
+    """Every folder and file under `path`, files with a hash of their bytes."""
+    entries = {}
+    for root, dirs, names in os.walk(path):
+        for name in dirs:
+            entries[os.path.relpath(os.path.join(root, name), path)] = "dir"
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            entries[os.path.relpath(os.path.join(root, name), path)] = digest
+    return entries
+
+
+def _failing_check(path, **kwargs):
+    return subprocess.CompletedProcess(
+        ["check", path], 1, "", "CHECK FAILED: injected problem\n"
+    )
+
+
+@tensorflow_only
+def test_overwrite_that_fails_its_check_keeps_the_old_version(
+    saved, tmp_path, capfd, monkeypatch
+):
+    base = tmp_path / "base"
+    assert _export(capfd, saved, base)[0] == 0
+    before = _contents(tmp_path)
+    monkeypatch.setattr(_check, "check", _failing_check)
+    err = _refused(
+        capfd, tmp_path, [saved, base, "--version", "1", "--overwrite"], saved
+    )
+    assert "failed its check" in err and "injected problem" in err, err
+    assert _contents(tmp_path) == before  # the old version, byte for byte
+
+
+@tensorflow_only
+def test_new_version_that_fails_its_check_is_never_in_base_path(
+    saved, tmp_path, capfd, monkeypatch
+):
+    base = tmp_path / "base"
+    assert _export(capfd, saved, base)[0] == 0
+    seen = []
+
+    def check(path, **kwargs):
+        seen.append(sorted(os.listdir(base)))
+        return _failing_check(path, **kwargs)
+
+    monkeypatch.setattr(_check, "check", check)
+    before = _files(tmp_path)
+    code, out, err = _export(capfd, saved, base)
+    assert seen == [["1"]]  # version 2 was not in `base` during its check
+    assert code == 1 and "failed its check" in err, (out, err)
+    assert _files(tmp_path) == before
+
+
+@tensorflow_only
+def test_check_runs_in_staging_before_the_version_appears(
+    saved, tmp_path, capfd, monkeypatch
+):
+    """The check sees the export at a temporary path outside `base_path`;
+    once moved into place, it still passes and names no temporary path."""
+    body = tmp_path / "request.json"
+    body.write_text(json.dumps(_wire.rest_body(_inputs())))
+    base = tmp_path / "models" / "masked"
+    assert _export(capfd, saved, base)[0] == 0
+    real_check = _check.check
+    checked = []
+
+    def check(path, **kwargs):
+        checked.append((str(path), (base / "1").exists(), os.listdir(base)))
+        return real_check(path, **kwargs)
+
+    monkeypatch.setattr(_check, "check", check)
+    code, out, err = _export(
+        capfd, saved, base, "--version", "1", "--overwrite", "--warmup", body
+    )
+    assert code == 0, err
+    assert "CHECK PASSED" in out
+    assert out.strip().splitlines()[-1] == str(base / "1")
+    [(staged, old_still_there, listing)] = checked
+    assert old_still_there and listing == ["1"]
+    assert os.path.dirname(staged) == str(base.parent)
+    assert not os.path.exists(staged)
+    assert sorted(os.listdir(base.parent)) == ["masked"]  # no temporaries
+    extra = base / "1" / "assets.extra"
+    for name in [
+        "tf_serving_warmup_requests",
+        "sample_request.json",
+        "expected_outputs.npz",
+    ]:
+        assert (extra / name).is_file(), name
+    staged_name = os.path.basename(staged).encode()
+    for root, _, names in os.walk(base / "1"):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                assert staged_name not in f.read(), name
+    monkeypatch.undo()
+    result = _check.check(base / "1", capture=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+class _Completed:
+    """A stub for `subprocess.run`: records the command, returns `result`."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.result = subprocess.CompletedProcess(
+            [], returncode, stdout, stderr
+        )
+        self.commands = []
+
+    def __call__(self, command, **kwargs):
+        self.commands.append(command)
+        return self.result
+
+
+def _through_subprocess(tmp_path, monkeypatch, returncode, stdout, stderr):
+    run = _Completed(returncode, stdout, stderr)
+    monkeypatch.setattr(_export_cli.subprocess, "run", run)
+    inputs = keras.Input((3,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(2, name="y")(inputs))
+    try:
+        return _export_cli.export_through_subprocess(
+            model, tmp_path / "base", None, None, False, True
+        )
+    finally:
+        assert len(run.commands) == 1
+        assert run.commands[0][1:4] == [
+            "-m",
+            "keras_attention.serving",
+            "export",
+        ]
+
+
+def test_subprocess_that_prints_no_path_is_an_error(tmp_path, monkeypatch):
+    with pytest.raises(RuntimeError, match="exit code 0") as info:
+        _through_subprocess(tmp_path, monkeypatch, 0, "", "a warning\n")
+    assert "printed no version path" in str(info.value)
+    assert "a warning" in str(info.value)
+
+
+def test_subprocess_failure_reports_exit_code_and_stderr_tail(
+    tmp_path, monkeypatch
+):
+    stderr = "x" * 10000 + "\nerror: the real reason\n"
+    with pytest.raises(RuntimeError, match="exit code 3") as info:
+        _through_subprocess(tmp_path, monkeypatch, 3, "", stderr)
+    message = str(info.value)
+    assert "error: the real reason" in message
+    assert len(message) < 5000  # the tail, not all of it
+
+
+def test_subprocess_path_is_the_last_line_of_stdout(tmp_path, monkeypatch):
+    version = tmp_path / "base" / "4"
+    stdout = f"CHECK PASSED\n{version}\n"
+    assert _through_subprocess(tmp_path, monkeypatch, 0, stdout, "") == str(
+        version
+    )
 
 
 @tensorflow_only

@@ -1,0 +1,16 @@
+"""What `keras.ops` cannot tell on TensorFlow."""
+
+import tensorflow as tf
+
+# TensorFlow's private API, the only use of it in the library: whether the
+# graph being traced will be compiled by XLA (`tf.function(jit_compile=True)`,
+# Keras' `compile(jit_compile=True)`). TensorFlow itself asks it this way.
+from tensorflow.python.ops import control_flow_util
+
+
+def compiling_with_xla():
+    """Whether the code being traced now will be compiled by XLA."""
+    if tf.executing_eagerly():
+        return False
+    graph = tf.compat.v1.get_default_graph()
+    return control_flow_util.GraphOrParentsInXlaContext(graph)
