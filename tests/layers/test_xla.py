@@ -26,7 +26,8 @@ from keras_attention.compat import tfa
 from keras_attention.ops import attention as attention_module
 from tests.testing import to_numpy
 
-LENGTHS = (3, 5, 4, 2)  # padded in pairs to lengths 5 and 4
+# One batch: lengths 3 and 5, padded to 5 (XLA compiles once per shape).
+LENGTHS = (3, 5)
 
 
 def _loss(y_true, y_pred):
@@ -78,9 +79,8 @@ class _Subclassed(keras.Model):
         self.call_inner = call
 
     def call(self, x, training=None):
-        # Keras passes `training` to a model whose `call` takes it; the
-        # layers inside then get it from the call context.
-        return self.call_inner(self.inner, x)
+        # Passed on: on JAX, Keras leaves it None in the layers inside.
+        return self.call_inner(self.inner, x, training=training)
 
 
 def _model(kind, make_layer, call, input_shape, dtype="float32"):
@@ -172,6 +172,12 @@ def _cross_auto_thresholds(monkeypatch):
         monkeypatch.setattr(attention_module, name, value)
 
 
+# JAX traces every batch with its static shape, so "dynamic" lengths run
+# the programs of "static" ones there (the layers' pairwise design still
+# feeds it padded batches).
+MHA_LENGTHS = ["static", "dynamic"]
+if keras.backend.backend() == "jax":
+    MHA_LENGTHS = ["static"]
 KERNELS = {
     "auto-dense": "auto",
     "auto-chunked": "auto",
@@ -182,7 +188,7 @@ KERNELS = {
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-@pytest.mark.parametrize("lengths", ["static", "dynamic"])
+@pytest.mark.parametrize("lengths", MHA_LENGTHS)
 @pytest.mark.parametrize("kind", ["functional", "subclassed"])
 def test_multi_head_attention_trains_under_xla(
     rng, monkeypatch, kernel_calls, kind, lengths, dropout, kernel
@@ -203,12 +209,16 @@ def test_multi_head_attention_trains_under_xla(
         lambda n: rng.normal(size=(n, 6)).astype("float32"), lengths
     )
     _train_with_and_without_xla(
-        kind, make_layer, lambda layer, x: layer(x, x), batches, dropout
+        kind, make_layer, _self_attention, batches, dropout
     )
-    if kernel == "dense" or (kernel == "auto-dense" and lengths == "static"):
-        assert not kernel_calls
-    else:
-        assert kernel_calls
+    # Lengths unknown when traced (TensorFlow only: JAX traces every
+    # shape): "auto" decides at run time, within the chunked kernel under
+    # XLA, between the kernels with a `cond` without it.
+    unknown = lengths == "dynamic" and keras.backend.backend() == "tensorflow"
+    chunked = kernel in ("chunked", "auto-chunked")
+    assert bool(kernel_calls) == (
+        chunked or (kernel == "auto-dense" and unknown)
+    )
 
 
 def _images(rng):
@@ -233,8 +243,8 @@ class _AfterDense(keras.layers.Layer):
         self.inner = inner
         self.call_inner = call
 
-    def call(self, x):
-        return self.call_inner(self.inner, self.dense(x))
+    def call(self, x, training=None):
+        return self.call_inner(self.inner, self.dense(x), training=training)
 
 
 class _Bigram(keras.layers.Layer):
@@ -251,12 +261,12 @@ class _Bigram(keras.layers.Layer):
         return self.table(token_ids), cache
 
 
-def _call(layer, x):
-    return layer(x)
+def _call(layer, x, **kwargs):
+    return layer(x, **kwargs)
 
 
-def _self_attention(layer, x):
-    return layer(x, x)
+def _self_attention(layer, x, **kwargs):
+    return layer(x, x, **kwargs)
 
 
 # name: (layer factory of the dropout rate, call, examples of an rng).
@@ -273,7 +283,7 @@ LAYERS = {
     ),
     "gqa": (
         lambda rate: ka.GroupedQueryAttention(4, 4, 2, dropout=rate, seed=3),
-        lambda layer, x: layer(x, x, use_causal_mask=True),
+        lambda layer, x, **kw: layer(x, x, use_causal_mask=True, **kw),
         _sequence,
     ),
     "patches": (
@@ -283,7 +293,7 @@ LAYERS = {
     ),
     "position": (
         lambda rate: ka.PositionEmbedding(sequence_length=16),
-        lambda layer, x: x + layer(x),
+        lambda layer, x, **kw: x + layer(x, **kw),
         _sequence,
     ),
     "rotary": (
@@ -293,7 +303,8 @@ LAYERS = {
     ),
     "sinusoidal": (
         lambda rate: _AfterDense(
-            ka.SinusoidalPositionEncoding(), lambda layer, x: x + layer(x)
+            ka.SinusoidalPositionEncoding(),
+            lambda layer, x, **kw: x + layer(x, **kw),
         ),
         _call,
         _sequence,
@@ -317,12 +328,12 @@ LAYERS = {
         lambda rate: tfa.MultiHeadAttention(
             head_size=4, num_heads=2, dropout=rate
         ),
-        lambda layer, x: layer([x, x]),
+        lambda layer, x, **kw: layer([x, x], **kw),
         _sequence,
     ),
     "tfa-bahdanau": (
         lambda rate: tfa.BahdanauAttention(units=4, normalize=True),
-        lambda layer, x: layer(x[:, 0], x)[0],
+        lambda layer, x, **kw: layer(x[:, 0], x, **kw)[0],
         _sequence,
     ),
 }

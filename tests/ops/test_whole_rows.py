@@ -2,11 +2,11 @@
 
 Without a backward pass or dropout, and not causal, "auto" runs each query
 block against all the keys at once with one softmax (`_chunked`'s
-`k_chunk=None`): no running maximum and no log-sum-exp. The tests shrink
-the thresholds so that small inputs take that path, record which blocks the
-kernel got, and compare with the NumPy reference (outputs) and the dense
-kernel (gradients, which recompute the log-sum-exp when asked for after an
-inference forward).
+`k_chunk=None`): no running maximum. The tests shrink the thresholds so
+that small inputs take that path, record which blocks the kernel got, and
+compare with the NumPy reference (outputs) and the dense kernel (gradients,
+which run on the training blocks when asked for after an inference
+forward).
 """
 
 import keras
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import keras_attention.ops.attention as attention_module
+from keras_attention.ops import _chunked
 from keras_attention.ops import scaled_dot_product_attention
 from tests import reference
 from tests.ops import cases
@@ -49,9 +50,23 @@ def blocks(monkeypatch):
     return seen
 
 
+@pytest.fixture
+def engines(monkeypatch):
+    """`(q_chunk, k_chunk, whole_rows)` of each engine the kernel builds."""
+    built = []
+
+    class Recording(_chunked._Engine):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append((self.cq, self.ck, self.whole_rows))
+
+    monkeypatch.setattr(_chunked, "_Engine", Recording)
+    return built
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_whole_rows_match_the_reference_and_the_dense_gradients(
-    rng, blocks, case
+    rng, blocks, engines, case
 ):
     b, t, s, n, kv, kind, cap = CASES[case]
     q, k, v = cases.qkv(rng, b, t, s, n, kv)
@@ -69,10 +84,12 @@ def test_whole_rows_match_the_reference_and_the_dense_gradients(
     np.testing.assert_allclose(out, want, atol=1e-5)
     if kind == "empty_rows":
         np.testing.assert_array_equal(out[0, 2], 0.0)
-    # A gradient after an inference forward: the log-sum-exp is recomputed.
+    # A gradient after an inference forward runs on the training blocks
+    # (8 x 8 here), not on whole rows: O(length x chunk) memory.
     blocks.clear()
     loss, grads = loss_and_grads(run("auto"), q, k, v)
     assert blocks and blocks[0][1] is None
+    assert engines[0][2] and engines[-1] == (min(8, t), min(8, s), False)
     dense_loss, dense_grads = loss_and_grads(run(None), q, k, v)
     np.testing.assert_allclose(loss, dense_loss, rtol=1e-5, atol=1e-5)
     for got, expected in zip(grads, dense_grads):
