@@ -1099,6 +1099,7 @@ def plot(report, path):
                 and r["config"]["mode"] == mode
                 and not r["config"]["causal"]
                 and not r["config"].get("dropout")
+                and "train_call" not in r["config"]
                 and r["config"].get("dtype", "float32") == dtype
                 and r[impl]
                 and r[impl].get("status") == "ok"

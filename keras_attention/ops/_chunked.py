@@ -29,6 +29,8 @@ import keras
 from keras import ops
 
 from keras_attention._masking import MASKED
+from keras_attention._masking import masked_softmax
+from keras_attention.ops import _backend
 
 NEG_INF = float("-inf")
 
@@ -352,7 +354,8 @@ class _Engine:
 
     # -- forward ----------------------------------------------------------
     def forward(self):
-        """`(out, lse)`, the output and each row's log-sum-exp."""
+        """`(out, lse)`, the output and each row's log-sum-exp (None from
+        `_forward_rows` on some backends)."""
         if self.whole_rows and not self.sequential_forward:
             return self._forward_rows()
         return self.forward_online()
@@ -360,14 +363,19 @@ class _Engine:
     def _forward_rows(self):
         """Inference over whole rows: each query block against all the keys
         at once, its weights from one fused softmax, then one matmul, as in
-        the dense kernel, one block at a time. No running maximum: the
+        the dense kernel, one block at a time. No running maximum. The
         log-sum-exp a gradient needs is `max(s) - log(max(p))` (the largest
-        weight is `1 / sum(exp(s - max(s)))`), two reductions more."""
+        weight is `1 / sum(exp(s - max(s)))`): two reductions more, kept
+        only where compiled code drops them when no gradient reads them
+        (otherwise None, and a gradient recomputes it)."""
+        keep_lse = _backend.drops_unread_results()
 
         def query_block(i):
             qb = _rows(self.q, i * self.cq, self.cq)
             s = self.capped(self.score_fn(qb, self.k))
             valid = self.valid(i, 0)
+            if not keep_lse:
+                return ops.matmul(masked_softmax(s, valid), self.v)
             if valid is not None:
                 s = ops.where(valid, s, MASKED)
             p = ops.softmax(s, axis=-1)
@@ -382,10 +390,13 @@ class _Engine:
             return ops.matmul(p, self.v), lse
 
         q0 = _rows(self.q, 0, self.cq)
-        templates = (
-            ops.zeros(tuple(ops.shape(q0)[:-1]) + (self.v.shape[-1],)),
-            ops.zeros(ops.shape(q0)[:-1]),
+        out_template = ops.zeros(
+            tuple(ops.shape(q0)[:-1]) + (self.v.shape[-1],)
         )
+        if not keep_lse:
+            outs = _map_blocks(query_block, self.nq, out_template, True)
+            return self._unblock(outs), None
+        templates = (out_template, ops.zeros(ops.shape(q0)[:-1]))
         outs, lses = _map_blocks(query_block, self.nq, templates, True)
         return self._unblock(outs), self._unblock(lses[..., None])[..., 0]
 
@@ -620,7 +631,12 @@ def _attend(make_engine, args, context, backward_chunks=None):
             backward = (
                 engine(backward_chunks) if forward.whole_rows else forward
             )
-            grads = backward.backward(out, lse, upstream, inputs[3:n_args])
+            lse_for_grad = lse
+            if lse_for_grad is None:  # not kept by the forward: recompute
+                lse_for_grad = backward.forward_online()[1]
+            grads = backward.backward(
+                out, lse_for_grad, upstream, inputs[3:n_args]
+            )
             return (*grads, *([None] * len(names)))
 
         return out, grad

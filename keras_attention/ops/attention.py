@@ -162,16 +162,23 @@ def scaled_dot_product_attention(
               one block (`q_len <= AUTO_CHUNK` and `k_len <=
               AUTO_KEY_CHUNK`, where chunking saves no memory); chunked
               with blocks of `AUTO_CHUNK` (512) queries and `AUTO_KEY_CHUNK`
-              (1024) keys otherwise; decided at run time when lengths are
-              unknown. In inference (`training=False`, so no dropout) and
-              without `is_causal`, the chunked kernel takes blocks of at
+              (1024) keys otherwise. Lengths that fit in one block decide
+              it whatever the batch; otherwise unknown sizes are decided at
+              run time: by a `cond` between the kernels, or, when XLA
+              compiles the call (`jit_compile=True` on TensorFlow), inside
+              the chunked kernel, whose blocks then hold all the logits
+              where the dense kernel would have run. In inference
+              (`training=False`, so no dropout) and without `is_causal`,
+              the chunked kernel takes blocks of at
               most `AUTO_ROWS` (256) queries against all the keys at once,
               one softmax each, as the dense kernel computes them, fewer
               rows while a block would hold more than 2**25 logits (with
               static shapes, the online softmax below `AUTO_MIN_ROWS`, 64
               rows). That is O(k_len) memory per block, and no running
-              maximum to compute. A gradient taken after such a call is
-              still exact (it recomputes the log-sum-exp).
+              maximum to compute. A call that a gradient may follow
+              (recorded by a `tf.GradientTape`) takes the training blocks
+              instead; any gradient is exact and runs on the training
+              blocks, in O(length x chunk) memory.
               Thresholds measured with `benchmarks/`.
             Requests that need the full matrix use the dense kernel whatever
             `chunk_size` says: `return_scores=True` and `bias` (a `(q_len,
@@ -344,7 +351,9 @@ def scaled_dot_product_attention(
     # or while one block would hold them all (chunking saves nothing then).
     chunks = (AUTO_CHUNK, AUTO_KEY_CHUNK)
     # Inference (no backward pass, no dropout): whole rows, see AUTO_ROWS.
-    whole_rows = not training and not is_causal
+    whole_rows = (
+        not training and not is_causal and not _backend.gradient_may_follow()
+    )
     dense = _auto_dense(
         (ops.shape(query)[0], num_heads),
         (ops.shape(query)[1], ops.shape(key)[1]),

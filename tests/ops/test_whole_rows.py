@@ -4,9 +4,8 @@ Without a backward pass or dropout, and not causal, "auto" runs each query
 block against all the keys at once with one softmax (`_chunked`'s
 `k_chunk=None`): no running maximum. The tests shrink the thresholds so
 that small inputs take that path, record which blocks the kernel got, and
-compare with the NumPy reference (outputs) and the dense kernel (gradients,
-which run on the training blocks when asked for after an inference
-forward).
+compare with the NumPy reference (outputs) and the dense kernel
+(gradients, which always run on the training blocks).
 """
 
 import keras
@@ -84,12 +83,16 @@ def test_whole_rows_match_the_reference_and_the_dense_gradients(
     np.testing.assert_allclose(out, want, atol=1e-5)
     if kind == "empty_rows":
         np.testing.assert_array_equal(out[0, 2], 0.0)
-    # A gradient after an inference forward runs on the training blocks
-    # (8 x 8 here), not on whole rows: O(length x chunk) memory.
+    # A gradient of a call without `training` runs on the training blocks
+    # (8 x 8 here), not on whole rows: O(length x chunk) memory. A call
+    # that a TensorFlow tape records takes them in the forward too; under
+    # JAX the whole-row forward keeps the log-sum-exp for the backward.
     blocks.clear()
+    engines.clear()
     loss, grads = loss_and_grads(run("auto"), q, k, v)
-    assert blocks and blocks[0][1] is None
-    assert engines[0][2] and engines[-1] == (min(8, t), min(8, s), False)
+    tape = keras.backend.backend() == "tensorflow"
+    assert blocks[-1] == ((8, 8) if tape else (blocks[-1][0], None))
+    assert engines[-1] == (min(8, t), min(8, s), False)
     dense_loss, dense_grads = loss_and_grads(run(None), q, k, v)
     np.testing.assert_allclose(loss, dense_loss, rtol=1e-5, atol=1e-5)
     for got, expected in zip(grads, dense_grads):
@@ -206,3 +209,36 @@ def test_whole_rows_with_unknown_lengths(rng, blocks, monkeypatch):
         expected = rows[0] if rows else max(1, min(t, 512 // (b * 2 * s)))
         assert int(dynamic(q, k)) == expected
     assert all(keys is None for _, keys in blocks)
+
+
+@pytest.mark.tensorflow_only
+def test_gradient_of_whole_rows_traced_without_a_tape(rng, blocks, engines):
+    """A function traced with no tape recording takes whole rows, without
+    a log-sum-exp; differentiated later, it recomputes the log-sum-exp on
+    the training blocks and equals the dense gradients."""
+    import tensorflow as tf
+
+    q, k, v = cases.qkv(rng, 2, 32, 24, 2, 2)
+    run = tf.function(
+        lambda q, k, v: scaled_dot_product_attention(q, k, v),
+        autograph=False,
+    )
+    q, k, v = (tf.constant(x) for x in (q, k, v))
+    run.get_concrete_function(q, k, v)  # traced here, no tape
+    # 512 logits // (2 * 2 * 24) = 5 rows per block.
+    assert blocks == [(5, None)] and engines == [(5, 24, True)]
+    cotangent = rng.normal(size=run(q, k, v).shape).astype("float32")
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            loss = tf.reduce_sum(fn(q, k, v) * cotangent)
+        return tape.gradient(loss, [q, k, v])
+
+    got = grads(run)
+    assert engines[-1] == (8, 8, False)
+    want = grads(
+        lambda q, k, v: scaled_dot_product_attention(q, k, v, chunk_size=None)
+    )
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), atol=1e-4)
