@@ -330,6 +330,10 @@ def scaled_dot_product_attention(
     if use_dense:
         return _dense_sdpa(*dense_args, **dense_kwargs)
 
+    # Whether a backward pass may follow: the kernel then holds one block
+    # at a time, as in training (see `_chunked`'s `training`).
+    backward = bool(training) or _backend.gradient_may_follow()
+
     def chunked(blocks):
         return _chunked_sdpa(
             query,
@@ -342,7 +346,7 @@ def scaled_dot_product_attention(
             logits_soft_cap,
             causal_offset,
             dropout,
-            training,
+            backward,
         )
 
     if chunk_size != "auto":
@@ -351,9 +355,7 @@ def scaled_dot_product_attention(
     # or while one block would hold them all (chunking saves nothing then).
     chunks = (AUTO_CHUNK, AUTO_KEY_CHUNK)
     # Inference (no backward pass, no dropout): whole rows, see AUTO_ROWS.
-    whole_rows = (
-        not training and not is_causal and not _backend.gradient_may_follow()
-    )
+    whole_rows = not backward and not is_causal
     dense = _auto_dense(
         (ops.shape(query)[0], num_heads),
         (ops.shape(query)[1], ops.shape(key)[1]),
@@ -696,7 +698,8 @@ def additive_attention(
             *args, dropout=dropout, return_scores=return_scores
         )
     chunk = AUTO_ADDITIVE_CHUNK if chunk_size == "auto" else chunk_size
-    chunked_args = (*args, chunk, dropout, training)
+    backward = bool(training) or _backend.gradient_may_follow()
+    chunked_args = (*args, chunk, dropout, backward)
     if chunk_size != "auto":
         return _chunked_additive(*chunked_args)
     dense = _auto_dense(
@@ -718,7 +721,7 @@ def additive_attention(
     # As in `scaled_dot_product_attention`: no `cond` under XLA.
     q_chunk = ops.where(dense, ops.maximum(ops.shape(query)[1], 1), chunk)
     k_chunk = ops.where(dense, ops.maximum(ops.shape(key)[1], 1), chunk)
-    return _chunked_additive(*args, (q_chunk, k_chunk), dropout, training)
+    return _chunked_additive(*args, (q_chunk, k_chunk), dropout, backward)
 
 
 def _chunked_additive(
