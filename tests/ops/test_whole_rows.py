@@ -212,6 +212,19 @@ def test_whole_rows_with_unknown_lengths(rng, blocks, monkeypatch):
 
 
 @pytest.mark.tensorflow_only
+def test_a_call_a_tape_records_takes_the_training_blocks(rng, blocks):
+    """A gradient may follow a call that a `tf.GradientTape` records, made
+    without `training`: it takes the training blocks, one at a time."""
+    import tensorflow as tf
+
+    q = tf.constant(rng.normal(size=(1, 20, 2, 4)).astype("float32"))
+    scaled_dot_product_attention(q, q, q)
+    with tf.GradientTape():
+        scaled_dot_product_attention(q, q, q)
+    assert blocks == [(7, None), (8, 8)]
+
+
+@pytest.mark.tensorflow_only
 def test_gradient_of_whole_rows_traced_without_a_tape(rng, blocks, engines):
     """A function traced with no tape recording takes whole rows, without
     a log-sum-exp; differentiated later, it recomputes the log-sum-exp on
