@@ -105,11 +105,14 @@ def test_issue_15_targets_are_evaluated_from_their_rows():
         "4. MHA forward, L=8192",
         "5. MHA train step, B=32, L=128",
         "5. MHA train step, B=32, L=512",
+        "7. MHA train step, L=8192, called without training",
+        "8. MHA train step, L=32768, called without training",
     ]
     assert all(t["met"] for t in targets), targets
     assert "Keras: killed: RSS above 22 GB" in targets[1]["measured"]
+    assert targets[-1]["measured"] == "ours 32.768 s, 1.00 GB"
     # The GPU target appears on a GPU only.
-    assert len(evaluate_targets(rows, peak=20.0, platform="gpu")) == 7
+    assert len(evaluate_targets(rows, peak=20.0, platform="gpu")) == 9
 
 
 def _no_tensorflow(tmp_path):
