@@ -356,7 +356,7 @@ def concrete_values(x):
         return None
 
 
-def _dtype_name(x):
+def dtype_name(x):
     dtype = getattr(x, "dtype", None)
     if dtype is None:
         dtype = np.asarray(x).dtype
@@ -380,7 +380,7 @@ def check_mask_values(name, mask):
     """
     if mask is None:
         return
-    dtype = _dtype_name(mask)
+    dtype = dtype_name(mask)
     if dtype == "bool":
         return
     if not dtype.startswith(("int", "uint", "float", "bfloat")):
@@ -406,7 +406,7 @@ def check_lengths(name, lengths):
     """Sequence lengths must be non-negative whole numbers (when known)."""
     if lengths is None:
         return
-    dtype = _dtype_name(lengths)
+    dtype = dtype_name(lengths)
     if not dtype.startswith(("int", "uint", "float", "bfloat")):
         raise ValueError(
             f"Argument `{name}` must hold integer lengths. Received: "

@@ -232,7 +232,7 @@ class RotaryEmbedding(_common.ValidatedLayer):
     def _check_positions(self, positions, shape, sequence_axis, feature_axis):
         if positions is None:
             return
-        dtype = _validation._dtype_name(positions)
+        dtype = _validation.dtype_name(positions)
         if not dtype.startswith(("int", "uint", "float", "bfloat")):
             raise ValueError(
                 "Argument `positions` must hold integer or float positions. "

@@ -4,8 +4,8 @@ from keras import ops
 from keras_attention import _sharding
 from keras_attention import _validation
 from keras_attention.layers import _common
-from keras_attention.ops._chunked import _GOLDEN
-from keras_attention.ops._chunked import hash32 as _hash
+from keras_attention.ops._hash import GOLDEN
+from keras_attention.ops._hash import hash32
 
 
 def _uniform(seed, step, shape):
@@ -14,8 +14,8 @@ def _uniform(seed, step, shape):
     batch, vocab = shape
     rows = ops.arange(batch, dtype="int32")[:, None]
     cols = ops.arange(vocab, dtype="int32")[None, :]
-    x = _hash(ops.cast(seed, "int32") * _GOLDEN + ops.cast(step, "int32"))
-    x = _hash(x + rows * vocab + cols)
+    x = hash32(ops.cast(seed, "int32") * GOLDEN + ops.cast(step, "int32"))
+    x = hash32(x + rows * vocab + cols)
     # 23 bits: `bits + 0.5` is exact in float32, so u < 1 (24 bits would
     # round 2**24 - 0.5 up to 2**24, u = 1 and an infinite Gumbel draw).
     bits = ops.cast(ops.bitwise_and(ops.right_shift(x, 9), 0x7FFFFF), "float32")

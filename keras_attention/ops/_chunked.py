@@ -31,21 +31,12 @@ from keras import ops
 from keras_attention._masking import MASKED
 from keras_attention._masking import masked_softmax
 from keras_attention.ops import _backend
+from keras_attention.ops._arith import ceil_div
+from keras_attention.ops._hash import GOLDEN
+from keras_attention.ops._hash import SECOND
+from keras_attention.ops._hash import hash32
 
 NEG_INF = float("-inf")
-
-# lowbias32 (C. Wellons, "Prospecting for hash functions"), as int32.
-_MULTIPLIERS = (0x7FEB352D, 0x846CA68B - 2**32)
-_GOLDEN = 0x9E3779B9 - 2**32
-_SECOND = 0x85EBCA6B - 2**32
-
-
-def hash32(x):
-    """A 32-bit integer hash of int32 `x`, with wrapping multiplication."""
-    for multiplier in _MULTIPLIERS:
-        x = ops.bitwise_xor(x, ops.bitwise_and(ops.right_shift(x, 16), 0xFFFF))
-        x = x * multiplier
-    return ops.bitwise_xor(x, ops.bitwise_and(ops.right_shift(x, 16), 0xFFFF))
 
 
 class StatelessSeed(keras.random.SeedGenerator):
@@ -72,9 +63,9 @@ def call_key(seed):
 def _block_hash(key, i, j):
     """An int32 hash of the call's key and the block index `(i, j)`."""
     return hash32(
-        hash32(key[0] * _GOLDEN + key[1])
-        + ops.cast(i, "int32") * _GOLDEN
-        + ops.cast(j, "int32") * _SECOND
+        hash32(key[0] * GOLDEN + key[1])
+        + ops.cast(i, "int32") * GOLDEN
+        + ops.cast(j, "int32") * SECOND
     )
 
 
@@ -95,7 +86,7 @@ def _index_bits(block, shape, transposed):
         index = index + ops.reshape(r, (1, 1, -1, 1)) + c[None, None, None]
     # An odd multiplier before the block's hash is mixed in: two blocks
     # never share a run of consecutive inputs.
-    return hash32(ops.bitwise_xor(index * _GOLDEN, block))
+    return hash32(ops.bitwise_xor(index * GOLDEN, block))
 
 
 def _uses_hash():
@@ -145,7 +136,7 @@ def _philox_keep(seed, shape, rate):
     `_threshold16(rate)`. Half the draws of one 32-bit number per element,
     and a concatenation of two contiguous halves."""
     b, n, rows, cols = shape
-    half = _ceil_div(rows, 2)
+    half = ceil_div(rows, 2)
     # Words uniform on int32: u = words + 2**31 is uniform on [0, 2**32),
     # its high 16 bits are compared through `words` itself and its low 16
     # bits are those of `words` (2**31 is a multiple of 2**16).
@@ -171,10 +162,6 @@ def _philox_keep(seed, shape, rate):
     if isinstance(rows, int) and rows % 2 == 0:
         return keep
     return keep[:, :, :rows]
-
-
-def _ceil_div(a, b):
-    return (a + b - 1) // b
 
 
 def _at_least_one(n):
@@ -268,8 +255,8 @@ class _Engine:
             k_chunk = _at_least_one(s_len)
         self.cq = q_chunk
         self.ck = k_chunk
-        self.nq = _at_least_one(_ceil_div(t_len, q_chunk))
-        self.nk = _at_least_one(_ceil_div(s_len, k_chunk))
+        self.nq = _at_least_one(ceil_div(t_len, q_chunk))
+        self.nk = _at_least_one(ceil_div(s_len, k_chunk))
         self.tp = self.nq * q_chunk
         self.sp = self.nk * k_chunk
         static_s = k.shape[2]

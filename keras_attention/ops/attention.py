@@ -14,6 +14,7 @@ from keras_attention._masking import masked_softmax
 from keras_attention.ops import _backend
 from keras_attention.ops import _chunked
 from keras_attention.ops import _fused
+from keras_attention.ops._arith import ceil_div
 from keras_attention.ops._chunked import chunked_additive_attention
 from keras_attention.ops._chunked import chunked_dot_product_attention
 
@@ -446,8 +447,8 @@ def _whole_row_chunks(query, key, num_heads):
             "int32",
         )
         q_len = ops.maximum(shape_q[1], 1)
-    blocks = _chunked._ceil_div(q_len, rows)
-    return _chunked._ceil_div(q_len, blocks), None
+    blocks = ceil_div(q_len, rows)
+    return ceil_div(q_len, blocks), None
 
 
 def _chunked_sdpa(
