@@ -49,9 +49,9 @@ def __getattr__(name):
         )
     if _WHERE[name] in ("_export", "_config"):
         if importlib.util.find_spec("tensorflow") is None:
-            from keras_attention.serving import _export_cli
+            from keras_attention.serving import _subprocess
 
-            raise ImportError(_export_cli.tensorflow_missing_message())
+            raise ImportError(_subprocess.tensorflow_missing_message())
     return getattr(_module(_WHERE[name]), name)
 
 

@@ -10,7 +10,11 @@ from keras_attention.serving._check import check
 
 
 def _request(args):
-    inputs = _wire.load_request(args.inputs)
+    try:
+        inputs = _wire.load_request(args.inputs)
+    except _wire.NotARequestBody as e:
+        print(e, file=sys.stderr)
+        return 1
     if args.protocol == "rest":
         url = _wire.rest_url(
             args.host, args.port or 8501, args.model, args.version

@@ -15,7 +15,7 @@ import os
 
 from keras_attention.serving import _export
 from keras_attention.serving._wire import SERVING_API_HINT
-from keras_attention.serving._wire import _check_model_name
+from keras_attention.serving._wire import check_model_name
 
 
 def write_model_config(
@@ -85,7 +85,7 @@ def write_model_config(
         )
     config = model_server_config_pb2.ModelServerConfig()
     for name, versions in models.items():
-        _check_model_name(name, "models")
+        check_model_name(name, "models")
         present = _export.existing_versions(os.path.join(base_dir, name))
         if not present:
             raise ValueError(

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from keras_attention import _validation
 from keras_attention.serving import _check
-from keras_attention.serving import _export_cli
+from keras_attention.serving import _subprocess
 from keras_attention.serving import _wire
 
 # TF Serving's file-system source loads every all-digit directory under the
@@ -165,7 +165,7 @@ def export_saved_model(
                     "a KERAS_BACKEND=tensorflow process to use it. "
                     f"Received: {name}={value!r}"
                 )
-        return _export_cli.export_through_subprocess(
+        return _subprocess.export_through_subprocess(
             model, base_path, version, warmup_inputs, overwrite, output_masks
         )
     if not isinstance(base_path, (str, os.PathLike)) or not str(base_path):

@@ -20,6 +20,10 @@ SERVING_API_HINT = (
 )
 
 
+class NotARequestBody(ValueError):
+    """A request file that holds no request body; the message names it."""
+
+
 def _serving_apis():
     try:
         from tensorflow_serving.apis import predict_pb2
@@ -150,19 +154,19 @@ def rest_body(inputs, format="inputs", signature_name=None, binary=None):
 
 def rest_url(host, port, model_name, version=None, label=None):
     """`http://HOST:PORT/v1/models/NAME[/versions/N|/labels/L]:predict`."""
-    _check_model_name(model_name)
+    check_model_name(model_name)
     if version is not None and label is not None:
         raise ValueError("Pass `version` or `label`, not both.")
     path = f"/v1/models/{model_name}"
     if version is not None:
         path += f"/versions/{_validation.check_version(version)}"
     elif label is not None:
-        _check_model_name(label, "label")
+        check_model_name(label, "label")
         path += f"/labels/{label}"
     return f"http://{host}:{int(port)}{path}:predict"
 
 
-def _check_model_name(name, what="model_name"):
+def check_model_name(name, what="model_name"):
     if not isinstance(name, str) or not _MODEL_NAME.match(name):
         raise ValueError(
             f"Argument `{what}` must be letters, digits, '_', '.' or '-'. "
@@ -212,7 +216,7 @@ def predict_request(
     Returns:
         A `PredictRequest`.
     """
-    _check_model_name(model_name)
+    check_model_name(model_name)
     predict_pb2, _ = _serving_apis()
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
@@ -300,7 +304,8 @@ def send_grpc(target, request, timeout=30.0):
 
 
 def load_request(path):
-    """A request body (`.json`, REST format) or arrays (`.npz`)."""
+    """A request body (`.json`, REST format) or arrays (`.npz`); raises
+    `NotARequestBody` when the JSON holds no inputs."""
     if path.endswith(".npz"):
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
@@ -308,7 +313,7 @@ def load_request(path):
         body = json.load(f)
     columns = body.get("inputs", body) if isinstance(body, dict) else body
     if not isinstance(columns, dict):
-        raise SystemExit(
+        raise NotARequestBody(
             f"{path}: expected {{'inputs': {{name: values}}}} or an .npz file"
         )
     return {k: _check_worker.decode_leaf(v) for k, v in columns.items()}

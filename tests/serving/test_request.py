@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from keras_attention import serving
+from keras_attention.serving import __main__ as cli
 from keras_attention.serving import _check_worker
 from keras_attention.serving import _wire
 from tests.serving.helpers import ragged_tokens
@@ -115,6 +116,18 @@ def test_rest_body_errors():
         serving.rest_body({"a": [1]}, format="rows")
     with pytest.raises(ValueError, match="shared batch"):
         serving.rest_body({"a": [1, 2], "b": [1]}, format="instances")
+
+
+def test_request_file_without_inputs(tmp_path, capsys):
+    path = tmp_path / "body.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected {'inputs'"):
+        _wire.load_request(str(path))
+    argv = ["request", "--model", "m", "--inputs", str(path), "--dry-run"]
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: expected {{'inputs': {{name: values}}}} or an .npz file\n"
+    )
 
 
 class _FakeRestServer(BaseHTTPRequestHandler):
