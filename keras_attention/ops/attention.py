@@ -378,13 +378,21 @@ def scaled_dot_product_attention(
     # XLA cannot compile a `cond` between the kernels (nor its gradient):
     # one chunked kernel whose blocks are chosen at run time, a single
     # block of all the logits where the dense kernel would run.
-    q_len = ops.maximum(ops.shape(query)[1], 1)
-    if whole_rows:
-        return chunked((ops.where(dense, q_len, rows[0]), None))
-    k_len = ops.maximum(ops.shape(key)[1], 1)
     return chunked(
-        (ops.where(dense, q_len, chunks[0]), ops.where(dense, k_len, chunks[1]))
+        _run_time_blocks(dense, query, key, rows if whole_rows else chunks)
     )
+
+
+def _run_time_blocks(dense, query, key, blocks):
+    """`blocks` `(q_chunk, k_chunk)`, or one block of all the queries and
+    keys where the boolean tensor `dense` is True (`"auto"` under XLA). A
+    `k_chunk` of None (whole rows) stays None."""
+    q_len = ops.maximum(ops.shape(query)[1], 1)
+    k_len = ops.maximum(ops.shape(key)[1], 1)
+    q_chunk = ops.where(dense, q_len, blocks[0])
+    if blocks[1] is None:
+        return q_chunk, None
+    return q_chunk, ops.where(dense, k_len, blocks[1])
 
 
 def _auto_dense(dims, lengths, blocks, max_elements):
@@ -720,9 +728,8 @@ def additive_attention(
             lambda: _chunked_additive(*chunked_args),
         )
     # As in `scaled_dot_product_attention`: no `cond` under XLA.
-    q_chunk = ops.where(dense, ops.maximum(ops.shape(query)[1], 1), chunk)
-    k_chunk = ops.where(dense, ops.maximum(ops.shape(key)[1], 1), chunk)
-    return _chunked_additive(*args, (q_chunk, k_chunk), dropout, backward)
+    blocks = _run_time_blocks(dense, query, key, (chunk, chunk))
+    return _chunked_additive(*args, blocks, dropout, backward)
 
 
 def _chunked_additive(
