@@ -67,9 +67,12 @@ import time
 
 import numpy as np
 
-from benchmarks.attention import RESULTS_DIR
-from benchmarks.attention import machine_name
-from benchmarks.attention import write_report
+from benchmarks._common import RESULTS_DIR
+from benchmarks._common import cpu_description
+from benchmarks._common import machine_name
+from benchmarks._common import targets_table
+from benchmarks._common import versions as tensorflow_versions
+from benchmarks._common import write_report
 
 HEADS = 8
 HEAD_DIM = 64
@@ -594,17 +597,7 @@ def markdown(report):
         "index a tensor, warmed up before timing; "
         f"{report['rounds']} round(s), medians.",
         "",
-        "## Targets",
-        "",
-        "| target | goal | measured | met |",
-        "|---|---|---|---|",
-    ]
-    for t in report["targets"]:
-        lines.append(
-            f"| {t['target']} | {t['goal']} | {t['measured']} "
-            f"| {'yes' if t['met'] else '**no**'} |"
-        )
-    lines += [
+        *targets_table(report["targets"]),
         "",
         "## Per-token decode step",
         "",
@@ -713,19 +706,6 @@ def markdown(report):
     return "\n".join(lines) + "\n"
 
 
-def device():
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU, {model}, {os.cpu_count()} cores"
-
-
 def versions(backend):
     import keras
     import keras_hub
@@ -733,9 +713,7 @@ def versions(backend):
     import keras_attention
 
     if backend == "tensorflow":
-        from benchmarks.attention import versions as tf_versions
-
-        text = tf_versions()
+        text = tensorflow_versions()
     else:
         import jax
 
@@ -808,7 +786,7 @@ def main(argv=None):
         + "python -m benchmarks.decoding"
         + (" " + shlex.join(argv) if argv else ""),
         backend=backend,
-        device=device(),
+        device=cpu_description(),
         versions=versions(backend),
         compiled_as=(
             "tf.function(jit_compile=False, autograph=False)"

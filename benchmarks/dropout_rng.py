@@ -37,9 +37,9 @@ import subprocess
 import sys
 import time
 
-from benchmarks.attention import RESULTS_DIR
-from benchmarks.attention import write_report
-from benchmarks.decoding import device
+from benchmarks._common import RESULTS_DIR
+from benchmarks._common import cpu_description
+from benchmarks._common import write_report
 
 
 def _worker(backend, shape, reps):
@@ -148,7 +148,7 @@ def main(argv=None):
     report = dict(
         shape=dict(zip(("batch", "heads", "q_chunk", "k_chunk", "dim"), shape)),
         reps=reps,
-        machine=device(),
+        machine=cpu_description(),
         date=datetime.date.today().isoformat(),
         command="python -m benchmarks.dropout_rng "
         + " ".join(argv or sys.argv[1:]),

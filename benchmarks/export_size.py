@@ -3,7 +3,7 @@ variables, and where the graph's bytes go.
 
 For every committed export under `saved_models/<name>/<version>/`: the size
 of `saved_model.pb`, of `variables/`, the float bytes of the variables the
-checkpoint holds (each stored once since 0.2.0), and the graph's bytes in
+checkpoint holds (each stored once), and the graph's bytes in
 branches and loops (functions whose names contain `cond_`, `while` or
 `map_`): the run-time kernel choice of `chunk_size="auto"` with its chunked
 kernel, and generation loops.
@@ -32,8 +32,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import keras_attention as ka
-from benchmarks.attention import versions
-from benchmarks.attention import write_report
+from benchmarks._common import versions
+from benchmarks._common import write_report
 from keras_attention.serving import _export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

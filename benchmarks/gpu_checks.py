@@ -38,7 +38,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import sys
 import time
 
@@ -52,7 +51,7 @@ import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import keras_attention  # noqa: E402
+from benchmarks._common import jax_versions  # noqa: E402
 from keras_attention.ops import _fused  # noqa: E402
 from keras_attention.ops import scaled_dot_product_attention  # noqa: E402
 
@@ -258,19 +257,6 @@ def cases(smoke, chunk):
                 )
 
 
-def versions():
-    import jaxlib
-
-    return dict(
-        python=platform.python_version(),
-        jax=jax.__version__,
-        jaxlib=jaxlib.__version__,
-        keras=keras.__version__,
-        numpy=np.__version__,
-        keras_attention=keras_attention.__version__,
-    )
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -326,7 +312,7 @@ def main(argv=None):
         platform=environment[1],
         device=f"{device.device_kind} ({device.platform}, "
         f"{jax.device_count()} device(s))",
-        versions=versions(),
+        versions=jax_versions(),
         command="python benchmarks/gpu_checks.py"
         + (" --smoke" if args.smoke else ""),
         shape=dict(batch=batch, length=length, heads=heads, dim=dim),

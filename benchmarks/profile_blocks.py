@@ -135,8 +135,8 @@ def main(argv=None):
 
     blocks = block_ops(args.reps)
     split = layer_split(args.length, max(3, args.reps // 5))
-    from benchmarks.attention import machine_name
-    from benchmarks.attention import versions
+    from benchmarks._common import machine_name
+    from benchmarks._common import versions
 
     lines = [
         f"# Profile of the chunked kernel: {machine_name()}, "

@@ -33,10 +33,10 @@ import time
 
 import numpy as np
 
-from benchmarks.attention import RESULTS_DIR
-from benchmarks.attention import machine_name
-from benchmarks.attention import versions
-from benchmarks.attention import write_report
+from benchmarks._common import RESULTS_DIR
+from benchmarks._common import machine_name
+from benchmarks._common import versions
+from benchmarks._common import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = 1.1

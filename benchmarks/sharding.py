@@ -31,9 +31,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_attention  # noqa: E402
-from benchmarks.attention import machine_name  # noqa: E402
-from benchmarks.attention import versions  # noqa: E402
-from benchmarks.attention import write_report  # noqa: E402
+from benchmarks._common import machine_name  # noqa: E402
+from benchmarks._common import versions  # noqa: E402
+from benchmarks._common import write_report  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = ((1, 8), (2, 4), (4, 2), (8, 1))

@@ -51,8 +51,8 @@ import time
 
 import numpy as np
 
-from benchmarks.attention import machine_name
-from benchmarks.attention import write_report
+from benchmarks._common import machine_name
+from benchmarks._common import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")

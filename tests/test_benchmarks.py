@@ -74,10 +74,10 @@ def test_benchmark_smoke_run(tmp_path):
         assert "GFLOP/s" in table
 
 
-def test_issue_15_targets_are_evaluated_from_their_rows():
-    from benchmarks.attention import evaluate_targets
-    from benchmarks.attention import pair_rows
-    from benchmarks.attention import target_configs
+def test_targets_are_evaluated_from_their_rows():
+    from benchmarks._attention_configs import target_configs
+    from benchmarks._attention_report import evaluate_targets
+    from benchmarks._attention_report import pair_rows
 
     def result(config):
         length, train = config["length"], config["mode"] == "train"
@@ -283,7 +283,7 @@ def test_soak_counts_failed_requests(tmp_path):
 
 
 def test_rounds_combine_into_the_median_of_their_medians():
-    from benchmarks.attention import combine_rounds
+    from benchmarks._attention_report import combine_rounds
 
     def ok(median, peak):
         return dict(

@@ -1,0 +1,189 @@
+"""The attention benchmark's configurations, and the targets table.
+
+A configuration is a JSON-able dict: the layer (`"mha"` or `"additive"`),
+the implementation (`"ours"` or `"keras"`), the mode (`"forward"` or
+`"train"`) and the shapes. `both` lists a configuration for ours and for
+Keras core; the sets (`target_configs`, `sweep_configs`, `gpu_configs`,
+`quick_configs`, `smoke_configs`, `gpu_smoke_configs`) are lists of such
+pairs. `describe` names a configuration in tables and in `--only`.
+
+`target_configs` holds the configurations of the targets table, which
+`_attention_report.evaluate_targets` evaluates: 8 heads x 64, float32, B=1
+unless said otherwise:
+
+1. train step, L=8192, dropout 0.1: memory <= 0.25x, time <= 1.15x;
+2. train step, L=16384, dropout 0.1: ours under 6 GB;
+3. train step, L=8192: time <= 1.12x, memory <= 0.25x;
+4. forward, L=4096 and 8192: time <= 1.00x;
+5. train step, B=32, L=128 and 512: time <= 1.05x;
+6. on a GPU or TPU (`gpu_configs`), bfloat16, forward and train step,
+   L=8192 to 32768: time <= 1.00x;
+7. train step, L=8192, the layers called without `training`: as 3;
+8. the same at L=32768, ours alone: under 12 GiB.
+"""
+
+
+def mha(
+    impl,
+    mode,
+    batch,
+    length,
+    heads=8,
+    head_dim=64,
+    causal=False,
+    dropout=0.0,
+    dtype="float32",
+    train_call="training",
+):
+    """A MultiHeadAttention configuration.
+
+    `dropout`: both layers get `dropout=...`, and the train step calls them
+    with `training=True` (the forward pass stays `training=False`); every
+    train step passes `training=True`, as `fit` does.
+    `dtype`: both layers get `dtype=...` and inputs of that dtype.
+    `train_call`: `"training"`, the train step calls the layers with
+    `training=True`; `"default"`, without `training` (inference mode), as a
+    custom gradient loop, a saliency map or fine-tuning in inference mode
+    does.
+    """
+    config = dict(
+        layer="mha",
+        impl=impl,
+        mode=mode,
+        batch=batch,
+        length=length,
+        heads=heads,
+        head_dim=head_dim,
+        causal=causal,
+        dropout=dropout,
+        dtype=dtype,
+    )
+    # Only when not the default: configurations then compare equal with
+    # those of results files that have no such key.
+    if train_call != "training":
+        config["train_call"] = train_call
+    return config
+
+
+def additive(impl, mode, batch, length, dim=128):
+    return dict(
+        layer="additive",
+        impl=impl,
+        mode=mode,
+        batch=batch,
+        length=length,
+        dim=dim,
+    )
+
+
+def both(factory, *args, **kwargs):
+    return [factory(impl, *args, **kwargs) for impl in ("ours", "keras")]
+
+
+def target_configs():
+    """The configurations of the targets table (targets 1-5, 7 and 8)."""
+    configs = []
+    configs += both(mha, "train", 1, 8192, dropout=0.1)  # target 1
+    configs += both(mha, "train", 1, 16384, dropout=0.1)  # target 2
+    configs += both(mha, "train", 1, 8192)  # target 3
+    for length in (4096, 8192):  # target 4
+        configs += both(mha, "forward", 1, length)
+    for length in (128, 512):  # target 5
+        configs += both(mha, "train", 32, length)
+    # Targets 7 and 8: the gradient of a call without `training`.
+    configs += both(mha, "train", 1, 8192, train_call="default")
+    configs.append(mha("ours", "train", 1, 32768, train_call="default"))
+    return configs
+
+
+def sweep_configs():
+    configs = []
+    for length in (512, 1024, 2048, 4096, 8192, 16384):
+        for mode in ("forward", "train"):
+            configs += both(mha, mode, 1, length)
+    configs += both(mha, "train", 1, 32768)
+    configs += both(mha, "train", 1, 8192, causal=True)
+    for length in (256, 512):
+        configs += both(additive, "train", 8, length)
+    # Keras core runs out of memory at B=8 here; B=4 is a size where it
+    # fits.
+    configs += both(additive, "train", 8, 1024)
+    configs += both(additive, "train", 4, 1024)
+    return configs
+
+
+GPU_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768)
+
+
+def gpu_configs():
+    """The GPU set (target 6): 8 heads x 64, B=1, 1k-32k tokens, forward
+    and train step, bfloat16 and float32, ours against Keras core.
+
+    Listed per (dtype, mode, implementation) with the lengths increasing:
+    each such `series` runs in one subprocess. Fewer repetitions at the
+    longest lengths are meant to keep the whole set near two minutes on an
+    H200.
+    """
+    configs = []
+    for dtype in ("bfloat16", "float32"):
+        for mode in ("forward", "train"):
+            for impl in ("ours", "keras"):
+                for length in GPU_LENGTHS:
+                    config = mha(impl, mode, 1, length, dtype=dtype)
+                    config["reps"] = 3 if length >= 16384 else 5
+                    config["series"] = f"{impl}-{mode}-{dtype}"
+                    configs.append(config)
+    return configs
+
+
+def quick_configs():
+    configs = []
+    for length in (1024, 2048, 4096):
+        for mode in ("forward", "train"):
+            configs += both(mha, mode, 1, length)
+    for length in (128, 512):
+        configs += both(mha, "train", 32, length)
+    configs += both(additive, "train", 8, 256)
+    return configs
+
+
+def smoke_configs():
+    return both(mha, "train", 2, 64, heads=2, head_dim=8)
+
+
+def gpu_smoke_configs():
+    """The GPU set's pipeline at toy sizes, for `device_run.sh --smoke`:
+    one series (two lengths in one subprocess) per implementation, bfloat16
+    train step."""
+    configs = []
+    for impl in ("ours", "keras"):
+        for length in (32, 64):
+            config = mha(
+                impl, "train", 1, length, heads=2, head_dim=8, dtype="bfloat16"
+            )
+            config["series"] = f"{impl}-train-bfloat16"
+            configs.append(config)
+    return configs
+
+
+def describe(config):
+    """A configuration in a few words, as the tables and `--only` see it."""
+    if config["layer"] == "mha":
+        causal = ", causal" if config["causal"] else ""
+        dropout = (
+            f", dropout {config['dropout']:g}" if config.get("dropout") else ""
+        )
+        dtype = config.get("dtype", "float32")
+        dtype = f", {dtype}" if dtype != "float32" else ""
+        call = ""
+        if config.get("train_call") == "default":
+            call = ", called without training"
+        return (
+            f"MHA B={config['batch']} L={config['length']} "
+            f"h={config['heads']}x{config['head_dim']}{causal}{dropout}{dtype}"
+            f"{call}"
+        )
+    return (
+        f"Additive B={config['batch']} {config['length']}x{config['length']}"
+        f" dim={config['dim']}"
+    )

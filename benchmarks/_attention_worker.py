@@ -1,0 +1,415 @@
+"""What runs in the attention benchmark's measuring process.
+
+`run_worker` is what `python -m benchmarks.attention --worker SPEC` runs:
+one configuration (`worker`: `tf_worker`, or `jax_worker` under JAX), a
+series of configurations run in one process, one after the other
+(`jax_worker`, one JSON line per configuration as it finishes), or the
+matmul that measures the machine's peak (`matmul_peak`). Each prints its
+result as a JSON line for the parent to read.
+
+Both implementations get the same shapes and the same weights (drawn from a
+fixed NumPy seed), and each result carries a checksum of the forward
+pass's output, so that the report can show that both computed the same.
+"""
+
+import json
+import time
+
+import numpy as np
+
+from benchmarks._common import jax_versions
+from benchmarks._common import versions
+
+
+def _weights_like(layer, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.standard_normal(w.shape) / np.sqrt(max(1, w.shape[0]))).astype(
+            "float32"
+        )
+        for w in layer.get_weights()
+    ]
+
+
+def _build(config):
+    import keras
+
+    import keras_attention as ka
+
+    rng = np.random.default_rng(1)
+    b, t = config["batch"], config["length"]
+    if config["layer"] == "mha":
+        dim = config["heads"] * config["head_dim"]
+        cls = (
+            ka.MultiHeadAttention
+            if config["impl"] == "ours"
+            else keras.layers.MultiHeadAttention
+        )
+        options = {}
+        if config.get("dropout"):
+            options["dropout"] = config["dropout"]
+        if config.get("dtype", "float32") != "float32":
+            options["dtype"] = config["dtype"]
+        jax_backend = keras.backend.backend() == "jax"
+        if jax_backend:
+            # Overwritten below: zeros spare JAX the compilation of the
+            # random initializers (seconds per process on a CPU).
+            options["kernel_initializer"] = "zeros"
+        layer = cls(
+            num_heads=config["heads"], key_dim=config["head_dim"], **options
+        )
+        x = rng.standard_normal((b, t, dim)).astype("float32")
+        inputs = [x, x]
+        kwargs = dict(use_causal_mask=config["causal"])
+        if jax_backend:  # no eager call: each op would compile on its own
+            layer.build(x.shape, x.shape)
+        else:
+            layer(x[:, :8], x[:, :8])
+    else:
+        dim = config["dim"]
+        q = rng.standard_normal((b, t, dim)).astype("float32")
+        v = rng.standard_normal((b, t, dim)).astype("float32")
+        inputs = [q, v]
+        kwargs = {}
+        if config["impl"] == "ours":
+            layer = ka.AdditiveAttention(units=dim)
+        else:
+            layer = keras.layers.AdditiveAttention()
+            inputs = [[q, v]]
+        layer(
+            *[
+                np.asarray(a)[:, :8]
+                if not isinstance(a, list)
+                else [x[:, :8] for x in a]
+                for a in inputs
+            ]
+        )
+    layer.set_weights(_weights_like(layer))
+    return layer, inputs, kwargs
+
+
+def _train_kwargs(config, kwargs):
+    """The train step's call arguments: `training=True`, as `fit` passes,
+    or none more (`train_call="default"`)."""
+    if config.get("train_call") == "default":
+        return dict(kwargs)
+    return dict(kwargs, training=True)
+
+
+def _flops(config):
+    """Nominal FLOPs of one forward pass (the same formula for both)."""
+    b, t = config["batch"], config["length"]
+    if config["layer"] == "mha":
+        n, h = config["heads"], config["head_dim"]
+        d = n * h
+        attention = 4 * b * n * t * t * h
+        projections = 4 * 2 * b * t * d * n * h
+        return attention + projections
+    u = config["dim"]
+    return 3 * b * t * t * u + 2 * b * t * t * u
+
+
+def worker(config):
+    import keras
+
+    if keras.backend.backend() == "jax":
+        (result,) = jax_worker([config])
+        return result
+    return tf_worker(config)
+
+
+def tf_worker(config):
+    import resource
+
+    import tensorflow as tf
+
+    layer, inputs, kwargs = _build(config)
+    inputs = tf.nest.map_structure(tf.constant, inputs)
+    dtype = config.get("dtype", "float32")
+    if dtype != "float32":
+        inputs = tf.nest.map_structure(lambda x: tf.cast(x, dtype), inputs)
+    train_kwargs = _train_kwargs(config, kwargs)
+
+    @tf.function(autograph=False)
+    def forward(*xs):
+        return layer(*xs, **kwargs)
+
+    @tf.function(autograph=False)
+    def train(*xs):
+        flat = tf.nest.flatten(xs)
+        with tf.GradientTape() as tape:
+            tape.watch(flat)
+            out = tf.cast(layer(*xs, **train_kwargs), "float32")
+            loss = tf.reduce_sum(out * out)
+        return tape.gradient(loss, flat + layer.trainable_weights)
+
+    fn = forward if config["mode"] == "forward" else train
+    reps = config.get("reps", 5)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    result = fn(*inputs)  # trace, compile and warm up
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    tf.nest.map_structure(lambda r: r.numpy(), fn(*inputs))
+    elapsed = time.perf_counter() - start
+    if elapsed < 2.0:  # cheap: more repetitions, a steadier median
+        reps = max(reps, 15 if elapsed < 0.5 else 7)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        result = fn(*inputs)
+        tf.nest.map_structure(lambda r: r.numpy(), result)
+        times.append(time.perf_counter() - start)
+    out = forward(*inputs).numpy()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    flops = _flops(config) * (1 if config["mode"] == "forward" else 3)
+    median = float(np.median(times))
+    return dict(
+        status="ok",
+        median_s=median,
+        times_s=times,
+        first_call_s=first,
+        peak_rss_bytes=peak,
+        rss_before_run_bytes=baseline,
+        gflops=flops / median / 1e9,
+        checksum=float(np.sum(out.astype("float64"))),
+        sample=[float(x) for x in out.reshape(-1)[:4]],
+    )
+
+
+def _peak_rss():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _device_peak(device):
+    """`(peak_bytes_in_use, bytes_in_use)` of a JAX device, or None where it
+    keeps no memory statistics (the CPU)."""
+    stats = device.memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return stats["peak_bytes_in_use"], stats.get("bytes_in_use", 0)
+
+
+def _compiled_memory(compiled):
+    """XLA's own memory plan of a compiled function, when it has one."""
+    try:
+        analysis = compiled.memory_analysis()
+    except Exception:  # not every platform has one
+        return None
+    if analysis is None:
+        return None
+    fields = ("argument", "output", "temp", "alias", "generated_code")
+    return {
+        f"{name}_bytes": int(getattr(analysis, f"{name}_size_in_bytes", 0))
+        for name in fields
+    }
+
+
+def is_oom(message):
+    """Whether an error message says that memory ran out."""
+    return any(
+        token in message
+        for token in ("ResourceExhausted", "RESOURCE_EXHAUSTED", "OOM")
+    ) or ("out of memory" in message.lower())
+
+
+def jax_worker(configs, emit=None):
+    """Runs `configs` one after the other in this process (JAX).
+
+    The device's peak memory can't be reset: a configuration whose run
+    raises the process's running peak gets that peak as its own
+    (`peak_exact`); one that doesn't is reported with the running peak as
+    an upper bound (`peak_exact: False`). `emit(index, result)` is called as
+    each configuration finishes.
+    """
+    import gc
+
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    device = jax.devices()[0]
+    results = []
+    for index, config in enumerate(configs):
+        try:
+            result = _jax_run(config, device, jax, jnp)
+        except Exception as error:  # out of memory, above all
+            message = f"{type(error).__name__}: {error}"[-300:]
+            result = dict(
+                status="out of memory" if is_oom(message) else "error",
+                detail=message,
+            )
+        keras.backend.clear_session()
+        gc.collect()
+        results.append(result)
+        if emit is not None:
+            emit(index, result)
+    return results
+
+
+def _jax_run(config, device, jax, jnp):
+    dtype = config.get("dtype", "float32")
+    before_device = _device_peak(device)
+    before_rss = _peak_rss()
+    layer, inputs, kwargs = _build(config)
+    inputs = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), inputs)
+    train_kwargs = _train_kwargs(config, kwargs)
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def forward(trainable, non_trainable, *xs):
+        out, _ = layer.stateless_call(trainable, non_trainable, *xs, **kwargs)
+        return out
+
+    def loss(trainable, xs, non_trainable):
+        out, _ = layer.stateless_call(
+            trainable, non_trainable, *xs, **train_kwargs
+        )
+        out = out.astype("float32")
+        return jnp.sum(out * out)
+
+    def train(trainable, non_trainable, *xs):
+        # Gradients with respect to all weights and the inputs.
+        return jax.value_and_grad(loss, argnums=(0, 1))(
+            trainable, xs, non_trainable
+        )
+
+    args = (trainable, non_trainable, *inputs)
+    fn = jax.jit(forward if config["mode"] == "forward" else train)
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    jax.block_until_ready(compiled(*args))  # warm up
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    elapsed = time.perf_counter() - start
+    reps = config.get("reps", 5)
+    # Cheap: more repetitions (about a second's worth, at most 15).
+    reps = max(reps, min(15, int(1.0 / max(elapsed, 1e-6))))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    if config["mode"] != "forward":
+        out = jax.jit(forward)(*args)
+    else:
+        out = compiled(*args)
+    out = np.asarray(out.astype("float32"))
+    flops = _flops(config) * (1 if config["mode"] == "forward" else 3)
+    median = float(np.median(times))
+    after_device = _device_peak(device)
+    peak_rss = _peak_rss()
+    if after_device is not None:
+        source = "device peak_bytes_in_use"
+        peak, before = after_device[0], before_device[0]
+        in_use_before = before_device[1]
+    else:
+        source = "process peak RSS"
+        peak, before, in_use_before = peak_rss, before_rss, None
+    result = dict(
+        status="ok",
+        median_s=median,
+        times_s=times,
+        first_call_s=first,
+        peak_bytes=peak,
+        peak_exact=peak > before,
+        memory_source=source,
+        peak_rss_bytes=peak_rss,
+        rss_before_run_bytes=before_rss,
+        gflops=flops / median / 1e9,
+        checksum=float(np.sum(out.astype("float64"))),
+        sample=[float(x) for x in out.reshape(-1)[:4]],
+        platform=device.platform,
+    )
+    if in_use_before is not None:
+        result["device_bytes_in_use_before"] = in_use_before
+    memory = _compiled_memory(compiled)
+    if memory:
+        result["compiled_memory"] = memory
+    return result
+
+
+def matmul_peak(n=None, reps=5):
+    """Measured float32 matmul GFLOP/s on this machine (TensorFlow: 4096^3
+    unless `n` says otherwise; JAX: `jax_matmul_peak`)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        return jax_matmul_peak(n)
+    import tensorflow as tf
+
+    n = n or 4096
+
+    a = tf.constant(np.random.default_rng(0).random((n, n), "float32"))
+
+    @tf.function
+    def mm(x):
+        return tf.matmul(x, x)
+
+    mm(a).numpy()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        mm(a).numpy()
+        times.append(time.perf_counter() - start)
+    return dict(status="ok", gflops=2 * n**3 / float(np.median(times)) / 1e9)
+
+
+def jax_matmul_peak(n=None, reps=10):
+    """A `jax.jit` matmul: bfloat16 8192^3 on an accelerator, float32
+    4096^3 on a CPU (`n` for another size). Also says which device ran
+    it."""
+    import jax
+    import jax.numpy as jnp
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        n, dtype, reps, warmups = n or 4096, "float32", 5, 1
+    else:
+        n, dtype, warmups = n or 8192, "bfloat16", 3
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((n, n), "float32"), dtype)
+    b = jnp.asarray(rng.standard_normal((n, n), "float32"), dtype)
+    mm = jax.jit(jnp.matmul)
+    for _ in range(warmups):
+        jax.block_until_ready(mm(a, b))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(mm(a, b))
+        times.append(time.perf_counter() - start)
+    return dict(
+        status="ok",
+        gflops=2 * n**3 / float(np.median(times)) / 1e9,
+        n=n,
+        dtype=dtype,
+        platform=device.platform,
+        device_kind=device.device_kind,
+        devices=jax.device_count(),
+    )
+
+
+def run_worker(spec):
+    """`--worker`: a configuration (prints its result), a series (a list:
+    prints one line per configuration as it finishes), or the matmul."""
+    config = json.loads(spec)
+    if isinstance(config, list):
+
+        def emit(index, result):
+            print(json.dumps(dict(index=index, result=result)), flush=True)
+
+        jax_worker(config, emit=emit)
+    elif config.get("layer") == "matmul":
+        result = matmul_peak(**({"n": config["n"]} if "n" in config else {}))
+        import keras
+
+        if keras.backend.backend() == "jax":
+            result["versions"] = versions("jax")
+            result["versions_detail"] = jax_versions()
+        print(json.dumps(result))
+    else:
+        print(json.dumps(worker(config)))
+    return 0

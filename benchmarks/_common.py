@@ -1,0 +1,113 @@
+"""What the benchmark scripts share: where results go, the machine's name,
+the versions line, report files and the table of targets.
+
+Nothing here imports TensorFlow or JAX at import time: the GPU machine has
+no TensorFlow, and a parent process must not start JAX on the device its
+workers use.
+"""
+
+import json
+import os
+import platform
+import re
+
+import numpy as np
+
+RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
+
+
+def machine_name(matmul=None):
+    """`cpu-<arch>-<n>cores` (TensorFlow); under JAX, from the device that
+    ran the matmul: `jax-cpu-<arch>-<n>cores` or `jax-gpu-<device kind>`."""
+    cpu = platform.machine()
+    name = f"cpu-{cpu}-{os.cpu_count()}cores"
+    if matmul is None:
+        return name
+    if matmul.get("platform", "cpu") == "cpu":
+        return f"jax-{name}"
+    kind = re.sub(r"[^a-z0-9]+", "-", matmul["device_kind"].lower()).strip("-")
+    return f"jax-{matmul['platform']}-{kind}"
+
+
+def cpu_description():
+    """`CPU, <model name>, <n> cores`, the model from `/proc/cpuinfo`."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU, {model}, {os.cpu_count()} cores"
+
+
+def write_report(report, text, output_dir, stem, indent=2):
+    """Writes `<stem>.json` (the report) and `<stem>.md` (`text`).
+
+    Returns the path without extension.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    base = os.path.join(output_dir, stem)
+    with open(base + ".json", "w") as f:
+        json.dump(report, f, indent=indent)
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    return base
+
+
+def versions(backend="tensorflow"):
+    """The versions line of a report. Under JAX it imports no TensorFlow."""
+    if backend == "jax":
+        detail = jax_versions()
+        return (
+            f"Python {detail['python']}, JAX {detail['jax']} (jaxlib "
+            f"{detail['jaxlib']}), Keras {detail['keras']}, NumPy "
+            f"{detail['numpy']}, keras_attention {detail['keras_attention']}"
+        )
+    import keras
+    import tensorflow as tf
+
+    import keras_attention
+
+    return (
+        f"Python {platform.python_version()}, TensorFlow {tf.__version__},"
+        f" Keras {keras.__version__}, keras_attention "
+        f"{keras_attention.__version__}"
+    )
+
+
+def jax_versions():
+    """Python, JAX, jaxlib, Keras, NumPy and keras_attention versions."""
+    import jax
+    import jaxlib
+    import keras
+
+    import keras_attention
+
+    return dict(
+        python=platform.python_version(),
+        jax=jax.__version__,
+        jaxlib=jaxlib.__version__,
+        keras=keras.__version__,
+        numpy=np.__version__,
+        keras_attention=keras_attention.__version__,
+    )
+
+
+def targets_table(targets):
+    """The `## Targets` section of a report's Markdown, as lines: one row
+    per target (`target`, `goal`, `measured`, `met`)."""
+    lines = [
+        "## Targets",
+        "",
+        "| target | goal | measured | met |",
+        "|---|---|---|---|",
+    ]
+    for target in targets:
+        lines.append(
+            f"| {target['target']} | {target['goal']} | {target['measured']} "
+            f"| {'yes' if target['met'] else '**no**'} |"
+        )
+    return lines
