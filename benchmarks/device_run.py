@@ -1,4 +1,4 @@
-"""One prepared GPU run (issue 15): checks, benchmark and examples under JAX.
+"""One prepared GPU run: checks, benchmark and examples under JAX.
 
 Run it through `bash benchmarks/device_run.sh [--smoke] [--out DIR]`, which
 sets `KERAS_BACKEND=jax`. In order, each in its own process:
