@@ -1,9 +1,20 @@
-"""Serializable Keras 3 attention layers: multi-head (scaled dot-product),
-additive (Bahdanau) and attention pooling, and the Transformer blocks built
-on them: patch and position embeddings and a Transformer encoder.
+"""Serializable Keras 3 attention layers, on TensorFlow and JAX.
 
-Public API: `keras_attention.layers.*` (re-exported here),
-`keras_attention.ops.*` and `keras_attention.distribution.*`.
+Attention:
+    `MultiHeadAttention` (multi-head scaled dot-product attention, a
+    drop-in for Keras core's, with a key/value cache),
+    `GroupedQueryAttention` (alias `GroupQueryAttention`, Keras' name),
+    `AdditiveAttention` (Bahdanau) and `AttentionPooling`.
+Transformer blocks: `TransformerEncoder` and `TransformerDecoder`.
+Positions and patches: `PositionEmbedding` (learned),
+    `SinusoidalPositionEncoding`, `RotaryEmbedding` and `PatchEmbedding`.
+Decoding: `TokenGenerator` (greedy or sampled generation in one graph).
+
+The layers are re-exported here from `keras_attention.layers`. The other
+public modules: `keras_attention.ops` (the attention kernels),
+`keras_attention.distribution` (head-sharded layouts),
+`keras_attention.serving` (SavedModel export and TF Serving; TensorFlow)
+and `keras_attention.compat.tfa` (tensorflow-addons' attention layers).
 """
 
 from keras_attention import distribution
@@ -22,7 +33,7 @@ from keras_attention.layers import TokenGenerator
 from keras_attention.layers import TransformerDecoder
 from keras_attention.layers import TransformerEncoder
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AdditiveAttention",

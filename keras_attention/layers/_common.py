@@ -1,5 +1,6 @@
 """Private helpers shared by the layers."""
 
+import inspect
 import math
 
 import keras
@@ -44,6 +45,104 @@ KERAS_OBJECTS = (
 
 # Those of a layer whose weights have no biases (AdditiveAttention).
 KERNEL_OBJECTS = tuple(n for n in KERAS_OBJECTS if n.startswith("kernel_"))
+
+
+def constructor_arguments(arguments, drop=()):
+    """A constructor's arguments, to pass on to its base class's.
+
+    `arguments`: the constructor's `locals()`, taken before it defines any
+    other local name. Returns them by name, without `self`, the names in
+    `drop`, and with `**kwargs` merged in.
+    """
+    skipped = {"self", "__class__", "kwargs", *drop}
+    forwarded = {k: v for k, v in arguments.items() if k not in skipped}
+    forwarded.update(arguments.get("kwargs", {}))
+    return forwarded
+
+
+def call_arguments(call, args, kwargs):
+    """A `call` method's arguments by name, defaults included, as it binds
+    `args` and `kwargs`, for `compute_output_spec`, which Keras calls with
+    the call's arguments. `call`: the layer class's own function (e.g.
+    `MultiHeadAttention.call`), so that a subclass may override `call`
+    with a signature of its own."""
+    bound = inspect.signature(call).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    return bound.arguments
+
+
+def check_sliding_window(sliding_window):
+    """`sliding_window`: None or a positive int (compared with int32
+    positions, so bounded as a weight's size is)."""
+    _validation.check_positive_int(
+        "sliding_window",
+        sliding_window,
+        allow_none=True,
+        max_value=_validation.MAX_WEIGHT_ELEMENTS,
+    )
+
+
+def set_keras_objects(layer, arguments, bias=True):
+    """Sets the layer's initializers, regularizers and constraints.
+
+    `arguments`: the constructor's arguments by name (its `locals()`).
+    Each object goes through `keras.*.get`, and a bad one raises a
+    `ValueError` naming its argument. `bias=False`: a layer whose weights
+    have no biases, which takes only the kernel's three.
+    """
+    layer.kernel_initializer = _validation.get_initializer(
+        "kernel_initializer", arguments["kernel_initializer"]
+    )
+    layer.kernel_regularizer = _validation.get_regularizer(
+        "kernel_regularizer", arguments["kernel_regularizer"]
+    )
+    layer.kernel_constraint = _validation.get_constraint(
+        "kernel_constraint", arguments["kernel_constraint"]
+    )
+    if bias:
+        layer.bias_initializer = _validation.get_initializer(
+            "bias_initializer", arguments["bias_initializer"]
+        )
+        layer.bias_regularizer = _validation.get_regularizer(
+            "bias_regularizer", arguments["bias_regularizer"]
+        )
+        layer.bias_constraint = _validation.get_constraint(
+            "bias_constraint", arguments["bias_constraint"]
+        )
+
+
+def weight_kwargs(layer, weight="kernel"):
+    """`add_weight`'s `initializer` (cloned), `regularizer` and
+    `constraint` for the layer's kernels (`weight="kernel"`) or biases
+    (`weight="bias"`)."""
+    if weight == "kernel":
+        return dict(
+            initializer=clone_initializer(layer.kernel_initializer),
+            regularizer=layer.kernel_regularizer,
+            constraint=layer.kernel_constraint,
+        )
+    return dict(
+        initializer=clone_initializer(layer.bias_initializer),
+        regularizer=layer.bias_regularizer,
+        constraint=layer.bias_constraint,
+    )
+
+
+def sublayer_kwargs(layer, bias=True, **extra):
+    """The keyword arguments that give a `Dense` or `EinsumDense` sublayer
+    the layer's Keras objects (initializers cloned) and dtype policy, plus
+    `extra` (Keras' MultiHeadAttention passes its `activity_regularizer`).
+    `bias=False`: only the kernel's, as `set_keras_objects`."""
+    kwargs = {
+        f"kernel_{key}": value
+        for key, value in weight_kwargs(layer, "kernel").items()
+    }
+    if bias:
+        kwargs.update(
+            (f"bias_{key}", value)
+            for key, value in weight_kwargs(layer, "bias").items()
+        )
+    return dict(kwargs, dtype=layer.dtype_policy, **extra)
 
 
 def serialize_keras_objects(layer, names=KERAS_OBJECTS):

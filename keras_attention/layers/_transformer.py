@@ -65,12 +65,7 @@ class TransformerBlock(_common.ValidatedLayer):
         _validation.check_rope(
             rope_max_wavelength, rope_scaling_factor, key_dim
         )
-        _validation.check_positive_int(
-            "sliding_window",
-            sliding_window,
-            allow_none=True,
-            max_value=_validation.MAX_WEIGHT_ELEMENTS,
-        )
+        _common.check_sliding_window(sliding_window)
         _validation.check_chunk_size(chunk_size)
         _validation.check_positive_number(
             "logits_soft_cap", logits_soft_cap, allow_none=True
@@ -104,41 +99,11 @@ class TransformerBlock(_common.ValidatedLayer):
         self.logits_soft_cap = (
             None if logits_soft_cap is None else float(logits_soft_cap)
         )
-        self.kernel_initializer = _validation.get_initializer(
-            "kernel_initializer", kernel_initializer
-        )
-        self.bias_initializer = _validation.get_initializer(
-            "bias_initializer", bias_initializer
-        )
-        self.kernel_regularizer = _validation.get_regularizer(
-            "kernel_regularizer", kernel_regularizer
-        )
-        self.bias_regularizer = _validation.get_regularizer(
-            "bias_regularizer", bias_regularizer
-        )
-        self.kernel_constraint = _validation.get_constraint(
-            "kernel_constraint", kernel_constraint
-        )
-        self.bias_constraint = _validation.get_constraint(
-            "bias_constraint", bias_constraint
-        )
+        _common.set_keras_objects(self, locals())
         self.seed = seed
 
     def _seed(self, offset):
         return None if self.seed is None else self.seed + offset
-
-    def _dense_kwargs(self):
-        return dict(
-            kernel_initializer=_common.clone_initializer(
-                self.kernel_initializer
-            ),
-            bias_initializer=_common.clone_initializer(self.bias_initializer),
-            kernel_regularizer=self.kernel_regularizer,
-            bias_regularizer=self.bias_regularizer,
-            kernel_constraint=self.kernel_constraint,
-            bias_constraint=self.bias_constraint,
-            dtype=self.dtype_policy,
-        )
 
     def _check_input_shape(self, layer, input_shape, name="inputs"):
         """The inputs' last dimension and the heads' size, checked."""
@@ -197,7 +162,7 @@ class TransformerBlock(_common.ValidatedLayer):
             ),
             rope_scaling_factor=self.rope_scaling_factor,
             name=name,
-            **self._dense_kwargs(),
+            **_common.sublayer_kwargs(self),
         )
 
     def _layer_norm(self, name, shape):
@@ -222,13 +187,13 @@ class TransformerBlock(_common.ValidatedLayer):
             self.intermediate_dim,
             activation=self.activation,
             name="feedforward_intermediate_dense",
-            **self._dense_kwargs(),
+            **_common.sublayer_kwargs(self),
         )
         intermediate.build(input_shape)
         output = keras.layers.Dense(
             input_shape[-1],
             name="feedforward_output_dense",
-            **self._dense_kwargs(),
+            **_common.sublayer_kwargs(self),
         )
         output.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
         return intermediate, output

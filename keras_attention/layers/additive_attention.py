@@ -119,15 +119,7 @@ class AdditiveAttention(_common.ValidatedLayer):
         self.normalize = normalize
         self.dropout = float(dropout)
         self.chunk_size = chunk_size
-        self.kernel_initializer = _validation.get_initializer(
-            "kernel_initializer", kernel_initializer
-        )
-        self.kernel_regularizer = _validation.get_regularizer(
-            "kernel_regularizer", kernel_regularizer
-        )
-        self.kernel_constraint = _validation.get_constraint(
-            "kernel_constraint", kernel_constraint
-        )
+        _common.set_keras_objects(self, locals(), bias=False)
         self.seed = seed
         self.seed_generator = (
             keras.random.SeedGenerator(seed) if self.dropout > 0 else None
@@ -139,12 +131,7 @@ class AdditiveAttention(_common.ValidatedLayer):
         return keras.layers.Dense(
             self.units,
             use_bias=False,
-            kernel_initializer=_common.clone_initializer(
-                self.kernel_initializer
-            ),
-            kernel_regularizer=self.kernel_regularizer,
-            kernel_constraint=self.kernel_constraint,
-            dtype=self.dtype_policy,
+            **_common.sublayer_kwargs(self, bias=False),
             name=name,
         )
 
@@ -306,24 +293,15 @@ class AdditiveAttention(_common.ValidatedLayer):
         )
         return query_shape[:-1] + (value_shape[-1],)
 
-    def compute_output_spec(
-        self,
-        query,
-        value,
-        key=None,
-        query_mask=None,
-        value_mask=None,
-        projected_key=None,
-        return_attention_scores=False,
-        training=None,
-        use_causal_mask=False,
-    ):
+    def compute_output_spec(self, *args, **kwargs):
+        arguments = _common.call_arguments(AdditiveAttention.call, args, kwargs)
+        query, value, key = (arguments[n] for n in ("query", "value", "key"))
         key_shape = None if key is None else key.shape
         output_shape = self.compute_output_shape(
             query.shape, value.shape, key_shape
         )
         output = keras.KerasTensor(output_shape, dtype=self.compute_dtype)
-        if not return_attention_scores:
+        if not arguments["return_attention_scores"]:
             return output
         scores_shape = tuple(query.shape[:-1]) + (value.shape[1],)
         return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)

@@ -96,24 +96,7 @@ class AttentionPooling(_common.ValidatedLayer):
         self.units = None if units is None else int(units)
         self.num_heads = int(num_heads)
         self.dropout = float(dropout)
-        self.kernel_initializer = _validation.get_initializer(
-            "kernel_initializer", kernel_initializer
-        )
-        self.bias_initializer = _validation.get_initializer(
-            "bias_initializer", bias_initializer
-        )
-        self.kernel_regularizer = _validation.get_regularizer(
-            "kernel_regularizer", kernel_regularizer
-        )
-        self.bias_regularizer = _validation.get_regularizer(
-            "bias_regularizer", bias_regularizer
-        )
-        self.kernel_constraint = _validation.get_constraint(
-            "kernel_constraint", kernel_constraint
-        )
-        self.bias_constraint = _validation.get_constraint(
-            "bias_constraint", bias_constraint
-        )
+        _common.set_keras_objects(self, locals())
         self.seed = seed
         self.seed_generator = (
             keras.random.SeedGenerator(seed) if self.dropout > 0 else None
@@ -136,10 +119,6 @@ class AttentionPooling(_common.ValidatedLayer):
             shapes,
             {"units": self.units, "num_heads": self.num_heads, "dim": dim},
         )
-        kernel_kwargs = dict(
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
         score_dim = dim
         self.hidden_kernel = None
         self.hidden_bias = None
@@ -147,22 +126,18 @@ class AttentionPooling(_common.ValidatedLayer):
             self.hidden_kernel = self.add_weight(
                 name="hidden_kernel",
                 shape=(dim, self.units),
-                initializer=_common.clone_initializer(self.kernel_initializer),
-                **kernel_kwargs,
+                **_common.weight_kwargs(self, "kernel"),
             )
             self.hidden_bias = self.add_weight(
                 name="hidden_bias",
                 shape=(self.units,),
-                initializer=_common.clone_initializer(self.bias_initializer),
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
+                **_common.weight_kwargs(self, "bias"),
             )
             score_dim = self.units
         self.score_kernel = self.add_weight(
             name="score_kernel",
             shape=(score_dim, self.num_heads),
-            initializer=_common.clone_initializer(self.kernel_initializer),
-            **kernel_kwargs,
+            **_common.weight_kwargs(self, "kernel"),
         )
         self._dim = dim
 

@@ -109,6 +109,7 @@ class GroupedQueryAttention(MultiHeadAttention):
         rope_scaling_factor=1.0,
         **kwargs,
     ):
+        arguments = dict(locals())
         _validation.check_positive_int("head_dim", head_dim)
         _validation.check_positive_int("num_query_heads", num_query_heads)
         _validation.check_positive_int(
@@ -127,25 +128,9 @@ class GroupedQueryAttention(MultiHeadAttention):
         super().__init__(
             num_heads=num_query_heads,
             key_dim=head_dim,
-            dropout=dropout,
-            use_bias=use_bias,
-            sliding_window=sliding_window,
-            flash_attention=flash_attention,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            activity_regularizer=activity_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-            use_gate=use_gate,
-            seed=seed,
-            num_key_value_heads=num_key_value_heads,
-            chunk_size=chunk_size,
-            logits_soft_cap=logits_soft_cap,
-            rope_max_wavelength=rope_max_wavelength,
-            rope_scaling_factor=rope_scaling_factor,
-            **kwargs,
+            **_common.constructor_arguments(
+                arguments, drop=("head_dim", "num_query_heads")
+            ),
         )
         self.head_dim = int(head_dim)
         self.num_query_heads = int(num_query_heads)

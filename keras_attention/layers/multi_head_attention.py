@@ -8,6 +8,8 @@ from keras import ops
 from keras_attention import _masking
 from keras_attention import _validation
 from keras_attention.layers import _common
+from keras_attention.layers import _kernel_layout
+from keras_attention.layers import _kv_cache
 from keras_attention.layers.rotary_embedding import apply_rotary
 from keras_attention.layers.rotary_embedding import rotary_positions
 from keras_attention.ops.attention import scaled_dot_product_attention
@@ -28,13 +30,6 @@ def _proj_equation(free_dims, bound_dims, output_dims):
 
 def _output_shape(output_rank, known_last_dims):
     return [None] * (output_rank - len(known_last_dims)) + list(known_last_dims)
-
-
-def _product(dims):
-    result = 1
-    for dim in dims:
-        result = result * dim
-    return result
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -201,13 +196,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         _validation.check_rope(
             rope_max_wavelength, rope_scaling_factor, key_dim
         )
-        # The window is compared with int32 positions.
-        _validation.check_positive_int(
-            "sliding_window",
-            sliding_window,
-            allow_none=True,
-            max_value=_validation.MAX_WEIGHT_ELEMENTS,
-        )
+        _common.check_sliding_window(sliding_window)
         _validation.check_flash_attention(flash_attention)
         if flash_attention and dropout > 0.0:
             raise ValueError(
@@ -243,29 +232,14 @@ class MultiHeadAttention(_common.ValidatedLayer):
         )
         self.rope_scaling_factor = float(rope_scaling_factor)
         self.partial_output_shape = self._standardize_output_shape(output_shape)
-        self.attention_axes = self._standardize_attention_axes(attention_axes)
+        self.attention_axes = _kernel_layout.standardize_attention_axes(
+            attention_axes
+        )
         self.sliding_window = sliding_window
         self.flash_attention = flash_attention
         self.num_key_value_heads = num_key_value_heads
         self.chunk_size = chunk_size
-        self.kernel_initializer = _validation.get_initializer(
-            "kernel_initializer", kernel_initializer
-        )
-        self.bias_initializer = _validation.get_initializer(
-            "bias_initializer", bias_initializer
-        )
-        self.kernel_regularizer = _validation.get_regularizer(
-            "kernel_regularizer", kernel_regularizer
-        )
-        self.bias_regularizer = _validation.get_regularizer(
-            "bias_regularizer", bias_regularizer
-        )
-        self.kernel_constraint = _validation.get_constraint(
-            "kernel_constraint", kernel_constraint
-        )
-        self.bias_constraint = _validation.get_constraint(
-            "bias_constraint", bias_constraint
-        )
+        _common.set_keras_objects(self, locals())
         self._activity_regularizer = _validation.get_regularizer(
             "activity_regularizer", activity_regularizer
         )
@@ -293,50 +267,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
             _validation.check_positive_int("output_shape", dim)
         return tuple(int(d) for d in output_shape)
 
-    @staticmethod
-    def _standardize_attention_axes(attention_axes):
-        if attention_axes is None:
-            return None
-        if isinstance(attention_axes, numbers.Integral) and not isinstance(
-            attention_axes, bool
-        ):
-            attention_axes = (attention_axes,)
-        if not isinstance(attention_axes, (list, tuple)) or not all(
-            isinstance(a, numbers.Integral) and not isinstance(a, bool)
-            for a in attention_axes
-        ):
-            raise ValueError(
-                "Received an invalid value for argument `attention_axes`, "
-                "expected an int, a tuple of ints or `None`. Received: "
-                f"attention_axes={attention_axes!r}"
-            )
-        return tuple(int(a) for a in attention_axes)
-
     # ------------------------------------------------------------------
     # Shapes
     # ------------------------------------------------------------------
-    def _normalized_axes(self, rank):
-        """Attention axes as input-axis indices in `[1, rank - 2]`."""
-        if self.attention_axes is None:
-            return tuple(range(1, rank - 1))
-        axes = []
-        for axis in self.attention_axes:
-            normalized = axis + rank if axis < 0 else axis
-            if not 1 <= normalized <= rank - 2:
-                raise ValueError(
-                    "Argument `attention_axes` is out of range for inputs of "
-                    f"rank {rank}: each axis must be in [1, {rank - 2}] or "
-                    f"[{1 - rank}, -2] (not the batch or feature axis). "
-                    f"Received: attention_axes={self.attention_axes}"
-                )
-            axes.append(normalized)
-        if len(set(axes)) != len(axes):
-            raise ValueError(
-                "Argument `attention_axes` must not repeat an axis. "
-                f"Received: attention_axes={self.attention_axes}"
-            )
-        return tuple(sorted(axes))
-
     def _check_shapes(self, query_shape, value_shape, key_shape):
         query_shape = tuple(query_shape)
         value_shape = tuple(value_shape)
@@ -360,7 +293,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
                     f"one, must be equal. Received: value.shape={value_shape}"
                     f", key.shape={key_shape}"
                 )
-        axes = self._normalized_axes(len(query_shape))
+        axes = _kernel_layout.normalize_attention_axes(
+            self.attention_axes, len(query_shape)
+        )
         for i in range(len(query_shape) - 1):
             if i in axes:
                 continue
@@ -381,33 +316,12 @@ class MultiHeadAttention(_common.ValidatedLayer):
             return query_shape[:-1] + self.partial_output_shape
         return query_shape
 
-    def _scores_shape(self, query_shape, value_shape, axes):
-        batch_dims = [
-            d for i, d in enumerate(query_shape[:-1]) if i not in axes
-        ]
-        return (
-            tuple(batch_dims)
-            + (self.num_heads,)
-            + tuple(query_shape[a] for a in axes)
-            + tuple(value_shape[a] for a in axes)
+    def compute_output_spec(self, *args, **kwargs):
+        arguments = _common.call_arguments(
+            MultiHeadAttention.call, args, kwargs
         )
-
-    def compute_output_spec(
-        self,
-        query,
-        value,
-        key=None,
-        query_mask=None,
-        value_mask=None,
-        key_mask=None,
-        attention_mask=None,
-        return_attention_scores=False,
-        training=None,
-        use_causal_mask=False,
-        attention_bias=None,
-        cache=None,
-        cache_update_index=None,
-    ):
+        query, value, key = (arguments[n] for n in ("query", "value", "key"))
+        cache = arguments["cache"]
         key_shape = None if key is None else key.shape
         query_shape, value_shape, _, axes = self._check_shapes(
             query.shape, value.shape, key_shape
@@ -417,12 +331,14 @@ class MultiHeadAttention(_common.ValidatedLayer):
             dtype=self.compute_dtype,
         )
         outputs = [output]
-        if return_attention_scores:
+        if arguments["return_attention_scores"]:
             if cache is not None:
                 value_shape = (value_shape[0], cache.shape[2], None)
             outputs.append(
                 keras.KerasTensor(
-                    self._scores_shape(query_shape, value_shape, axes),
+                    _kernel_layout.KernelLayout(
+                        len(query_shape), axes, self.num_heads
+                    ).scores_shape(query_shape, value_shape),
                     dtype=self.compute_dtype,
                 )
             )
@@ -433,20 +349,6 @@ class MultiHeadAttention(_common.ValidatedLayer):
     # ------------------------------------------------------------------
     # Build
     # ------------------------------------------------------------------
-    def _sublayer_kwargs(self):
-        return dict(
-            kernel_initializer=_common.clone_initializer(
-                self.kernel_initializer
-            ),
-            bias_initializer=_common.clone_initializer(self.bias_initializer),
-            kernel_regularizer=self.kernel_regularizer,
-            bias_regularizer=self.bias_regularizer,
-            activity_regularizer=self._activity_regularizer,
-            kernel_constraint=self.kernel_constraint,
-            bias_constraint=self.bias_constraint,
-            dtype=self.dtype_policy,
-        )
-
     def _projection(self, rank, heads, head_dim, name, activation=None):
         equation, bias_axes, output_rank = _proj_equation(rank - 1, 1, 2)
         return keras.layers.EinsumDense(
@@ -455,7 +357,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
             bias_axes=bias_axes if self.use_bias else None,
             activation=activation,
             name=name,
-            **self._sublayer_kwargs(),
+            **_common.sublayer_kwargs(
+                self, activity_regularizer=self._activity_regularizer
+            ),
         )
 
     def build(self, query_shape, value_shape, key_shape=None):
@@ -464,6 +368,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
         )
         self._axes = axes
         rank = len(query_shape)
+        self._kernel_layout = _kernel_layout.KernelLayout(
+            rank, axes, self.num_heads
+        )
         if self.rope_max_wavelength is not None and (
             rank != 3 or len(axes) != 1
         ):
@@ -476,6 +383,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
             )
         kv_heads = self.num_key_value_heads or self.num_heads
         value_dim = self.value_dim or self.key_dim
+        self._kv_cache = _kv_cache.KVCache(kv_heads, self.key_dim, value_dim)
         out_dims = self.partial_output_shape or (query_shape[-1],)
         # Every kernel's size, before any weight exists.
         q_dim, k_dim, v_dim = (
@@ -526,45 +434,29 @@ class MultiHeadAttention(_common.ValidatedLayer):
             output_shape=_output_shape(output_rank - 1, out_dims),
             bias_axes=bias_axes if self.use_bias else None,
             name="attention_output",
-            **self._sublayer_kwargs(),
+            **_common.sublayer_kwargs(
+                self, activity_regularizer=self._activity_regularizer
+            ),
         )
         self._output_dense.build(
             tuple(query_shape[:-1]) + (self.num_heads, value_dim)
         )
         self._built_shapes = (query_shape[-1], key_shape[-1], value_shape[-1])
 
-    @property
-    def query_dense(self):
-        return self._query_dense
+    # The sublayers, under Keras' names.
+    query_dense = property(lambda self: self._query_dense)
+    key_dense = property(lambda self: self._key_dense)
+    value_dense = property(lambda self: self._value_dense)
+    output_dense = property(lambda self: self._output_dense)
 
     @property
     def gate_dense(self):
         return self._gate_dense if self.use_gate else None
 
     # Keras' private names, which its tests and subclasses read.
-    @property
-    def _sliding_window(self):
-        return self.sliding_window
-
-    @property
-    def _flash_attention(self):
-        return self.flash_attention
-
-    @property
-    def _use_gate(self):
-        return self.use_gate
-
-    @property
-    def key_dense(self):
-        return self._key_dense
-
-    @property
-    def value_dense(self):
-        return self._value_dense
-
-    @property
-    def output_dense(self):
-        return self._output_dense
+    _sliding_window = property(lambda self: self.sliding_window)
+    _flash_attention = property(lambda self: self.flash_attention)
+    _use_gate = property(lambda self: self.use_gate)
 
     # ------------------------------------------------------------------
     # Call
@@ -611,7 +503,6 @@ class MultiHeadAttention(_common.ValidatedLayer):
         key_mask,
         attention_mask,
         attention_bias,
-        axes,
         cache=None,
     ):
         q_dim, k_dim, v_dim = self._built_shapes
@@ -634,8 +525,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
         _validation.check_mask(
             "key_mask", key_mask, kv_shape, "(batch, <key dims>)"
         )
-        scores_shape = self._scores_shape(query.shape, value_shape, axes)
-        n_inner = 2 * len(axes)
+        layout = self._kernel_layout
+        scores_shape = layout.scores_shape(query.shape, value_shape)
+        n_inner = 2 * len(layout.axes)
         for name, operand in (
             ("attention_mask", attention_mask),
             ("attention_bias", attention_bias),
@@ -650,88 +542,93 @@ class MultiHeadAttention(_common.ValidatedLayer):
                     f"scores {scores_shape} once the heads axis is inserted. "
                     f"Received: {name}.shape={shape}"
                 )
-            expanded = self._expand_to_scores(shape, len(scores_shape), axes)
             _validation.check_broadcastable(
                 name,
-                expanded,
+                layout.expand_to_scores(shape, len(scores_shape)),
                 scores_shape,
                 "(batch, <other dims>, num_heads, <target dims>, "
                 "<source dims>)",
             )
 
-    @staticmethod
-    def _expand_to_scores(x, scores_rank, axes):
-        """Inserts unit axes before the target/source dims, as Keras does.
+    def _call_masks(
+        self,
+        query,
+        value,
+        key,
+        masks,
+        attention_bias,
+        use_causal_mask,
+        cache,
+        cache_update_index,
+        offset,
+    ):
+        """Checks a call's inputs and returns its masks, `(mask, row_mask,
+        causal_only)`.
 
-        Works on a static shape tuple or on a tensor.
+        `masks`: the call's `(query_mask, value_mask, key_mask,
+        attention_mask)`. `mask`: all of them combined in Keras' `(B, T, S)`
+        layout, or None. `row_mask`: sequences (rank 3) apply the query's
+        padding mask to the output rows instead, so the kernel sees only a
+        `(B, 1, S)` key mask and memory stays O(T + S). `causal_only`:
+        causal masking is left to the kernel (no `(T, S)` mask; the chunked
+        kernel skips the blocks past the diagonal), which happens when the
+        other masks only pad the keys. As in Keras, not for subclasses that
+        override `_compute_attention`, which would otherwise see no causal
+        mask.
         """
-        axis = -len(axes) * 2 - 1
-        if isinstance(x, tuple):
-            while len(x) < scores_rank:
-                position = len(x) + axis + 1
-                x = x[:position] + (1,) + x[position:]
-            return x
-        while len(x.shape) < scores_rank:
-            x = ops.expand_dims(x, axis=axis)
-        return x
-
-    def _layout(self, rank, axes):
-        """Permutation from the projected layout to `(batch dims, attention
-        dims, heads, channels)`, or None when it is the identity."""
-        batch_axes = [i for i in range(rank - 1) if i not in axes]
-        perm = batch_axes + list(axes) + [rank - 1, rank]
-        return None if perm == list(range(rank + 1)) else perm
-
-    def _to_kernel_layout(self, x, perm, num_attn):
-        """`(B, ..., heads, dim)` -> `(B', L', heads, dim)`."""
-        if perm is not None:
-            x = ops.transpose(x, perm)
-        shape = ops.shape(x)
-        if len(shape) == 4:
-            return x, shape
-        batch = _product(shape[: len(shape) - 2 - num_attn])
-        length = _product(shape[len(shape) - 2 - num_attn : -2])
-        return ops.reshape(x, (batch, length) + tuple(shape[-2:])), shape
-
-    def _from_kernel_layout(self, x, perm, shape):
-        if len(shape) != 4:
-            x = ops.reshape(x, tuple(shape[:-1]) + (ops.shape(x)[-1],))
-        if perm is not None:
-            inverse = [perm.index(i) for i in range(len(perm))]
-            x = ops.transpose(x, inverse)
-        return x
-
-    def _scores_to_kernel_layout(self, x, scores_shape, num_attn):
-        """Keras-layout scores operand -> `(B', heads|1, T', S')`."""
-        if len(scores_shape) == 4:
-            return x
-        heads = x.shape[-2 * num_attn - 1]
-        full = list(scores_shape)
-        full[-2 * num_attn - 1] = heads
-        x = ops.broadcast_to(x, tuple(full))
-        return ops.reshape(
-            x,
-            (
-                _product(full[: -2 * num_attn - 1]),
-                heads,
-                _product(full[-2 * num_attn : -num_attn]),
-                _product(full[-num_attn:]),
-            ),
+        query_mask, value_mask, key_mask, attention_mask = masks
+        if cache is not None and cache_update_index is not None:
+            value_mask, key_mask = (
+                _kv_cache.slot_mask(
+                    name, mask, cache, cache_update_index, key.shape[1]
+                )
+                for name, mask in (
+                    ("value_mask", value_mask),
+                    ("key_mask", key_mask),
+                )
+            )
+        self._check_call_inputs(
+            query,
+            value,
+            key,
+            query_mask,
+            value_mask,
+            key_mask,
+            attention_mask,
+            attention_bias,
+            cache,
         )
-
-    def _causal_only(self, use_causal_mask, rank, masks):
-        """Whether causal masking is the only mask, left to the kernel.
-
-        As in Keras: not for subclasses that override `_compute_attention`,
-        which would otherwise see `attention_mask=None`.
-        """
-        return (
+        rank = len(query.shape)
+        row_mask = None
+        if rank == 3 and query_mask is not None:
+            row_mask = _masking.as_bool(query_mask, "query_mask")
+            query_mask = None
+        key_masked = value_mask is not None or key_mask is not None
+        causal_only = (
             use_causal_mask
             and rank == 3
-            and all(m is None for m in masks)
+            and query_mask is None
+            and attention_mask is None
+            and not (key_masked and attention_bias is not None)
             and self.sliding_window is None
-            and type(self)._compute_attention
-            is type(self)._stock_compute_attention
+            and self._stock_attention()
+        )
+        mask = self._attention_mask(
+            ops.shape(query)[1],
+            ops.shape(value if cache is None else cache[:, 0])[1],
+            query_mask,
+            value_mask,
+            key_mask,
+            attention_mask,
+            use_causal_mask and not causal_only,
+            offset,
+        )
+        return mask, row_mask, causal_only
+
+    def _stock_attention(self):
+        """Whether `_compute_attention` is ours, not a subclass's."""
+        return (
+            type(self)._compute_attention is type(self)._stock_compute_attention
         )
 
     def call(
@@ -752,57 +649,20 @@ class MultiHeadAttention(_common.ValidatedLayer):
     ):
         if key is None:
             key = value
-        offset = self._check_cache(query, key, cache, cache_update_index)
-        if cache is not None and cache_update_index is not None:
-            new = key.shape[1]
-            value_mask = _slot_mask(
-                "value_mask", value_mask, cache, cache_update_index, new
-            )
-            key_mask = _slot_mask(
-                "key_mask", key_mask, cache, cache_update_index, new
-            )
-        self._check_call_inputs(
+        offset = self._kv_cache.check(
+            query, key, cache, cache_update_index, self.attention_axes
+        )
+        mask, row_mask, causal_only = self._call_masks(
             query,
             value,
             key,
-            query_mask,
-            value_mask,
-            key_mask,
-            attention_mask,
+            (query_mask, value_mask, key_mask, attention_mask),
             attention_bias,
-            self._axes,
-            cache,
-        )
-        rank = len(query.shape)
-        # Sequences (rank 3): the query's padding mask is applied to the
-        # output rows, not folded into a (B, T, S) mask, so the kernel only
-        # sees the (B, 1, 1, S) key mask and memory stays O(T + S).
-        row_mask = None
-        if rank == 3 and query_mask is not None:
-            row_mask = _masking.as_bool(query_mask, "query_mask")
-            query_mask = None
-        masks = (query_mask, value_mask, key_mask, attention_mask)
-        # Causal masking stays in the kernel (no (T, S) mask; the chunked
-        # kernel skips the blocks past the diagonal) when the other masks
-        # only pad the keys: they go in as a (B, 1, S) mask.
-        key_masks = value_mask is not None or key_mask is not None
-        causal_only = self._causal_only(
             use_causal_mask,
-            rank,
-            (query_mask, attention_mask)
-            + ((attention_bias,) if key_masks else ()),
+            cache,
+            cache_update_index,
+            offset,
         )
-        q_len = ops.shape(query)[1]
-        k_len = ops.shape(value if cache is None else cache[:, 0])[1]
-        if causal_only:
-            mask = self._attention_mask(
-                q_len, k_len, None, value_mask, key_mask, None, False
-            )
-        else:
-            mask = self._attention_mask(
-                q_len, k_len, *masks, use_causal_mask, offset
-            )
-
         gate = None
         if self.use_gate:
             gate = self._gate_dense(_common.strip_keras_mask(query))
@@ -812,24 +672,21 @@ class MultiHeadAttention(_common.ValidatedLayer):
         k, v, cache = self._keys_and_values(
             key, value, cache, cache_update_index
         )
-
-        # Only what is set reaches `_compute_attention`, so that subclasses
-        # written against Keras' signature keep working.
-        extras = {"use_causal_mask": True} if causal_only else {}
-        if causal_only and not (isinstance(offset, int) and offset == 0):
-            extras["causal_offset"] = offset
-        if attention_bias is not None:
-            extras["attention_bias"] = attention_bias
-        if self.logits_soft_cap is not None:
-            extras["logits_soft_cap"] = self.logits_soft_cap
-        attended, scores = self._attend(
-            q, k, v, mask, training, return_attention_scores, extras
+        causal_offset = offset if causal_only else None
+        attended, scores, operands = self._attention_step(
+            q,
+            k,
+            v,
+            mask,
+            attention_bias,
+            causal_offset,
+            training,
+            return_attention_scores,
         )
         if gate is not None:
             attended = attended * gate
-        output = self._output_dense(attended)
-        output = self._zero_masked_rows(
-            output, q, k, mask, attention_bias, offset if causal_only else None
+        output = self._kernel_layout.zero_masked_rows(
+            self._output_dense(attended), q, k, operands, causal_offset
         )
         if row_mask is not None:
             output = output * ops.cast(row_mask, output.dtype)[:, :, None]
@@ -844,64 +701,6 @@ class MultiHeadAttention(_common.ValidatedLayer):
             outputs += (cache,)
         return outputs[0] if len(outputs) == 1 else outputs
 
-    def _check_cache(self, query, key, cache, cache_update_index):
-        """Checks the cache and returns the queries' causal offset."""
-        if cache is None:
-            if cache_update_index is not None:
-                raise ValueError(
-                    "Argument `cache_update_index` needs a `cache` to update."
-                    " Received: cache=None, cache_update_index="
-                    f"{_validation.short_repr(cache_update_index)}"
-                )
-            return 0
-        if len(query.shape) != 3 or len(self._axes) != 1:
-            raise ValueError(
-                "Argument `cache` needs rank-3 inputs (batch, length, dim) "
-                "and one attention axis; a cache over several "
-                "`attention_axes` is not supported. Received: "
-                f"attention_axes={self.attention_axes}, "
-                f"query.shape={tuple(query.shape)}"
-            )
-        shape = _validation.static_shape(cache)
-        expected = (
-            query.shape[0],
-            2,
-            None,
-            self.num_key_value_heads or self.num_heads,
-            self._cache_dim(),
-        )
-        if len(shape) != 5 or any(
-            want is not None and got is not None and want != got
-            for want, got in zip(expected, shape)
-        ):
-            raise ValueError(
-                "Argument `cache` must have the shape (batch_size, 2, "
-                "max_length, num_key_value_heads, max(key_dim, value_dim)) "
-                f"= {expected} (None: any). Received: cache.shape={shape}"
-            )
-        if not _is_float(cache):
-            raise ValueError(
-                "Argument `cache` must be a floating-point tensor (it holds "
-                "keys and values). Received: cache.dtype="
-                f"{keras.backend.standardize_dtype(cache.dtype)}"
-            )
-        if cache_update_index is None:
-            return 0
-        max_length, new = shape[2], key.shape[1]
-        upper = None
-        if max_length is not None and new is not None:
-            upper = max_length - new
-        known = _validation.check_index(
-            "cache_update_index",
-            cache_update_index,
-            upper,
-            f"the cache holds {max_length} positions and {new} are written",
-        )
-        return cache_update_index if known is None else known
-
-    def _cache_dim(self):
-        return max(self.key_dim, self.value_dim or self.key_dim)
-
     def _rotate(self, x, start):
         """Rotary embeddings of positions `start, start + 1, ...` (if on)."""
         if self.rope_max_wavelength is None:
@@ -915,28 +714,51 @@ class MultiHeadAttention(_common.ValidatedLayer):
 
     def _keys_and_values(self, key, value, cache, cache_update_index):
         """Projected keys and values, and the updated cache (or None)."""
-        value_dim = self.value_dim or self.key_dim
         if cache is not None and cache_update_index is None:
-            return (
-                _head_slice(cache[:, 0], self.key_dim),
-                _head_slice(cache[:, 1], value_dim),
-                cache,
-            )
+            return self._kv_cache.read(cache) + (cache,)
         start = 0 if cache is None else cache_update_index
         k = self._rotate(self._key_dense(_common.strip_keras_mask(key)), start)
         v = self._value_dense(_common.strip_keras_mask(value))
         if cache is None:
             return k, v, None
-        # The halves are updated and attended separately: attending slices
-        # of the stacked cache is up to 3x slower on JAX (measured in
-        # benchmarks/decoding.py).
-        keys = _write_rows(cache[:, 0], k, cache_update_index)
-        values = _write_rows(cache[:, 1], v, cache_update_index)
-        return (
-            _head_slice(keys, self.key_dim),
-            _head_slice(values, value_dim),
-            ops.stack([keys, values], axis=1),
-        )
+        return self._kv_cache.write(cache, k, v, cache_update_index)
+
+    def _attention_step(
+        self,
+        q,
+        k,
+        v,
+        mask,
+        attention_bias,
+        causal_offset,
+        training,
+        return_scores,
+    ):
+        """Attends the projections: `(attended, scores, operands)`, with the
+        mask and bias folded to the kernel's layout once (`operands`), for
+        the kernel and for the rows `call` zeroes. `causal_offset`: None
+        unless causal masking is left to the kernel."""
+        # Only what is set reaches `_compute_attention`, so that subclasses
+        # written against Keras' signature keep working.
+        extras = {}
+        if causal_offset is not None:
+            extras["use_causal_mask"] = True
+            if not (isinstance(causal_offset, int) and causal_offset == 0):
+                extras["causal_offset"] = causal_offset
+        if attention_bias is not None:
+            extras["attention_bias"] = attention_bias
+        if self.logits_soft_cap is not None:
+            extras["logits_soft_cap"] = self.logits_soft_cap
+        operands = self._kernel_layout.operands(q, k, mask, attention_bias)
+        if self._stock_attention():
+            attended, scores = self._kernel_attention(
+                q, k, v, operands, training, return_scores, extras
+            )
+        else:
+            attended, scores = self._attend(
+                q, k, v, mask, training, return_scores, extras
+            )
+        return attended, scores, operands
 
     def _attend(self, q, k, v, mask, training, return_scores, extras):
         """Calls `_compute_attention` with Keras' MHA signature."""
@@ -970,130 +792,70 @@ class MultiHeadAttention(_common.ValidatedLayer):
         the position of query 0 in causal decoding. Returns `(output,
         scores)`, `scores` None unless `return_attention_scores`.
         """
-        axes = self._axes
-        num_attn = len(axes)
-        rank = len(query.shape) - 1  # the inputs' rank
-        is_causal = bool(use_causal_mask)
-        if is_causal and rank != 3:
+        if use_causal_mask and len(query.shape) != 4:
             causal = _masking.causal_mask(
                 ops.shape(query)[1], ops.shape(key)[1]
             )
             attention_mask = _masking.and_masks(
                 _masking.as_bool(attention_mask, "attention_mask"), causal[None]
             )
-            is_causal = False
+            use_causal_mask = False
+        operands = self._kernel_layout.operands(
+            query,
+            key,
+            _masking.as_bool(attention_mask, "attention_mask"),
+            attention_bias,
+        )
+        return self._kernel_attention(
+            query,
+            key,
+            value,
+            operands,
+            training,
+            return_attention_scores,
+            {
+                "use_causal_mask": use_causal_mask,
+                "logits_soft_cap": logits_soft_cap,
+                "causal_offset": causal_offset,
+            },
+        )
+
+    _stock_compute_attention = _compute_attention
+
+    def _kernel_attention(
+        self, query, key, value, operands, training, return_scores, extras
+    ):
+        """`_compute_attention`'s work, on `KernelOperands` already folded to
+        the kernel's layout. `extras` as `_compute_attention`'s keywords
+        (`attention_bias` is read from `operands`)."""
+        logits_soft_cap = extras.get("logits_soft_cap")
         if logits_soft_cap is None:
             logits_soft_cap = self.logits_soft_cap
-        perm = self._layout(rank, axes)
-        q, q_shape = self._to_kernel_layout(query, perm, num_attn)
-        k, _ = self._to_kernel_layout(key, perm, num_attn)
-        v, _ = self._to_kernel_layout(value, perm, num_attn)
-        full_scores_shape = self._scores_shape(
-            ops.shape(query)[:-1], ops.shape(value)[:-1], axes
-        )
-        kernel_mask = self._to_kernel_scores(
-            _masking.as_bool(attention_mask, "attention_mask"),
-            full_scores_shape,
-            axes,
-        )
-        kernel_bias = self._to_kernel_scores(
-            attention_bias, full_scores_shape, axes
-        )
+        layout = self._kernel_layout
+        q, q_shape = layout.to_kernel(query)
         attended = scaled_dot_product_attention(
             q,
-            k,
-            v,
-            mask=kernel_mask,
-            bias=kernel_bias,
-            is_causal=is_causal,
+            layout.to_kernel(key)[0],
+            layout.to_kernel(value)[0],
+            mask=operands.mask,
+            bias=operands.bias,
+            is_causal=bool(extras.get("use_causal_mask", False)),
             scale=1.0 / math.sqrt(float(self.key_dim)),
             dropout_rate=self.dropout,
             training=bool(training),
             seed=self.seed_generator,
-            return_scores=return_attention_scores,
+            return_scores=return_scores,
             chunk_size=self.chunk_size,
             logits_soft_cap=logits_soft_cap,
             flash_attention=self.flash_attention,
-            causal_offset=causal_offset,
+            causal_offset=extras.get("causal_offset", 0),
         )
         scores = None
-        if return_attention_scores:
+        if return_scores:
             attended, scores = attended
-            if num_attn != 1 or rank != 3:
-                scores = ops.reshape(scores, full_scores_shape)
-        return self._from_kernel_layout(attended, perm, q_shape), scores
-
-    _stock_compute_attention = _compute_attention
-
-    def _to_kernel_scores(self, x, full_scores_shape, axes):
-        """A Keras-layout mask or bias -> `(B', heads|1, T', S')`."""
-        if x is None:
-            return None
-        x = self._expand_to_scores(
-            ops.convert_to_tensor(x), len(full_scores_shape), axes
-        )
-        return self._scores_to_kernel_layout(x, full_scores_shape, len(axes))
-
-    def _zero_masked_rows(
-        self, output, q, k, mask, attention_bias, causal_offset=None
-    ):
-        """Zeroes the output rows whose keys are all masked in every head
-        (by the masks, by `-inf` entries of the bias, or a key length of
-        0). NaN bias entries count as usable, so that NaN propagates.
-
-        `q` and `k` are the projected query and key, in Keras' layout.
-        `causal_offset`: causal masking was left to the kernel, and `mask`
-        is a `(B, 1, S)` key mask; a row then has keys when a valid key
-        sits at or before its position, found without a `(T, S)` mask.
-        """
-        if causal_offset is not None and mask is not None:
-            key_valid = ops.broadcast_to(
-                mask[:, 0, :], (ops.shape(k)[0], ops.shape(k)[1])
-            )
-            first = ops.argmax(ops.cast(key_valid, "int32"), axis=1)
-            rows = ops.arange(ops.shape(q)[1], dtype="int32")
-            if not (isinstance(causal_offset, int) and causal_offset == 0):
-                rows = rows + ops.cast(causal_offset, "int32")
-            row_valid = ops.logical_and(
-                ops.any(key_valid, axis=1)[:, None],
-                rows[None, :] >= ops.cast(first, "int32")[:, None],
-            )
-            return output * ops.cast(row_valid, output.dtype)[:, :, None]
-        if mask is None and attention_bias is None:
-            if k.shape[1] in (None, 0):
-                has_keys = ops.greater(ops.shape(k)[1], 0)
-                output = output * ops.cast(has_keys, output.dtype)
-            return output
-        axes = self._axes
-        rank = len(q.shape) - 1
-        full = self._scores_shape(ops.shape(q)[:-1], ops.shape(k)[:-1], axes)
-        usable = self._to_kernel_scores(mask, full, axes)
-        if attention_bias is not None:
-            bias = self._to_kernel_scores(attention_bias, full, axes)
-            usable = _masking.and_masks(
-                usable, ops.logical_not(bias <= _masking.MASKED)
-            )
-            if causal_offset is not None:  # left to the kernel, with a bias
-                causal = _masking.causal_mask(
-                    ops.shape(q)[1], ops.shape(k)[1], causal_offset
-                )
-                usable = _masking.and_masks(usable, causal[None, None])
-        # (B', T') in the kernel layout -> (B, <query dims>) -> output rank.
-        perm = self._layout(rank, axes)
-        shape = tuple(ops.shape(q))
-        if perm is not None:
-            shape = tuple(shape[i] for i in perm)
-        n_batch = rank - 1 - len(axes)
-        row_valid = ops.broadcast_to(
-            ops.any(usable, axis=(1, 3)),
-            (_product(shape[:n_batch]), _product(shape[n_batch:-2])),
-        )
-        row_valid = self._from_kernel_layout(
-            row_valid[:, :, None, None], perm, shape[:-2] + (1, 1)
-        )[..., 0]
-        for _ in range(len(output.shape) - len(row_valid.shape)):
-            row_valid = ops.expand_dims(row_valid, -1)
-        return output * ops.cast(row_valid, output.dtype)
+            if len(operands.scores_shape) != 4:
+                scores = ops.reshape(scores, operands.scores_shape)
+        return layout.from_kernel(attended, q_shape), scores
 
     def get_config(self):
         config = super().get_config()
@@ -1122,70 +884,3 @@ class MultiHeadAttention(_common.ValidatedLayer):
         )
         config.update(_common.serialize_keras_objects(self))
         return config
-
-
-def _slot_mask(name, mask, cache, index, new):
-    """A 2-D padding mask of the keys being written (e.g. the inputs' Keras
-    mask, `(batch, new_length)`) -> a mask over the cache's slots, True
-    outside the update. A mask of the slots' length is returned as it is,
-    and so is any other shape (the call's checks refuse it)."""
-    if mask is None or len(_validation.static_shape(mask)) != 2:
-        return mask
-    mask = _masking.as_bool(mask, name)
-    length, slots = mask.shape[-1], cache.shape[2]
-    if length is not None and (
-        length == slots or (new is not None and length != new)
-    ):
-        return mask
-
-    def mapped():
-        new = ops.shape(mask)[1]
-        positions = ops.arange(ops.shape(cache)[2], dtype="int32")
-        positions = positions - ops.cast(index, "int32")
-        inside = ops.logical_and(positions >= 0, positions < new)
-        picked = ops.take(mask, ops.clip(positions, 0, new - 1), axis=1)
-        return ops.where(inside[None, :], picked, True)
-
-    if length is not None and slots is not None:
-        return mapped()
-    # Unknown lengths (a traced signature): decided at run time.
-    return ops.cond(
-        ops.equal(ops.shape(mask)[1], ops.shape(cache)[2]),
-        lambda: mask,
-        mapped,
-    )
-
-
-def _is_float(x):
-    dtype = keras.backend.standardize_dtype(getattr(x, "dtype", "float32"))
-    return dtype.startswith(("float", "bfloat"))
-
-
-def _head_slice(x, dim):
-    """`x[..., :dim]`, skipped when it is all of `x`."""
-    return x if x.shape[-1] == dim else x[..., :dim]
-
-
-def _write_rows(cache, update, index):
-    """Writes `update` `(B, T, heads, dim)` into `cache` `(B, max_length,
-    heads, cache_dim)` at positions `index, ..., index + T - 1`.
-
-    A scatter (`TensorScatterUpdate` on TensorFlow), not `slice_update`,
-    which TensorFlow lowers to `XlaDynamicUpdateSlice`: TF Serving runs
-    without XLA by default. A shorter `dim` is zero-padded.
-    """
-    update = ops.cast(update, cache.dtype)
-    cache_dim = cache.shape[-1] or update.shape[-1]
-    if update.shape[-1] != cache_dim:
-        update = ops.pad(
-            update,
-            [[0, 0], [0, 0], [0, 0], [0, cache_dim - update.shape[-1]]],
-        )
-    batch, length = ops.shape(update)[0], ops.shape(update)[1]
-    grid = (batch, length)
-    rows = ops.broadcast_to(ops.arange(batch, dtype="int32")[:, None], grid)
-    positions = ops.arange(length, dtype="int32") + ops.cast(index, "int32")
-    slots = ops.broadcast_to(positions[None, :], grid)
-    indices = ops.reshape(ops.stack([rows, slots], axis=-1), (-1, 2))
-    flat = ops.reshape(update, (-1,) + tuple(update.shape[-2:]))
-    return ops.scatter_update(cache, indices, flat)

@@ -123,24 +123,7 @@ class PatchEmbedding(_common.ValidatedLayer):
         self._patch_hw = patch_hw
         self.hidden_dim = int(hidden_dim)
         self.use_bias = use_bias
-        self.kernel_initializer = _validation.get_initializer(
-            "kernel_initializer", kernel_initializer
-        )
-        self.bias_initializer = _validation.get_initializer(
-            "bias_initializer", bias_initializer
-        )
-        self.kernel_regularizer = _validation.get_regularizer(
-            "kernel_regularizer", kernel_regularizer
-        )
-        self.bias_regularizer = _validation.get_regularizer(
-            "bias_regularizer", bias_regularizer
-        )
-        self.kernel_constraint = _validation.get_constraint(
-            "kernel_constraint", kernel_constraint
-        )
-        self.bias_constraint = _validation.get_constraint(
-            "bias_constraint", bias_constraint
-        )
+        _common.set_keras_objects(self, locals())
 
     def _check_shape(self, shape):
         _validation.check_rank("inputs", shape, (4,))
@@ -178,18 +161,14 @@ class PatchEmbedding(_common.ValidatedLayer):
         self.kernel = self.add_weight(
             name="kernel",
             shape=self._patch_hw + (channels, self.hidden_dim),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
+            **_common.weight_kwargs(self, "kernel"),
         )
         self.bias = None
         if self.use_bias:
             self.bias = self.add_weight(
                 name="bias",
                 shape=(self.hidden_dim,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
+                **_common.weight_kwargs(self, "bias"),
             )
 
     def call(self, inputs):

@@ -143,33 +143,11 @@ class TransformerDecoder(_transformer.TransformerBlock):
         seed=None,
         **kwargs,
     ):
+        arguments = dict(locals())
         # keras-hub's configs carry the build shapes.
         decoder_shape = kwargs.pop("decoder_sequence_shape", None)
         encoder_shape = kwargs.pop("encoder_sequence_shape", None)
-        super().__init__(
-            intermediate_dim=intermediate_dim,
-            num_heads=num_heads,
-            dropout=dropout,
-            activation=activation,
-            layer_norm_epsilon=layer_norm_epsilon,
-            normalize_first=normalize_first,
-            key_dim=key_dim,
-            num_key_value_heads=num_key_value_heads,
-            rope_max_wavelength=rope_max_wavelength,
-            rope_scaling_factor=rope_scaling_factor,
-            sliding_window=sliding_window,
-            chunk_size=chunk_size,
-            logits_soft_cap=logits_soft_cap,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            activity_regularizer=activity_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-            seed=seed,
-            **kwargs,
-        )
+        super().__init__(**_common.constructor_arguments(arguments))
         if decoder_shape is not None:
             self.build(decoder_shape, encoder_shape)
 
@@ -367,20 +345,13 @@ class TransformerDecoder(_transformer.TransformerBlock):
         _validation.check_rank("decoder_sequence", decoder_sequence_shape, (3,))
         return tuple(decoder_sequence_shape)
 
-    def compute_output_spec(
-        self,
-        decoder_sequence,
-        encoder_sequence=None,
-        decoder_padding_mask=None,
-        decoder_attention_mask=None,
-        encoder_padding_mask=None,
-        encoder_attention_mask=None,
-        self_attention_cache=None,
-        self_attention_cache_update_index=None,
-        cross_attention_cache=None,
-        *args,
-        **kwargs,
-    ):
+    def compute_output_spec(self, *args, **kwargs):
+        arguments = _common.call_arguments(
+            TransformerDecoder.call, args, kwargs
+        )
+        decoder_sequence = arguments["decoder_sequence"]
+        self_attention_cache = arguments["self_attention_cache"]
+        cross_attention_cache = arguments["cross_attention_cache"]
         output = keras.KerasTensor(
             self.compute_output_shape(decoder_sequence.shape),
             dtype=self.compute_dtype,

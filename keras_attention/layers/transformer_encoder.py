@@ -139,30 +139,8 @@ class TransformerEncoder(_transformer.TransformerBlock):
         logits_soft_cap=None,
         **kwargs,
     ):
-        super().__init__(
-            intermediate_dim=intermediate_dim,
-            num_heads=num_heads,
-            dropout=dropout,
-            activation=activation,
-            layer_norm_epsilon=layer_norm_epsilon,
-            normalize_first=normalize_first,
-            key_dim=key_dim,
-            num_key_value_heads=num_key_value_heads,
-            rope_max_wavelength=rope_max_wavelength,
-            rope_scaling_factor=rope_scaling_factor,
-            sliding_window=sliding_window,
-            chunk_size=chunk_size,
-            logits_soft_cap=logits_soft_cap,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            activity_regularizer=activity_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-            seed=seed,
-            **kwargs,
-        )
+        arguments = dict(locals())
+        super().__init__(**_common.constructor_arguments(arguments))
 
     def build(self, input_shape):
         dim, key_dim = self._check_input_shape(
@@ -262,21 +240,15 @@ class TransformerEncoder(_transformer.TransformerBlock):
         _validation.check_rank("inputs", input_shape, (3,))
         return tuple(input_shape)
 
-    def compute_output_spec(
-        self,
-        inputs,
-        padding_mask=None,
-        attention_mask=None,
-        use_causal_mask=False,
-        return_attention_scores=False,
-        training=None,
-        mask=None,
-        inputs_mask=None,
-    ):
+    def compute_output_spec(self, *args, **kwargs):
+        arguments = _common.call_arguments(
+            TransformerEncoder.call, args, kwargs
+        )
+        inputs = arguments["inputs"]
         output = keras.KerasTensor(
             self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
         )
-        if not return_attention_scores:
+        if not arguments["return_attention_scores"]:
             return output
         batch, length = inputs.shape[0], inputs.shape[1]
         scores = keras.KerasTensor(

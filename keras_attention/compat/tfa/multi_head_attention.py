@@ -145,24 +145,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         self.dropout = float(dropout)
         self.use_projection_bias = use_projection_bias
         self.return_attn_coef = return_attn_coef
-        self.kernel_initializer = _validation.get_initializer(
-            "kernel_initializer", kernel_initializer
-        )
-        self.kernel_regularizer = _validation.get_regularizer(
-            "kernel_regularizer", kernel_regularizer
-        )
-        self.kernel_constraint = _validation.get_constraint(
-            "kernel_constraint", kernel_constraint
-        )
-        self.bias_initializer = _validation.get_initializer(
-            "bias_initializer", bias_initializer
-        )
-        self.bias_regularizer = _validation.get_regularizer(
-            "bias_regularizer", bias_regularizer
-        )
-        self.bias_constraint = _validation.get_constraint(
-            "bias_constraint", bias_constraint
-        )
+        _common.set_keras_objects(self, locals())
         self.seed = seed
         self.seed_generator = (
             keras.random.SeedGenerator(seed) if self.dropout > 0 else None
@@ -264,9 +247,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
             return self.add_weight(
                 name=name,
                 shape=shape,
-                initializer=_common.clone_initializer(self.kernel_initializer),
-                regularizer=self.kernel_regularizer,
-                constraint=self.kernel_constraint,
+                **_common.weight_kwargs(self, "kernel"),
             )
 
         heads, size = self.num_heads, self.head_size
@@ -285,9 +266,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
             self.projection_bias = self.add_weight(
                 name="projection_bias",
                 shape=(output_size,),
-                initializer=_common.clone_initializer(self.bias_initializer),
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
+                **_common.weight_kwargs(self, "bias"),
             )
         self._input_rank = len(query_shape)
 
