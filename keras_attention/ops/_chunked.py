@@ -78,12 +78,20 @@ def _index_bits(block, shape, transposed):
         ops.reshape(ops.arange(b, dtype="int32"), (-1, 1, 1, 1)) * n
         + ops.reshape(ops.arange(n, dtype="int32"), (1, -1, 1, 1))
     ) * (rows * cols)
-    r = ops.arange(rows, dtype="int32") * cols
-    c = ops.arange(cols, dtype="int32")
+    row_offsets = ops.arange(rows, dtype="int32") * cols
+    col_offsets = ops.arange(cols, dtype="int32")
     if transposed:
-        index = index + ops.reshape(c, (1, 1, -1, 1)) + r[None, None, None]
+        index = (
+            index
+            + ops.reshape(col_offsets, (1, 1, -1, 1))
+            + row_offsets[None, None, None]
+        )
     else:
-        index = index + ops.reshape(r, (1, 1, -1, 1)) + c[None, None, None]
+        index = (
+            index
+            + ops.reshape(row_offsets, (1, 1, -1, 1))
+            + col_offsets[None, None, None]
+        )
     # An odd multiplier before the block's hash is mixed in: two blocks
     # never share a run of consecutive inputs.
     return hash32(ops.bitwise_xor(index * GOLDEN, block))
@@ -241,69 +249,74 @@ class _Engine:
         # Dropout: None or `(rate, key)`, the call's int32 `(2,)` key.
         self.dropout = dropout
         # Causal: query row `r` sits at position `causal_offset + r`.
-        self.offset = causal_offset
+        self.causal_offset = causal_offset
         self.score_fn = score_fn
         self.score_t_fn = score_t_fn
         self.score_t_vjp = score_t_vjp
         self.is_causal = is_causal
-        t_len, s_len = ops.shape(q)[2], ops.shape(k)[2]
-        self.t_len, self.s_len = t_len, s_len
+        q_len, k_len = ops.shape(q)[2], ops.shape(k)[2]
+        self.q_len, self.k_len = q_len, k_len
         # `k_chunk=None`: one key block of all the keys (whole rows), never
         # padded; inference then takes `_forward_rows`.
         self.whole_rows = k_chunk is None
         if self.whole_rows:
-            k_chunk = _at_least_one(s_len)
-        self.cq = q_chunk
-        self.ck = k_chunk
-        self.nq = _at_least_one(ceil_div(t_len, q_chunk))
-        self.nk = _at_least_one(ceil_div(s_len, k_chunk))
-        self.tp = self.nq * q_chunk
-        self.sp = self.nk * k_chunk
-        static_s = k.shape[2]
+            k_chunk = _at_least_one(k_len)
+        self.q_chunk = q_chunk
+        self.k_chunk = k_chunk
+        self.num_q_blocks = _at_least_one(ceil_div(q_len, q_chunk))
+        self.num_k_blocks = _at_least_one(ceil_div(k_len, k_chunk))
+        self.padded_q_len = self.num_q_blocks * q_chunk
+        self.padded_k_len = self.num_k_blocks * k_chunk
+        static_k_len = k.shape[2]
         self.pad_keys = not self.whole_rows and (
-            static_s is None
+            static_k_len is None
             or not isinstance(k_chunk, int)
-            or static_s == 0
-            or static_s % k_chunk != 0
+            or static_k_len == 0
+            or static_k_len % k_chunk != 0
         )
-        self.q = _pad_axis(q, 2, self.tp)
-        self.k = _pad_axis(k, 2, self.sp)
-        self.v = _pad_axis(v, 2, self.sp)
+        self.q = _pad_axis(q, 2, self.padded_q_len)
+        self.k = _pad_axis(k, 2, self.padded_k_len)
+        self.v = _pad_axis(v, 2, self.padded_k_len)
         self.mask = None
         if mask is not None:
             # Only full-size axes are padded and sliced; size-1 axes broadcast.
-            self.mask_t = mask.shape[2] != 1
-            self.mask_s = mask.shape[3] != 1
-            if self.mask_t:
-                mask = _pad_axis(mask, 2, self.tp, False)
-            if self.mask_s:
-                mask = _pad_axis(mask, 3, self.sp, False)
+            self.mask_per_query = mask.shape[2] != 1
+            self.mask_per_key = mask.shape[3] != 1
+            if self.mask_per_query:
+                mask = _pad_axis(mask, 2, self.padded_q_len, False)
+            if self.mask_per_key:
+                mask = _pad_axis(mask, 3, self.padded_k_len, False)
             self.mask = mask
 
     # -- blocks ---------------------------------------------------------
     def valid(self, i, j, transposed=False):
-        """Boolean validity of block (i, j), broadcastable to `(B, N, cq,
-        ck)`, or to `(B, N, ck, cq)` if `transposed`; None if all valid."""
+        """Boolean validity of block (i, j), broadcastable to `(B, N,
+        q_chunk, k_chunk)`, or to `(B, N, k_chunk, q_chunk)` if `transposed`;
+        None if all valid."""
         valid = None
         if self.mask is not None:
             starts = [0, 0, 0, 0]
             shape = list(ops.shape(self.mask))
-            if self.mask_t:
-                starts[2], shape[2] = i * self.cq, self.cq
-            if self.mask_s:
-                starts[3], shape[3] = j * self.ck, self.ck
+            if self.mask_per_query:
+                starts[2], shape[2] = i * self.q_chunk, self.q_chunk
+            if self.mask_per_key:
+                starts[3], shape[3] = j * self.k_chunk, self.k_chunk
             valid = ops.slice(self.mask, starts, shape)
             if transposed:
                 valid = ops.swapaxes(valid, -1, -2)
-        row_shape, col_shape = (1, 1, self.cq, 1), (1, 1, 1, self.ck)
+        row_shape, col_shape = (1, 1, self.q_chunk, 1), (1, 1, 1, self.k_chunk)
         if transposed:
-            row_shape, col_shape = (1, 1, 1, self.cq), (1, 1, self.ck, 1)
-        cols = j * self.ck + ops.arange(self.ck, dtype="int32")
+            row_shape, col_shape = (
+                (1, 1, 1, self.q_chunk),
+                (1, 1, self.k_chunk, 1),
+            )
+        cols = j * self.k_chunk + ops.arange(self.k_chunk, dtype="int32")
         if self.pad_keys:
-            in_range = ops.reshape(cols < self.s_len, col_shape)
+            in_range = ops.reshape(cols < self.k_len, col_shape)
             valid = in_range if valid is None else valid & in_range
         if self.is_causal:
-            rows = self._row(i * self.cq) + ops.arange(self.cq, dtype="int32")
+            first_row = self._row(i * self.q_chunk)
+            rows = first_row + ops.arange(self.q_chunk, dtype="int32")
             causal = ops.reshape(rows, row_shape) >= ops.reshape(
                 cols, col_shape
             )
@@ -313,31 +326,32 @@ class _Engine:
     def key_blocks_for(self, i):
         """Number of key blocks query block `i` needs (causal: to diagonal)."""
         if not self.is_causal:
-            return self.nk
-        last_row = self._row((i + 1) * self.cq - 1)
-        return ops.minimum(self.nk, last_row // self.ck + 1)
+            return self.num_k_blocks
+        last_row = self._row((i + 1) * self.q_chunk - 1)
+        return ops.minimum(self.num_k_blocks, last_row // self.k_chunk + 1)
 
     def _row(self, r):
         """The causal position of query row `r`."""
-        if isinstance(self.offset, int) and self.offset == 0:
+        if isinstance(self.causal_offset, int) and self.causal_offset == 0:
             return r
-        return r + ops.cast(self.offset, "int32")
+        return r + ops.cast(self.causal_offset, "int32")
 
-    def dropped(self, p, i, j, transposed=False):
-        """`p` with block `(i, j)`'s dropped weights zeroed, not yet scaled
-        (the callers scale a smaller operand by `keep_scale`)."""
+    def dropped(self, weights, i, j, transposed=False):
+        """`weights` with block `(i, j)`'s dropped weights zeroed, not yet
+        scaled (the callers scale a smaller operand by `keep_scale`)."""
         rate, key = self.dropout
-        shape = ops.shape(p)
+        shape = ops.shape(weights)
         if transposed:
             shape = (shape[0], shape[1], shape[3], shape[2])
         keep = keep_mask(key, i, j, shape, rate, transposed)
-        return ops.where(keep, p, 0.0)
+        return ops.where(keep, weights, 0.0)
 
-    def capped(self, s):
-        """Logit soft-capping, `cap * tanh(s / cap)` (none without a cap)."""
+    def capped(self, logits):
+        """Logit soft-capping, `cap * tanh(logits / cap)` (none without a
+        cap)."""
         if self.soft_cap is None:
-            return s
-        return self.soft_cap * ops.tanh(s / self.soft_cap)
+            return logits
+        return self.soft_cap * ops.tanh(logits / self.soft_cap)
 
     # -- forward ----------------------------------------------------------
     def forward(self):
@@ -358,41 +372,45 @@ class _Engine:
         keep_lse = _backend.drops_unread_results()
 
         def query_block(i):
-            qb = _rows(self.q, i * self.cq, self.cq)
-            s = self.capped(self.score_fn(qb, self.k))
+            q_block = _rows(self.q, i * self.q_chunk, self.q_chunk)
+            logits = self.capped(self.score_fn(q_block, self.k))
             valid = self.valid(i, 0)
             if not keep_lse:
-                return ops.matmul(masked_softmax(s, valid), self.v)
+                return ops.matmul(masked_softmax(logits, valid), self.v)
             if valid is not None:
-                s = ops.where(valid, s, MASKED)
-            p = ops.softmax(s, axis=-1)
-            row_max = ops.max(s, axis=-1, initial=NEG_INF)
-            p_max = ops.max(p, axis=-1, initial=0.0)
+                logits = ops.where(valid, logits, MASKED)
+            weights = ops.softmax(logits, axis=-1)
+            row_max = ops.max(logits, axis=-1, initial=NEG_INF)
+            max_weight = ops.max(weights, axis=-1, initial=0.0)
             if valid is not None:
-                p = ops.where(valid, p, 0.0)
+                weights = ops.where(valid, weights, 0.0)
                 # A row with no valid key: zero output, log-sum-exp 0.
-                p_max = ops.where(row_max > MASKED / 2, p_max, 1.0)
+                max_weight = ops.where(row_max > MASKED / 2, max_weight, 1.0)
                 row_max = ops.where(row_max > MASKED / 2, row_max, 0.0)
-            lse = row_max - ops.log(p_max)
-            return ops.matmul(p, self.v), lse
+            lse = row_max - ops.log(max_weight)
+            return ops.matmul(weights, self.v), lse
 
-        q0 = _rows(self.q, 0, self.cq)
+        first_q_block = _rows(self.q, 0, self.q_chunk)
         out_template = ops.zeros(
-            tuple(ops.shape(q0)[:-1]) + (self.v.shape[-1],)
+            tuple(ops.shape(first_q_block)[:-1]) + (self.v.shape[-1],)
         )
         if not keep_lse:
-            outs = _map_blocks(query_block, self.nq, out_template, True)
+            outs = _map_blocks(
+                query_block, self.num_q_blocks, out_template, True
+            )
             return self._unblock(outs), None
-        templates = (out_template, ops.zeros(ops.shape(q0)[:-1]))
-        outs, lses = _map_blocks(query_block, self.nq, templates, True)
+        templates = (out_template, ops.zeros(ops.shape(first_q_block)[:-1]))
+        outs, lses = _map_blocks(
+            query_block, self.num_q_blocks, templates, True
+        )
         return self._unblock(outs), self._unblock(lses[..., None])[..., 0]
 
     def forward_online(self):
         """The online softmax over key blocks: `(out, lse)`."""
 
         def query_block(i):
-            qb = _rows(self.q, i * self.cq, self.cq)
-            row_shape = ops.shape(qb)[:-1]
+            q_block = _rows(self.q, i * self.q_chunk, self.q_chunk)
+            row_shape = ops.shape(q_block)[:-1]
             init = (
                 ops.full(row_shape, NEG_INF, "float32"),
                 ops.zeros(row_shape, "float32"),
@@ -400,57 +418,67 @@ class _Engine:
             )
 
             def body(j, carry):
-                m, denom, acc = carry
-                kb = _rows(self.k, j * self.ck, self.ck)
-                vb = _rows(self.v, j * self.ck, self.ck)
-                s = self.capped(self.score_fn(qb, kb))
+                running_max, denom, weighted_sum = carry
+                k_block = _rows(self.k, j * self.k_chunk, self.k_chunk)
+                v_block = _rows(self.v, j * self.k_chunk, self.k_chunk)
+                logits = self.capped(self.score_fn(q_block, k_block))
                 valid = self.valid(i, j)
                 if valid is not None:
-                    s = ops.where(valid, s, MASKED)
+                    logits = ops.where(valid, logits, MASKED)
                 # The block's softmax (the backend's fused kernel) and its
-                # sum exp(s - block_max) = 1 / max(p): the largest weight is
-                # exp(0) / sum. The running maximum `m` is a logit, so the
-                # rescaling exponents `m - m_new` and `block_max - m_new`
-                # are exact differences of logits, also near 1e4.
+                # sum exp(logits - block_max) = 1 / max(weights): the largest
+                # weight is exp(0) / sum. `running_max` is a logit, so the
+                # rescaling exponents `running_max - new_max` and
+                # `block_max - new_max` are exact differences of logits, also
+                # near 1e4.
                 # `initial`: no eager "max of an empty tensor" check (and
                 # no host sync) when the batch is empty.
-                p = ops.softmax(s, axis=-1)
-                block_max = ops.max(s, axis=-1, initial=NEG_INF)
-                block_sum = 1.0 / ops.max(p, axis=-1, initial=0.0)
+                weights = ops.softmax(logits, axis=-1)
+                block_max = ops.max(logits, axis=-1, initial=NEG_INF)
+                block_sum = 1.0 / ops.max(weights, axis=-1, initial=0.0)
                 if valid is not None:
                     # A row with no valid key in this block contributes 0.
                     block_max = ops.where(
                         block_max > MASKED / 2, block_max, NEG_INF
                     )
-                m_new = ops.maximum(m, block_max)
-                m_safe = ops.where(ops.isfinite(m_new), m_new, 0.0)
-                alpha = ops.exp(m - m_safe)
-                beta = ops.exp(block_max - m_safe) * block_sum
+                new_max = ops.maximum(running_max, block_max)
+                finite_max = ops.where(ops.isfinite(new_max), new_max, 0.0)
+                alpha = ops.exp(running_max - finite_max)
+                beta = ops.exp(block_max - finite_max) * block_sum
                 denom = alpha * denom + beta
                 if self.dropout is None:
-                    pv = ops.matmul(p, vb)
+                    block_values = ops.matmul(weights, v_block)
                 else:
                     # The denominators stay those of the undropped weights;
                     # the 1 / P(keep) scale goes on the (rows, dim) product.
-                    pv = ops.matmul(self.dropped(p, i, j), vb)
-                    pv = pv * keep_scale(self.dropout[0])
-                acc = alpha[..., None] * acc + beta[..., None] * pv
-                return m_new, denom, acc
+                    block_values = ops.matmul(
+                        self.dropped(weights, i, j), v_block
+                    )
+                    block_values = block_values * keep_scale(self.dropout[0])
+                weighted_sum = (
+                    alpha[..., None] * weighted_sum
+                    + beta[..., None] * block_values
+                )
+                return new_max, denom, weighted_sum
 
-            m, denom, acc = ops.fori_loop(0, self.key_blocks_for(i), body, init)
+            running_max, denom, weighted_sum = ops.fori_loop(
+                0, self.key_blocks_for(i), body, init
+            )
             nonempty = denom > 0.0
             safe = ops.where(nonempty, denom, 1.0)
-            out = acc / safe[..., None]
-            lse = ops.where(nonempty, m + ops.log(safe), 0.0)
+            out = weighted_sum / safe[..., None]
+            lse = ops.where(nonempty, running_max + ops.log(safe), 0.0)
             return out, lse
 
-        q0 = _rows(self.q, 0, self.cq)
+        first_q_block = _rows(self.q, 0, self.q_chunk)
         templates = (
-            ops.zeros(tuple(ops.shape(q0)[:-1]) + (self.v.shape[-1],)),
-            ops.zeros(ops.shape(q0)[:-1]),
+            ops.zeros(
+                tuple(ops.shape(first_q_block)[:-1]) + (self.v.shape[-1],)
+            ),
+            ops.zeros(ops.shape(first_q_block)[:-1]),
         )
         outs, lses = _map_blocks(
-            query_block, self.nq, templates, self.sequential_forward
+            query_block, self.num_q_blocks, templates, self.sequential_forward
         )
         out = self._unblock(outs)
         lse = self._unblock(lses[..., None])[..., 0]
@@ -460,81 +488,92 @@ class _Engine:
         """(n, B, N, c, D) -> (B, N, T, D)."""
         x = ops.transpose(blocks, (1, 2, 0, 3, 4))
         shape = ops.shape(x)
-        x = ops.reshape(x, (shape[0], shape[1], self.tp, shape[4]))
-        return _rows(x, 0, self.t_len)
+        x = ops.reshape(x, (shape[0], shape[1], self.padded_q_len, shape[4]))
+        return _rows(x, 0, self.q_len)
 
     # -- backward ---------------------------------------------------------
     def backward(self, out, lse, d_out, params):
         """Gradients w.r.t. q, k, v and the score parameters."""
         delta = _pad_axis(
-            ops.sum(d_out * out, axis=-1, keepdims=True), 2, self.tp
+            ops.sum(d_out * out, axis=-1, keepdims=True), 2, self.padded_q_len
         )
-        lse = _pad_axis(lse[..., None], 2, self.tp)
-        d_out = _pad_axis(d_out, 2, self.tp)
-        q_blocks = self._block(self.q, self.nq, self.cq)
+        lse = _pad_axis(lse[..., None], 2, self.padded_q_len)
+        d_out = _pad_axis(d_out, 2, self.padded_q_len)
+        q_blocks = self._block(self.q, self.num_q_blocks, self.q_chunk)
         dq_zero = ops.zeros_like(q_blocks)
-        dk_zero = ops.zeros_like(self._block(self.k, self.nk, self.ck))
-        dv_zero = ops.zeros_like(self._block(self.v, self.nk, self.ck))
-        dp_zero = tuple(ops.zeros_like(p) for p in params)
+        dk_zero = ops.zeros_like(
+            self._block(self.k, self.num_k_blocks, self.k_chunk)
+        )
+        dv_zero = ops.zeros_like(
+            self._block(self.v, self.num_k_blocks, self.k_chunk)
+        )
+        d_params_zero = tuple(ops.zeros_like(p) for p in params)
 
         def key_block(j, carry):
             dq_acc, dk_acc, dv_acc = carry[:3]
-            dp_acc = carry[3:]
-            kb = _rows(self.k, j * self.ck, self.ck)
-            vb = _rows(self.v, j * self.ck, self.ck)
+            d_params_acc = carry[3:]
+            k_block = _rows(self.k, j * self.k_chunk, self.k_chunk)
+            v_block = _rows(self.v, j * self.k_chunk, self.k_chunk)
 
             def compute(i):
-                qb = _rows(self.q, i * self.cq, self.cq)
-                dob = _rows(d_out, i * self.cq, self.cq)
-                lse_b = _rows(lse, i * self.cq, self.cq)
-                delta_b = _rows(delta, i * self.cq, self.cq)
-                # The block transposed, (B, N, ck, cq): the gradients of the
-                # keys and values are then plain (not transposed) matmuls.
+                q_block = _rows(self.q, i * self.q_chunk, self.q_chunk)
+                d_out_block = _rows(d_out, i * self.q_chunk, self.q_chunk)
+                lse_block = _rows(lse, i * self.q_chunk, self.q_chunk)
+                delta_block = _rows(delta, i * self.q_chunk, self.q_chunk)
+                # The block transposed, (B, N, k_chunk, q_chunk): the
+                # gradients of the keys and values are then plain (not
+                # transposed) matmuls.
                 # `s - lse` and `dP - delta` come out of the matmuls, with
                 # one extra column: [k, 1] . [q, -lse] and [v, 1] . [dO, -D].
                 if self.soft_cap is None:
-                    s_t = self.score_t_fn(kb, qb, -lse_b)
+                    logits_t = self.score_t_fn(k_block, q_block, -lse_block)
                 else:
                     # cap * tanh(s / cap): d/ds = 1 - tanh^2.
                     tanh = ops.tanh(
-                        self.score_t_fn(kb, qb, None) / self.soft_cap
+                        self.score_t_fn(k_block, q_block, None) / self.soft_cap
                     )
-                    s_t = self.soft_cap * tanh - ops.swapaxes(lse_b, -1, -2)
+                    logits_t = self.soft_cap * tanh - ops.swapaxes(
+                        lse_block, -1, -2
+                    )
                 valid = self.valid(i, j, transposed=True)
                 if valid is not None:
-                    s_t = ops.where(valid, s_t, NEG_INF)
-                p_t = ops.exp(s_t)
+                    logits_t = ops.where(valid, logits_t, NEG_INF)
+                weights_t = ops.exp(logits_t)
                 if self.dropout is None:
-                    dv = ops.matmul(p_t, dob)
-                    ds_t = p_t * _matmul_t_shifted(vb, dob, -delta_b)
+                    dv = ops.matmul(weights_t, d_out_block)
+                    d_logits_t = weights_t * _matmul_t_shifted(
+                        v_block, d_out_block, -delta_block
+                    )
                 else:
                     # out = c M.P v, with M the keep mask and c = 1 / P(keep):
                     # dv = (M.P)^T (c dO), and dS = P * (c M.dP - delta) =
                     # (M.P) * (v . c dO) - P * delta, with delta = rowsum(dO
                     # * out) as without dropout. c scales the small dO.
-                    pd_t = self.dropped(p_t, i, j, transposed=True)
-                    dob_c = dob * keep_scale(self.dropout[0])
-                    dv = ops.matmul(pd_t, dob_c)
-                    ds_t = pd_t * _matmul_t_shifted(
-                        vb, dob_c, None
-                    ) - p_t * ops.swapaxes(delta_b, -1, -2)
+                    dropped_t = self.dropped(weights_t, i, j, transposed=True)
+                    d_out_scaled = d_out_block * keep_scale(self.dropout[0])
+                    dv = ops.matmul(dropped_t, d_out_scaled)
+                    d_logits_t = dropped_t * _matmul_t_shifted(
+                        v_block, d_out_scaled, None
+                    ) - weights_t * ops.swapaxes(delta_block, -1, -2)
                 if self.soft_cap is not None:
-                    ds_t = ds_t * (1.0 - ops.square(tanh))
-                dq, dk, *dpar = self.score_t_vjp(qb, kb, ds_t)
-                return (dq, dk, dv, *dpar)
+                    d_logits_t = d_logits_t * (1.0 - ops.square(tanh))
+                dq, dk, *d_params = self.score_t_vjp(
+                    q_block, k_block, d_logits_t
+                )
+                return (dq, dk, dv, *d_params)
 
             def query_block(i):
                 if not self.is_causal:
                     return compute(i)
                 # The block is above the diagonal: no query sees these keys.
-                above = self._row((i + 1) * self.cq - 1) < j * self.ck
+                above = self._row((i + 1) * self.q_chunk - 1) < j * self.k_chunk
 
                 def skip():
                     return (
                         ops.zeros_like(q_blocks[0]),
                         ops.zeros_like(dk_zero[0]),
                         ops.zeros_like(dv_zero[0]),
-                        *dp_zero,
+                        *d_params_zero,
                     )
 
                 return ops.cond(above, skip, lambda: compute(i))
@@ -543,28 +582,36 @@ class _Engine:
                 ops.zeros_like(q_blocks[0]),
                 ops.zeros_like(dk_zero[0]),
                 ops.zeros_like(dv_zero[0]),
-                *dp_zero,
+                *d_params_zero,
             )
             grads = _map_blocks(
-                query_block, self.nq, templates, sequential=True
+                query_block, self.num_q_blocks, templates, sequential=True
             )
-            dq_s, dk_s, dv_s = grads[:3]
+            dq_parts, dk_parts, dv_parts = grads[:3]
             selected = ops.reshape(
-                ops.arange(self.nk, dtype="int32") == j, (-1, 1, 1, 1, 1)
+                ops.arange(self.num_k_blocks, dtype="int32") == j,
+                (-1, 1, 1, 1, 1),
             )
-            dk_acc = ops.where(selected, ops.sum(dk_s, axis=0)[None], dk_acc)
-            dv_acc = ops.where(selected, ops.sum(dv_s, axis=0)[None], dv_acc)
-            dp_acc = tuple(
-                a + ops.sum(g, axis=0) for a, g in zip(dp_acc, grads[3:])
+            dk_acc = ops.where(
+                selected, ops.sum(dk_parts, axis=0)[None], dk_acc
             )
-            return (dq_acc + dq_s, dk_acc, dv_acc, *dp_acc)
+            dv_acc = ops.where(
+                selected, ops.sum(dv_parts, axis=0)[None], dv_acc
+            )
+            d_params_acc = tuple(
+                a + ops.sum(g, axis=0) for a, g in zip(d_params_acc, grads[3:])
+            )
+            return (dq_acc + dq_parts, dk_acc, dv_acc, *d_params_acc)
 
         result = ops.fori_loop(
-            0, self.nk, key_block, (dq_zero, dk_zero, dv_zero, *dp_zero)
+            0,
+            self.num_k_blocks,
+            key_block,
+            (dq_zero, dk_zero, dv_zero, *d_params_zero),
         )
         dq = self._unblock(result[0])
-        dk = _rows(self._unblock_keys(result[1]), 0, self.s_len)
-        dv = _rows(self._unblock_keys(result[2]), 0, self.s_len)
+        dk = _rows(self._unblock_keys(result[1]), 0, self.k_len)
+        dv = _rows(self._unblock_keys(result[2]), 0, self.k_len)
         return (dq, dk, dv, *result[3:])
 
     def _block(self, x, n, size):
@@ -576,7 +623,7 @@ class _Engine:
     def _unblock_keys(self, blocks):
         x = ops.transpose(blocks, (1, 2, 0, 3, 4))
         shape = ops.shape(x)
-        return ops.reshape(x, (shape[0], shape[1], self.sp, shape[4]))
+        return ops.reshape(x, (shape[0], shape[1], self.padded_k_len, shape[4]))
 
 
 def _attend(make_engine, args, context, backward_chunks=None):
@@ -599,14 +646,14 @@ def _attend(make_engine, args, context, backward_chunks=None):
         if x is not None and not isinstance(x, (bool, int, float, tuple))
     ]
     fixed = {name: x for name, x in context.items() if name not in names}
-    n_args = len(args)
+    num_args = len(args)
 
     @ops.custom_gradient
     def attend(*inputs):
         def engine(chunks=None):
-            context_inputs = dict(zip(names, inputs[n_args:]))
+            context_inputs = dict(zip(names, inputs[num_args:]))
             return make_engine(
-                *inputs[:n_args], **fixed, **context_inputs, chunks=chunks
+                *inputs[:num_args], **fixed, **context_inputs, chunks=chunks
             )
 
         forward = engine()
@@ -622,7 +669,7 @@ def _attend(make_engine, args, context, backward_chunks=None):
             if lse_for_grad is None:  # not kept by the forward: recompute
                 lse_for_grad = backward.forward_online()[1]
             grads = backward.backward(
-                out, lse_for_grad, upstream, inputs[3:n_args]
+                out, lse_for_grad, upstream, inputs[3:num_args]
             )
             return (*grads, *([None] * len(names)))
 
@@ -631,8 +678,8 @@ def _attend(make_engine, args, context, backward_chunks=None):
     return attend(*args, *(context[name] for name in names))
 
 
-def _dot_score(qb, kb):
-    return ops.matmul(qb, ops.swapaxes(kb, -1, -2))
+def _dot_score(q_block, k_block):
+    return ops.matmul(q_block, ops.swapaxes(k_block, -1, -2))
 
 
 def _matmul_t_shifted(a, b, shift):
@@ -647,13 +694,14 @@ def _matmul_t_shifted(a, b, shift):
     return ops.matmul(a, ops.swapaxes(b, -1, -2))
 
 
-def _dot_score_t(kb, qb, shift):
+def _dot_score_t(k_block, q_block, shift):
     """`(q . k - lse)^T`: the transposed block, shifted per query."""
-    return _matmul_t_shifted(kb, qb, shift)
+    return _matmul_t_shifted(k_block, q_block, shift)
 
 
-def _dot_score_t_vjp(qb, kb, ds_t):
-    return ops.matmul(ops.swapaxes(ds_t, -1, -2), kb), ops.matmul(ds_t, qb)
+def _dot_score_t_vjp(q_block, k_block, d_logits_t):
+    dq = ops.matmul(ops.swapaxes(d_logits_t, -1, -2), k_block)
+    return dq, ops.matmul(d_logits_t, q_block)
 
 
 def chunked_dot_product_attention(
@@ -746,22 +794,30 @@ def chunked_additive_attention(
                 rows[:, :, :, None, :] + cols[:, :, None, :, :] + attention_b
             )
 
-        def score(qb, kb):
-            return ops.einsum("bnqku,u->bnqk", hidden(qb, kb), attention_v)
+        def score(q_block, k_block):
+            return ops.einsum(
+                "bnqku,u->bnqk", hidden(q_block, k_block), attention_v
+            )
 
-        def score_t(kb, qb, shift):
-            scores = ops.einsum("bnkqu,u->bnkq", hidden(kb, qb), attention_v)
+        def score_t(k_block, q_block, shift):
+            scores = ops.einsum(
+                "bnkqu,u->bnkq", hidden(k_block, q_block), attention_v
+            )
             return scores + ops.swapaxes(shift, -1, -2)
 
-        def score_t_vjp(qb, kb, ds_t):
-            h = hidden(kb, qb)
-            dh = ds_t[..., None] * attention_v * (1.0 - ops.square(h))
-            d_attention_v = ops.einsum("bnkq,bnkqu->u", ds_t, h)
-            dq = ops.sum(dh, axis=2)
-            # The bias gradient sums dh over everything: reuse the reduced dq.
+        def score_t_vjp(q_block, k_block, d_logits_t):
+            hidden_t = hidden(k_block, q_block)
+            d_hidden = (
+                d_logits_t[..., None]
+                * attention_v
+                * (1.0 - ops.square(hidden_t))
+            )
+            d_attention_v = ops.einsum("bnkq,bnkqu->u", d_logits_t, hidden_t)
+            dq = ops.sum(d_hidden, axis=2)
+            # The bias gradient sums d_hidden over everything: reuse dq.
             return (
                 dq,
-                ops.sum(dh, axis=3),
+                ops.sum(d_hidden, axis=3),
                 d_attention_v,
                 ops.sum(dq, (0, 1, 2)),
             )
