@@ -76,154 +76,99 @@ def scaled_dot_product_attention(
 ):
     """Scaled dot-product attention with exact masking and float32 softmax.
 
-    Computes `softmax(scale * query @ key^T + bias)` over the keys, with the
-    masked positions removed, and returns the weighted sum of `value`. The
-    logits and the softmax always run in float32, whatever the input dtype,
-    so float16 and bfloat16 inputs do not overflow; the weighted sum of the
-    values runs in the dtype of `value`, which is also the output dtype.
+    Computes `softmax(scale * query @ key^T + bias)` over the keys and
+    returns the weighted sum of `value`. The logits and the softmax run in
+    float32 whatever the input dtype; the weighted sum runs in the dtype of
+    `value`, which is the output dtype. `key` and `value` may have fewer
+    heads than `query` (grouped-query attention): query head `n` uses
+    key/value head `n // (num_heads // num_kv_heads)`.
 
-    Masked keys get a weight of exactly zero. **A query row whose keys are
-    all masked gives a zero output row (and zero scores), never NaN,** and
-    its gradients are zero too. Keys can be masked by `mask`, by
-    `is_causal`, or by `-inf` entries in `bias`.
+    Keys masked by `mask`, by `is_causal` or by a `-inf` in `bias` get a
+    weight of exactly zero. **A query row with no key to attend (all masked,
+    or `k_len == 0`) gives zeros, never NaN,** in the output, the scores and
+    the gradients, in every kernel. NaN and Inf in the inputs are not
+    checked: they reach the rows that attend them, and a masked key's value
+    still enters the sum with weight zero (0 x NaN is NaN), so pad with
+    finite values.
 
-    Edge cases, the same in the dense and chunked kernels:
-
-    - Empty sequences: a key length of 0 leaves every query without a key,
-      so every output row is zero; a query length (or batch) of 0 gives an
-      empty output.
-    - Non-finite inputs are neither checked nor replaced: NaN and Inf in
-      `query`, `key` or `value` propagate through the arithmetic. An output
-      row is NaN when one of the keys it attends has a NaN or infinite
-      logit, or a NaN value; rows that do not depend on it stay finite. A
-      masked key's logit is discarded, but its value still enters the
-      weighted sum with weight zero (and 0 x NaN is NaN): pad with finite
-      values.
-
-    Grouped-query attention is supported: `key` and `value` may have fewer
-    heads than `query`, as long as they divide its number of heads. Query
-    head `n` then uses key/value head `n // (num_heads // num_kv_heads)`,
-    as `keras.ops.repeat(key, num_heads // num_kv_heads, axis=2)` would.
+    Three kernels: the dense one holds the `(batch, num_heads, q_len,
+    k_len)` logits. The chunked one loops over blocks of queries and keys
+    with an online softmax (Rabe & Staats 2021) and recomputes them in the
+    backward pass, so a forward or a gradient needs O(length x chunk)
+    memory; causal attention skips the blocks above the diagonal. The
+    backend's fused kernel (`keras.ops.dot_product_attention`) runs where
+    `flash_attention` allows it. `bias` and `return_scores` need the dense
+    kernel.
 
     Args:
-        query: tensor of shape `(batch, q_len, num_heads, dim)`.
-        key: tensor of shape `(batch, k_len, num_kv_heads, dim)`.
-        value: tensor of shape `(batch, k_len, num_kv_heads, value_dim)`.
-        mask: optional boolean tensor of rank 2 `(q_len, k_len)` or rank 4,
-            broadcastable to `(batch, num_heads, q_len, k_len)`. True means
-            attend. A numeric mask must hold only 0 and 1: any other value
-            (0.5, 2, -1, NaN) raises a `ValueError` when the values are
-            known (NumPy arrays, eager tensors); in traced code they cannot
-            be inspected and non-zero counts as True. Rank 3 is refused,
-            because it would broadcast its batch axis against the heads
-            axis.
-        bias: optional float tensor added to the logits, of rank 2 or 4 and
-            broadcastable to `(batch, num_heads, q_len, k_len)`, e.g. ALiBi
-            or relative-position biases.
+        query: `(batch, q_len, num_heads, dim)`.
+        key: `(batch, k_len, num_kv_heads, dim)`, `num_kv_heads` a divisor
+            of `num_heads`.
+        value: `(batch, k_len, num_kv_heads, value_dim)`.
+        bias: optional float tensor added to the logits (e.g. ALiBi), of
+            rank 2 `(q_len, k_len)` or rank 4 broadcastable to `(batch,
+            num_heads, q_len, k_len)`.
+        mask: optional boolean tensor, True to attend, of rank 2 or 4 as
+            `bias`. Rank 3 is refused (its batch axis would broadcast
+            against the heads): pass `mask[:, None]`. A numeric mask must
+            hold only 0 and 1: other values raise a `ValueError` when they
+            are known (NumPy arrays, eager tensors); in traced code any
+            non-zero value counts as True.
         is_causal: if True, query `i` attends only keys `j <= i` (top-left
-            aligned, as Keras' `use_causal_mask`). Combined with `mask`.
+            aligned, as Keras' `use_causal_mask`), combined with `mask`.
         scale: multiplier of the logits. Defaults to `1 / sqrt(dim)`.
-        dropout_rate: dropout on the attention weights, in `[0, 1)`. Applied
-            only when `training` is True, to the normalized weights, with
-            the kept ones scaled by `1 / P(keep)`: the output is an unbiased
-            estimate of the output without dropout. The chunked kernel
-            draws each block's mask from a stateless seed derived from the
-            call's key and the block's (query block, key block) index, and
-            its backward pass regenerates the masks (none is stored), so
-            dropout keeps its O(length x chunk) memory. Its draws differ from
-            the dense kernel's, and between backends: JAX hashes the
-            element's index (32 bits), TensorFlow draws 16 bits per element
-            from Philox (`keras.random.randint`), so there the rate is
-            rounded to a multiple of 2**-16 and the scale uses the rounded
-            rate; see `benchmarks/dropout_rng.py`.
+        dropout_rate: float in `[0, 1)`, dropout on the normalized weights
+            in training, the kept ones scaled by `1 / P(keep)`. The chunked
+            kernel draws each block's mask from the call's key and the block
+            index, again in the backward pass (none is stored): its draws
+            differ from the dense kernel's and between backends, and on
+            TensorFlow the rate is rounded to a multiple of 2**-16 (the
+            scale uses the rounded rate).
         training: Python bool, whether dropout is active.
-        seed: int or `keras.random.SeedGenerator` for the dropout. The call
-            draws one key from it (a `SeedGenerator` advances once per call,
-            as with `keras.random.dropout`); a fixed int makes the call,
-            and its gradients, reproducible.
-        return_scores: if True, also return the attention weights (after the
-            softmax, before dropout). They are `(batch, num_heads, q_len,
-            k_len)` in the dtype of `query`; returning them materialises the
-            full matrix by definition.
-        chunk_size: `"auto"` (default), `None` or a positive int.
-            - `None`: the dense kernel, which holds the full `(batch,
-              num_heads, q_len, k_len)` logits.
-            - An int: the chunked exact kernel. It loops over blocks of
-              `chunk_size` queries and keys with a running maximum and a
-              log-sum-exp rescale (online softmax; Rabe & Staats 2021), and
-              recomputes the blocks in the backward pass, so a forward or a
-              gradient needs O(length x chunk) memory, not O(length^2). In
-              causal attention, key blocks above the diagonal are skipped,
-              not computed. Lengths need not be multiples of the chunk, and
-              may be unknown (`None`) in `tf.function` or a SavedModel; a
-              chunk longer than the input shrinks to its length (at run
-              time when the length is unknown). At most 2**31 - 1.
-            - `"auto"`: dense while `batch * num_heads * q_len * k_len <=
-              AUTO_DENSE_MAX_LOGITS` (2**25), and while the input fits in
-              one block (`q_len <= AUTO_CHUNK` and `k_len <=
-              AUTO_KEY_CHUNK`, where chunking saves no memory); chunked
-              with blocks of `AUTO_CHUNK` (512) queries and `AUTO_KEY_CHUNK`
-              (1024) keys otherwise. Lengths that fit in one block decide
-              it whatever the batch; otherwise unknown sizes are decided at
-              run time: by a `cond` between the kernels, or, when XLA
-              compiles the call (`jit_compile=True` on TensorFlow), inside
-              the chunked kernel, whose blocks then hold all the logits
-              where the dense kernel would have run. In inference
-              (`training=False`, so no dropout) and without `is_causal`,
-              the chunked kernel takes blocks of at
-              most `AUTO_ROWS` (256) queries against all the keys at once,
-              one softmax each, as the dense kernel computes them, fewer
-              rows while a block would hold more than 2**25 logits (with
-              static shapes, the online softmax below `AUTO_MIN_ROWS`, 64
-              rows). That is O(k_len) memory per block, and no running
-              maximum to compute. A call that a gradient may follow
-              (recorded by a `tf.GradientTape`) takes the training blocks
-              instead; any gradient is exact and runs on the training
-              blocks, in O(length x chunk) memory.
-              Thresholds measured with `benchmarks/`.
-            Requests that need the full matrix use the dense kernel whatever
-            `chunk_size` says: `return_scores=True` and `bias` (a `(q_len,
-            k_len)` tensor already). Dropout in training does not: it runs
-            inside the chunked kernel.
-        logits_soft_cap: optional positive float `cap`. The logits become
-            `cap * tanh(logits / cap)` (Gemma 2; Google's TPU splash
-            kernel), after the scale and the bias, before masking, in
-            float32, in the dense and chunked kernels and their gradients.
-        flash_attention: `None` (default), `True` or `False`: whether the
-            backend's fused kernel (`keras.ops.dot_product_attention`) runs
-            instead of this package's exact kernels.
-            - `False`: never. Unlike Keras layers, where a layer's `False`
-              is turned back into "auto" by the unset global switch, `False`
-              here always means our kernels.
-            - `None`: follows `keras.config.is_flash_attention_enabled()`.
-              When that is unset or enabled and `chunk_size="auto"`, the
-              fused kernel runs when it is possible: the backend has one
-              (JAX on a GPU or TPU), the dtype is one it takes (float16
-              or bfloat16 on a GPU), no scores are returned, no dropout in
-              training, no `bias`, no `logits_soft_cap` (except on a TPU,
-              whose kernel takes one) and
-              a mask of rank 2 or 4 with a static shape. Otherwise, and
-              always on TensorFlow, our exact kernels run, dense or chunked
-              by `chunk_size`. An explicit `chunk_size` (an int, or `None`)
-              always means our kernels: explicit beats auto.
-            - `True`: the fused kernel, or a `ValueError` naming what
-              prevents it, whatever `chunk_size` says.
-            On the fused path, too, a fully masked query row gives zeros,
-            with zero gradients. Its logits are the backend kernel's (not
-            this package's float32 ones).
+        seed: int or `keras.random.SeedGenerator` for the dropout. A call
+            draws one key from it (a `SeedGenerator` advances once); a fixed
+            int makes the call and its gradients reproducible.
+        return_scores: if True, also return the weights `(batch, num_heads,
+            q_len, k_len)`, after the softmax and before dropout, in the
+            dtype of `query`.
+        chunk_size: `"auto"` (default), `None` (dense) or a positive int up
+            to 2**31 - 1 (chunked, with blocks of `chunk_size` queries and
+            keys, or the length if shorter; lengths need not be multiples of
+            it and may be unknown, as in a `tf.function` or a SavedModel).
+            `"auto"` is dense while the logits have at most
+            `AUTO_DENSE_MAX_LOGITS` (2**25) elements or fit in one block of
+            `AUTO_CHUNK` (512) queries and `AUTO_KEY_CHUNK` (1024) keys,
+            else chunked with such blocks; unknown sizes are decided at run
+            time. In inference (not `training`, no gradient tape recording)
+            without `is_causal`, its blocks are instead up to `AUTO_ROWS`
+            (256) queries against all the keys, one softmax each (fewer rows
+            while a block would exceed 2**25 logits; with static shapes, the
+            online softmax below `AUTO_MIN_ROWS`, 64). Gradients are exact
+            and run on the training blocks.
+        logits_soft_cap: optional positive float `cap`: the logits become
+            `cap * tanh(logits / cap)` after the scale and the bias, before
+            masking (as in Gemma 2).
+        flash_attention: `None` (default), `True` or `False`. `False`: our
+            kernels, always (unlike a Keras layer's `False`, which the unset
+            global switch turns back into "auto"). `None`: unless
+            `keras.config.is_flash_attention_enabled()` is False, and only
+            with `chunk_size="auto"`, the fused kernel runs where it can:
+            JAX on a GPU (float16 or bfloat16 inputs) or a TPU, no returned
+            scores, no dropout in training, no `bias`, no `logits_soft_cap`
+            (except on a TPU) and a mask of rank 2 or 4 with a static shape.
+            `True`: the fused kernel whatever `chunk_size` says, or a
+            `ValueError` naming what prevents it. The fused kernel computes
+            its own logits (not our float32 ones).
         causal_offset: int or 0-d integer tensor, default 0: with
             `is_causal`, query `i` sits at position `causal_offset + i` and
-            attends keys `j <= causal_offset + i` (e.g. a prefill or a
-            decoding step into a key/value cache whose first new entry is at
-            `causal_offset`). The chunked kernel still skips the key blocks
-            past the diagonal and builds no `(q_len, k_len)` mask (the
-            dense and fused kernels do, as without an offset). A
-            known offset must be non-negative; a non-zero one without
-            `is_causal` is a `ValueError`.
+            attends keys `j <= causal_offset + i` (a prefill or a decoding
+            step into a key/value cache). The chunked kernel still skips the
+            blocks past the diagonal and builds no mask. A known offset must
+            be non-negative; a non-zero one needs `is_causal`.
 
     Returns:
-        The attention output of shape `(batch, q_len, num_heads, value_dim)`
-        and dtype of `value`, or `(output, scores)` if `return_scores`.
+        The output `(batch, q_len, num_heads, value_dim)` in the dtype of
+        `value`, or `(output, scores)` if `return_scores`.
 
     Example:
 
@@ -616,10 +561,8 @@ def additive_attention(
     """Additive (Bahdanau) attention over already-projected queries and keys.
 
     The logits are `sum_u attention_v[u] * tanh(query[:, t, u] + key[:, s, u]
-    + hidden_bias[u])`, computed in float32, followed by the same exact
-    masked softmax as `scaled_dot_product_attention`: masked keys get weight
-    zero, and a query row whose keys are all masked gives a zero output row.
-    Empty sequences and non-finite inputs behave as in
+    + hidden_bias[u])`, in float32. Masks, fully masked rows (zeros), empty
+    and non-finite inputs, dropout and dtypes follow
     `scaled_dot_product_attention`.
 
     Args:
@@ -629,23 +572,21 @@ def additive_attention(
         attention_v: `(units,)` scoring vector.
         hidden_bias: optional `(units,)` bias inside the `tanh`.
         mask: optional boolean mask broadcastable to `(batch, q_len, k_len)`,
-            True means attend (the rules of `scaled_dot_product_attention`).
+            True to attend.
         is_causal: if True, query `i` attends only keys `j <= i`.
         dropout_rate: dropout on the attention weights, in `[0, 1)`.
         training: Python bool, whether dropout is active.
         seed: int or `keras.random.SeedGenerator` for the dropout.
         return_scores: if True, also return the weights `(batch, q_len,
-            k_len)` (after softmax, before dropout) in the dtype of `query`.
-        chunk_size: `"auto"` (default), `None` or a positive int, as in
-            `scaled_dot_product_attention`: an int processes blocks of
-            `chunk_size` queries and keys so that no `(batch, q_len, k_len,
-            units)` tensor exists, and recomputes them in the backward pass.
-            `"auto"` is dense while `batch * q_len * k_len * units <=
-            AUTO_ADDITIVE_DENSE_MAX` (2**24) or both lengths fit in one
-            block, chunked with blocks of `AUTO_ADDITIVE_CHUNK` (128)
-            otherwise. Returned scores use the dense
-            kernel; dropout in training runs in the chunked kernel too (see
-            `scaled_dot_product_attention`'s `dropout_rate`).
+            k_len)`, after the softmax and before dropout, in the dtype of
+            `query` (from the dense kernel).
+        chunk_size: `"auto"` (default), `None` (dense) or a positive int
+            (chunked), as in `scaled_dot_product_attention`; the chunked
+            kernel never holds the `(batch, q_len, k_len, units)` tensor.
+            `"auto"` is dense while that tensor has at most
+            `AUTO_ADDITIVE_DENSE_MAX` (2**24) elements or both lengths fit
+            in one block of `AUTO_ADDITIVE_CHUNK` (128), else chunked with
+            such blocks.
 
     Returns:
         The context `(batch, q_len, value_dim)` in the dtype of `value`, or
