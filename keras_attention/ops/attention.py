@@ -182,11 +182,7 @@ def scaled_dot_product_attention(
     Reference:
         [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762).
     """
-    query = ops.convert_to_tensor(query)
-    key = ops.convert_to_tensor(key)
-    value = ops.convert_to_tensor(value)
-    for name, tensor in (("query", query), ("key", key), ("value", value)):
-        _validation.check_rank(name, tensor.shape, (4,))
+    query, key, value = _tensors_of_rank(query, key, value, 4)
     _, _, num_heads, dim = query.shape
     _, _, num_kv_heads, key_dim = key.shape
     for name, tensor in (("query", query), ("key", key), ("value", value)):
@@ -299,33 +295,52 @@ def scaled_dot_product_attention(
         return chunked((chunk_size, chunk_size))
     # "auto": dense while the (batch, heads, q_len, k_len) logits are small,
     # or while one block would hold them all (chunking saves nothing then).
-    chunks = (AUTO_CHUNK, AUTO_KEY_CHUNK)
-    # Inference (no backward pass, no dropout): whole rows, see AUTO_ROWS.
-    whole_rows = not backward and not is_causal
+    blocks = (AUTO_CHUNK, AUTO_KEY_CHUNK)
     dense = _auto_dense(
         (ops.shape(query)[0], num_heads),
         (ops.shape(query)[1], ops.shape(key)[1]),
-        chunks,
+        blocks,
         AUTO_DENSE_MAX_LOGITS,
     )
-    if dense is True:
-        return _dense_sdpa(*dense_args, **dense_kwargs)
-    if whole_rows:
-        rows = _whole_row_chunks(query, key, num_heads)
-    if dense is False:
-        return chunked((whole_rows and rows) or chunks)
-    if not _backend.compiling_with_xla():
-        return ops.cond(
-            dense,
-            lambda: _dense_sdpa(*dense_args, **dense_kwargs),
-            lambda: chunked(rows if whole_rows else chunks),
-        )
-    # XLA cannot compile a `cond` between the kernels (nor its gradient):
-    # one chunked kernel whose blocks are chosen at run time, a single
-    # block of all the logits where the dense kernel would run.
-    return chunked(
-        _run_time_blocks(dense, query, key, rows if whole_rows else chunks)
+    if dense is not True and not backward and not is_causal:
+        # Inference (no backward pass, no dropout): whole rows, see AUTO_ROWS.
+        blocks = _whole_row_chunks(query, key, num_heads) or blocks
+    return _run_auto(
+        dense,
+        lambda: _dense_sdpa(*dense_args, **dense_kwargs),
+        chunked,
+        query,
+        key,
+        blocks,
     )
+
+
+def _tensors_of_rank(query, key, value, rank):
+    """`query`, `key` and `value` as tensors, each checked to have `rank`."""
+    query = ops.convert_to_tensor(query)
+    key = ops.convert_to_tensor(key)
+    value = ops.convert_to_tensor(value)
+    for name, tensor in (("query", query), ("key", key), ("value", value)):
+        _validation.check_rank(name, tensor.shape, (rank,))
+    return query, key, value
+
+
+def _run_auto(dense, run_dense, run_chunked, query, key, blocks):
+    """Runs the kernel that `"auto"` chose: `run_dense()` where `dense` (from
+    `_auto_dense`) is True, else `run_chunked(blocks)`.
+
+    A boolean tensor `dense` is decided at run time by a `cond`. XLA cannot
+    compile a `cond` between the kernels (nor its gradient): there one
+    chunked kernel runs, its blocks chosen at run time, a single block of
+    all the logits where the dense kernel would run.
+    """
+    if dense is True:
+        return run_dense()
+    if dense is False:
+        return run_chunked(blocks)
+    if not _backend.compiling_with_xla():
+        return ops.cond(dense, run_dense, lambda: run_chunked(blocks))
+    return run_chunked(_run_time_blocks(dense, query, key, blocks))
 
 
 def _run_time_blocks(dense, query, key, blocks):
@@ -605,12 +620,8 @@ def additive_attention(
     Reference:
         [Bahdanau et al., 2015](https://arxiv.org/abs/1409.0473).
     """
-    query = ops.convert_to_tensor(query)
-    key = ops.convert_to_tensor(key)
-    value = ops.convert_to_tensor(value)
     attention_v = ops.convert_to_tensor(attention_v)
-    for name, tensor in (("query", query), ("key", key), ("value", value)):
-        _validation.check_rank(name, tensor.shape, (3,))
+    query, key, value = _tensors_of_rank(query, key, value, 3)
     _validation.check_rank("attention_v", attention_v.shape, (1,))
     _validation.check_dims_equal(
         "query", query.shape[-1], "key", key.shape[-1], "last dimension"
@@ -647,30 +658,28 @@ def additive_attention(
         return _dense_additive(
             *args, dropout=dropout, return_scores=return_scores
         )
-    chunk = AUTO_ADDITIVE_CHUNK if chunk_size == "auto" else chunk_size
     backward = bool(training) or _backend.gradient_may_follow()
-    chunked_args = (*args, chunk, dropout, backward)
+
+    def chunked(blocks):
+        return _chunked_additive(*args, blocks, dropout, backward)
+
     if chunk_size != "auto":
-        return _chunked_additive(*chunked_args)
+        return chunked(chunk_size)
+    blocks = (AUTO_ADDITIVE_CHUNK, AUTO_ADDITIVE_CHUNK)
     dense = _auto_dense(
         (ops.shape(query)[0], ops.shape(query)[2]),
         (ops.shape(query)[1], ops.shape(key)[1]),
-        (chunk, chunk),
+        blocks,
         AUTO_ADDITIVE_DENSE_MAX,
     )
-    if dense is True:
-        return _dense_additive(*args, dropout=dropout)
-    if dense is False:
-        return _chunked_additive(*chunked_args)
-    if not _backend.compiling_with_xla():
-        return ops.cond(
-            dense,
-            lambda: _dense_additive(*args, dropout=dropout),
-            lambda: _chunked_additive(*chunked_args),
-        )
-    # As in `scaled_dot_product_attention`: no `cond` under XLA.
-    blocks = _run_time_blocks(dense, query, key, (chunk, chunk))
-    return _chunked_additive(*args, blocks, dropout, backward)
+    return _run_auto(
+        dense,
+        lambda: _dense_additive(*args, dropout=dropout),
+        chunked,
+        query,
+        key,
+        blocks,
+    )
 
 
 def _chunked_additive(
