@@ -300,41 +300,40 @@ def layer_config(cls, config, extra_keys=()):
             "activity_regularizer",
             config["activity_regularizer"],
         )
-    dtype = config.get("dtype")
-    if isinstance(dtype, dict):
-        try:
-            policy = keras.dtype_policies.deserialize(dtype)
-            if not isinstance(
-                policy,
-                (
-                    keras.dtype_policies.DTypePolicy,
-                    keras.dtype_policies.DTypePolicyMap,
-                ),
-            ):
-                raise ValueError(f"not a dtype policy: {short_repr(policy)}")
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                "Received an invalid value for argument `dtype`, expected a "
-                "dtype policy name or config. Received: "
-                f"dtype={short_repr(dtype)} ({error})"
-            ) from error
-        if (
-            not isinstance(policy, keras.dtype_policies.DTypePolicyMap)
-            and policy.quantization_mode is None
-        ):
-            # As Keras does: a plain policy travels by name.
-            policy = policy.name
-        config["dtype"] = policy
-    elif dtype is not None:
-        try:
-            keras.dtype_policies.get(dtype)
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                "Received an invalid value for argument `dtype`, expected a "
-                "dtype policy name or config. Received: "
-                f"dtype={short_repr(dtype)} ({error})"
-            ) from error
+    if config.get("dtype") is not None:
+        config["dtype"] = _config_dtype(config["dtype"])
     return config
+
+
+def _config_dtype(dtype):
+    """A config's `dtype`, checked: a policy name stays as it is; a policy
+    config is deserialized (a plain policy back to its name, as Keras
+    does)."""
+    try:
+        if not isinstance(dtype, dict):
+            keras.dtype_policies.get(dtype)
+            return dtype
+        policy = keras.dtype_policies.deserialize(dtype)
+        if not isinstance(
+            policy,
+            (
+                keras.dtype_policies.DTypePolicy,
+                keras.dtype_policies.DTypePolicyMap,
+            ),
+        ):
+            raise ValueError(f"not a dtype policy: {short_repr(policy)}")
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            "Received an invalid value for argument `dtype`, expected a "
+            "dtype policy name or config. Received: "
+            f"dtype={short_repr(dtype)} ({error})"
+        ) from error
+    if (
+        not isinstance(policy, keras.dtype_policies.DTypePolicyMap)
+        and policy.quantization_mode is None
+    ):
+        return policy.name
+    return policy
 
 
 def concrete_values(x):
@@ -366,6 +365,18 @@ def dtype_name(x):
         return str(dtype)
 
 
+def _known_numbers(name, x, expected):
+    """`(dtype, values)` of `x`, which must have a numeric dtype (`expected`
+    says what `x` must be, for the message); `values` is a NumPy array when
+    they are known now, else None (see `concrete_values`)."""
+    dtype = dtype_name(x)
+    if not dtype.startswith(("int", "uint", "float", "bfloat")):
+        raise ValueError(
+            f"Argument `{name}` must {expected}. Received: {name}.dtype={dtype}"
+        )
+    return dtype, concrete_values(x)
+
+
 def check_mask_values(name, mask):
     """Boolean masks pass; numeric masks must hold only 0 and 1.
 
@@ -378,17 +389,11 @@ def check_mask_values(name, mask):
     `jax.jit`, a SavedModel) they are not, and any non-zero entry counts as
     True.
     """
-    if mask is None:
+    if mask is None or dtype_name(mask) == "bool":
         return
-    dtype = dtype_name(mask)
-    if dtype == "bool":
-        return
-    if not dtype.startswith(("int", "uint", "float", "bfloat")):
-        raise ValueError(
-            f"Argument `{name}` must be a boolean mask (or numbers 0 and 1). "
-            f"Received: {name}.dtype={dtype}"
-        )
-    values = concrete_values(mask)
+    dtype, values = _known_numbers(
+        name, mask, "be a boolean mask (or numbers 0 and 1)"
+    )
     if values is None:
         return
     values = np.asarray(values)
@@ -406,13 +411,7 @@ def check_lengths(name, lengths):
     """Sequence lengths must be non-negative whole numbers (when known)."""
     if lengths is None:
         return
-    dtype = dtype_name(lengths)
-    if not dtype.startswith(("int", "uint", "float", "bfloat")):
-        raise ValueError(
-            f"Argument `{name}` must hold integer lengths. Received: "
-            f"{name}.dtype={dtype}"
-        )
-    values = concrete_values(lengths)
+    _, values = _known_numbers(name, lengths, "hold integer lengths")
     if values is None:
         return
     values = np.asarray(values).astype("float64")
