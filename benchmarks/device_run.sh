@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU run (issue 15), under KERAS_BACKEND=jax: correctness of
+# One prepared GPU run, under KERAS_BACKEND=jax: correctness of
 # the attention paths, the attention benchmark against Keras core, and three
 # examples, in under 5 minutes on one H200. See benchmarks/device_run.py.
 #

@@ -57,7 +57,7 @@ def engines(monkeypatch):
     class Recording(_chunked._Engine):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            built.append((self.cq, self.ck, self.whole_rows))
+            built.append((self.q_chunk, self.k_chunk, self.whole_rows))
 
     monkeypatch.setattr(_chunked, "_Engine", Recording)
     return built
