@@ -494,17 +494,10 @@ class MultiHeadAttention(_common.ValidatedLayer):
         return _masking.and_masks(*masks)
 
     def _check_call_inputs(
-        self,
-        query,
-        value,
-        key,
-        query_mask,
-        value_mask,
-        key_mask,
-        attention_mask,
-        attention_bias,
-        cache=None,
+        self, query, value, key, masks, attention_bias, cache
     ):
+        """`masks`: `(query_mask, value_mask, key_mask, attention_mask)`."""
+        query_mask, value_mask, key_mask, attention_mask = masks
         q_dim, k_dim, v_dim = self._built_shapes
         _validation.check_last_dim("query", query.shape, q_dim, "query")
         _validation.check_last_dim("key", key.shape, k_dim, "key")
@@ -587,17 +580,8 @@ class MultiHeadAttention(_common.ValidatedLayer):
                     ("key_mask", key_mask),
                 )
             )
-        self._check_call_inputs(
-            query,
-            value,
-            key,
-            query_mask,
-            value_mask,
-            key_mask,
-            attention_mask,
-            attention_bias,
-            cache,
-        )
+        masks = (query_mask, value_mask, key_mask, attention_mask)
+        self._check_call_inputs(query, value, key, masks, attention_bias, cache)
         rank = len(query.shape)
         row_mask = None
         if rank == 3 and query_mask is not None:
