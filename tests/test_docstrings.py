@@ -8,7 +8,6 @@ TensorFlow: `tests/serving/test_docstrings.py`."""
 
 import doctest
 import importlib
-import os
 import pkgutil
 
 import keras
@@ -68,15 +67,3 @@ def test_docstring_examples_run(module):
     result = runner.summarize(verbose=False)
     assert result.failed == 0
     assert result.attempted > 0
-
-
-def test_readme_examples_run():
-    """The `>>>` examples of the README (its decoding section)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
-    with open(path) as f:
-        text = f.read()
-    test = doctest.DocTestParser().get_doctest(text, {}, "README", path, 0)
-    assert test.examples
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    runner.run(test)
-    assert runner.summarize(verbose=False).failed == 0
