@@ -212,7 +212,12 @@ def test_the_blocks_are_found():
 
 @pytest.mark.parametrize("block", [_block_param(b) for b in BLOCKS])
 def test_code_block(block, tmp_path, monkeypatch, request, capsys):
-    if block.lang == "python" and not block.external:
+    if block.lang == "python" and block.external:
+        pytest.fail(
+            f"{block.where}: a Python block must run here; shrink it (tiny "
+            "sizes, one device) instead of marking it external"
+        )
+    elif block.lang == "python":
         monkeypatch.chdir(tmp_path)
         if block.text.lstrip().startswith(">>>"):
             _run_doctest(block)
@@ -220,7 +225,7 @@ def test_code_block(block, tmp_path, monkeypatch, request, capsys):
             _run_python(block)
     elif block.lang in ("bash", "sh", "shell"):
         calls = _record_shell(block, tmp_path)
-        assert calls, f"{block.where}: the block runs no command"
+        assert len(calls) > 1, f"{block.where}: the block runs no command"
         for argv, env in calls:
             _check_command(block, argv, env, tmp_path, request, capsys)
     else:
@@ -253,6 +258,7 @@ def _run_doctest(block):
 # is not a builtin (PATH is empty), so variables, quoting, `&&` and `&`
 # behave as they would, and nothing is installed, started or sent.
 
+_END_OF_BLOCK = "__end_of_block__"
 _RECORDER = r"""
 _record() {  # one file per command: `&` runs some of them at once
     _calls=$((_calls + 1))
@@ -261,6 +267,7 @@ _record() {  # one file per command: `&` runs some of them at once
 }
 command_not_found_handle() { _record "$@"; }
 """
+_END = f"\n_record {_END_OF_BLOCK}\n"  # what the block leaves exported
 _SHELL_ENV = {"PWD", "SHLVL", "_", "OLDPWD", "PATH", "DOCS_CALLS"}
 
 
@@ -275,14 +282,14 @@ def _record_shell(block, tmp_path):
     empty = tmp_path / "empty-path"
     empty.mkdir()
     subprocess.run(
-        [bash, "--noprofile", "--norc", "-c", _RECORDER + block.text],
+        [bash, "--noprofile", "--norc", "-c", _RECORDER + block.text + _END],
         cwd=ROOT,
         env={"PATH": str(empty), "DOCS_CALLS": str(calls_dir)},
         capture_output=True,
         timeout=60,
     )
     calls = []
-    for record in sorted(calls_dir.iterdir()):
+    for record in sorted(calls_dir.iterdir(), key=os.path.getmtime):
         argv, env = record.read_bytes().split(b"\1")
         argv = [a.decode() for a in argv.split(b"\0")[:-1]]
         env = dict(
@@ -299,6 +306,8 @@ def _check_command(block, argv, env, tmp_path, request, capsys):
     for name, value in env.items():
         _check_environment_variable(where, name, value)
     program, args = argv[0], argv[1:]
+    if program == _END_OF_BLOCK:
+        return
     if program == "python" and args[:2] == ["-m", "pip"]:
         _check_pip(where, args[2:])
     elif program == "pip":
@@ -331,6 +340,7 @@ def _check_tf_config(where, value):
     """The keys `tf.distribute.cluster_resolver.TFConfigClusterResolver`
     reads: `cluster` (job name -> "host:port" list) and `task`."""
     config = json.loads(value)
+    assert {"cluster", "task"} <= set(config), f"{where}: TF_CONFIG={value}"
     cluster, task = config["cluster"], config["task"]
     assert set(task) == {"type", "index"}, where
     assert task["type"] in cluster, where
@@ -400,7 +410,10 @@ def _check_pytest(where, args, request):
     if profile:
         from hypothesis import settings
 
-        settings.get_profile(profile)  # raises for an unknown profile
+        try:
+            settings.get_profile(profile)
+        except Exception as e:
+            pytest.fail(f"{where}: {e}")
 
 
 # Our own command-line tools: their parsers, and --dry-run.
@@ -439,8 +452,8 @@ def _cli_module(target):
 
 def _parse(target, args):
     """The namespace that the tool's own parser makes of `args`: calls its
-    `main(args)`, or imports it when it parses at import, and stops at the
-    first `parse_args`."""
+    `main(args)`, or imports it with `sys.argv` set when it parses at
+    import, and stops at the first `parse_args`."""
     original = argparse.ArgumentParser.parse_args
 
     def parse_args(parser, args=None, namespace=None):
@@ -449,13 +462,15 @@ def _parse(target, args):
     with _restored_process_state(), pytest.MonkeyPatch.context() as patch:
         patch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
         name = _cli_module(target)
-        sys.argv = [target, *args]
+        with open(importlib.util.find_spec(name).origin) as f:
+            has_main = re.search(r"^def main\(", f.read(), flags=re.M)
         try:
-            module = sys.modules.get(name)
-            if module is None or not hasattr(module, "main"):
-                sys.modules.pop(name, None)  # parses at import
-                module = importlib.import_module(name)
-            module.main(list(args))
+            if has_main:  # imported as the tests import it: sys.argv as is
+                importlib.import_module(name).main(list(args))
+            else:
+                sys.argv = [target, *args]
+                sys.modules.pop(name, None)
+                importlib.import_module(name)
         except _Parsed as parsed:
             return parsed.namespace
         except SystemExit as e:
