@@ -2,8 +2,7 @@
 
 Public API: `layout_map` (head-sharded model parallelism for
 `keras.distribution.ModelParallel`) and `place_cache` (the matching
-placement of key/value caches). See the README section "Training on several
-devices and machines" for the recipes.
+placement of key/value caches). The recipes: docs/distribution.md.
 """
 
 from keras_attention.distribution._layout import layout_map
