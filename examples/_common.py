@@ -16,6 +16,7 @@ into N logical devices, which under JAX must happen before JAX starts.
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import time
@@ -250,6 +251,38 @@ class Run:
         np.savez(self.args.save_weights, *(np.asarray(w) for w in weights))
         print(f"saved weights to {self.args.save_weights}")
 
+    def training_done(self, model, history, history_file=True):
+        """After `fit`: `--save-weights`, `history.json` in the run
+        directory (unless not `history_file`), and the losses by epoch and
+        the time since setup, printed. Returns `(losses, seconds)`."""
+        self.save_weights(model)
+        losses = [float(x) for x in history.history["loss"]]
+        if history_file:
+            path = os.path.join(self.args.output_dir, "history.json")
+            with open(path, "w") as f:
+                json.dump(history.history, f, indent=1)
+        print(f"loss by epoch: {json.dumps([round(x, 4) for x in losses])}")
+        seconds = self.elapsed()
+        print(f"trained in {seconds:.0f} s (since setup)")
+        return losses, seconds
+
+    def finish(self, results, export_path, check_export):
+        """The end of a run: `check_export(export_path)` (unless there is no
+        export) and the export's size, then `results` with the seconds
+        since setup to `results.json`. Returns the exit status: 1 if the
+        check failed (nothing written), else 0."""
+        if export_path is not None:
+            if not check_export(export_path):
+                return 1
+            size = directory_size(export_path) / 1e6
+            print(f"export size: {size:.2f} MB")
+        results["seconds"] = self.elapsed()
+        path = os.path.join(self.args.output_dir, "results.json")
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"done in {results['seconds']:.0f} s")
+        return 0
+
     def describe(self):
         import keras
 
@@ -340,12 +373,8 @@ class Run:
             f"{', '.join(model.output_names)}), to {path}"
         )
         command = f"python -m keras_attention.serving export {path} {base}"
-        if any(
-            type(layer).__module__ == "__main__"
-            for layer in model._flatten_layers()
-        ):  # the script's own layers: the exporter imports them from it
-            script = os.path.splitext(os.path.basename(sys.argv[0]))[0]
-            command += f" --import examples.{script}"
+        for module in _example_modules(model):
+            command += f" --import examples.{module}"
         if importlib.util.find_spec("tensorflow") is None:
             print(
                 "export skipped: SavedModel export needs TensorFlow, which "
@@ -358,6 +387,18 @@ class Run:
 
     def figure_path(self, filename):
         return os.path.join(self.args.output_dir, filename)
+
+
+def _example_modules(model):
+    """The example modules that define `model`'s layers (the script for
+    `__main__`): the exporter imports them to register the layers."""
+    script = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    modules = set()
+    for layer in model._flatten_layers():
+        module = type(layer).__module__
+        if module.split(".")[0] not in ("keras", "keras_attention"):
+            modules.add(script if module == "__main__" else module)
+    return sorted(modules)
 
 
 def setup(args):
@@ -433,8 +474,6 @@ def _multiworker(backend):
             "use --distribute mirrored (keras.distribution.DataParallel); see "
             "the README section 'Training on several devices and machines'."
         )
-    import json
-
     if "TF_CONFIG" not in os.environ:
         raise SystemExit(
             "--distribute multiworker needs the TF_CONFIG environment "
@@ -453,7 +492,6 @@ def check_served_outputs(path, inputs, expected, what):
     (`{name: array}`) must give the `expected` outputs (`{name: array}`:
     floats within 1e-5, strings as bytes, equal). Prints the verdict on
     `what` (e.g. "32 test images"); returns True if they match."""
-    import json
     import tempfile
 
     import keras
