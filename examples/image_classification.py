@@ -3,70 +3,40 @@
 What it shows:
     A small Vision Transformer (ViT) built from keras_attention layers:
     uint8 pixels go in, `Rescaling` turns them into floats inside the model,
-    `PatchEmbedding` cuts the image into patches and projects each one,
-    a class token (`--head cls`) or an `AttentionPooling` head (`--head
+    `PatchEmbedding` cuts the image into patches and projects each one, a
+    class token (`--head cls`) or an `AttentionPooling` head (`--head
     pool`, the default) summarises the patches, `PositionEmbedding`
-    (learned, or `--position sinusoidal` for `SinusoidalPositionEncoding`)
-    says where each patch is, a stack of pre-norm `TransformerEncoder`
-    blocks mixes them, and a `Dense` softmax named "probabilities"
-    classifies. `--model conv-attention` shows attention over a 2-D feature
-    map instead: a small convolutional stem gives a `(batch, height, width,
-    channels)` map, and `MultiHeadAttention(attention_axes=(1, 2))` lets
-    every position attend to every other over both spatial axes at once,
-    with no reshape to a sequence. The script trains with `fit`, reports
-    test accuracy, saves an attention-map figure (attention rollout through
-    the blocks, read from the head, upsampled and overlaid on test digits),
-    and exports a SavedModel for TF Serving whose signatures take uint8
-    pixels (`serving_default`) or PNG-encoded bytes decoded inside the
-    graph (`serving_bytes`). Under JAX the model is saved to
+    (learned, or `--position sinusoidal`) says where each patch is, pre-norm
+    `TransformerEncoder` blocks mix them, and a `Dense` softmax named
+    "probabilities" classifies. `--model conv-attention` instead lets every
+    position of a convolutional feature map attend to every other over both
+    spatial axes (`MultiHeadAttention(attention_axes=(1, 2))`), with no
+    reshape to a sequence. The script trains with `fit`, reports test
+    accuracy, saves an attention-rollout figure overlaid on test digits, and
+    exports a SavedModel for TF Serving whose signatures take uint8 pixels
+    (`serving_default`) or PNG bytes decoded inside the graph
+    (`serving_bytes`). Under JAX the model is saved to
     runs/image_classification/image_classification.keras and exported by a
-    TensorFlow process, with `serving_default` only (`serving_bytes` is a
-    TensorFlow function); see "Trained on JAX" in the README.
+    TensorFlow process, with `serving_default` only; see "Trained on JAX"
+    in the README.
 
 The data: scikit-learn's bundled 8x8 handwritten digits by default (1797
-images, offline; 16 grey levels scaled to uint8 0..255), with a fixed
-stratified 75/25 train/test split drawn from --seed. `--dataset mnist` or
-`--dataset cifar10` downloads the dataset through `keras.datasets`
-(internet needed; the official train/test split) and picks defaults for it:
-patch size 4 (7x7 patches for MNIST's 28x28, 8x8 for CIFAR-10's 32x32x3),
-batch size 128, and 10 (MNIST) or 30 (CIFAR-10) epochs.
+images, offline), split 75/25 from --seed. `--dataset mnist` or `--dataset
+cifar10` downloads one through `keras.datasets` (internet needed).
 
 How to run:
     python examples/image_classification.py              # digits, ViT
     python examples/image_classification.py --head cls   # a class token
     python examples/image_classification.py --model conv-attention
-    KERAS_BACKEND=jax python examples/image_classification.py  # see below
+    KERAS_BACKEND=jax python examples/image_classification.py
     python examples/image_classification.py --distribute mirrored \\
         --cpu-devices 2                  # data parallel on 2 CPU devices
     python examples/image_classification.py --dataset mnist   # downloads
     python examples/image_classification.py --help
 
-Expected result (digits, default flags: ViT, patch 2 so 4x4 patches, 4
-pre-norm blocks of width 64, AttentionPooling head, learned positions, 60
-epochs of 22 steps): about 98.5% test accuracy (target: 97%) in about 2
-minutes on 2 busy CPU cores (TensorFlow; JAX compiles for longer). Then
-`attention.png` in runs/image_classification/ (the committed one is
-examples/figures/image_classification_attention.png) and an export to
-saved_models/image_classification/<next version>/. The script exits
-non-zero if the export's answers differ from the Keras model's.
-
-Measured (2 CPU cores shared with other jobs, load average 3.6-4.0 during
-the run; TF 2.21 CPU, Keras 3.15.1, JAX 0.10.2 CPU, seed 0):
-    TensorFlow backend, default flags: test accuracy 98.67% (444/450),
-    training 91 s (first epoch 23 s with tracing, then 1.1 s per epoch),
-    115 s wall clock in all, start-up and export included.
-    JAX backend, default flags (load average 3.2 rising to 8.6 during the
-    run): test accuracy 98.67% (444/450), training 157 s (first epoch 45 s
-    with XLA compilation, then 1.1 s per epoch), 181 s wall clock in all
-    (before the export under JAX existed). Rerun with it (load average
-    about 1.6): 98.89%, training 63 s, 89 s wall in all; the export through
-    TensorFlow (0.99 MB) serves the JAX model's probabilities on 16 test
-    images (1e-5).
-    Other flags (TensorFlow, under load average 7-9, so slower): --head cls
-    98.22%; --model conv-attention 97.78%; --epochs 40 97.78%; --position
-    sinusoidal 93.78% (one-dimensional encodings of the patch index are a
-    poor fit for a 2-D grid of 16 patches: use learned positions here).
-    mnist and cifar10 were not measured (no internet here).
+Expected result (digits, default flags, seed 0, 2 CPU cores): about 98.5%
+test accuracy (target: 97%) in about 2 minutes; exits non-zero if the
+export's answers differ from the model's. Measured: examples/RESULTS.md.
 """
 
 import dataclasses
