@@ -472,7 +472,7 @@ def _multiworker(backend):
             "On JAX, start one process per host and call "
             "keras.distribution.initialize() before building the model, then "
             "use --distribute mirrored (keras.distribution.DataParallel); see "
-            "the README section 'Training on several devices and machines'."
+            "docs/distribution.md."
         )
     if "TF_CONFIG" not in os.environ:
         raise SystemExit(

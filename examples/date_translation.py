@@ -19,9 +19,10 @@ What it shows:
     lookup, the decoding loop and the join back to a string all run inside
     the graph. Under JAX the string model is saved to
     runs/date_translation/date_translation.keras and exported by a
-    TensorFlow process, with `serving_default` only; see "Trained on JAX"
-    in the README. `--model transformer` runs the same task with an
-    encoder-decoder Transformer: examples/date_translation_transformer.py.
+    TensorFlow process, with `serving_default` only; see
+    docs/cross-backend-export.md. `--model transformer` runs the same task
+    with an encoder-decoder Transformer:
+    examples/date_translation_transformer.py.
 
 How to run:
     python examples/date_translation.py        # trains, evaluates, exports

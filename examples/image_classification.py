@@ -17,8 +17,8 @@ What it shows:
     (`serving_default`) or PNG bytes decoded inside the graph
     (`serving_bytes`). Under JAX the model is saved to
     runs/image_classification/image_classification.keras and exported by a
-    TensorFlow process, with `serving_default` only; see "Trained on JAX"
-    in the README.
+    TensorFlow process, with `serving_default` only; see
+    docs/cross-backend-export.md.
 
 The data: scikit-learn's bundled 8x8 handwritten digits by default (1797
 images, offline), split 75/25 from --seed. `--dataset mnist` or `--dataset

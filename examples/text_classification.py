@@ -16,8 +16,8 @@ What it shows:
     (strings, shape [None]) and returns `{"probabilities": ...}`,
     vectorization included. Under JAX (no string arrays) the same layers
     train on token ids, and the string-in model that shares them is saved
-    and exported by a TensorFlow process; see "Trained on JAX" in the
-    README.
+    and exported by a TensorFlow process; see
+    docs/cross-backend-export.md.
 
 The data (offline default, generated from --seed): short reviews whose
 label depends on word order and context (negation, "X but Y", "although X,

@@ -19,7 +19,8 @@ What it shows:
     `IdsToText`) is built without being run, saved to runs/text_generation/
     text_generation.keras and exported by a TensorFlow process, with
     `serving_default` only (the `sample` endpoint is a TensorFlow
-    function); see "Trained on JAX" in the README.
+    function); see
+    docs/cross-backend-export.md.
 
 The data (offline): the Python standard library's own `.py` files, found
 through `sysconfig`, split by file into training and held-out text
