@@ -35,7 +35,11 @@ FACTS = dict(
 
 
 def _possible(f):
-    """The rule of issue 12, written out."""
+    """Whether the fused kernel can take the call, restated here: only JAX
+    on a GPU or TPU has one; on a GPU it takes float16 or bfloat16 inputs;
+    it returns no scores and takes no dropout and no attention bias; it
+    takes a logits soft-cap on a TPU only; and a mask only of rank 2 or 4
+    with a static shape (`mask_ok`)."""
     if f["backend"] != "jax" or f["platform"] not in ("gpu", "tpu"):
         return False
     if f["platform"] == "gpu" and f["dtype"] not in ("float16", "bfloat16"):
