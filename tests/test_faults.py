@@ -117,6 +117,23 @@ def _train_until_interrupted(callback):
         )
 
 
+def _resume_from_backup(backup, reference):
+    """Trains a new model (as a fresh process would) with
+    `BackupAndRestore(backup)`: it runs the epochs after INTERRUPT_AFTER
+    only and ends in the reference's state."""
+    tokens, labels = data()
+    resumed = build_model()
+    history = resumed.fit(
+        tokens,
+        labels,
+        epochs=EPOCHS,
+        callbacks=[keras.callbacks.BackupAndRestore(backup)],
+        **FIT,
+    )
+    assert len(history.epoch) == EPOCHS - INTERRUPT_AFTER
+    _assert_same_state(resumed, reference)
+
+
 def test_resume_from_model_checkpoint(tmp_path, reference):
     tokens, labels = data()
     path = str(tmp_path / "epoch_{epoch}.keras")
@@ -132,23 +149,12 @@ def test_resume_from_model_checkpoint(tmp_path, reference):
 
 
 def test_resume_with_backup_and_restore_after_an_exception(tmp_path, reference):
-    tokens, labels = data()
     backup = str(tmp_path / "backup")
     _train_until_interrupted(keras.callbacks.BackupAndRestore(backup))
-    resumed = build_model()  # a fresh process would rebuild the model
-    history = resumed.fit(
-        tokens,
-        labels,
-        epochs=EPOCHS,
-        callbacks=[keras.callbacks.BackupAndRestore(backup)],
-        **FIT,
-    )
-    assert len(history.epoch) == EPOCHS - INTERRUPT_AFTER
-    _assert_same_state(resumed, reference)
+    _resume_from_backup(backup, reference)
 
 
 def test_resume_with_backup_and_restore_after_sigkill(tmp_path, reference):
-    tokens, labels = data()
     backup = str(tmp_path / "backup")
     script = textwrap.dedent(
         f"""
@@ -183,15 +189,6 @@ def test_resume_with_backup_and_restore_after_sigkill(tmp_path, reference):
     )
     assert result.returncode == -9, result.stderr[-3000:]
     assert os.listdir(backup)
-    resumed = build_model()
-    history = resumed.fit(
-        tokens,
-        labels,
-        epochs=EPOCHS,
-        callbacks=[keras.callbacks.BackupAndRestore(backup)],
-        **FIT,
-    )
-    assert len(history.epoch) == EPOCHS - INTERRUPT_AFTER
-    _assert_same_state(resumed, reference)
+    _resume_from_backup(backup, reference)
     # A finished run deletes its backup.
     assert not os.path.exists(backup) or not os.listdir(backup)

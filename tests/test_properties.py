@@ -135,6 +135,29 @@ def _chunk_for(data, t, s, max_blocks=MAX_BLOCKS):
     return chunk
 
 
+def _layer_chunk_size(draw, t, s):
+    """A layer's `chunk_size`: None, "auto", or at least max(t, s) /
+    MAX_BLOCKS."""
+    longest = max(t, s)
+    return draw(
+        st.one_of(
+            st.none(),
+            st.just("auto"),
+            st.integers(max(1, -(-longest // MAX_BLOCKS)), longest + 3),
+        ),
+        label="chunk_size",
+    )
+
+
+def _output_and_scores(layer, query, value, return_scores, **kwargs):
+    """`layer(query, value, **kwargs)` as `(output, scores)`; the scores
+    are None unless `return_scores`."""
+    result = layer(
+        query, value, return_attention_scores=return_scores, **kwargs
+    )
+    return result if return_scores else (result, None)
+
+
 # -- scaled_dot_product_attention -------------------------------------------
 
 
@@ -305,14 +328,7 @@ def test_multi_head_attention_matches_reference(data):
     separate_key = draw(st.booleans(), label="separate_key")
     output_shape = draw(st.one_of(st.none(), st.integers(1, 8)), label="out")
     window = draw(st.one_of(st.none(), st.integers(1, 8)), label="window")
-    chunk_size = draw(
-        st.one_of(
-            st.none(),
-            st.just("auto"),
-            st.integers(max(1, -(-max(t, s) // MAX_BLOCKS)), max(t, s) + 3),
-        ),
-        label="chunk_size",
-    )
+    chunk_size = _layer_chunk_size(draw, t, s)
     dtype = draw(st.sampled_from(DTYPES), label="dtype")
     masks = draw(
         st.fixed_dictionaries(
@@ -344,9 +360,9 @@ def test_multi_head_attention_matches_reference(data):
     query = rng.normal(size=(b, t, dims[0])).astype("float32")
     value = rng.normal(size=(b, s, dims[2])).astype("float32")
     key = rng.normal(size=(b, s, dims[1])).astype("float32")
+    call = dict(key=key if separate_key else None, use_causal_mask=is_causal)
     if not separate_key:
         key = value
-    call = {}
     full = np.ones((b, t, s), bool)
     for name, shape in (
         ("query_mask", (b, t)),
@@ -377,15 +393,7 @@ def test_multi_head_attention_matches_reference(data):
             bias[:, row, : row + 1] = -np.inf
         call["attention_bias"] = bias
 
-    result = layer(
-        query,
-        value,
-        key=key if separate_key else None,
-        use_causal_mask=is_causal,
-        return_attention_scores=return_scores,
-        **call,
-    )
-    out, scores = result if return_scores else (result, None)
+    out, scores = _output_and_scores(layer, query, value, return_scores, **call)
 
     rounded = [_round(x, dtype) for x in (query, value, key)]
     want, want_scores = reference.mha(
@@ -431,14 +439,7 @@ def test_additive_attention_matches_reference(data):
     units = draw(st.integers(1, 16), label="units")
     dq, dk, dv = draw(st.tuples(*[st.integers(1, 12)] * 3), label="dims")
     separate_key = draw(st.booleans(), label="separate_key")
-    chunk_size = draw(
-        st.one_of(
-            st.none(),
-            st.just("auto"),
-            st.integers(max(1, -(-max(t, s) // MAX_BLOCKS)), max(t, s) + 3),
-        ),
-        label="chunk_size",
-    )
+    chunk_size = _layer_chunk_size(draw, t, s)
     dtype = draw(st.sampled_from(DTYPES), label="dtype")
     q_kind = draw(st.sampled_from(MASK_KINDS), label="query_mask")
     v_kind = draw(st.sampled_from(MASK_KINDS), label="value_mask")
@@ -456,9 +457,9 @@ def test_additive_attention_matches_reference(data):
     query = rng.normal(size=(b, t, dq)).astype("float32")
     key = rng.normal(size=(b, s, dk)).astype("float32")
     value = rng.normal(size=(b, s, dv)).astype("float32")
+    call = dict(key=key if separate_key else None, use_causal_mask=is_causal)
     if not separate_key:
         key = value
-    call = {}
     full = np.ones((b, t, s), bool)
     if q_kind != "none":
         q_mask = _bool_mask(rng, q_kind, (b, t))
@@ -475,15 +476,9 @@ def test_additive_attention_matches_reference(data):
         layer.attention_b.assign(rng.normal(size=(units,)))
     if layer.attention_g is not None:
         layer.attention_g.assign(rng.uniform(0.5, 2.0))
-    result = layer(
-        layer_query,
-        value,
-        key=key if separate_key else None,
-        use_causal_mask=is_causal,
-        return_attention_scores=return_scores,
-        **call,
+    out, scores = _output_and_scores(
+        layer, layer_query, value, return_scores, **call
     )
-    out, scores = result if return_scores else (result, None)
     w = _additive_weights(layer)
     rounded = [_round(x, dtype) for x in (query, key, value)]
     want, want_scores = reference.additive(

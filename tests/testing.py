@@ -28,6 +28,56 @@ def to_numpy(x):
     return keras.ops.convert_to_numpy(x)
 
 
+def assert_close_in_float32(got, want, tol, err_msg=""):
+    """`got`, a tensor of any float dtype cast to float32, is within `tol`
+    of `want`, absolutely and relatively."""
+    np.testing.assert_allclose(
+        to_numpy(keras.ops.cast(got, "float32")),
+        want,
+        atol=tol,
+        rtol=tol,
+        err_msg=err_msg,
+    )
+
+
+def assert_start_index_may_be_a_tensor(layer, x, start_index):
+    """A position layer gives the same output for `start_index` as a Python
+    int, a NumPy int32 and an int64 tensor."""
+    want = to_numpy(layer(x, start_index=start_index))
+    for index in (
+        np.int32(start_index),
+        keras.ops.convert_to_tensor(start_index, "int64"),
+    ):
+        np.testing.assert_array_equal(
+            to_numpy(layer(x, start_index=index)), want
+        )
+
+
+def sum_over_start_indices(layer, x, count):
+    """`sum(layer(x, start_index=i) for i in range(count))`, computed in a
+    `keras.ops.fori_loop`, so that the start index is traced."""
+
+    def body(i, total):
+        return total + layer(x, start_index=i)
+
+    return to_numpy(
+        keras.ops.fori_loop(0, count, body, keras.ops.zeros(x.shape))
+    )
+
+
+def randomize_weights(layer, rng):
+    """Sets every weight of `layer` to normal draws (scale 0.5), and a
+    weight-norm gain `attention_g` to 0.7: no projection, bias or gain keeps
+    its trivial initial value."""
+    weights = []
+    for w in layer.weights:
+        if w.name == "attention_g":
+            weights.append(np.asarray(0.7))
+        else:
+            weights.append(rng.normal(scale=0.5, size=w.shape))
+    layer.set_weights(weights)
+
+
 def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 

@@ -8,22 +8,13 @@ import pytest
 
 from keras_attention.compat import tfa
 from tests.compat import tfa_numpy
+from tests.testing import randomize_weights
 from tests.testing import run_layer_test
 from tests.testing import run_saving_test
 from tests.testing import run_serialization_test
 from tests.testing import to_numpy
 
 B, T, DQ, DM, UNITS = 3, 5, 6, 4, 7
-
-
-def _randomize(layer, rng):
-    weights = []
-    for w in layer.weights:
-        if w.name == "attention_g":
-            weights.append(np.asarray(0.7))
-        else:
-            weights.append(rng.normal(scale=0.5, size=w.shape))
-    layer.set_weights(weights)
 
 
 def _reference(layer, query, memory, **masks):
@@ -75,7 +66,7 @@ def test_matches_numpy_reference(case, rng):
     query = rng.normal(size=(B, DQ)).astype("float32")
     memory = rng.normal(size=(B, T, DM)).astype("float32")
     layer(query, memory, **masks)
-    _randomize(layer, rng)
+    randomize_weights(layer, rng)
     context, alignments = layer(query, memory, **masks)
     expected_context, expected_alignments = _reference(
         layer, query, memory, **masks

@@ -6,20 +6,11 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.compat import tfa
+from tests.testing import randomize_weights
 from tests.testing import run_saving_test
 from tests.testing import to_numpy
 
 ATOL = 1e-6
-
-
-def _randomize(layer, rng):
-    weights = []
-    for w in layer.weights:
-        if w.name == "attention_g":
-            weights.append(np.asarray(0.7))
-        else:
-            weights.append(rng.normal(scale=0.5, size=w.shape))
-    layer.set_weights(weights)
 
 
 def _mask(rng, shape):
@@ -71,7 +62,7 @@ def test_multi_head_attention_outputs_preserved(case, rng):
     inputs = [rng.normal(size=s).astype("float32") for s in shapes]
     mask = None if mask_shape is None else _mask(rng, mask_shape)
     compat(inputs, mask=mask)
-    _randomize(compat, rng)
+    randomize_weights(compat, rng)
     expected_output, expected_coef = compat(inputs, mask=mask)
 
     native = tfa.to_keras_attention(compat)
@@ -96,7 +87,7 @@ def test_multi_head_attention_outputs_preserved(case, rng):
 def test_multi_head_attention_weight_mapping(rng):
     compat = tfa.MultiHeadAttention(head_size=3, num_heads=2, output_size=5)
     compat([np.zeros((1, 2, 6)), np.zeros((1, 4, 7)), np.zeros((1, 4, 8))])
-    _randomize(compat, rng)
+    randomize_weights(compat, rng)
     native = tfa.to_keras_attention(compat)
     q, k, v, p, pb = compat.get_weights()
     weights = {w.path.split("/", 1)[1]: w.numpy() for w in native.weights}
@@ -161,7 +152,7 @@ def test_bahdanau_attention_outputs_preserved(case, rng):
         mask = _mask(rng, (3, 5))
         kwargs["memory_mask"] = mask
     compat(query, memory, **kwargs)
-    _randomize(compat, rng)
+    randomize_weights(compat, rng)
     expected_context, expected_alignments = compat(query, memory, **kwargs)
 
     native = tfa.to_keras_attention(compat)
@@ -227,7 +218,7 @@ def test_native_weights_carry_on_to_keras_core(rng):
     mask = _mask(rng, (2, 4, 3))
     mask[0, 1] = False
     compat([query, key, value])
-    _randomize(compat, rng)
+    randomize_weights(compat, rng)
     expected = to_numpy(compat([query, key, value], mask=mask))
     native = tfa.to_keras_attention(compat)
     core = keras.layers.MultiHeadAttention(

@@ -3,12 +3,14 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_attention import PositionEmbedding
+from tests.testing import assert_close_in_float32
+from tests.testing import assert_start_index_may_be_a_tensor
 from tests.testing import import_keras_hub
 from tests.testing import run_layer_test
 from tests.testing import run_saving_test
+from tests.testing import sum_over_start_indices
 from tests.testing import to_numpy
 
 
@@ -67,36 +69,20 @@ def test_matches_numpy_reference(rng):
         assert layer.position_embeddings.dtype == "float32"
         want = reference_positions(_table(layer), shape, start_index)
         tol = {"float32": 0, "float16": 1e-3, "bfloat16": 8e-3}[dtype]
-        np.testing.assert_allclose(
-            to_numpy(ops.cast(out, "float32")),
-            want,
-            atol=tol,
-            rtol=tol,
-            err_msg=str(case),
-        )
+        assert_close_in_float32(out, want, tol, err_msg=str(case))
 
 
 def test_start_index_tensor_and_traced_loop(rng):
     layer = PositionEmbedding(8)
     x = rng.normal(size=(2, 3, 5)).astype("float32")
-    want = to_numpy(layer(x, start_index=4))
-    for index in (np.int32(4), ops.convert_to_tensor(4, "int64")):
-        np.testing.assert_array_equal(
-            to_numpy(layer(x, start_index=index)), want
-        )
+    assert_start_index_may_be_a_tensor(layer, x, 4)
 
     # One position at a time inside a `keras.ops.fori_loop`.
     layer = PositionEmbedding(6)
     x = rng.normal(size=(2, 1, 3)).astype("float32")
     layer(x)
-
-    def body(i, total):
-        return total + layer(x, start_index=i)
-
-    total = ops.fori_loop(0, 6, body, ops.zeros((2, 1, 3)))
-    np.testing.assert_allclose(
-        to_numpy(total)[0, 0], _table(layer).sum(0), rtol=1e-6
-    )
+    total = sum_over_start_indices(layer, x, 6)
+    np.testing.assert_allclose(total[0, 0], _table(layer).sum(0), rtol=1e-6)
 
 
 def test_layer_behaviour(rng):

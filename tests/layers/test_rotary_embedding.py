@@ -9,9 +9,11 @@ from keras_attention import RotaryEmbedding
 from keras_attention.layers.rotary_embedding import apply_rotary
 from keras_attention.layers.rotary_embedding import rotary_positions
 from tests import reference
+from tests.testing import assert_start_index_may_be_a_tensor
 from tests.testing import import_keras_hub
 from tests.testing import run_layer_test
 from tests.testing import run_saving_test
+from tests.testing import sum_over_start_indices
 from tests.testing import to_numpy
 
 # id: (inputs shape, sequence_axis, feature_axis).
@@ -159,18 +161,10 @@ def test_apply_rotary_helper(rng):
 def test_start_index_tensor_and_traced_loop(rng):
     layer = RotaryEmbedding()
     x = rng.normal(size=(1, 1, 2, 4)).astype("float32")
-    want = to_numpy(layer(x, start_index=3))
-    np.testing.assert_array_equal(
-        to_numpy(layer(x, start_index=ops.convert_to_tensor(3, "int64"))),
-        want,
-    )
-
-    def body(i, total):
-        return total + layer(x, start_index=i)
-
-    total = ops.fori_loop(0, 4, body, ops.zeros(x.shape))
+    assert_start_index_may_be_a_tensor(layer, x, 3)
+    total = sum_over_start_indices(layer, x, 4)
     want = sum(reference.rotary_embedding(x, [p]) for p in range(4))
-    np.testing.assert_allclose(to_numpy(total), want, atol=1e-5)
+    np.testing.assert_allclose(total, want, atol=1e-5)
 
 
 def test_layer_harness(rng):

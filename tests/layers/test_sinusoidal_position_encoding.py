@@ -6,9 +6,11 @@ import pytest
 from keras import ops
 
 from keras_attention import SinusoidalPositionEncoding
+from tests.testing import assert_start_index_may_be_a_tensor
 from tests.testing import import_keras_hub
 from tests.testing import run_layer_test
 from tests.testing import run_saving_test
+from tests.testing import sum_over_start_indices
 from tests.testing import to_numpy
 
 
@@ -79,20 +81,10 @@ def test_long_positions_stay_exact_under_mixed_precision():
 def test_start_index_tensor_and_traced_loop(rng):
     layer = SinusoidalPositionEncoding()
     x = np.zeros((1, 1, 6), "float32")
-    want = to_numpy(layer(x, start_index=3))
-    np.testing.assert_array_equal(
-        to_numpy(layer(x, start_index=ops.convert_to_tensor(3, "int64"))),
-        want,
-    )
-
-    def body(i, total):
-        return total + layer(x, start_index=i)
-
-    total = ops.fori_loop(0, 5, body, ops.zeros((1, 1, 6)))
+    assert_start_index_may_be_a_tensor(layer, x, 3)
+    total = sum_over_start_indices(layer, x, 5)
     np.testing.assert_allclose(
-        to_numpy(total)[0, 0],
-        reference_encoding(5, 6).sum(0),
-        atol=1e-5,
+        total[0, 0], reference_encoding(5, 6).sum(0), atol=1e-5
     )
 
 
