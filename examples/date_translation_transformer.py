@@ -241,23 +241,15 @@ class TransformerTargetDecoder(_dates.TargetDecoder):
         """The last block's cross-attention weights, averaged over heads,
         `(batch, target_length, source_length)`, for the decoder inputs
         `inputs` (one teacher-forced pass, no caches).
-
-        `TransformerDecoder` returns no attention weights, so this re-runs
-        the last block's first two sublayers (keras-hub's names, which
-        `TransformerDecoder` keeps): post-norm, the cross-attention's query
-        is `self_attention_layer_norm(x + self_attention(x))`.
         """
         source_mask = ops.not_equal(source_ids, 0)
         x = self.embed(inputs)
         for block in self.blocks[:-1]:
             x = block(x, encoder_outputs, encoder_padding_mask=source_mask)
-        last = self.blocks[-1]
-        y = last._self_attention_layer(x, x, use_causal_mask=True)
-        query = last._self_attention_layer_norm(x + y)
-        _, weights = last._cross_attention_layer(
-            query,
+        _, _, weights = self.blocks[-1](
+            x,
             encoder_outputs,
-            value_mask=source_mask,
+            encoder_padding_mask=source_mask,
             return_attention_scores=True,
         )
         return ops.mean(ops.cast(weights, "float32"), axis=1)

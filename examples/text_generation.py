@@ -180,12 +180,7 @@ class CharTransformerLM(keras.Model):
         blocks = self.blocks[: len(self.blocks) + block_index + 1]
         for block in blocks[:-1]:
             x = block(x)
-        block = blocks[-1]
-        attention = block._self_attention_layer
-        x = block._self_attention_layer_norm(x)
-        _, scores = attention(
-            x, x, use_causal_mask=True, return_attention_scores=True
-        )
+        _, scores = blocks[-1](x, return_attention_scores=True)
         return scores
 
     def get_config(self):

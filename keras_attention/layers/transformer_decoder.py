@@ -90,13 +90,20 @@ class TransformerDecoder(_transformer.TransformerBlock):
         cross_attention_cache_update_index: int (0 fills it) or None (read).
         use_causal_mask: bool, default True.
         training: bool, whether dropout is active.
+        return_attention_scores: bool, whether to also return the
+            attention weights (ours; keras-hub's block returns none).
         decoder_sequence_mask, encoder_sequence_mask: the inputs' Keras
             masks, filled in by Keras.
 
     Returns:
         `(batch_size, target_length, dim)`; with caches, `(outputs,
         self_attention_cache)` or, with cross-attention, `(outputs,
-        self_attention_cache, cross_attention_cache)`, as keras-hub.
+        self_attention_cache, cross_attention_cache)`, as keras-hub. With
+        `return_attention_scores`, the self-attention's weights `(batch_size,
+        num_heads, target_length, target_length | max_length)` and, with
+        cross-attention, the cross-attention's `(batch_size, num_heads,
+        target_length, source_length | max_length)` follow `outputs`,
+        before the caches (as `MultiHeadAttention` orders them).
 
     Example:
 
@@ -251,6 +258,7 @@ class TransformerDecoder(_transformer.TransformerBlock):
         cross_attention_cache_update_index=None,
         use_causal_mask=True,
         training=None,
+        return_attention_scores=False,
         decoder_sequence_mask=None,
         encoder_sequence_mask=None,
     ):
@@ -272,6 +280,7 @@ class TransformerDecoder(_transformer.TransformerBlock):
         query_mask = None
         if self_attention_cache is None:
             query_mask = decoder_padding_mask
+        scores = []
 
         def self_attend(x):
             result = self._self_attention_layer(
@@ -284,12 +293,11 @@ class TransformerDecoder(_transformer.TransformerBlock):
                 ),
                 use_causal_mask=use_causal_mask,
                 training=training,
+                return_attention_scores=return_attention_scores,
                 cache=self_attention_cache,
                 cache_update_index=self_attention_cache_update_index,
             )
-            return (
-                result if self_attention_cache is not None else (result, None)
-            )
+            return _split_scores(result, scores, return_attention_scores)
 
         x, self_attention_cache = self._residual(
             x,
@@ -311,12 +319,11 @@ class TransformerDecoder(_transformer.TransformerBlock):
                         encoder_attention_mask, "encoder_attention_mask"
                     ),
                     training=training,
+                    return_attention_scores=return_attention_scores,
                     cache=cross_attention_cache,
                     cache_update_index=cross_attention_cache_update_index,
                 )
-                if cross_attention_cache is None:
-                    return result, None
-                return result
+                return _split_scores(result, scores, return_attention_scores)
 
             x, cross_attention_cache = self._residual(
                 x,
@@ -332,11 +339,12 @@ class TransformerDecoder(_transformer.TransformerBlock):
             self._feedforward,
             training,
         )
-        if self_attention_cache is None:
-            return x
-        if self._cross_attention_layer is not None:
-            return x, self_attention_cache, cross_attention_cache
-        return x, self_attention_cache
+        outputs = (x, *scores)
+        if self_attention_cache is not None:
+            outputs += (self_attention_cache,)
+            if self._cross_attention_layer is not None:
+                outputs += (cross_attention_cache,)
+        return outputs[0] if len(outputs) == 1 else outputs
 
     def compute_mask(self, decoder_sequence, mask=None):
         return mask
@@ -350,17 +358,44 @@ class TransformerDecoder(_transformer.TransformerBlock):
             TransformerDecoder.call, args, kwargs
         )
         decoder_sequence = arguments["decoder_sequence"]
-        self_attention_cache = arguments["self_attention_cache"]
-        cross_attention_cache = arguments["cross_attention_cache"]
-        output = keras.KerasTensor(
-            self.compute_output_shape(decoder_sequence.shape),
-            dtype=self.compute_dtype,
+        encoder_sequence = arguments["encoder_sequence"]
+        caches = (
+            arguments["self_attention_cache"],
+            arguments["cross_attention_cache"],
         )
-        if self_attention_cache is None:
-            return output
-        caches = [self_attention_cache]
-        if cross_attention_cache is not None:
-            caches.append(cross_attention_cache)
-        return (output,) + tuple(
-            keras.KerasTensor(c.shape, dtype=c.dtype) for c in caches
-        )
+        outputs = [
+            keras.KerasTensor(
+                self.compute_output_shape(decoder_sequence.shape),
+                dtype=self.compute_dtype,
+            )
+        ]
+        if arguments["return_attention_scores"]:
+            batch, length = decoder_sequence.shape[:2]
+            sources = [decoder_sequence, encoder_sequence]
+            for source, cache in zip(sources, caches):
+                if source is None:
+                    continue
+                keys = source.shape[1] if cache is None else cache.shape[2]
+                outputs.append(
+                    keras.KerasTensor(
+                        (batch, self.num_heads, length, keys),
+                        dtype=self.compute_dtype,
+                    )
+                )
+        outputs += [
+            keras.KerasTensor(cache.shape, dtype=cache.dtype)
+            for cache in caches
+            if cache is not None
+        ]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _split_scores(result, scores, return_scores):
+    """An attention sublayer's result -> `(output, cache or None)`; its
+    attention weights, when returned, are appended to `scores`."""
+    if not isinstance(result, (tuple, list)):
+        return result, None
+    output, *rest = result
+    if return_scores:
+        scores.append(rest.pop(0))
+    return output, (rest[0] if rest else None)

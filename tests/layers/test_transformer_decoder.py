@@ -19,6 +19,7 @@ per call shape instead of one per op).
 
 import json
 
+import keras
 import numpy as np
 import pytest
 from hypothesis import given
@@ -340,3 +341,85 @@ def test_cached_decoding_equals_uncached(data):
     # cache the mask covers the slots (keys) only: compare the real rows.
     rows = np.ones((B, T), bool) if padding is None else padding
     _close(got[rows], want[rows], "cached vs uncached")
+
+
+# ----------------------------------------------------------------------
+# Attention weights
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("normalize_first", [False, True], ids=["post", "pre"])
+def test_attention_scores_are_the_sublayers_weights(normalize_first, rng):
+    """The weights are those of the block's two attention sublayers, fed
+    as the block feeds them (pre- or post-norm); the outputs don't change,
+    and the scores come before the caches."""
+    x, memory = _inputs(rng)
+    mask = _lengths_mask([S, S - 1], S)
+    decoder = TransformerDecoder(
+        16, num_heads=HEADS, normalize_first=normalize_first
+    )
+    decoder(x, memory)
+    _randomize(decoder, rng)
+    outputs, self_scores, cross_scores = decoder(
+        x, memory, encoder_padding_mask=mask, return_attention_scores=True
+    )
+    _close(outputs, decoder(x, memory, encoder_padding_mask=mask))
+
+    self_attention = decoder._self_attention_layer
+    self_norm = decoder._self_attention_layer_norm
+    query = self_norm(x) if normalize_first else x
+    attended, want_self = self_attention(
+        query, query, use_causal_mask=True, return_attention_scores=True
+    )
+    x1 = x + attended if normalize_first else self_norm(x + attended)
+    query = decoder._cross_attention_layer_norm(x1) if normalize_first else x1
+    _, want_cross = decoder._cross_attention_layer(
+        query, memory, value_mask=mask, return_attention_scores=True
+    )
+    _close(self_scores, want_self, "self-attention weights")
+    _close(cross_scores, want_cross, "cross-attention weights")
+    assert to_numpy(cross_scores)[1, :, :, S - 1].max() == 0.0
+
+    self_cache = np.zeros((B, 2, T, HEADS, D // HEADS), "float32")
+    cross_cache = np.zeros((B, 2, S, HEADS, D // HEADS), "float32")
+    results = decoder(
+        x,
+        memory,
+        encoder_padding_mask=mask,
+        self_attention_cache=self_cache,
+        self_attention_cache_update_index=0,
+        cross_attention_cache=cross_cache,
+        cross_attention_cache_update_index=0,
+        return_attention_scores=True,
+    )
+    assert len(results) == 5
+    _close(results[0], outputs, "cached outputs")
+    _close(results[1], self_scores, "cached self-attention weights")
+    _close(results[2], cross_scores, "cached cross-attention weights")
+    assert tuple(results[3].shape) == self_cache.shape
+    assert tuple(results[4].shape) == cross_cache.shape
+
+
+def test_attention_scores_symbolic_shapes():
+    decoder = TransformerDecoder(16, num_heads=HEADS)
+    only = keras.Input((T, D))
+    outputs, scores = decoder(only, return_attention_scores=True)
+    assert tuple(outputs.shape) == (None, T, D)
+    assert tuple(scores.shape) == (None, HEADS, T, T)
+    cross = TransformerDecoder(16, num_heads=HEADS)
+    memory = keras.Input((S, E))
+    cache = keras.Input((2, 7, HEADS, D // HEADS))
+    results = cross(
+        only,
+        memory,
+        self_attention_cache=cache,
+        self_attention_cache_update_index=0,
+        cross_attention_cache=keras.Input((2, S, HEADS, D // HEADS)),
+        return_attention_scores=True,
+    )
+    shapes = [tuple(r.shape) for r in results]
+    assert shapes == [
+        (None, T, D),
+        (None, HEADS, T, 7),
+        (None, HEADS, T, S),
+        (None, 2, 7, HEADS, D // HEADS),
+        (None, 2, S, HEADS, D // HEADS),
+    ]
