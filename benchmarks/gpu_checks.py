@@ -11,8 +11,8 @@ inputs; a query row with no key to attend must be exactly zero on every path,
 and so must its gradient; the gradients of every path are compared with our
 dense kernel's in float32.
 
-Which path ran is recorded by wrapping `keras_attention.ops._fused.
-fused_kernel` (the function the fused path calls) with a counter. The
+Which path ran is recorded by wrapping `keras_attention.ops._backend.
+fused_attention` (the function the fused path calls) with a counter. The
 expected choice is the rule of `scaled_dot_product_attention` with
 `flash_attention=None`: only `chunk_size="auto"` may go fused, on JAX with a
 GPU (float16 or bfloat16 inputs) or a TPU, here where no scores, dropout,
@@ -52,6 +52,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks._common import jax_versions  # noqa: E402
+from keras_attention.ops import _backend  # noqa: E402
 from keras_attention.ops import _fused  # noqa: E402
 from keras_attention.ops import scaled_dot_product_attention  # noqa: E402
 
@@ -69,23 +70,23 @@ reference = _load_reference()
 
 
 class FusedCounter:
-    """Replaces `_fused.fused_kernel` with a wrapper that counts its calls
+    """Replaces `_backend.fused_attention` with a wrapper that counts its calls
     (traces, under `jax.grad` or `jax.jit`) and calls through."""
 
     def __init__(self):
         self.calls = 0
-        self.original = _fused.fused_kernel
+        self.original = _backend.fused_attention
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
         return self.original(*args, **kwargs)
 
     def __enter__(self):
-        _fused.fused_kernel = self
+        _backend.fused_attention = self
         return self
 
     def __exit__(self, *exc):
-        _fused.fused_kernel = self.original
+        _backend.fused_attention = self.original
 
 
 def tolerances(dtype, platform_):

@@ -367,7 +367,7 @@ def _reload_in_new_process(path, data, expected, tmp_path):
 
 def loss_and_grads(fn, *args):
     """`sum(fn(*args) * R)` for a fixed random R, and its gradients with
-    respect to every argument, on the TensorFlow or the JAX backend."""
+    respect to every argument (TensorFlow, JAX or PyTorch's autograd)."""
     backend = keras.backend.backend()
     out_shape = tuple(fn(*args).shape)
     weights = np.random.default_rng(7).normal(size=out_shape).astype("float32")
@@ -388,12 +388,29 @@ def loss_and_grads(fn, *args):
 
         value, grads = jax.value_and_grad(loss, argnums=range(len(args)))(*args)
         return np.asarray(value), [np.asarray(g) for g in grads]
+    if backend == "torch":
+        import torch
+
+        tensors = [
+            keras.ops.convert_to_tensor(a).detach().requires_grad_(True)
+            for a in args
+        ]
+        out = keras.ops.cast(fn(*tensors), "float32")
+        loss = torch.sum(out * keras.ops.convert_to_tensor(weights))
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        grads = [
+            torch.zeros_like(t) if g is None else g
+            for g, t in zip(grads, tensors)
+        ]
+        return to_numpy(loss), [to_numpy(g) for g in grads]
     raise NotImplementedError(backend)
 
 
 def compiled(fn):
     """`jax.jit(fn)` on JAX (a built layer's weights become constants): one
-    compile per call shape instead of one per op; `fn` elsewhere."""
+    compile per call shape instead of one per op; `fn` elsewhere (PyTorch:
+    eager, as Keras runs it unless `jit_compile=True`, which the tests of
+    `torch.compile` ask for themselves)."""
     if keras.backend.backend() == "jax":
         import jax
 

@@ -2,6 +2,65 @@
 for what `keras.ops` cannot tell. Tests replace its functions."""
 
 import keras
+from keras import ops
+
+
+def platform():
+    """The platform of the backend's first device: `"cpu"`, `"gpu"` or
+    `"tpu"` (TensorFlow: `"cpu"`, as no fused kernel of its is used)."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.devices()[0].platform
+    if backend == "torch":
+        from keras_attention.ops import _backend_torch
+
+        return _backend_torch.platform()
+    return "cpu"
+
+
+def fused_attention(
+    query,
+    key,
+    value,
+    mask=None,
+    scale=None,
+    is_causal=False,
+    attn_logits_soft_cap=None,
+):
+    """The backend's fused attention kernel, on `(batch, length, heads,
+    dim)` inputs (replaced by a recording stub in tests).
+
+    PyTorch: `F.scaled_dot_product_attention`, called directly (Keras'
+    `dot_product_attention` repeats grouped key/value heads, and its
+    `flash_attention=True` refuses a CPU). JAX: Keras' op with
+    `flash_attention=True`.
+    """
+    if keras.backend.backend() == "torch":
+        from keras_attention.ops import _backend_torch
+
+        if attn_logits_soft_cap is not None:
+            raise ValueError(
+                "PyTorch's fused attention takes no logits soft-cap. "
+                f"Received: attn_logits_soft_cap={attn_logits_soft_cap}"
+            )
+        return _backend_torch.scaled_dot_product_attention(
+            query, key, value, mask, scale, is_causal
+        )
+    kwargs = {}
+    if attn_logits_soft_cap is not None:
+        kwargs["attn_logits_soft_cap"] = attn_logits_soft_cap
+    return ops.dot_product_attention(
+        query,
+        key,
+        value,
+        mask=mask,
+        scale=scale,
+        is_causal=is_causal,
+        flash_attention=True,
+        **kwargs,
+    )
 
 
 def compiling_with_xla():
@@ -9,7 +68,8 @@ def compiling_with_xla():
     that are unknown now and static then (TensorFlow's `jit_compile=True`).
 
     A run-time `cond` between kernels cannot be compiled there. JAX always
-    traces with static shapes, and PyTorch runs eagerly: False.
+    traces with static shapes, and PyTorch runs eagerly or under
+    `torch.compile`, which compiles both branches of a `cond`: False.
     """
     if keras.backend.backend() != "tensorflow":
         return False
@@ -20,10 +80,17 @@ def compiling_with_xla():
 
 def gradient_may_follow():
     """Whether a gradient of the code being run or traced may be asked for:
-    on TensorFlow, while a `tf.GradientTape` records. Elsewhere False:
-    under JAX the forward keeps what a gradient needs, and `jax.jit` drops
-    it when no gradient reads it (`drops_unread_results`)."""
-    if keras.backend.backend() != "tensorflow":
+    on TensorFlow, while a `tf.GradientTape` records; on PyTorch, while
+    autograd records (gradients are enabled, as everywhere outside
+    `torch.no_grad()` and Keras' `predict`). JAX: False, as its forward
+    keeps what a gradient needs, and `jax.jit` drops it when no gradient
+    reads it (`drops_unread_results`)."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        from keras_attention.ops import _backend_torch
+
+        return _backend_torch.gradient_may_follow()
+    if backend != "tensorflow":
         return False
     from keras_attention.ops import _backend_tensorflow
 

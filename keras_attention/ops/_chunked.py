@@ -43,7 +43,11 @@ class StatelessSeed(keras.random.SeedGenerator):
     """A fixed seed tensor for `keras.random`'s draws (no state)."""
 
     def __init__(self, value):
+        # No `super().__init__`: it would create a state variable. Keras'
+        # torch `dropout` reads `_initial_seed` to tell a seeded draw from
+        # an unseeded one.
         self._value = value
+        self._initial_seed = value
 
     def next(self, ordered=True):
         if keras.backend.backend() == "jax":

@@ -2,15 +2,16 @@
 
 `choose` is the whole rule (documented once, in
 `keras_attention.ops.scaled_dot_product_attention`); `facts` gathers what it
-needs to know about the environment, and `attend` makes the fused call. The
-tests replace `environment` and `fused_kernel` to exercise every combination on
-a CPU.
+needs to know about the environment, and `attend` makes the fused call
+through `_backend.fused_attention`. The tests replace `environment` and
+`_backend.fused_attention` to exercise every combination on a CPU.
 """
 
 import keras
 from keras import ops
 
 from keras_attention import _masking
+from keras_attention.ops import _backend
 
 # Input dtypes the fused kernels take: cuDNN's flash attention needs half
 # precision; the TPU kernel takes float32 too.
@@ -25,10 +26,10 @@ _REASONS = {
     "attention scores.",
     "dropout": "Dropout is not supported when flash attention is enabled.",
     "backend": "Flash attention needs a fused kernel, which this backend "
-    "does not have here (JAX on a GPU or TPU has one).",
+    "does not have here (PyTorch has one, and JAX on a GPU or TPU).",
     "dtype": "Flash attention on a GPU takes float16 or bfloat16 inputs.",
     "bias": "Flash attention does not take an attention bias.",
-    "soft_cap": "Flash attention takes a logits soft-cap on a TPU only.",
+    "soft_cap": "Flash attention takes a logits soft-cap on JAX on a TPU only.",
     "mask": "Flash attention takes a mask of rank 2 or 4 with a static shape.",
 }
 
@@ -36,17 +37,7 @@ _REASONS = {
 def environment():
     """`(backend, platform)`, the platform of the first device: `"cpu"`,
     `"gpu"` or `"tpu"`."""
-    backend = keras.backend.backend()
-    if backend != "jax":
-        return backend, "cpu"
-    import jax
-
-    return backend, jax.devices()[0].platform
-
-
-def fused_kernel(*args, **kwargs):
-    """The backend's fused kernel (replaced by a recording stub in tests)."""
-    return ops.dot_product_attention(*args, **kwargs)
+    return keras.backend.backend(), _backend.platform()
 
 
 def facts(dtype, return_scores, dropout, bias, soft_cap, mask, chunk_size):
@@ -76,10 +67,11 @@ def blockers(
     `chunk_size` is not one: it only decides what `flash_attention=None`
     means (see `choose`)."""
     found = []
-    has_kernel = backend == "jax" and platform in ("gpu", "tpu")
-    if not has_kernel:
+    jax_kernel = backend == "jax" and platform in ("gpu", "tpu")
+    # PyTorch's SDPA runs on CPU and CUDA, in every float dtype.
+    if not jax_kernel and backend != "torch":
         found.append("backend")
-    if has_kernel:
+    if jax_kernel:
         dtypes = _TPU_DTYPES if platform == "tpu" else _GPU_DTYPES
         if dtype not in dtypes:
             found.append("dtype")
@@ -89,7 +81,7 @@ def blockers(
         found.append("dropout")
     if bias:
         found.append("bias")
-    if soft_cap and platform != "tpu":
+    if soft_cap and not (jax_kernel and platform == "tpu"):
         found.append("soft_cap")
     if not mask_ok:
         found.append("mask")
@@ -162,15 +154,8 @@ def attend(query, key, value, mask, is_causal, scale, soft_cap, offset=0):
     kwargs = {}
     if soft_cap is not None:
         kwargs["attn_logits_soft_cap"] = soft_cap
-    out = fused_kernel(
-        query,
-        key,
-        value,
-        mask=mask,
-        scale=scale,
-        is_causal=is_causal,
-        flash_attention=True,
-        **kwargs,
+    out = _backend.fused_attention(
+        query, key, value, mask=mask, scale=scale, is_causal=is_causal, **kwargs
     )
     if key.shape[1] == 0:
         return ops.zeros_like(out)

@@ -150,3 +150,100 @@ def test_masked_inputs_raise_no_sublayer_mask_warnings():
         AdditiveAttention(units=4)(x, x)
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "destroy the mask" in m], messages
+
+
+def _dropout_layers():
+    """Every public layer whose constructor takes `dropout`."""
+    import inspect
+
+    import keras_attention
+    from keras_attention.compat import tfa
+
+    found = {}
+    for module in (keras_attention, tfa):
+        for name in module.__all__:
+            cls = getattr(module, name)
+            if inspect.isclass(cls) and "dropout" in (
+                inspect.signature(cls.__init__).parameters
+            ):
+                found[f"{module.__name__}.{name}"] = cls
+    return found
+
+
+# How to make each layer with `dropout=0.1` and call it on a `(batch, 6, 8)`
+# input; `chunk_size` where the layer takes one (the dense kernel, or the
+# chunked one with blocks shorter than the input).
+_DROPOUT_SETUPS = {
+    "keras_attention.MultiHeadAttention": (
+        dict(num_heads=2, key_dim=4),
+        lambda layer, x: layer(x, x),
+    ),
+    "keras_attention.GroupedQueryAttention": (
+        dict(head_dim=4, num_query_heads=2, num_key_value_heads=1),
+        lambda layer, x: layer(x, x),
+    ),
+    "keras_attention.GroupQueryAttention": (
+        dict(head_dim=4, num_query_heads=2, num_key_value_heads=1),
+        lambda layer, x: layer(x, x),
+    ),
+    "keras_attention.AdditiveAttention": (
+        dict(units=4),
+        lambda layer, x: layer(x, x),
+    ),
+    "keras_attention.AttentionPooling": (
+        dict(units=8, num_heads=2),
+        lambda layer, x: layer(x),
+    ),
+    "keras_attention.TransformerEncoder": (
+        dict(intermediate_dim=16, num_heads=2),
+        lambda layer, x: layer(x),
+    ),
+    "keras_attention.TransformerDecoder": (
+        dict(intermediate_dim=16, num_heads=2),
+        lambda layer, x: layer(x, x),
+    ),
+    "keras_attention.compat.tfa.MultiHeadAttention": (
+        dict(head_size=4, num_heads=2),
+        lambda layer, x: layer([x, x]),
+    ),
+}
+
+
+def test_every_dropout_layer_has_a_training_setup():
+    assert set(_dropout_layers()) == set(_DROPOUT_SETUPS)
+
+
+def _dropout_cases():
+    """`(name, chunk_size)`: the dense kernel, "auto" and the chunked kernel
+    where the layer takes `chunk_size`, else `"-"` (its only kernel)."""
+    import inspect
+
+    for name, cls in sorted(_dropout_layers().items()):
+        params = inspect.signature(cls.__init__).parameters
+        sizes = [None, "auto", 4] if "chunk_size" in params else ["-"]
+        for size in sizes:
+            yield name, size
+
+
+@pytest.mark.parametrize("name,chunk_size", list(_dropout_cases()))
+def test_layers_with_dropout_train(rng, name, chunk_size):
+    cls = _dropout_layers()[name]
+    kwargs, call = _DROPOUT_SETUPS[name]
+    if chunk_size != "-":
+        kwargs = dict(kwargs, chunk_size=chunk_size)
+    layer = cls(dropout=0.1, seed=3, **kwargs)
+    inputs = keras.Input((6, 8))
+    outputs = call(layer, inputs)
+    model = keras.Model(inputs, keras.layers.Flatten()(outputs))
+    model.compile(optimizer="sgd", loss="mse")
+    x = rng.normal(size=(4, 6, 8)).astype("float32")
+    y = rng.normal(size=(4, model.output_shape[-1])).astype("float32")
+    before = [to_numpy(w) for w in model.trainable_weights]
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    after = [to_numpy(w) for w in model.trainable_weights]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+    # Dropout acts in training only.
+    inference = to_numpy(model(x, training=False))
+    np.testing.assert_array_equal(inference, to_numpy(model(x)))
+    assert not np.allclose(to_numpy(model(x, training=True)), inference)

@@ -15,6 +15,7 @@ import pytest
 
 from keras_attention import GroupedQueryAttention
 from keras_attention import MultiHeadAttention
+from keras_attention.ops import _backend
 from keras_attention.ops import _fused
 from keras_attention.ops import scaled_dot_product_attention
 from tests import reference
@@ -22,7 +23,7 @@ from tests.testing import loss_and_grads
 from tests.testing import to_numpy
 
 FACTS = dict(
-    backend=("tensorflow", "jax"),
+    backend=("tensorflow", "jax", "torch"),
     platform=("cpu", "gpu", "tpu"),
     dtype=("float32", "float16", "bfloat16"),
     return_scores=(False, True),
@@ -35,20 +36,21 @@ FACTS = dict(
 
 
 def _possible(f):
-    """Whether the fused kernel can take the call, restated here: only JAX
-    on a GPU or TPU has one; on a GPU it takes float16 or bfloat16 inputs;
-    it returns no scores and takes no dropout and no attention bias; it
-    takes a logits soft-cap on a TPU only; and a mask only of rank 2 or 4
-    with a static shape (`mask_ok`)."""
+    """Whether the fused kernel can take the call, restated here: PyTorch
+    has one on every platform, for every dtype, without a soft-cap; JAX has
+    one on a GPU or TPU, on a GPU for float16 or bfloat16 inputs, with a
+    soft-cap on a TPU only; none returns scores or takes dropout or an
+    attention bias; and each takes a mask only of rank 2 or 4 with a static
+    shape (`mask_ok`)."""
+    if f["return_scores"] or f["dropout"] or f["bias"] or not f["mask_ok"]:
+        return False
+    if f["backend"] == "torch":
+        return not f["soft_cap"]
     if f["backend"] != "jax" or f["platform"] not in ("gpu", "tpu"):
         return False
     if f["platform"] == "gpu" and f["dtype"] not in ("float16", "bfloat16"):
         return False
-    if f["return_scores"] or f["dropout"] or f["bias"]:
-        return False
-    if f["soft_cap"] and f["platform"] != "tpu":
-        return False
-    return f["mask_ok"]
+    return not (f["soft_cap"] and f["platform"] != "tpu")
 
 
 def _combinations():
@@ -78,7 +80,7 @@ def test_choose_follows_the_rule_for_every_combination(
         else:  # None: the global switch, `chunk_size="auto"`, "possible"
             want = global_setting is not False and facts["auto_chunk"]
             assert got is (want and possible), facts
-    assert count == 2 * 3 * 3 * 2**6
+    assert count == 3 * 3 * 3 * 2**6
 
 
 def test_flash_true_errors_name_the_cause_in_keras_words():
@@ -109,6 +111,10 @@ def test_flash_true_errors_name_the_cause_in_keras_words():
         _fused.choose(True, None, **dict(base, dtype="float32"))
     with pytest.raises(ValueError, match="fused kernel"):
         _fused.choose(True, None, **dict(base, platform="cpu"))
+    torch_cpu = dict(base, backend="torch", platform="cpu", dtype="float32")
+    assert _fused.choose(True, None, **torch_cpu)
+    with pytest.raises(ValueError, match="soft-cap on JAX on a TPU"):
+        _fused.choose(True, None, **dict(torch_cpu, soft_cap=True))
 
 
 @pytest.fixture
@@ -132,7 +138,7 @@ def fused_stub(monkeypatch):
         )
 
     monkeypatch.setattr(_fused, "environment", lambda: ("jax", "gpu"))
-    monkeypatch.setattr(_fused, "fused_kernel", stub)
+    monkeypatch.setattr(_backend, "fused_attention", stub)
     return calls
 
 
@@ -234,3 +240,137 @@ def test_layers_use_the_fused_kernel_when_possible(rng, fused_stub, layer_name):
         )
     with pytest.raises(ValueError, match="logits_soft_cap"):
         make(dtype="float16", flash_attention=True, logits_soft_cap=3.0)(x, x)
+
+
+torch_only = pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="needs the PyTorch backend"
+)
+
+
+@pytest.fixture
+def torch_sdpa(monkeypatch):
+    """Records the calls that reach PyTorch's own fused kernel."""
+    from keras_attention.ops import _backend_torch
+
+    calls = []
+    real = _backend_torch.scaled_dot_product_attention
+
+    def recording(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(
+        _backend_torch, "scaled_dot_product_attention", recording
+    )
+    return calls
+
+
+@torch_only
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_torch_auto_sends_what_sdpa_takes_to_it(rng, torch_sdpa, dtype):
+    import torch
+    import torch.nn.functional as F
+
+    q, k, v = (x.astype("float32") for x in _qkv(rng))
+    mask = rng.random((2, 1, 5, 6)) > 0.4
+    mask[0, :, 1] = False  # fully masked query rows
+    out = scaled_dot_product_attention(
+        *(keras.ops.cast(x, dtype) for x in (q, k, v)), mask=mask
+    )
+    assert len(torch_sdpa) == 1
+    assert torch_sdpa[0][1].shape[2] == 2  # grouped heads, not repeated
+    got = to_numpy(keras.ops.cast(out, "float32"))
+    want, _ = reference.sdpa(q, k, v, mask=mask)
+    tol = 1e-5 if dtype == "float32" else 3e-2
+    np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
+    assert np.all(got[0, 1] == 0)
+    # The same numbers as a direct call of PyTorch's op, where rows are
+    # not empty.
+    t = [torch.tensor(x).transpose(1, 2) for x in (q, k, v)]
+    direct = F.scaled_dot_product_attention(
+        t[0],
+        t[1].repeat_interleave(2, 1),
+        t[2].repeat_interleave(2, 1),
+        attn_mask=torch.tensor(mask),
+    ).transpose(1, 2)
+    keep = mask.any(-1)[:, 0]  # (batch, q_len)
+    if dtype == "float32":
+        np.testing.assert_allclose(
+            got[keep], direct.numpy()[keep], atol=5e-7, rtol=1e-6
+        )
+    # Our kernels: soft-cap, scores, dropout in training, explicit sizes.
+    scaled_dot_product_attention(q, k, v, logits_soft_cap=5.0)
+    scaled_dot_product_attention(q, k, v, return_scores=True)
+    scaled_dot_product_attention(q, k, v, dropout_rate=0.5, training=True)
+    scaled_dot_product_attention(q, k, v, chunk_size=2)
+    scaled_dot_product_attention(q, k, v, chunk_size=None)
+    assert len(torch_sdpa) == 1
+    # Dropout outside training is no dropout: fused.
+    scaled_dot_product_attention(q, k, v, dropout_rate=0.5, training=False)
+    assert len(torch_sdpa) == 2
+
+
+@torch_only
+def test_torch_fused_gradients_and_causal_offset(rng, torch_sdpa):
+    q, k, v = (x.astype("float32") for x in _qkv(rng))
+    mask = rng.random((2, 1, 5, 6)) > 0.3
+    mask[1, :, 4] = False
+
+    def fused(q, k, v):
+        return scaled_dot_product_attention(
+            q, k, v, mask=mask, is_causal=True, causal_offset=1
+        )
+
+    def exact(q, k, v):
+        return scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            is_causal=True,
+            causal_offset=1,
+            chunk_size=None,
+        )
+
+    np.testing.assert_allclose(
+        to_numpy(fused(q, k, v)), to_numpy(exact(q, k, v)), atol=1e-6
+    )
+    value, grads = loss_and_grads(fused, q, k, v)
+    want_value, want_grads = loss_and_grads(exact, q, k, v)
+    assert len(torch_sdpa) == 3  # one call, then `loss_and_grads`' two
+    np.testing.assert_allclose(value, want_value, rtol=1e-5)
+    for got, want in zip(grads, want_grads):
+        np.testing.assert_allclose(got, want, atol=2e-6)
+    assert np.all(grads[0][1, 4] == 0)
+
+
+@torch_only
+@pytest.mark.parametrize("layer_name", ["mha", "gqa"])
+def test_torch_layers_match_keras_core_through_sdpa(
+    rng, torch_sdpa, layer_name
+):
+    x = rng.normal(size=(2, 7, 16)).astype("float32")
+    padding = np.ones((2, 7), bool)
+    padding[1, 4:] = False
+    if layer_name == "mha":
+        ours = MultiHeadAttention(num_heads=4, key_dim=8)
+        theirs = keras.layers.MultiHeadAttention(num_heads=4, key_dim=8)
+    else:
+        ours = GroupedQueryAttention(
+            head_dim=8, num_query_heads=4, num_key_value_heads=2
+        )
+        theirs = keras.layers.GroupQueryAttention(
+            head_dim=8, num_query_heads=4, num_key_value_heads=2
+        )
+    ours(x, x)
+    theirs(x, x)
+    theirs.set_weights(ours.get_weights())
+    torch_sdpa.clear()
+    kwargs = dict(query_mask=padding, value_mask=padding, use_causal_mask=True)
+    got = to_numpy(ours(x, x, **kwargs))
+    assert len(torch_sdpa) == 1
+    want = to_numpy(theirs(x, x, **kwargs))
+    # Keras core leaves the padded query rows to whatever its softmax gives;
+    # ours are zero.
+    np.testing.assert_allclose(got[padding], want[padding], atol=2e-6)
+    assert np.all(got[~padding] == 0)

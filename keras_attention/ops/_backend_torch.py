@@ -1,0 +1,38 @@
+"""What `keras.ops` cannot express on PyTorch."""
+
+import torch
+import torch.nn.functional as F
+
+
+def platform():
+    """`"gpu"` where Keras' torch backend places tensors on CUDA, else
+    `"cpu"`."""
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def compiling():
+    """Whether the code being run is traced by `torch.compile` (Keras'
+    `jit_compile=True` on torch)."""
+    return torch.compiler.is_compiling()
+
+
+def gradient_may_follow():
+    """Whether autograd records (gradients are enabled)."""
+    return torch.is_grad_enabled()
+
+
+def scaled_dot_product_attention(query, key, value, mask, scale, is_causal):
+    """`F.scaled_dot_product_attention` on our `(batch, length, heads, dim)`
+    layout: torch picks its fused kernel (flash attention on CPU and CUDA)
+    where it can. Grouped key/value heads go in as they are
+    (`enable_gqa`), not repeated."""
+    out = F.scaled_dot_product_attention(
+        query.transpose(1, 2),
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        attn_mask=mask,
+        is_causal=is_causal,
+        scale=scale,
+        enable_gqa=query.shape[2] != key.shape[2],
+    )
+    return out.transpose(1, 2)
