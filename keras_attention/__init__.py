@@ -1,4 +1,4 @@
-"""Serializable Keras 3 attention layers, on TensorFlow and JAX.
+"""Serializable Keras 3 attention layers, on TensorFlow, JAX and PyTorch.
 
 Attention:
     `MultiHeadAttention` (multi-head scaled dot-product attention, a

@@ -339,16 +339,25 @@ def _config_dtype(dtype):
 def concrete_values(x):
     """The values of `x` as a NumPy array when they are known now, else None.
 
-    Known: NumPy arrays, Python numbers and lists, eager TensorFlow tensors
-    and JAX arrays outside a trace. Unknown: symbolic tensors in a
-    `tf.function`, JAX tracers and `keras.KerasTensor`s.
+    Known: NumPy arrays, Python numbers and lists, eager TensorFlow tensors,
+    JAX arrays outside a trace and eager torch tensors. Unknown: symbolic
+    tensors in a `tf.function`, JAX tracers, tensors traced by
+    `torch.compile` (reading them would break its graph) and
+    `keras.KerasTensor`s.
     """
     if isinstance(x, (np.ndarray, np.generic, numbers.Number, list, tuple)):
         return np.asarray(x)
     if isinstance(x, keras.KerasTensor):
         return None
-    if keras.backend.backend() == "tensorflow" and not hasattr(x, "numpy"):
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and not hasattr(x, "numpy"):
         return None  # a symbolic tensor in a `tf.function`
+    if backend == "torch":
+        # A leaf module, imported here: `ops` imports this one.
+        from keras_attention.ops import _backend
+
+        if _backend.torch_compiling():
+            return None
     try:
         return keras.ops.convert_to_numpy(x)
     except Exception:  # a symbolic tensor or tracer: checked at run time

@@ -15,8 +15,8 @@ def strip_keras_mask(x):
     Sublayers that don't support masking warn when they see a masked input;
     our layers handle masks themselves, so they hand sublayers a fresh tensor.
     """
-    if keras.backend.backend() == "tensorflow":
-        return ops.reshape(x, ops.shape(x))  # a new tensor, no copy
+    if keras.backend.backend() in ("tensorflow", "torch"):
+        return ops.reshape(x, ops.shape(x))  # a new tensor (a view), no copy
     # JAX returns the same array from a no-op reshape; an add makes a new
     # one (free under jit, where XLA elides it).
     return ops.add(x, ops.zeros((), dtype=x.dtype))

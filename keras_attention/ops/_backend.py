@@ -63,6 +63,15 @@ def fused_attention(
     )
 
 
+def torch_compiling():
+    """Whether `torch.compile` (Keras' `jit_compile=True` on PyTorch) is
+    tracing the code being run: reading a tensor's values there would break
+    its graph."""
+    from keras_attention.ops import _backend_torch
+
+    return _backend_torch.compiling()
+
+
 def compiling_with_xla():
     """Whether the code being traced will be compiled by XLA with shapes
     that are unknown now and static then (TensorFlow's `jit_compile=True`).

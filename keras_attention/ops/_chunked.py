@@ -22,7 +22,7 @@ k_chunk)` block of logits per loop iteration:
 
 Memory is O(length x chunk) in both passes. Only `keras.ops` are used, with
 dynamic lengths, so it runs in `tf.function` with unknown lengths, in an
-exported SavedModel (no XLA-only ops) and under JAX.
+exported SavedModel (no XLA-only ops), under JAX and under PyTorch.
 """
 
 import keras

@@ -139,12 +139,12 @@ def scaled_dot_product_attention(
             `AUTO_DENSE_MAX_LOGITS` (2**25) elements or fit in one block of
             `AUTO_CHUNK` (512) queries and `AUTO_KEY_CHUNK` (1024) keys,
             else chunked with such blocks; unknown sizes are decided at run
-            time. In inference (not `training`, no gradient tape recording)
-            without `is_causal`, its blocks are instead up to `AUTO_ROWS`
-            (256) queries against all the keys, one softmax each (fewer rows
-            while a block would exceed 2**25 logits; with static shapes, the
-            online softmax below `AUTO_MIN_ROWS`, 64). Gradients are exact
-            and run on the training blocks.
+            time. In inference (not `training`, no gradient tape or autograd
+            recording) without `is_causal`, its blocks are instead up to
+            `AUTO_ROWS` (256) queries against all the keys, one softmax each
+            (fewer rows while a block would exceed 2**25 logits; with static
+            shapes, the online softmax below `AUTO_MIN_ROWS`, 64). Gradients
+            are exact and run on the training blocks.
         logits_soft_cap: optional positive float `cap`: the logits become
             `cap * tanh(logits / cap)` after the scale and the bias, before
             masking (as in Gemma 2).
@@ -153,12 +153,14 @@ def scaled_dot_product_attention(
             global switch turns back into "auto"). `None`: unless
             `keras.config.is_flash_attention_enabled()` is False, and only
             with `chunk_size="auto"`, the fused kernel runs where it can:
-            JAX on a GPU (float16 or bfloat16 inputs) or a TPU, no returned
-            scores, no dropout in training, no `bias`, no `logits_soft_cap`
-            (except on a TPU) and a mask of rank 2 or 4 with a static shape.
-            `True`: the fused kernel whatever `chunk_size` says, or a
-            `ValueError` naming what prevents it. The fused kernel computes
-            its own logits (not our float32 ones).
+            PyTorch (`F.scaled_dot_product_attention`, on CPU and CUDA, any
+            float dtype) or JAX on a GPU (float16 or bfloat16 inputs) or a
+            TPU; no returned scores, no dropout in training, no `bias`, no
+            `logits_soft_cap` (except on a TPU) and a mask of rank 2 or 4
+            with a static shape. `True`: the fused kernel whatever
+            `chunk_size` says, or a `ValueError` naming what prevents it.
+            The fused kernel computes its own logits (not our float32 ones);
+            fully masked rows are zero on it too.
         causal_offset: int or 0-d integer tensor, default 0: with
             `is_causal`, query `i` sits at position `causal_offset + i` and
             attends keys `j <= causal_offset + i` (a prefill or a decoding

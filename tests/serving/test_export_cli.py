@@ -1,9 +1,11 @@
 """`python -m keras_attention.serving export MODEL.keras BASE_PATH`, and
-`export_saved_model` from the JAX backend, which goes through it.
+`export_saved_model` from the JAX and PyTorch backends, which goes through
+it.
 
 Under TensorFlow the command runs in this process (`__main__.main`); under
-JAX it re-runs itself in a TensorFlow subprocess, and the JAX tests check
-that a model trained under JAX serves its JAX predictions."""
+JAX or PyTorch it re-runs itself in a TensorFlow subprocess, and the tests
+of those backends check that a model trained there serves its predictions
+there."""
 
 import hashlib
 import json
@@ -25,7 +27,10 @@ from tests.serving import helpers
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 BACKEND = keras.backend.backend()
 tensorflow_only = pytest.mark.tensorflow_only
-jax_only = pytest.mark.skipif(BACKEND != "jax", reason="the JAX side")
+# The side of a backend other than TensorFlow (JAX, PyTorch).
+elsewhere_only = pytest.mark.skipif(
+    BACKEND == "tensorflow", reason="trained under JAX or PyTorch"
+)
 
 
 def _inputs():
@@ -321,8 +326,8 @@ def test_without_tensorflow_it_fails_at_once_with_the_command(tmp_path):
     assert "tensorflow" not in result.stderr.split("needs TensorFlow")[0]
 
 
-@jax_only
-def test_jax_trained_model_exported_by_the_cli_serves_jax_predictions(
+@elsewhere_only
+def test_model_trained_elsewhere_exported_by_the_cli_serves_its_predictions(
     saved, tmp_path
 ):
     model = keras.saving.load_model(saved)
@@ -338,8 +343,8 @@ def test_jax_trained_model_exported_by_the_cli_serves_jax_predictions(
     )
 
 
-@jax_only
-def test_export_saved_model_under_jax_goes_through_tensorflow(tmp_path):
+@elsewhere_only
+def test_export_saved_model_elsewhere_goes_through_tensorflow(tmp_path):
     from keras_attention import serving
 
     model = _trained_model()

@@ -29,9 +29,10 @@ class BahdanauAttention(keras.layers.Layer):
     Unlike tfa's mechanism, which stores the memory with `setup_memory` and
     therefore cannot be exported (tensorflow/addons#2675), this layer takes
     the memory on every call and keeps no state: it exports to SavedModel
-    and runs under JAX. `keras_attention.AdditiveAttention` is the native
-    equivalent (see `keras_attention.compat.tfa.to_keras_attention`), with a
-    way to project the memory once per sequence.
+    and runs under JAX and PyTorch. `keras_attention.AdditiveAttention` is
+    the native equivalent (see `keras_attention.compat.tfa.
+    to_keras_attention`), with a way to project the memory once per
+    sequence.
 
     Masking, as in tfa: `memory_sequence_length` or `memory_mask` (filled in
     from the memory's Keras mask) marks the valid memory positions. Padded

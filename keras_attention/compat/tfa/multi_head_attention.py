@@ -40,7 +40,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
     query's mask. The logits and softmax run in float32 under mixed
     precision.
 
-    What it adds over tfa: it runs on Keras 3 (TensorFlow or JAX), and
+    What it adds over tfa: it runs on Keras 3 (TensorFlow, JAX or PyTorch), and
     `seed` makes the attention dropout reproducible.
 
     Args:
