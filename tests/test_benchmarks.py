@@ -403,7 +403,7 @@ def test_dropout_rng_smoke_run(tmp_path):
         "hash32",
         "hash16",
     ]
-    for backend in ("tensorflow", "jax"):
+    for backend in ("tensorflow", "jax", "torch"):
         times = report["backends"][backend]
         assert list(times) == generators
         assert all(t > 0 for t in times.values())
