@@ -3,9 +3,10 @@
 A configuration is a JSON-able dict: the layer (`"mha"` or `"additive"`),
 the implementation (`"ours"` or `"keras"`), the mode (`"forward"` or
 `"train"`) and the shapes. `both` lists a configuration for ours and for
-Keras core; the sets (`target_configs`, `sweep_configs`, `gpu_configs`,
-`quick_configs`, `smoke_configs`, `gpu_smoke_configs`) are lists of such
-pairs. `describe` names a configuration in tables and in `--only`.
+Keras core; the sets (`target_configs`, `torch_target_configs`,
+`sweep_configs`, `gpu_configs`, `quick_configs`, `smoke_configs`,
+`gpu_smoke_configs`) are lists of such pairs. `describe` names a
+configuration in tables and in `--only`.
 
 `target_configs` holds the configurations of the targets table, which
 `_attention_report.evaluate_targets` evaluates: 8 heads x 64, float32, B=1
@@ -20,6 +21,16 @@ unless said otherwise:
    L=8192 to 32768: time <= 1.00x;
 7. train step, L=8192, the layers called without `training`: as 3;
 8. the same at L=32768, ours alone: under 12 GiB.
+
+`torch_target_configs` holds those of the PyTorch targets table (CPU,
+eager calls), which `_attention_report.evaluate_torch_targets` evaluates,
+under the same conventions:
+
+T1. forward, L=1024 and 4096: time <= 1.03x and memory <= 1.00x (the
+    median of 3 interleaved rounds);
+T2. train step, L=4096: time <= 1.05x, memory <= 1.00x;
+T3. train step, L=8192, dropout 0.1: memory <= 0.30x, time <= 1.10x;
+T4. train step, B=32, L=128 and 512: time <= 1.05x.
 """
 
 
@@ -93,6 +104,18 @@ def target_configs():
     # Targets 7 and 8: the gradient of a call without `training`.
     configs += both(mha, "train", 1, 8192, train_call="default")
     configs.append(mha("ours", "train", 1, 32768, train_call="default"))
+    return configs
+
+
+def torch_target_configs():
+    """The configurations of the PyTorch targets table (T1-T4)."""
+    configs = []
+    for length in (1024, 4096):  # T1
+        configs += both(mha, "forward", 1, length)
+    configs += both(mha, "train", 1, 4096)  # T2
+    configs += both(mha, "train", 1, 8192, dropout=0.1)  # T3
+    for length in (128, 512):  # T4
+        configs += both(mha, "train", 32, length)
     return configs
 
 

@@ -3,7 +3,8 @@
 `combine_rounds` makes one result of a configuration's rounds; `pair_rows`
 pairs ours with Keras core on the same configuration (time and memory
 ratios, checksum difference); `evaluate_targets` reads the targets table
-from those rows; `markdown` and `plot` write the report's `.md` and `.png`.
+from those rows (`evaluate_torch_targets` the PyTorch one); `markdown` and
+`plot` write the report's `.md` and `.png`.
 The report's `.json` is written by `benchmarks._common.write_report`.
 """
 
@@ -280,11 +281,100 @@ def evaluate_targets(rows, peak, platform="cpu"):
     return targets
 
 
+def _rounds(row):
+    """How many rounds both results of a row combine."""
+    return min(
+        len(row[impl].get("round_medians_s", [None]))
+        for impl in ("ours", "keras")
+    )
+
+
+def evaluate_torch_targets(rows):
+    """The PyTorch targets table (T1-T4, see `benchmarks._attention_configs`),
+    as rows. T1 counts as met only over 3 or more interleaved rounds."""
+    targets = []
+
+    def add(name, goal, config, max_time, max_memory=None, rounds=1):
+        row = _find_mha(rows, *config)
+        if not row or "time_ratio" not in row:
+            return
+        memory = row.get("memory_ratio")
+        measured = f"time {row['time_ratio']:.2f}x"
+        ok = row["time_ratio"] <= max_time
+        if max_memory is not None:
+            text = "-" if memory is None else f"{memory:.2f}x"
+            measured = f"{measured}, memory {text}"
+            ok = ok and memory is not None and memory <= max_memory
+        if rounds > 1:
+            done = _rounds(row)
+            measured += f" ({done} round{'s' if done > 1 else ''})"
+            ok = ok and done >= rounds
+        targets.append(
+            dict(
+                target=name,
+                goal=goal,
+                config=describe(row["config"]),
+                measured=measured,
+                met=ok,
+            )
+        )
+
+    for length in (1024, 4096):
+        add(
+            f"T1. MHA forward, L={length}",
+            "time <= 1.03x, memory <= 1.00x (median of 3 interleaved rounds)",
+            ("forward", 1, length),
+            1.03,
+            1.00,
+            rounds=3,
+        )
+    add(
+        "T2. MHA train step, L=4096",
+        "time <= 1.05x, memory <= 1.00x",
+        ("train", 1, 4096),
+        1.05,
+        1.00,
+    )
+    add(
+        "T3. MHA train step, L=8192, dropout 0.1",
+        "memory <= 0.30x, time <= 1.10x",
+        ("train", 1, 8192, 0.1),
+        1.10,
+        0.30,
+    )
+    for length in (128, 512):
+        add(
+            f"T4. MHA train step, B=32, L={length}",
+            "time <= 1.05x",
+            ("train", 32, length),
+            1.05,
+        )
+    return targets
+
+
 def _is_jax(report):
     return report.get("backend", "tensorflow") == "jax"
 
 
 def _intro(report):
+    if report.get("backend") == "torch":
+        return [
+            f"Versions: {report['versions']}. Float32 matmul peak (measured, "
+            f"`torch.matmul` {report['matmul']['n']}^3): "
+            f"{report['matmul_gflops']:.1f} GFLOP/s.",
+            "",
+            "Backend PyTorch, on the CPU, eager (as Keras' torch backend "
+            "runs). Ratios are ours / Keras core, measured in the same run, "
+            "each configuration in a fresh process. Times are medians of "
+            "repeated calls after a warm-up call: the forward pass is a plain "
+            "`layer(x, x)` call, the train step that call with "
+            "`training=True`, the sum of squares and `torch.autograd.grad` "
+            "with respect to the input and all weights. Memory is the "
+            "process's peak RSS (it includes the PyTorch runtime). GFLOP/s "
+            "count the same nominal FLOPs for both (forward: projections plus "
+            "4*B*H*T*S*d; train step: 3x forward).",
+            "",
+        ]
     if not _is_jax(report):
         return [
             f"Versions: {report['versions']}. Float32 matmul peak (measured, "

@@ -1,11 +1,12 @@
 """What runs in the attention benchmark's measuring process.
 
 `run_worker` is what `python -m benchmarks.attention --worker SPEC` runs:
-one configuration (`worker`: `tf_worker`, or `jax_worker` under JAX), a
-series of configurations run in one process, one after the other
-(`jax_worker`, one JSON line per configuration as it finishes), or the
-matmul that measures the machine's peak (`matmul_peak`). Each prints its
-result as a JSON line for the parent to read.
+one configuration (`worker`: `tf_worker`, `jax_worker` under JAX,
+`torch_worker` under PyTorch), a series of configurations run in one
+process, one after the other (`jax_worker`, one JSON line per configuration
+as it finishes), or the matmul that measures the machine's peak
+(`matmul_peak`). Each prints its result as a JSON line for the parent to
+read.
 
 Both implementations get the same shapes and the same weights (drawn from a
 fixed NumPy seed), and each result carries a checksum of the forward
@@ -18,6 +19,7 @@ import time
 import numpy as np
 
 from benchmarks._common import jax_versions
+from benchmarks._common import torch_versions
 from benchmarks._common import versions
 
 
@@ -115,6 +117,8 @@ def worker(config):
     if keras.backend.backend() == "jax":
         (result,) = jax_worker([config])
         return result
+    if keras.backend.backend() == "torch":
+        return torch_worker(config)
     return tf_worker(config)
 
 
@@ -174,6 +178,88 @@ def tf_worker(config):
         gflops=flops / median / 1e9,
         checksum=float(np.sum(out.astype("float64"))),
         sample=[float(x) for x in out.reshape(-1)[:4]],
+    )
+
+
+def _torch_inputs(inputs, dtype, requires_grad):
+    """`inputs` (NumPy arrays, nested in lists) as torch tensors on Keras'
+    device; an array that appears twice (self-attention's `x, x`) becomes
+    one tensor passed twice, as a user's `layer(x, x)` does."""
+    import torch
+    from keras import ops
+
+    tensors = {}
+
+    def convert(a):
+        if isinstance(a, list):
+            return [convert(x) for x in a]
+        if id(a) not in tensors:
+            t = ops.cast(ops.convert_to_tensor(a), dtype).detach()
+            tensors[id(a)] = t.requires_grad_(requires_grad)
+        return tensors[id(a)]
+
+    with torch.no_grad():
+        converted = [convert(a) for a in inputs]
+    return converted, list(tensors.values())
+
+
+def torch_worker(config):
+    """PyTorch: eager calls, as Keras' torch backend runs them. The forward
+    pass is a plain `layer(x, x)`; the train step adds the sum of squares
+    and `torch.autograd.grad` with respect to the inputs and all trainable
+    weights. Memory: the process's peak RSS, as under TensorFlow."""
+    import torch
+    from keras import ops
+
+    layer, inputs, kwargs = _build(config)
+    dtype = config.get("dtype", "float32")
+    train_kwargs = _train_kwargs(config, kwargs)
+    weights = [v.value for v in layer.trainable_variables]
+    train_mode = config["mode"] != "forward"
+    xs, leaves = _torch_inputs(inputs, dtype, requires_grad=train_mode)
+
+    def forward():
+        return layer(*xs, **kwargs)
+
+    def train():
+        out = ops.cast(layer(*xs, **train_kwargs), "float32")
+        loss = torch.sum(out * out)
+        return torch.autograd.grad(loss, leaves + weights)
+
+    fn = train if train_mode else forward
+    reps = config.get("reps", 5)
+    baseline = _peak_rss()
+    start = time.perf_counter()
+    fn()  # warm up
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    fn()
+    elapsed = time.perf_counter() - start
+    if elapsed < 2.0:  # cheap: more repetitions, a steadier median
+        reps = max(reps, 15 if elapsed < 0.5 else 7)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    # The checksum: a forward pass (training=False) without autograd, after
+    # the peak was read.
+    peak = _peak_rss()
+    with torch.no_grad():
+        out = ops.convert_to_numpy(ops.cast(layer(*xs, **kwargs), "float32"))
+    flops = _flops(config) * (1 if config["mode"] == "forward" else 3)
+    median = float(np.median(times))
+    return dict(
+        status="ok",
+        median_s=median,
+        times_s=times,
+        first_call_s=first,
+        peak_rss_bytes=peak,
+        rss_before_run_bytes=baseline,
+        gflops=flops / median / 1e9,
+        checksum=float(np.sum(out.astype("float64"))),
+        sample=[float(x) for x in out.reshape(-1)[:4]],
+        platform=leaves[0].device.type,
     )
 
 
@@ -339,6 +425,8 @@ def matmul_peak(n=None, reps=5):
 
     if keras.backend.backend() == "jax":
         return jax_matmul_peak(n)
+    if keras.backend.backend() == "torch":
+        return torch_matmul_peak(n, reps)
     import tensorflow as tf
 
     n = n or 4096
@@ -392,6 +480,33 @@ def jax_matmul_peak(n=None, reps=10):
     )
 
 
+def torch_matmul_peak(n=None, reps=5):
+    """A `torch.matmul` of float32 `n x n` matrices (4096 unless `n` says
+    otherwise), on Keras' device (the CPU here)."""
+    import torch
+    from keras import ops
+
+    n = n or 4096
+    rng = np.random.default_rng(0)
+    a = ops.convert_to_tensor(rng.random((n, n), "float32"))
+    with torch.no_grad():
+        torch.matmul(a, a)
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            torch.matmul(a, a)
+            times.append(time.perf_counter() - start)
+    return dict(
+        status="ok",
+        gflops=2 * n**3 / float(np.median(times)) / 1e9,
+        n=n,
+        dtype="float32",
+        platform=a.device.type,
+        device_kind=a.device.type,
+        devices=1,
+    )
+
+
 def run_worker(spec):
     """`--worker`: a configuration (prints its result), a series (a list:
     prints one line per configuration as it finishes), or the matmul."""
@@ -409,6 +524,9 @@ def run_worker(spec):
         if keras.backend.backend() == "jax":
             result["versions"] = versions("jax")
             result["versions_detail"] = jax_versions()
+        elif keras.backend.backend() == "torch":
+            result["versions"] = versions("torch")
+            result["versions_detail"] = torch_versions()
         print(json.dumps(result))
     else:
         print(json.dumps(worker(config)))

@@ -1,9 +1,9 @@
 """What the benchmark scripts share: where results go, the machine's name,
 the versions line, report files and the table of targets.
 
-Nothing here imports TensorFlow or JAX at import time: the GPU machine has
-no TensorFlow, and a parent process must not start JAX on the device its
-workers use.
+Nothing here imports TensorFlow, JAX or PyTorch at import time: the GPU
+machine has no TensorFlow, and a parent process must not start JAX on the
+device its workers use.
 """
 
 import json
@@ -16,17 +16,19 @@ import numpy as np
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 
 
-def machine_name(matmul=None):
-    """`cpu-<arch>-<n>cores` (TensorFlow); under JAX, from the device that
-    ran the matmul: `jax-cpu-<arch>-<n>cores` or `jax-gpu-<device kind>`."""
+def machine_name(matmul=None, backend="jax"):
+    """`cpu-<arch>-<n>cores` (TensorFlow); under JAX or PyTorch, from the
+    device that ran the matmul, with the backend in front:
+    `jax-cpu-<arch>-<n>cores`, `jax-gpu-<device kind>`,
+    `torch-cpu-<arch>-<n>cores`."""
     cpu = platform.machine()
     name = f"cpu-{cpu}-{os.cpu_count()}cores"
     if matmul is None:
         return name
     if matmul.get("platform", "cpu") == "cpu":
-        return f"jax-{name}"
+        return f"{backend}-{name}"
     kind = re.sub(r"[^a-z0-9]+", "-", matmul["device_kind"].lower()).strip("-")
-    return f"jax-{matmul['platform']}-{kind}"
+    return f"{backend}-{matmul['platform']}-{kind}"
 
 
 def cpu_description():
@@ -58,13 +60,21 @@ def write_report(report, text, output_dir, stem, indent=2):
 
 
 def versions(backend="tensorflow"):
-    """The versions line of a report. Under JAX it imports no TensorFlow."""
+    """The versions line of a report. Under JAX or PyTorch it imports no
+    TensorFlow."""
     if backend == "jax":
         detail = jax_versions()
         return (
             f"Python {detail['python']}, JAX {detail['jax']} (jaxlib "
             f"{detail['jaxlib']}), Keras {detail['keras']}, NumPy "
             f"{detail['numpy']}, keras_attention {detail['keras_attention']}"
+        )
+    if backend == "torch":
+        detail = torch_versions()
+        return (
+            f"Python {detail['python']}, PyTorch {detail['torch']}, Keras "
+            f"{detail['keras']}, NumPy {detail['numpy']}, keras_attention "
+            f"{detail['keras_attention']}"
         )
     import keras
     import tensorflow as tf
@@ -90,6 +100,22 @@ def jax_versions():
         python=platform.python_version(),
         jax=jax.__version__,
         jaxlib=jaxlib.__version__,
+        keras=keras.__version__,
+        numpy=np.__version__,
+        keras_attention=keras_attention.__version__,
+    )
+
+
+def torch_versions():
+    """Python, PyTorch, Keras, NumPy and keras_attention versions."""
+    import keras
+    import torch
+
+    import keras_attention
+
+    return dict(
+        python=platform.python_version(),
+        torch=torch.__version__,
         keras=keras.__version__,
         numpy=np.__version__,
         keras_attention=keras_attention.__version__,

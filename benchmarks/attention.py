@@ -18,16 +18,24 @@ mode and dtype in increasing order: the device's peak, which can't be reset,
 then grows with each configuration and is read as that configuration's
 (a configuration that does not raise it is reported as a bound).
 
+`--backend torch` runs them under PyTorch on the CPU, eagerly, as Keras'
+torch backend does: the forward pass is a plain `layer(x, x)` call, the
+train step adds `torch.autograd.grad` with respect to the input and all
+weights; memory is the process's peak RSS, as under TensorFlow. `--targets`
+then evaluates the PyTorch targets table (`_attention_configs`).
+
 Usage:
     python -m benchmarks.attention --quick    # a few minutes on 2 cores
     python -m benchmarks.attention            # full: the targets, sweeps
     python -m benchmarks.attention --smoke    # seconds; used by the tests
     python -m benchmarks.attention --targets --rounds 3   # the targets
     python -m benchmarks.attention --backend jax --gpu-sweep   # on a GPU
+    python -m benchmarks.attention --backend torch --targets --rounds 3
 
 Writes `benchmarks/results/<machine>-<date>.json` and `.md` (the table of
 targets), and a `.png` plot of time and memory against sequence length
-(`jax-<device>-<date>` under `--backend jax`).
+(`jax-<device>-<date>` under `--backend jax`, `torch-cpu-...` under
+`--backend torch`).
 
 The configurations and the targets table are in `_attention_configs.py`,
 what runs in a measuring process in `_attention_worker.py`, the tables and
@@ -50,8 +58,10 @@ from benchmarks._attention_configs import quick_configs
 from benchmarks._attention_configs import smoke_configs
 from benchmarks._attention_configs import sweep_configs
 from benchmarks._attention_configs import target_configs
+from benchmarks._attention_configs import torch_target_configs
 from benchmarks._attention_report import combine_rounds
 from benchmarks._attention_report import evaluate_targets
+from benchmarks._attention_report import evaluate_torch_targets
 from benchmarks._attention_report import format_memory
 from benchmarks._attention_report import format_milliseconds
 from benchmarks._attention_report import format_seconds
@@ -83,7 +93,10 @@ def _rss_bytes(pid):
 
 
 def _subprocess_env(backend):
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend)
+    if backend == "torch":  # the PyTorch targets are the CPU's
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
 
 
 def _failure(stdout, stderr):
@@ -184,9 +197,12 @@ def _configs(args, platform_):
         return smoke_configs(), 1, False
     if args.quick:
         return quick_configs(), 3, False
+    targets = (
+        torch_target_configs() if args.backend == "torch" else target_configs()
+    )
     if args.targets:
-        return target_configs(), 3, False
-    return target_configs() + sweep_configs(), 3, False
+        return targets, 3, False
+    return targets + sweep_configs(), 3, False
 
 
 def main(argv=None):
@@ -210,7 +226,7 @@ def main(argv=None):
     mode.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument(
         "--backend",
-        choices=["tensorflow", "jax"],
+        choices=["tensorflow", "jax", "torch"],
         default="tensorflow",
         help="the Keras backend of the workers (default: %(default)s)",
     )
@@ -265,7 +281,7 @@ def main(argv=None):
     # parent itself never starts a backend: under JAX it would hold the
     # GPU's memory).
     matmul = {"layer": "matmul"}
-    if args.smoke and args.backend == "jax":
+    if args.smoke and args.backend in ("jax", "torch"):
         matmul["n"] = 1024  # seconds, not a minute, on 2 CPU cores
     first_peak = run_in_subprocess(matmul, args.timeout, backend=args.backend)
     if first_peak.get("status") != "ok":
@@ -331,6 +347,7 @@ def main(argv=None):
     ]
     rows = pair_rows(results)
     jax_run = args.backend == "jax"
+    torch_run = args.backend == "torch"
     command = (
         "python -m benchmarks.attention"
         + "".join(
@@ -338,16 +355,18 @@ def main(argv=None):
             for flag in ("quick", "smoke", "targets")
             if getattr(args, flag)
         )
-        + (" --backend jax" if jax_run else "")
+        + (f" --backend {args.backend}" if jax_run or torch_run else "")
         + (" --gpu-sweep" if args.gpu_sweep else "")
         + (f" --rounds {args.rounds}" if args.rounds > 1 else "")
         + (f" --only '{args.only}'" if args.only else "")
     )
     report = dict(
-        machine=machine_name(first_peak if jax_run else None),
+        machine=machine_name(
+            first_peak if jax_run or torch_run else None, args.backend
+        ),
         date=datetime.date.today().isoformat(),
         command=command,
-        versions=first_peak["versions"] if jax_run else versions(),
+        versions=first_peak["versions"] if jax_run or torch_run else versions(),
         matmul_gflops=max(peaks),
         matmul_gflops_rounds=peaks,
         results=results,
@@ -375,15 +394,25 @@ def main(argv=None):
                 "the GPU set was chosen because the workers run on a "
                 f"{platform_.upper()}."
             ]
+    if torch_run:
+        report.update(
+            backend="torch",
+            platform=platform_,
+            versions_detail=first_peak["versions_detail"],
+            matmul=dict(n=first_peak["n"], dtype=first_peak["dtype"]),
+        )
     if any(r["config"].get("dropout") for r in rows):
         report.setdefault("notes", []).append(
             "the checksums come from the forward pass (training=False), so "
             "they compare with dropout too; the train steps draw different "
             "dropout masks in the two layers."
         )
-    report["targets"] = evaluate_targets(
-        rows, report["matmul_gflops"], platform_
-    )
+    if torch_run:
+        report["targets"] = evaluate_torch_targets(rows)
+    else:
+        report["targets"] = evaluate_targets(
+            rows, report["matmul_gflops"], platform_
+        )
     stem = args.name or f"{report['machine']}-{report['date']}"
     if args.quick or args.targets:
         stem += "-quick" if args.quick else "-targets"

@@ -8,19 +8,23 @@ of each keep-mask generator that `keras.ops` / `keras.random` offers, next to
 the block's two attention matmuls (`q @ k^T` and `p @ v`, head dim 64):
 
 - `random.uniform`: `keras.random.uniform` with a stateless seed (TensorFlow:
-  Philox `stateless_uniform`; JAX: threefry).
+  Philox `stateless_uniform`; JAX: threefry; PyTorch: a `torch.Generator`
+  seeded per call, Mersenne Twister on the CPU).
 - `random.randint`: `keras.random.randint` drawing int32 bits (the same
   generators, no float conversion).
 - `randint16`: `keras.random.randint` drawing one 32-bit word per two
   elements, whose low and high 16 bits are compared with a 16-bit threshold
-  (`_chunked._philox_keep`, the kernel's TensorFlow generator).
+  (`_chunked._philox_keep`, the kernel's generator except under JAX).
 - `hash32`: a counter-based integer hash (lowbias32) of the element's index
   and the seed in `keras.ops` integer arithmetic, one 32-bit draw per
   element.
 - `hash16`: the same hash, one 32-bit draw per two elements (two 16-bit
   halves compared with a 16-bit threshold).
 
-Each backend runs in its own subprocess, compiled (`tf.function` / `jax.jit`).
+Each backend runs in its own subprocess, compiled (`tf.function` / `jax.jit`),
+except PyTorch, which runs eagerly, as Keras' torch backend does (on the
+CPU). Under PyTorch every `keras.random` draw with a tensor seed builds a
+`torch.Generator` and reads the seed back to Python (`int()`).
 
 Usage:
     python -m benchmarks.dropout_rng [--reps 20] [--smoke]
@@ -40,6 +44,8 @@ import time
 from benchmarks._common import RESULTS_DIR
 from benchmarks._common import cpu_description
 from benchmarks._common import write_report
+
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def _worker(backend, shape, reps):
@@ -111,6 +117,10 @@ def _worker(backend, shape, reps):
 
             def run():
                 return jax.block_until_ready(compiled(q, k, v, key))
+        elif backend == "torch":
+
+            def run(fn=fn):
+                return ops.convert_to_numpy(fn(q, k, v, key))
         else:
             import tensorflow as tf
 
@@ -154,14 +164,15 @@ def main(argv=None):
         + " ".join(argv or sys.argv[1:]),
         backends={},
     )
-    for backend in ("tensorflow", "jax"):
+    for backend in BACKENDS:
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.dropout_rng", "--worker"]
             + [backend, "--reps", str(args.reps)]
             + (["--smoke"] if args.smoke else []),
             capture_output=True,
             text=True,
-            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+            | ({"CUDA_VISIBLE_DEVICES": ""} if backend == "torch" else {}),
             check=True,
         )
         report["backends"][backend] = json.loads(out.stdout.splitlines()[-1])
@@ -169,8 +180,9 @@ def main(argv=None):
         "# Dropout keep-mask generators, one block",
         "",
         f"Block {shape[:4]} (batch, heads, q_chunk, k_chunk), head dim "
-        f"{shape[4]}; median of {reps} compiled calls; {report['machine']}; "
-        f"{report['date']}. Command: `{report['command'].strip()}`.",
+        f"{shape[4]}; median of {reps} calls (compiled; eager under "
+        f"PyTorch); {report['machine']}; {report['date']}. Command: "
+        f"`{report['command'].strip()}`.",
         "",
         "| backend | " + " | ".join(report["backends"]["jax"]) + " |",
         "|---|" + "---|" * len(report["backends"]["jax"]),
