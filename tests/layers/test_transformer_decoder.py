@@ -369,7 +369,8 @@ def test_attention_scores_are_the_sublayers_weights(normalize_first, rng):
     attended, want_self = self_attention(
         query, query, use_causal_mask=True, return_attention_scores=True
     )
-    x1 = x + attended if normalize_first else self_norm(x + attended)
+    residual = keras.ops.add(x, attended)
+    x1 = residual if normalize_first else self_norm(residual)
     query = decoder._cross_attention_layer_norm(x1) if normalize_first else x1
     _, want_cross = decoder._cross_attention_layer(
         query, memory, value_mask=mask, return_attention_scores=True

@@ -26,6 +26,12 @@ from keras_attention.compat import tfa
 from keras_attention.ops import attention as attention_module
 from tests.testing import to_numpy
 
+# PyTorch compiles with `torch.compile`, not XLA:
+# tests/layers/test_torch_compile.py.
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() == "torch", reason="XLA: TensorFlow and JAX"
+)
+
 # One batch: lengths 3 and 5, padded to 5 (XLA compiles once per shape).
 LENGTHS = (3, 5)
 
