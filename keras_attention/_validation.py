@@ -127,11 +127,12 @@ def check_dims_equal(name_a, dim_a, name_b, dim_b, what):
         )
 
 
-def check_broadcastable(name, shape, target_shape, target_desc):
+def check_broadcastable(name, shape, target_shape, target_desc, given=None):
     """Raises unless `shape` broadcasts to `target_shape` (NumPy rules).
 
     Unknown (None) dims are accepted on either side: they are checked at run
-    time by the backend.
+    time by the backend. `given`: the shape the caller passed, for the
+    message, when `shape` is derived from it.
     """
     shape = tuple(shape)
     target_shape = tuple(target_shape)
@@ -145,7 +146,8 @@ def check_broadcastable(name, shape, target_shape, target_desc):
     if not ok:
         raise ValueError(
             f"Argument `{name}` must be broadcastable to {target_desc} = "
-            f"{target_shape}. Received: {name}.shape={shape}"
+            f"{target_shape}. Received: {name}.shape="
+            f"{shape if given is None else tuple(given)}"
         )
 
 
@@ -345,19 +347,21 @@ def concrete_values(x):
     `torch.compile` (reading them would break its graph) and
     `keras.KerasTensor`s.
     """
-    if isinstance(x, (np.ndarray, np.generic, numbers.Number, list, tuple)):
+    if isinstance(x, (int, float, list, tuple)):
         return np.asarray(x)
-    if isinstance(x, keras.KerasTensor):
-        return None
     backend = keras.backend.backend()
-    if backend == "tensorflow" and not hasattr(x, "numpy"):
-        return None  # a symbolic tensor in a `tf.function`
     if backend == "torch":
         # A leaf module, imported here: `ops` imports this one.
         from keras_attention.ops import _backend
 
         if _backend.torch_compiling():
-            return None
+            return None  # NumPy inputs are traced as tensors too
+    if isinstance(x, (np.ndarray, np.generic, numbers.Number, list, tuple)):
+        return np.asarray(x)
+    if isinstance(x, keras.KerasTensor):
+        return None
+    if backend == "tensorflow" and not hasattr(x, "numpy"):
+        return None  # a symbolic tensor in a `tf.function`
     try:
         return keras.ops.convert_to_numpy(x)
     except Exception:  # a symbolic tensor or tracer: checked at run time

@@ -46,3 +46,12 @@ def _reset_state():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def our_kernels():
+    """`chunk_size="auto"` runs our kernels: the backend's fused kernel
+    (PyTorch's, on every platform) is switched off globally."""
+    keras.config.disable_flash_attention()
+    yield
+    keras.config.enable_flash_attention()

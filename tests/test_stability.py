@@ -315,7 +315,7 @@ def test_chunked_masked_blocks_in_half_precision(rng, dtype):
 
 def _layer_gradients(layer, inputs, call_kwargs):
     """Gradients of `sum(layer(*inputs) * R)` w.r.t. the inputs and the
-    trainable weights, on TensorFlow or JAX."""
+    trainable weights (TensorFlow, JAX or PyTorch)."""
     out_shape = tuple(layer(*inputs, **call_kwargs).shape)
     weights = np.random.default_rng(7).normal(size=out_shape)
     weights = weights.astype("float32")
@@ -330,6 +330,17 @@ def _layer_gradients(layer, inputs, call_kwargs):
             loss = tf.reduce_sum(tf.cast(out, tf.float32) * weights)
         grads = tape.gradient(loss, xs + layer.trainable_weights)
         return [g.numpy() for g in grads]
+    if backend == "torch":
+        import torch
+
+        xs = [
+            keras.ops.convert_to_tensor(x).requires_grad_(True) for x in inputs
+        ]
+        out = layer(*xs, **call_kwargs)
+        loss = torch.sum(keras.ops.cast(out, "float32") * torch.tensor(weights))
+        params = [w.value for w in layer.trainable_weights]
+        grads = torch.autograd.grad(loss, xs + params)
+        return [to_numpy(g) for g in grads]
     import jax
     import jax.numpy as jnp
 

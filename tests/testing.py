@@ -10,12 +10,12 @@ import textwrap
 
 import keras
 import numpy as np
+import pytest
 
 
 def import_keras_hub():
     """keras-hub for the comparison tests: required in CI (`CI` set, where
     `.ci/run` installs it), skipped elsewhere when it isn't installed."""
-    import pytest
 
     if os.environ.get("CI"):
         import keras_hub
@@ -416,6 +416,24 @@ def compiled(fn):
 
         return jax.jit(fn)
     return fn
+
+
+def traced(fn):
+    """`fn` traced as each backend compiles it, where values are unknown:
+    `tf.function` (no autograph), `jax.jit`, or `torch.compile` (Dynamo's
+    capture, run without code generation, which takes minutes)."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    if backend == "torch":
+        import torch
+
+        return torch.compile(fn, backend="eager")
+    import tensorflow as tf
+
+    return tf.function(fn, autograph=False)
 
 
 def ci_examples(tensorflow, jax):

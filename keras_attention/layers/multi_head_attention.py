@@ -541,6 +541,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 scores_shape,
                 "(batch, <other dims>, num_heads, <target dims>, "
                 "<source dims>)",
+                given=shape,
             )
 
     def _call_masks(

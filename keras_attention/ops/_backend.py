@@ -87,18 +87,19 @@ def compiling_with_xla():
     return _backend_tensorflow.compiling_with_xla()
 
 
-def gradient_may_follow():
+def gradient_may_follow(*tensors):
     """Whether a gradient of the code being run or traced may be asked for:
     on TensorFlow, while a `tf.GradientTape` records; on PyTorch, while
-    autograd records (gradients are enabled, as everywhere outside
-    `torch.no_grad()` and Keras' `predict`). JAX: False, as its forward
-    keeps what a gradient needs, and `jax.jit` drops it when no gradient
-    reads it (`drops_unread_results`)."""
+    autograd records one of `tensors` (gradients are enabled, as everywhere
+    outside `torch.no_grad()` and Keras' `predict`, and one of them requires
+    a gradient, as the outputs of a layer's weights do). JAX: False, as its
+    forward keeps what a gradient needs, and `jax.jit` drops it when no
+    gradient reads it (`drops_unread_results`)."""
     backend = keras.backend.backend()
     if backend == "torch":
         from keras_attention.ops import _backend_torch
 
-        return _backend_torch.gradient_may_follow()
+        return _backend_torch.gradient_may_follow(*tensors)
     if backend != "tensorflow":
         return False
     from keras_attention.ops import _backend_tensorflow

@@ -16,9 +16,11 @@ def compiling():
     return torch.compiler.is_compiling()
 
 
-def gradient_may_follow():
-    """Whether autograd records (gradients are enabled)."""
-    return torch.is_grad_enabled()
+def gradient_may_follow(*tensors):
+    """Whether autograd records one of `tensors`."""
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors
+    )
 
 
 def scaled_dot_product_attention(query, key, value, mask, scale, is_causal):

@@ -276,7 +276,7 @@ def scaled_dot_product_attention(
 
     # Whether a backward pass may follow: the kernel then holds one block
     # at a time, as in training (see `_chunked`'s `training`).
-    backward = bool(training) or _backend.gradient_may_follow()
+    backward = bool(training) or _backend.gradient_may_follow(query, key, value)
 
     def chunked(blocks):
         return _chunked_sdpa(
@@ -660,7 +660,9 @@ def additive_attention(
         return _dense_additive(
             *args, dropout=dropout, return_scores=return_scores
         )
-    backward = bool(training) or _backend.gradient_may_follow()
+    backward = bool(training) or _backend.gradient_may_follow(
+        query, key, value, attention_v, hidden_bias
+    )
 
     def chunked(blocks):
         return _chunked_additive(*args, blocks, dropout, backward)

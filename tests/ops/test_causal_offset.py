@@ -4,7 +4,6 @@ Outputs against the NumPy reference, gradients of the chunked kernel
 against the dense one, a traced offset, and the skipped key blocks.
 """
 
-import keras
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ from keras_attention.ops import scaled_dot_product_attention
 from tests import reference
 from tests.testing import loss_and_grads
 from tests.testing import to_numpy
+from tests.testing import traced
 
 CASES = {
     # name: (b, t, s, n, kv, offset, chunk)
@@ -75,14 +75,7 @@ def test_traced_offset(rng):
             q, k, v, is_causal=True, causal_offset=offset, chunk_size=4
         )
 
-    if keras.backend.backend() == "jax":
-        import jax
-
-        attend = jax.jit(attend)
-    else:
-        import tensorflow as tf
-
-        attend = tf.function(attend, autograph=False)
+    attend = traced(attend)
     for offset in (0, 6, 21):
         want, _ = reference.sdpa(q, k, v, is_causal=True, causal_offset=offset)
         got = attend(q, k, v, np.int32(offset))

@@ -26,6 +26,9 @@ CASES = {
     "chunk_longer_than_input": (1, 5, 9, 2, 1, 64, False, "padding"),
 }
 
+# Our kernels' `"auto"`, whatever fused kernel the backend has.
+pytestmark = pytest.mark.usefixtures("our_kernels")
+
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_sdpa_chunked_matches_dense_with_gradients(rng, case):

@@ -28,6 +28,9 @@ CASES = {
     "gqa_soft_cap": (2, 21, 30, 4, 2, "random", 5.0),
 }
 
+# Our kernels' `"auto"`, whatever fused kernel the backend has.
+pytestmark = pytest.mark.usefixtures("our_kernels")
+
 
 @pytest.fixture
 def blocks(monkeypatch):
@@ -85,12 +88,13 @@ def test_whole_rows_match_the_reference_and_the_dense_gradients(
         np.testing.assert_array_equal(out[0, 2], 0.0)
     # A gradient of a call without `training` runs on the training blocks
     # (8 x 8 here), not on whole rows: O(length x chunk) memory. A call
-    # that a TensorFlow tape records takes them in the forward too; under
-    # JAX the whole-row forward keeps the log-sum-exp for the backward.
+    # that a TensorFlow tape or PyTorch's autograd records takes them in the
+    # forward too; under JAX the whole-row forward keeps the log-sum-exp for
+    # the backward.
     blocks.clear()
     engines.clear()
     loss, grads = loss_and_grads(run("auto"), q, k, v)
-    tape = keras.backend.backend() == "tensorflow"
+    tape = keras.backend.backend() in ("tensorflow", "torch")
     assert blocks[-1] == ((8, 8) if tape else (blocks[-1][0], None))
     assert engines[-1] == (min(8, t), min(8, s), False)
     dense_loss, dense_grads = loss_and_grads(run(None), q, k, v)
