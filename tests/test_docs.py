@@ -51,7 +51,7 @@ DOC_FILES = [README] + sorted(
 LINKED_FILES = DOC_FILES + [os.path.join(ROOT, "MIGRATING.md")]
 README_MAX_LINES = 200
 DISTRIBUTION = "keras-attention-layers"
-BACKENDS = ("tensorflow", "jax")  # the backends this project supports
+BACKENDS = ("tensorflow", "jax", "torch")  # the backends this project supports
 
 _FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)\s*$")
 _MARK = re.compile(r"^\s*<!--\s*(external|test):\s*(.*?)\s*-->\s*$")
