@@ -104,11 +104,16 @@ def _index_bits(block, shape, transposed):
 def _uses_hash():
     """Which generator is cheapest, measured in `benchmarks/dropout_rng.py`:
     under JAX the integer hash (XLA fuses it into one loop; threefry costs
-    3-7x the block's matmuls), elsewhere Philox words from
+    3-7x the block's matmuls), elsewhere random words from
     `keras.random.randint`, 16 bits per mask element (one Philox kernel on
-    TensorFlow, where the hash's ops run one by one; half the draws of
-    `keras.random.uniform`)."""
-    return keras.backend.backend() == "jax"
+    TensorFlow, one generator call on eager PyTorch, where the hash's ops
+    run one by one: 2.7x slower; half the draws of `keras.random.uniform`).
+    Under `torch.compile` the hash again: Keras' torch generator is excluded
+    from the graph (a break per block), and the compiler fuses the hash."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        return _backend.torch_compiling()
+    return backend == "jax"
 
 
 def _threshold32(rate):
