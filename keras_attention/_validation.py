@@ -522,21 +522,26 @@ def check_index(name, value, upper=None, upper_desc=""):
             f"Received an invalid value for argument `{name}`, expected a "
             f"non-negative integer. Received: {name}={value!r}"
         )
-    shape = static_shape(value)
-    if len(shape) != 0:
-        raise ValueError(
-            f"Argument `{name}` must be a scalar (a Python int or a 0-d "
-            f"integer tensor). Received: {name}.shape={shape}"
-        )
-    known = concrete_values(value)
-    if known is None:
-        return None
-    if not np.issubdtype(known.dtype, np.integer):
-        raise ValueError(
-            f"Received an invalid value for argument `{name}`, expected a "
-            f"non-negative integer. Received: {name}={short_repr(value)}"
-        )
-    known = int(known)
+    if isinstance(value, int):
+        # No NumPy: under `torch.compile` a NumPy scalar breaks the graph.
+        known = value
+    else:
+        shape = static_shape(value)
+        if len(shape) != 0:
+            raise ValueError(
+                f"Argument `{name}` must be a scalar (a Python int or a 0-d "
+                f"integer tensor). Received: {name}.shape={shape}"
+            )
+        known = concrete_values(value)
+        if known is None:
+            return None
+        if not np.issubdtype(known.dtype, np.integer):
+            raise ValueError(
+                f"Received an invalid value for argument `{name}`, expected "
+                f"a non-negative integer. Received: {name}="
+                f"{short_repr(value)}"
+            )
+        known = int(known)
     if known < 0:
         raise ValueError(
             f"Received an invalid value for argument `{name}`, expected a "
