@@ -337,12 +337,22 @@ def test_jit_compiled_predict_matches_eager(rng):
 def test_flash_attention_true_defers_to_backend(rng):
     layer = MultiHeadAttention(num_heads=2, key_dim=4, flash_attention=True)
     query = rng.normal(size=(1, 4, 8)).astype("float32")
-    # CPU backends have no fused kernel: the backend's own error comes
-    # through (Keras' ValueError on TensorFlow, JAX's RuntimeError on CPU).
-    with pytest.raises(
-        (ValueError, RuntimeError), match="[Ff]lash attention|cuDNN"
-    ):
-        layer(query, query)
+    if keras.backend.backend() == "torch":
+        # PyTorch's fused kernel runs on a CPU too: the same outputs as ours.
+        out = layer(query, query)
+        exact = MultiHeadAttention(num_heads=2, key_dim=4)
+        exact(query, query)
+        exact.set_weights(layer.get_weights())
+        np.testing.assert_allclose(
+            to_numpy(out), to_numpy(exact(query, query)), atol=1e-6
+        )
+    else:
+        # No fused kernel on this CPU: the backend's own error comes
+        # through (Keras' ValueError on TensorFlow, JAX's RuntimeError).
+        with pytest.raises(
+            (ValueError, RuntimeError), match="[Ff]lash attention|cuDNN"
+        ):
+            layer(query, query)
     with pytest.raises(ValueError, match="return_attention_scores"):
         MultiHeadAttention(2, 4, flash_attention=True)(
             query, query, return_attention_scores=True
