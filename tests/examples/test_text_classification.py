@@ -1,10 +1,10 @@
 """Tests of examples/text_classification.py.
 
 The CLI runs as a subprocess (under the test session's Keras backend) for a
-few steps on a tiny slice of the generated data; under JAX the string model
-it saves, exported by the CLI under TensorFlow, must serve the JAX model's
-probabilities. The generator is checked
-against the labelling rules; the IMDB loader, which needs the internet, runs
+few steps on a tiny slice of the generated data; under JAX and PyTorch the
+string model it saves, exported by the CLI under TensorFlow, must serve that
+backend's probabilities. The generator is checked against the labelling
+rules; the IMDB loader, which needs the internet, runs
 on a fake dataset in `keras.datasets.imdb`'s format.
 """
 
@@ -62,9 +62,9 @@ def test_smoke_trains_evaluates_and_exports(tmp_path):
 
     base = tmp_path / "saved_models" / "text_classification"
     if BACKEND != "tensorflow":
-        # Trained on token ids under JAX; the string model (same layers,
-        # TextVectorization inside) is saved, and the CLI exports it under
-        # TensorFlow: it serves the JAX model's probabilities.
+        # Trained on token ids under JAX or PyTorch; the string model (same
+        # layers, TextVectorization inside) is saved, and the CLI exports it
+        # under TensorFlow: it serves this backend's probabilities.
         assert (base / "1" / "saved_model.pb").exists()
         assert "on 32 texts: match" in output
         path = helpers.export_with_cli(
@@ -392,8 +392,15 @@ def test_two_workers_train_like_one_process_and_only_the_chief_exports(
             )
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="the JAX side of the flag")
-def test_multiworker_under_jax_points_to_keras_distribution(tmp_path):
+MULTIWORKER_REFUSALS = {
+    # JAX distributes through keras.distribution instead.
+    "jax": "keras.distribution.initialize()",
+    "torch": "no distribution strategy for the 'torch' backend",
+}
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="the others' side")
+def test_multiworker_outside_tensorflow_is_refused(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
@@ -402,11 +409,11 @@ def test_multiworker_under_jax_points_to_keras_distribution(tmp_path):
             "--distribute=multiworker",
         ],
         cwd=_runner.ROOT,
-        env=dict(os.environ, KERAS_BACKEND="jax"),
+        env=dict(os.environ, KERAS_BACKEND=BACKEND),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode != 0
-    assert "keras.distribution.initialize()" in result.stderr
+    assert MULTIWORKER_REFUSALS[BACKEND] in result.stderr
     assert not (tmp_path / "run").exists()
