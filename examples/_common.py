@@ -76,7 +76,8 @@ def parse_args(
         "--jit-compile",
         choices=["auto", "on", "off"],
         default="auto",
-        help="XLA compilation of the train step (auto: Keras' choice)",
+        help="compilation of the train step: XLA, or torch.compile under "
+        "PyTorch (auto: Keras' choice)",
     )
     shared.add_argument(
         "--distribute",
@@ -85,7 +86,8 @@ def parse_args(
         help="mirrored: tf.distribute.MirroredStrategy (TensorFlow) or "
         "keras.distribution.DataParallel (JAX) over all local devices; "
         "multiworker: tf.distribute.MultiWorkerMirroredStrategy over the "
-        "workers in TF_CONFIG (TensorFlow; start one process per worker)",
+        "workers in TF_CONFIG (TensorFlow; start one process per worker); "
+        "neither under PyTorch, which Keras does not distribute",
     )
     shared.add_argument(
         "--shuffle",
@@ -104,7 +106,7 @@ def parse_args(
         type=int,
         default=1,
         help="split the CPU into this many logical devices (to try "
-        "--distribute mirrored without GPUs)",
+        "--distribute mirrored without GPUs; TensorFlow and JAX)",
     )
     shared.add_argument(
         "--export",
@@ -145,11 +147,14 @@ class Run:
 
         self.args = args
         self.backend = keras.backend.backend()
+        if args.distribute != "none":
+            # Before anything else: a refusal leaves no run directory.
+            _check_distribution(self.backend, args.distribute)
         self.strategy = None
         if args.distribute == "multiworker":
             # Before anything else touches TensorFlow's runtime: the
             # strategy configures its collectives at start-up.
-            self.strategy = _multiworker(self.backend)
+            self.strategy = _multiworker()
         self.platform, self.devices = _devices(self.backend, args.cpu_devices)
         self.policy = _policy(args.mixed_precision, self.platform)
         keras.config.set_dtype_policy(self.policy)
@@ -309,7 +314,7 @@ class Run:
     def export(self, model, name=None, signatures=None, warmup_inputs=None):
         """Exports for TF Serving and checks it.
 
-        Under another backend (JAX) the model is saved first, to
+        Under another backend (JAX, PyTorch) the model is saved first, to
         `<output-dir>/<name>.keras`, and exported in a TensorFlow subprocess
         (`serving.export_saved_model` does that); where TensorFlow is not
         installed, the command that exports the file on a machine with it
@@ -434,6 +439,21 @@ def _devices(backend, cpu_devices):
             for d in devices
         ]
         return platform, names
+    if backend == "torch":
+        import torch
+
+        if cpu_devices > 1:
+            print(
+                f"--cpu-devices {cpu_devices}: ignored under torch (no "
+                "logical CPU devices; they serve --distribute mirrored)"
+            )
+        # Keras' torch backend puts everything on the current CUDA device
+        # when there is one, else on the CPU.
+        if torch.cuda.is_available():
+            index = torch.cuda.current_device()
+            name = torch.cuda.get_device_name(index)
+            return "gpu", [f"cuda:{index} ({name})"]
+        return "cpu", ["cpu"]
     return "cpu", ["cpu"]
 
 
@@ -445,6 +465,30 @@ def _policy(mode, platform):
     )
 
 
+def _check_distribution(backend, distribute):
+    """Exits with a message where `backend` has no strategy for
+    `--distribute DISTRIBUTE` (`mirrored` or `multiworker`)."""
+    if backend == "tensorflow":
+        return
+    if backend == "jax":
+        if distribute == "mirrored":
+            return
+        raise SystemExit(
+            "--distribute multiworker is tf.distribute's multi-worker "
+            "strategy, for the TensorFlow backend (this run uses 'jax'). "
+            "On JAX, start one process per host and call "
+            "keras.distribution.initialize() before building the model, then "
+            "use --distribute mirrored (keras.distribution.DataParallel); see "
+            "docs/distribution.md."
+        )
+    raise SystemExit(
+        f"--distribute {distribute}: Keras has no distribution strategy for "
+        f"the {backend!r} backend (tf.distribute is TensorFlow's, "
+        "keras.distribution JAX's). Train on one device here, or run under "
+        "KERAS_BACKEND=tensorflow or jax; see docs/distribution.md."
+    )
+
+
 def _distribute(backend, platform):
     if backend == "tensorflow":
         import tensorflow as tf
@@ -452,28 +496,16 @@ def _distribute(backend, platform):
         kind = "GPU" if platform == "gpu" else "CPU"
         devices = [d.name for d in tf.config.list_logical_devices(kind)]
         return tf.distribute.MirroredStrategy(devices)
-    if backend == "jax":
-        import keras
+    import keras  # JAX: _check_distribution refused the other backends
 
-        distribution = keras.distribution.DataParallel(
-            devices=keras.distribution.list_devices()
-        )
-        keras.distribution.set_distribution(distribution)
-        return distribution
-    raise SystemExit(f"--distribute mirrored is not supported on {backend}")
+    distribution = keras.distribution.DataParallel(
+        devices=keras.distribution.list_devices()
+    )
+    keras.distribution.set_distribution(distribution)
+    return distribution
 
 
-def _multiworker(backend):
-    if backend != "tensorflow":
-        raise SystemExit(
-            "--distribute multiworker is tf.distribute's multi-worker "
-            "strategy, for the TensorFlow backend (this run uses "
-            f"{backend!r}). "
-            "On JAX, start one process per host and call "
-            "keras.distribution.initialize() before building the model, then "
-            "use --distribute mirrored (keras.distribution.DataParallel); see "
-            "docs/distribution.md."
-        )
+def _multiworker():
     if "TF_CONFIG" not in os.environ:
         raise SystemExit(
             "--distribute multiworker needs the TF_CONFIG environment "

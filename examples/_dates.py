@@ -458,9 +458,10 @@ def string_model(inference_model):
     character lookup (`TextVectorization`), `inference_model`'s greedy
     decoding, and the join back to strings (`TargetIdsToText`).
 
-    It is built symbolically on every backend: under JAX it is never called
-    (JAX arrays hold no strings), only saved, and the TensorFlow process
-    that `serving.export_saved_model` starts loads and exports it.
+    It is built symbolically on every backend: under JAX or PyTorch it is
+    never called (their tensors hold no strings), only saved, and the
+    TensorFlow process that `serving.export_saved_model` starts loads and
+    exports it.
     """
     text = keras.Input((), dtype="string", name="text")
     characters = keras.layers.TextVectorization(

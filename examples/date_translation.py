@@ -1,8 +1,8 @@
 """Date translation: a character-level seq2seq model with Bahdanau attention.
 
 What it shows:
-    The classic Bahdanau setting with `keras_attention.AdditiveAttention`:
-    a model that reads a human-written date in one of many formats ("sat 21
+    The classic Bahdanau setting with `keras_attention.AdditiveAttention`: a
+    model that reads a human-written date in one of many formats ("sat 21
     nov 2026", "21/11/26", "November 21, 2026", "2026.11.21", "21st of
     November 2026", ...) one character at a time and writes it in ISO 8601
     ("2026-11-21"). A bidirectional GRU encodes the characters; a GRU
@@ -10,14 +10,14 @@ What it shows:
     once (`AdditiveAttention.project_keys`) and reused at every step. The
     model trains with teacher forcing through `model.fit`; inference is
     greedy decoding in a `keras.ops.fori_loop`, so the same graph runs under
-    TensorFlow and JAX and is exported as is. The script reports exact-match
-    accuracy on held-out dates in the training formats and on held-out
-    formats (the data: `examples/_dates.py`), saves a heat map of the
-    alignments to runs/date_translation/alignments.png, and exports a
+    TensorFlow, JAX and PyTorch and is exported as is. The script reports
+    exact-match accuracy on held-out dates in the training formats and on
+    held-out formats (the data: `examples/_dates.py`), saves a heat map of
+    the alignments to runs/date_translation/alignments.png, and exports a
     string-in, string-out SavedModel for TF Serving to
     saved_models/date_translation/<next version>/: lower-casing, character
     lookup, the decoding loop and the join back to a string all run inside
-    the graph. Under JAX the string model is saved to
+    the graph. Under JAX or PyTorch the string model is saved to
     runs/date_translation/date_translation.keras and exported by a
     TensorFlow process, with `serving_default` only; see
     docs/cross-backend-export.md. `--model transformer` runs the same task
@@ -28,6 +28,7 @@ How to run:
     python examples/date_translation.py        # trains, evaluates, exports
     python examples/date_translation.py --model transformer
     KERAS_BACKEND=jax python examples/date_translation.py
+    KERAS_BACKEND=torch python examples/date_translation.py
     python examples/date_translation.py --help
     python examples/date_translation.py --max-steps 4 --epochs 2 --no-export
 

@@ -19,13 +19,14 @@ What it shows:
     linear warmup over the first epoch. The alignments plot
     (runs/date_translation_transformer/alignments.png) shows the last
     decoder block's cross-attention weights averaged over the heads. The
-    export goes to saved_models/date_translation_transformer/; under JAX,
-    as in `date_translation.py`, through a TensorFlow process.
+    export goes to saved_models/date_translation_transformer/; under JAX or
+    PyTorch, as in `date_translation.py`, through a TensorFlow process.
 
 How to run:
     python examples/date_translation_transformer.py
     python examples/date_translation.py --model transformer   # the same
     KERAS_BACKEND=jax python examples/date_translation_transformer.py
+    KERAS_BACKEND=torch python examples/date_translation_transformer.py
     python examples/date_translation_transformer.py --help
     python examples/date_translation_transformer.py --max-steps 4 \\
         --epochs 2 --no-export

@@ -15,10 +15,9 @@ What it shows:
     accuracy, saves an attention-rollout figure overlaid on test digits, and
     exports a SavedModel for TF Serving whose signatures take uint8 pixels
     (`serving_default`) or PNG bytes decoded inside the graph
-    (`serving_bytes`). Under JAX the model is saved to
-    runs/image_classification/image_classification.keras and exported by a
-    TensorFlow process, with `serving_default` only; see
-    docs/cross-backend-export.md.
+    (`serving_bytes`). Under JAX or PyTorch a TensorFlow process exports the
+    model saved to runs/image_classification/image_classification.keras,
+    `serving_default` only (docs/cross-backend-export.md).
 
 The data: scikit-learn's bundled 8x8 handwritten digits by default (1797
 images, offline), split 75/25 from --seed. `--dataset mnist` or `--dataset
@@ -29,6 +28,7 @@ How to run:
     python examples/image_classification.py --head cls   # a class token
     python examples/image_classification.py --model conv-attention
     KERAS_BACKEND=jax python examples/image_classification.py
+    KERAS_BACKEND=torch python examples/image_classification.py
     python examples/image_classification.py --distribute mirrored \\
         --cpu-devices 2                  # data parallel on 2 CPU devices
     python examples/image_classification.py --dataset mnist   # downloads
@@ -499,7 +499,8 @@ def one_per_class(labels, num_classes):
 # Export ------------------------------------------------------------------
 def export(run, model, info, sample_images):
     """Exports `pixels` (uint8) and `image_bytes` (PNG) signatures; from
-    JAX, `pixels` only (the PNG endpoint is a TensorFlow function)."""
+    another backend, `pixels` only (the PNG endpoint is a TensorFlow
+    function)."""
     if not run.args.export:
         return None
     if run.backend != "tensorflow":
@@ -555,7 +556,7 @@ def encode_png(images):
 
 def check_served(path, images, expected):
     """Reloads the export; both signatures must match the Keras model (from
-    JAX: `serving_default`, through `serving.check`)."""
+    another backend: `serving_default`, through `serving.check`)."""
     import keras
 
     if keras.backend.backend() != "tensorflow":

@@ -28,9 +28,9 @@ Expected result: test accuracy above 0.9 after the default 4 epochs, then
 "reloaded model: outputs match (max abs diff 0.0)", "CHECK PASSED" and a few
 served predictions with their labels. The script exits non-zero if the
 reloaded model's outputs differ or the export check fails. Under another
-backend (`KERAS_BACKEND=jax`), the export runs in a TensorFlow subprocess from
-the saved `.keras` file; where TensorFlow isn't installed, the script says so
-and skips the export.
+backend (`KERAS_BACKEND=jax` or `KERAS_BACKEND=torch`), the export runs in a
+TensorFlow subprocess from the saved `.keras` file; where TensorFlow isn't
+installed, the script says so and skips the export.
 """
 
 import argparse
@@ -152,8 +152,8 @@ def main(argv=None):
 
 
 def export_and_serve(model, args, x_test, y_test):
-    """Exports (under JAX through a TensorFlow subprocess), then checks that
-    the export serves this process's predictions."""
+    """Exports (under JAX or PyTorch through a TensorFlow subprocess), then
+    checks that the export serves this process's predictions."""
     from keras_attention import serving
 
     base_path = os.path.join(args.saved_models_dir, "quickstart")
@@ -161,7 +161,7 @@ def export_and_serve(model, args, x_test, y_test):
         path = serving.export_saved_model(
             model, base_path, warmup_inputs={"tokens": x_test[:8]}
         )
-    except ImportError as e:  # no TensorFlow here (e.g. JAX on a GPU box)
+    except ImportError as e:  # no TensorFlow here (e.g. on a GPU box)
         print(f"export skipped: {e}")
         return 0
     print(f"exported to {path}")

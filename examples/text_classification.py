@@ -7,16 +7,16 @@ What it shows:
     learned `keras_attention.PositionEmbedding`s, a stack of
     `keras_attention.TransformerEncoder` blocks that take the padding mask
     from the embedding, and a `keras_attention.AttentionPooling` head before
-    `Dense(2, softmax)` named "probabilities". Next to it the script trains a
-    bag-of-words baseline (scikit-learn `LogisticRegression` on word counts)
-    and prints both accuracies, overall and per construction, to show what
-    attention over word order buys. It saves a figure of the attention
-    weights per token (runs/text_classification/attention.png) and exports
-    the model for TensorFlow Serving: `serving_default` takes `text`
+    `Dense(2, softmax)` named "probabilities". Next to it the script trains
+    a bag-of-words baseline (scikit-learn `LogisticRegression` on word
+    counts) and prints both accuracies, overall and per construction, to
+    show what attention over word order buys. It saves a figure of the
+    attention weights per token (runs/text_classification/attention.png) and
+    exports the model for TensorFlow Serving: `serving_default` takes `text`
     (strings, shape [None]) and returns `{"probabilities": ...}`,
-    vectorization included. Under JAX (no string arrays) the same layers
-    train on token ids, and the string-in model that shares them is saved
-    and exported by a TensorFlow process; see
+    vectorization included. Under JAX or PyTorch (no string tensors) the
+    same layers train on token ids, and the string-in model that shares them
+    is saved and exported by a TensorFlow process; see
     docs/cross-backend-export.md.
 
 The data (offline default, generated from --seed): short reviews whose
@@ -28,6 +28,7 @@ reviews" below. `--dataset imdb`: the IMDB movie reviews from
 How to run:
     python examples/text_classification.py        # trains, evaluates, exports
     KERAS_BACKEND=jax python examples/text_classification.py
+    KERAS_BACKEND=torch python examples/text_classification.py
     python examples/text_classification.py --dataset imdb    # needs internet
     python examples/text_classification.py --help
 
@@ -451,8 +452,9 @@ def build_models(vectorizer, args):
     also returns the pooling weights `(batch, pooling_heads, max_length)`
     and the last block's attention `(batch, heads, max_length,
     max_length)`; `text_model` maps strings `(batch,)` to probabilities
-    with `vectorizer` inside. Under JAX (no string arrays) `text_model` is
-    only built symbolically, to be saved and exported from TensorFlow.
+    with `vectorizer` inside. Under JAX or PyTorch (no string tensors)
+    `text_model` is only built symbolically, to be saved and exported from
+    TensorFlow.
     """
     embed = keras.layers.Embedding(
         vectorizer.vocabulary_size(),
@@ -652,10 +654,10 @@ def main(argv=None):
             train["text"], args.vocabulary_size, args.max_length
         )
         token_model, explainer, text_model = build_models(vectorizer, args)
-        # Under TensorFlow the string-in model is trained. Under JAX (no
-        # string arrays) and under a tf.distribute strategy (which cannot
-        # split string batches) it is the token-id model, on pre-vectorized
-        # texts; the layers, and so the weights, are the same.
+        # Under TensorFlow the string-in model is trained. Under JAX or
+        # PyTorch (no string tensors) and under a tf.distribute strategy
+        # (which cannot split string batches) it is the token-id model, on
+        # pre-vectorized texts; the layers, and so the weights, are the same.
         train_on_text = run.backend == "tensorflow" and run.strategy is None
         model = text_model if train_on_text else token_model
         jit_compile = run.jit_compile
@@ -676,7 +678,7 @@ def main(argv=None):
     model.summary()
 
     def inputs(split):
-        """The model's inputs: texts (TensorFlow) or token ids (JAX)."""
+        """The model's inputs: texts (the string-in model) or token ids."""
         if model is text_model:
             return split["text"]
         return vectorize(vectorizer, split["text"])

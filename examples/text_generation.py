@@ -15,12 +15,11 @@ What it shows:
     block on a code snippet, and exports a string-in, string-out SavedModel
     for TF Serving: the character lookup, the left padding, the prefill, the
     decoding loop and the join back to a string all run inside the graph.
-    Under JAX the greedy string model (`PromptIds`, a `TokenGenerator`,
-    `IdsToText`) is built without being run, saved to runs/text_generation/
-    text_generation.keras and exported by a TensorFlow process, with
-    `serving_default` only (the `sample` endpoint is a TensorFlow
-    function); see
-    docs/cross-backend-export.md.
+    Under JAX or PyTorch the greedy string model (`PromptIds`, a
+    `TokenGenerator`, `IdsToText`) is built without being run, saved to
+    runs/text_generation/text_generation.keras and exported by a TensorFlow
+    process, with `serving_default` only (the `sample` endpoint is a
+    TensorFlow function); see docs/cross-backend-export.md.
 
 The data (offline): the Python standard library's own `.py` files, found
 through `sysconfig`, split by file into training and held-out text
@@ -28,7 +27,8 @@ through `sysconfig`, split by file into training and held-out text
 
 How to run:
     python examples/text_generation.py       # trains, evaluates, exports
-    KERAS_BACKEND=jax python examples/text_generation.py   # see above
+    KERAS_BACKEND=jax python examples/text_generation.py     # see above
+    KERAS_BACKEND=torch python examples/text_generation.py   # see above
     python examples/text_generation.py --help
     python examples/text_generation.py --max-steps 4 --epochs 1 --no-export
 
@@ -364,7 +364,7 @@ def export(run, model, greedy, sample):
     export is skipped.
 
     The greedy string model is built symbolically on every backend: under
-    JAX it is only saved, and exported by a TensorFlow process.
+    JAX or PyTorch it is only saved, and exported by a TensorFlow process.
     """
     if not run.args.export:
         return None

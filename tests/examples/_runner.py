@@ -11,6 +11,12 @@ import keras
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 BACKEND = keras.backend.backend()
+# CI's torch leg has about four minutes for these tests. There each example
+# script runs once, end to end: training, evaluation, the export through a
+# TensorFlow process and the check that it serves the torch model's outputs.
+# Checks that repeat a path which that run, or the JAX leg, already covers
+# (the CLI export of the run's `.keras` file) are left to the other legs.
+ON_TORCH_LEG = BACKEND == "torch"
 
 
 def import_example(name):
