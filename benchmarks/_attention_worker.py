@@ -166,6 +166,12 @@ def tf_worker(config):
         times.append(time.perf_counter() - start)
     out = forward(*inputs).numpy()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return _result(config, times, first, peak, baseline, out)
+
+
+def _result(config, times, first, peak, baseline, out, **extra):
+    """A worker's result: the times, the memory, and the forward output's
+    checksum."""
     flops = _flops(config) * (1 if config["mode"] == "forward" else 3)
     median = float(np.median(times))
     return dict(
@@ -178,6 +184,7 @@ def tf_worker(config):
         gflops=flops / median / 1e9,
         checksum=float(np.sum(out.astype("float64"))),
         sample=[float(x) for x in out.reshape(-1)[:4]],
+        **extra,
     )
 
 
@@ -247,18 +254,13 @@ def torch_worker(config):
     peak = _peak_rss()
     with torch.no_grad():
         out = ops.convert_to_numpy(ops.cast(layer(*xs, **kwargs), "float32"))
-    flops = _flops(config) * (1 if config["mode"] == "forward" else 3)
-    median = float(np.median(times))
-    return dict(
-        status="ok",
-        median_s=median,
-        times_s=times,
-        first_call_s=first,
-        peak_rss_bytes=peak,
-        rss_before_run_bytes=baseline,
-        gflops=flops / median / 1e9,
-        checksum=float(np.sum(out.astype("float64"))),
-        sample=[float(x) for x in out.reshape(-1)[:4]],
+    return _result(
+        config,
+        times,
+        first,
+        peak,
+        baseline,
+        out,
         platform=leaves[0].device.type,
     )
 

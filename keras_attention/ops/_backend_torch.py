@@ -27,11 +27,12 @@ def scaled_dot_product_attention(query, key, value, mask, scale, is_causal):
     """`F.scaled_dot_product_attention` on our `(batch, length, heads, dim)`
     layout: torch picks its fused kernel (flash attention on CPU and CUDA)
     where it can. Grouped key/value heads go in as they are
-    (`enable_gqa`), not repeated."""
+    (`enable_gqa`), not repeated. The head-major copies are contiguous, as
+    Keras core's are: the CPU kernel reads them faster."""
     out = F.scaled_dot_product_attention(
-        query.transpose(1, 2),
-        key.transpose(1, 2),
-        value.transpose(1, 2),
+        query.transpose(1, 2).contiguous(),
+        key.transpose(1, 2).contiguous(),
+        value.transpose(1, 2).contiguous(),
         attn_mask=mask,
         is_causal=is_causal,
         scale=scale,

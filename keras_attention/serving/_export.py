@@ -91,7 +91,7 @@ def export_saved_model(
     Args:
         model: A built `keras.Model` (functional or Sequential). A
             subclassed model needs `input_signature`. Under another backend
-            (JAX), the model is saved to a temporary `.keras` file and
+            (JAX, PyTorch), the model is saved to a temporary `.keras` file and
             exported by `python -m keras_attention.serving export` in a
             TensorFlow subprocess (TensorFlow must be installed; its custom
             classes must be importable and registered); `signatures` and
