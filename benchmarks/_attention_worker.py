@@ -150,23 +150,32 @@ def tf_worker(config):
     fn = forward if config["mode"] == "forward" else train
     reps = config.get("reps", 5)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    first, times = _timed(
+        lambda: tf.nest.map_structure(lambda r: r.numpy(), fn(*inputs)), reps
+    )
+    out = forward(*inputs).numpy()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return _result(config, times, first, peak, baseline, out)
+
+
+def _timed(run, reps):
+    """`(first, times)`: the first call of `run` (tracing, compiling and
+    warming up), then `reps` timed calls, more when a call is cheap (a
+    steadier median). `run` waits for its results."""
     start = time.perf_counter()
-    result = fn(*inputs)  # trace, compile and warm up
+    run()
     first = time.perf_counter() - start
     start = time.perf_counter()
-    tf.nest.map_structure(lambda r: r.numpy(), fn(*inputs))
+    run()
     elapsed = time.perf_counter() - start
-    if elapsed < 2.0:  # cheap: more repetitions, a steadier median
+    if elapsed < 2.0:
         reps = max(reps, 15 if elapsed < 0.5 else 7)
     times = []
     for _ in range(reps):
         start = time.perf_counter()
-        result = fn(*inputs)
-        tf.nest.map_structure(lambda r: r.numpy(), result)
+        run()
         times.append(time.perf_counter() - start)
-    out = forward(*inputs).numpy()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return _result(config, times, first, peak, baseline, out)
+    return first, times
 
 
 def _result(config, times, first, peak, baseline, out, **extra):
@@ -236,19 +245,7 @@ def torch_worker(config):
     fn = train if train_mode else forward
     reps = config.get("reps", 5)
     baseline = _peak_rss()
-    start = time.perf_counter()
-    fn()  # warm up
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    fn()
-    elapsed = time.perf_counter() - start
-    if elapsed < 2.0:  # cheap: more repetitions, a steadier median
-        reps = max(reps, 15 if elapsed < 0.5 else 7)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    first, times = _timed(fn, reps)
     # The checksum: a forward pass (training=False) without autograd, after
     # the peak was read.
     peak = _peak_rss()
