@@ -30,6 +30,7 @@ from tests.testing import ci_examples
 from tests.testing import compiled
 from tests.testing import import_keras_hub
 from tests.testing import to_numpy
+from tests.testing import traced as traced_fn
 
 TOL = 1e-5
 FEATURES = 8
@@ -506,8 +507,11 @@ def test_traced_index_equals_eager(rng, options, masked):
         # once rather than op by op.
         eager = jax.jit(step, static_argnums=2)(x, cache, index)
         traced = jax.jit(step)(x, cache, np.int32(index))
-    else:
-        pytest.skip("TensorFlow and JAX only")
+    else:  # PyTorch: the index a traced tensor under `torch.compile`
+        eager = step(x, cache, index)
+        traced = traced_fn(step)(
+            x, cache, keras.ops.convert_to_tensor(index, "int32")
+        )
     eager = [to_numpy(y) for y in eager]
     for what, got, want in zip(("output", "scores", "cache"), traced, eager):
         _assert_close(to_numpy(got), want, what)
