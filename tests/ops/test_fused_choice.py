@@ -311,14 +311,15 @@ def test_torch_auto_sends_what_sdpa_takes_to_it(rng, torch_sdpa, dtype):
 
 
 @torch_only
-def test_torch_fused_gradients_and_causal_offset(rng, torch_sdpa):
+@pytest.mark.parametrize("offset", [0, 1])
+def test_torch_fused_gradients_and_causal_offset(rng, torch_sdpa, offset):
     q, k, v = (x.astype("float32") for x in _qkv(rng))
     mask = rng.random((2, 1, 5, 6)) > 0.3
     mask[1, :, 4] = False
 
     def fused(q, k, v):
         return scaled_dot_product_attention(
-            q, k, v, mask=mask, is_causal=True, causal_offset=1
+            q, k, v, mask=mask, is_causal=True, causal_offset=offset
         )
 
     def exact(q, k, v):
@@ -328,7 +329,7 @@ def test_torch_fused_gradients_and_causal_offset(rng, torch_sdpa):
             v,
             mask=mask,
             is_causal=True,
-            causal_offset=1,
+            causal_offset=offset,
             chunk_size=None,
         )
 
