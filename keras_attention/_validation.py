@@ -356,7 +356,7 @@ def concrete_values(x):
 
         if _backend.torch_compiling():
             return None  # NumPy inputs are traced as tensors too
-    if isinstance(x, (np.ndarray, np.generic, numbers.Number, list, tuple)):
+    if isinstance(x, (np.ndarray, np.generic, numbers.Number)):
         return np.asarray(x)
     if isinstance(x, keras.KerasTensor):
         return None

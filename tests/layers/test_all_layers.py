@@ -1,14 +1,18 @@
 """Behaviour every layer shares: graph mode with unknown lengths, and large
 logits under mixed precision."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
+import keras_attention
 from keras_attention import AdditiveAttention
 from keras_attention import AttentionPooling
 from keras_attention import MultiHeadAttention
+from keras_attention.compat import tfa
 from tests.testing import to_numpy
 
 
@@ -154,11 +158,6 @@ def test_masked_inputs_raise_no_sublayer_mask_warnings():
 
 def _dropout_layers():
     """Every public layer whose constructor takes `dropout`."""
-    import inspect
-
-    import keras_attention
-    from keras_attention.compat import tfa
-
     found = {}
     for module in (keras_attention, tfa):
         for name in module.__all__:
@@ -216,8 +215,6 @@ def test_every_dropout_layer_has_a_training_setup():
 def _dropout_cases():
     """`(name, chunk_size)`: the dense kernel, "auto" and the chunked kernel
     where the layer takes `chunk_size`, else `"-"` (its only kernel)."""
-    import inspect
-
     for name, cls in sorted(_dropout_layers().items()):
         params = inspect.signature(cls.__init__).parameters
         sizes = [None, "auto", 4] if "chunk_size" in params else ["-"]
