@@ -22,3 +22,46 @@ def tape_recording():
     """Whether a `tf.GradientTape` is recording the code being run or
     traced (TensorFlow's private API, the way its own ops ask it)."""
     return record.could_possibly_record()
+
+
+def map_blocks(fn, n, templates, parallel_iterations):
+    """`[fn(i) for i in range(n)]`, stacked, by a `while` loop that writes
+    each result into its slot of a preallocated output shaped like
+    `templates` (a structure of tensors, one per result).
+
+    `tf.map_fn` and Keras' `scan` collect results in TensorLists of unknown
+    element shape, which LiteRT's builtin ops cannot hold and OpenVINO
+    cannot convert; a preallocated tensor updated in place
+    (`TensorScatterUpdate`) is a builtin of every format. Up to
+    `parallel_iterations` iterations run at once, each with its own blocks.
+    """
+    n = tf.convert_to_tensor(n, tf.int32)
+    templates = tf.nest.map_structure(tf.convert_to_tensor, templates)
+    outputs = tf.nest.map_structure(
+        lambda t: tf.zeros(tf.concat([[n], tf.shape(t)], 0), t.dtype),
+        templates,
+    )
+    # One row per update, none into an empty output (TensorFlow refuses an
+    # index there even with an empty update).
+    rows = tf.nest.map_structure(
+        lambda t: tf.minimum(tf.size(t, tf.int32), 1), templates
+    )
+
+    def update(out, x, rows, i):
+        x = tf.reshape(x, tf.concat([[rows], tf.shape(x)], 0))
+        return tf.tensor_scatter_nd_update(out, tf.fill([rows, 1], i), x)
+
+    def body(i, outputs):
+        return i + 1, tf.nest.map_structure(
+            lambda out, x, rows: update(out, x, rows, i),
+            outputs,
+            fn(i),
+            rows,
+        )
+
+    return tf.while_loop(
+        lambda i, _: i < n,
+        body,
+        (tf.constant(0), outputs),
+        parallel_iterations=parallel_iterations,
+    )[1]

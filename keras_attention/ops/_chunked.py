@@ -203,24 +203,25 @@ def _rows(x, start, size, axis=2):
 
 
 def _map_blocks(fn, n, templates, sequential):
-    """`[fn(i) for i in range(n)]`, stacked.
+    """The forward's `[fn(i) for i in range(n)]`, stacked: see
+    `_backend.map_blocks`, which every export format takes."""
+    return _backend.map_blocks(fn, n, templates, sequential)
 
-    A `map` (TensorFlow's `map_fn`) runs up to 10 iterations at once, each
-    with its own blocks: faster, but it multiplies the blocks' memory. The
-    backward pass, which holds several blocks per iteration, runs
-    `sequential`ly instead: a scan whose carry is a zero `templates` structure
-    (Keras' TensorFlow `scan` needs the per-step outputs to have the carry's
-    shapes). Measured in `benchmarks/`: at length 8192 the sequential
-    backward halves the peak memory of a train step for about 2% of its time.
-    """
-    indices = ops.arange(n, dtype="int32")
-    if not sequential:
-        return ops.map(fn, indices)
+
+def _scan_blocks(fn, n, templates):
+    """The backward's `[fn(i) for i in range(n)]`, stacked, one iteration
+    at a time: a scan whose carry is a zero `templates` structure (Keras'
+    TensorFlow `scan` needs the per-step outputs to have the carry's
+    shapes). The backward pass holds several blocks per iteration; measured
+    in `benchmarks/`: at length 8192 the sequential backward halves the peak
+    memory of a train step for about 2% of its time. Gradients are never
+    exported, so this keeps the TensorLists that a scan collects its
+    results in (no copy of the results per iteration)."""
 
     def step(carry, i):
         return carry, fn(i)
 
-    return ops.scan(step, templates, indices)[1]
+    return ops.scan(step, templates, ops.arange(n, dtype="int32"))[1]
 
 
 def _pad_axis(x, axis, padded_len, value=0.0):
@@ -412,7 +413,9 @@ class _Engine:
         outs, lses = _map_blocks(
             query_block, self.num_q_blocks, templates, True
         )
-        return self._unblock(outs), self._unblock(lses[..., None])[..., 0]
+        return self._unblock(outs), ops.squeeze(
+            self._unblock(ops.expand_dims(lses, -1)), -1
+        )
 
     def forward_online(self):
         """The online softmax over key blocks: `(out, lse)`."""
@@ -465,8 +468,8 @@ class _Engine:
                     )
                     block_values = block_values * keep_scale(self.dropout[0])
                 weighted_sum = (
-                    alpha[..., None] * weighted_sum
-                    + beta[..., None] * block_values
+                    ops.expand_dims(alpha, -1) * weighted_sum
+                    + ops.expand_dims(beta, -1) * block_values
                 )
                 return new_max, denom, weighted_sum
 
@@ -475,7 +478,7 @@ class _Engine:
             )
             nonempty = denom > 0.0
             safe = ops.where(nonempty, denom, 1.0)
-            out = weighted_sum / safe[..., None]
+            out = weighted_sum / ops.expand_dims(safe, -1)
             lse = ops.where(nonempty, running_max + ops.log(safe), 0.0)
             return out, lse
 
@@ -490,7 +493,7 @@ class _Engine:
             query_block, self.num_q_blocks, templates, self.sequential_forward
         )
         out = self._unblock(outs)
-        lse = self._unblock(lses[..., None])[..., 0]
+        lse = ops.squeeze(self._unblock(ops.expand_dims(lses, -1)), -1)
         return out, lse
 
     def _unblock(self, blocks):
@@ -593,9 +596,7 @@ class _Engine:
                 ops.zeros_like(dv_zero[0]),
                 *d_params_zero,
             )
-            grads = _map_blocks(
-                query_block, self.num_q_blocks, templates, sequential=True
-            )
+            grads = _scan_blocks(query_block, self.num_q_blocks, templates)
             dq_parts, dk_parts, dv_parts = grads[:3]
             selected = ops.reshape(
                 ops.arange(self.num_k_blocks, dtype="int32") == j,
