@@ -204,7 +204,9 @@ class KernelLayout:
                 ops.any(key_valid, axis=1)[:, None],
                 rows[None, :] >= ops.cast(first, "int32")[:, None],
             )
-            return output * ops.cast(row_valid, output.dtype)[:, :, None]
+            return output * ops.expand_dims(
+                ops.cast(row_valid, output.dtype), -1
+            )
         if mask is None and bias is None:
             if key.shape[1] in (None, 0):
                 has_keys = ops.greater(ops.shape(key)[1], 0)
@@ -230,7 +232,7 @@ class KernelLayout:
             (_product(shape[:num_batch]), _product(shape[num_batch:-2])),
         )
         row_valid = self.from_kernel(
-            row_valid[:, :, None, None], shape[:-2] + (1, 1)
+            ops.expand_dims(row_valid, (2, 3)), shape[:-2] + (1, 1)
         )[..., 0]
         for _ in range(len(output.shape) - len(row_valid.shape)):
             row_valid = ops.expand_dims(row_valid, -1)

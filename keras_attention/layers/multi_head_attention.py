@@ -674,7 +674,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
             self._output_dense(attended), q, k, operands, causal_offset
         )
         if row_mask is not None:
-            output = output * ops.cast(row_mask, output.dtype)[:, :, None]
+            output = output * ops.expand_dims(
+                ops.cast(row_mask, output.dtype), -1
+            )
             if scores is not None:
                 scores = (
                     scores * ops.cast(row_mask, scores.dtype)[:, None, :, None]

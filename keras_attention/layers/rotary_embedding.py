@@ -63,7 +63,7 @@ def apply_rotary(
     positions = ops.cast(positions, "float32")
     if len(positions.shape) == 1:
         positions = positions[None, :]
-    angles = positions[:, :, None] * inverse_freq[None, None, :]
+    angles = ops.expand_dims(positions, -1) * inverse_freq
     angles = ops.concatenate([angles, angles], axis=-1)
     # (batch, length, 1, ..., 1, head_dim), to broadcast over the heads.
     angles = ops.reshape(

@@ -454,7 +454,10 @@ class _Engine:
                         block_max > MASKED / 2, block_max, NEG_INF
                     )
                 new_max = ops.maximum(running_max, block_max)
-                finite_max = ops.where(ops.isfinite(new_max), new_max, 0.0)
+                # A finite shift: MASKED where no key was valid yet (then
+                # alpha = beta = 0). Not `where(isfinite(...))`: tf2onnx
+                # turns that into NaN for -inf.
+                finite_max = ops.maximum(new_max, MASKED)
                 alpha = ops.exp(running_max - finite_max)
                 beta = ops.exp(block_max - finite_max) * block_sum
                 denom = alpha * denom + beta
@@ -800,8 +803,12 @@ def chunked_additive_attention(
     ):
         def hidden(rows, cols):
             """tanh(rows_i + cols_j + b): `(B, 1, len(rows), len(cols), U)`."""
+            # `expand_dims`, not `x[:, :, None]`: LiteRT's builtin strided
+            # slice takes no new axis inside a loop.
             return ops.tanh(
-                rows[:, :, :, None, :] + cols[:, :, None, :, :] + attention_b
+                ops.expand_dims(rows, 3)
+                + ops.expand_dims(cols, 2)
+                + attention_b
             )
 
         def score(q_block, k_block):

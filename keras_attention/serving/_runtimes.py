@@ -1,0 +1,163 @@
+"""The ONNX, LiteRT and OpenVINO runtimes: which are installed, and running
+an exported file on its own runtime.
+
+This module imports neither Keras nor TensorFlow: what it runs is the
+exported file alone, as a server or a phone would.
+"""
+
+import importlib.util
+
+import numpy as np
+
+# format: (the file in a version directory, the modules its export and its
+# runtime need, the packages that install them).
+FORMATS = {
+    "onnx": ("model.onnx", ("tf2onnx", "onnxruntime"), "tf2onnx onnxruntime"),
+    "litert": ("model.tflite", ("ai_edge_litert",), "ai-edge-litert"),
+    "openvino": ("model.xml", ("openvino",), "openvino"),
+}
+
+
+def install_command(fmt):
+    """The command that installs what `fmt` needs."""
+    return f"python -m pip install {FORMATS[fmt][2]}"
+
+
+def missing(fmt):
+    """The modules `fmt` needs that are not installed (empty if none)."""
+    return [m for m in FORMATS[fmt][1] if importlib.util.find_spec(m) is None]
+
+
+def file_format(path):
+    """The format of an exported file, by its suffix; None if none matches."""
+    suffix = str(path).rsplit(".", 1)[-1]
+    for fmt, (name, _, _) in FORMATS.items():
+        if name.rsplit(".", 1)[-1] == suffix:
+            return fmt
+    return None
+
+
+# The op types of a loop (the chunked kernel's `while`) and of a run-time
+# branch (`"auto"`'s `cond` between the kernels) in each format.
+LOOP_OPS = {
+    "onnx": {"Loop"},
+    "litert": {"WHILE"},
+    "openvino": {"Loop", "TensorIterator"},
+}
+BRANCH_OPS = {"onnx": {"If"}, "litert": {"IF"}, "openvino": {"If"}}
+
+
+def op_types(path):
+    """The set of op types in an exported file, its loop and branch bodies
+    included (LiteRT, OpenVINO: the main graph's)."""
+    fmt = file_format(path)
+    if fmt == "onnx":
+        import onnx
+
+        def graph_ops(graph):
+            for node in graph.node:
+                yield node.op_type
+                for attribute in node.attribute:
+                    if attribute.g.node:
+                        yield from graph_ops(attribute.g)
+
+        return set(graph_ops(onnx.load(str(path)).graph))
+    if fmt == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path))
+        return {op["op_name"] for op in interpreter._get_ops_details()}
+    if fmt == "openvino":
+        import openvino
+
+        model = openvino.Core().read_model(str(path))
+        return {op.get_type_name() for op in model.get_ordered_ops()}
+    raise ValueError(
+        "Argument `path` must name a .onnx, .tflite or OpenVINO .xml file. "
+        f"Received: path={path!r}"
+    )
+
+
+def run(path, inputs, num_outputs=None):
+    """Runs the exported file `path` on its format's runtime (CPU).
+
+    Args:
+        path: A `.onnx`, `.tflite` or OpenVINO `.xml` file.
+        inputs: A dict `{input_name: array}` in the model's input order;
+            arrays are cast to the dtypes the file declares.
+        num_outputs: How many outputs the model has. OpenVINO may list
+            intermediate tensors after them; they are dropped. Defaults to
+            all outputs.
+
+    Returns:
+        The list of output arrays, in the model's output order.
+    """
+    fmt = file_format(path)
+    if fmt == "onnx":
+        outputs = _run_onnx(path, inputs)
+    elif fmt == "litert":
+        outputs = _run_litert(path, inputs)
+    elif fmt == "openvino":
+        outputs = _run_openvino(path, inputs)
+    else:
+        raise ValueError(
+            "Argument `path` must name a .onnx, .tflite or OpenVINO .xml "
+            f"file. Received: path={path!r}"
+        )
+    return outputs[:num_outputs] if num_outputs else outputs
+
+
+_ONNX_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+
+
+def _run_onnx(path, inputs):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(
+        str(path), providers=["CPUExecutionProvider"]
+    )
+    feed = {
+        spec.name: np.asarray(value, _ONNX_DTYPES.get(spec.type))
+        for spec, value in zip(session.get_inputs(), inputs.values())
+    }
+    return session.run(None, feed)
+
+
+def _run_litert(path, inputs):
+    from ai_edge_litert.interpreter import Interpreter
+
+    # No Flex delegate: a model that needs TensorFlow's own ops fails here,
+    # as it would on a phone.
+    interpreter = Interpreter(model_path=str(path))
+    runner = interpreter.get_signature_runner("serving_default")
+    details = runner.get_input_details()
+    feed = {
+        name: np.asarray(value, details[name]["dtype"])
+        for name, value in inputs.items()
+    }
+    outputs = runner(**feed)
+    # Keras names them output_0, output_1, ...: by their number.
+    return [
+        outputs[k] for k in sorted(outputs, key=lambda k: int(k.split("_")[-1]))
+    ]
+
+
+def _run_openvino(path, inputs):
+    import openvino
+
+    compiled = openvino.Core().compile_model(
+        str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    feed = {}
+    for port, value in zip(compiled.inputs, inputs.values()):
+        dtype = port.get_element_type().to_dtype()
+        feed[port.get_any_name()] = np.asarray(value, dtype)
+    results = compiled(feed)
+    return [results[port] for port in compiled.outputs]
