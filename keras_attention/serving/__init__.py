@@ -10,15 +10,17 @@ dependencies (it pins `tensorflow`, which clashes with `tensorflow-cpu`):
 Command line (`python -m keras_attention.serving --help`):
 
     check PATH [--inputs body.json] [--expect outputs.npz]
-        Loads an export the way TF Serving does, in a subprocess where
-        neither `keras` nor `keras_attention` can be imported, lists its
-        signatures, scans for Python and custom ops, runs sample inputs and
-        compares the outputs.
-    export MODEL.keras BASE_PATH [--version N] [--overwrite]
-           [--warmup body.json] [--import MODULE]
+        Loads an export the way TF Serving does (or an ONNX, LiteRT or
+        OpenVINO version on its own runtime), in a subprocess where neither
+        `keras` nor `keras_attention` can be imported, lists its signatures,
+        scans for Python and custom ops, runs sample inputs and compares
+        the outputs.
+    export MODEL.keras BASE_PATH [--format FORMAT] [--version N]
+           [--overwrite] [--warmup body.json] [--import MODULE]
         Loads a `.keras` file under the TensorFlow backend (re-running
         itself there from any other backend) in safe mode, exports it as
-        `export_saved_model` does, and checks the export.
+        `export_model` does (`tf_saved_model`, `onnx`, `litert` or
+        `openvino`), and checks the export on its runtime.
     request --model NAME --inputs body.json [--protocol rest|grpc] ...
         Sends a predict request to a running TF Serving.
 """
@@ -31,6 +33,7 @@ import importlib.util
 _WHERE = {
     "CheckFailed": "_export",
     "check": "_check",
+    "export_model": "_formats",
     "export_saved_model": "_export",
     "predict_request": "_wire",
     "rest_body": "_wire",
@@ -47,7 +50,7 @@ def __getattr__(name):
         raise AttributeError(
             f"module 'keras_attention.serving' has no attribute {name!r}"
         )
-    if _WHERE[name] in ("_export", "_config"):
+    if _WHERE[name] in ("_export", "_config", "_formats"):
         if importlib.util.find_spec("tensorflow") is None:
             from keras_attention.serving import _subprocess
 
@@ -63,6 +66,8 @@ def _module(name):
         from keras_attention.serving import _wire as module
     elif name == "_config":
         from keras_attention.serving import _config as module
+    elif name == "_formats":
+        from keras_attention.serving import _formats as module
     else:
         from keras_attention.serving import _export as module
     return module

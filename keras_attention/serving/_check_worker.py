@@ -223,6 +223,11 @@ def scan_graph(meta_graph):
 
 def run_check(path, inputs_path, expect_path, signature, rtol, atol):
     sys.meta_path.insert(0, _Blocker())
+    runtime_file = _runtime_file(path)
+    if runtime_file is not None:
+        return run_runtime_check(
+            path, runtime_file, inputs_path, expect_path, rtol, atol
+        )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
     import tensorflow as tf
@@ -232,7 +237,10 @@ def run_check(path, inputs_path, expect_path, signature, rtol, atol):
         if name in sys.modules:
             raise CheckError(f"{name} was imported during the check")
     if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-        raise CheckError(f"no saved_model.pb in {path}")
+        raise CheckError(
+            f"no saved_model.pb, model.onnx, model.tflite or model.xml in "
+            f"{path}"
+        )
     report = {"path": path}
     graph = tf.Graph()
     with tf.compat.v1.Session(graph=graph) as sess:
@@ -278,6 +286,93 @@ def run_check(path, inputs_path, expect_path, signature, rtol, atol):
                 print(f"outputs match {expect_path} (rtol={rtol}, atol={atol})")
     if problems:
         raise CheckError(f"{len(problems)} graph problem(s), listed above")
+    return report
+
+
+def _runtime_file(path):
+    """The ONNX, LiteRT or OpenVINO file that `path` is or holds; None for a
+    SavedModel."""
+    for name in ("model.onnx", "model.tflite", "model.xml"):
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    if os.path.isfile(path) and path.endswith((".onnx", ".tflite", ".xml")):
+        return path
+    return None
+
+
+def run_runtime_check(path, model_file, inputs_path, expect_path, rtol, atol):
+    """The check of an ONNX, LiteRT or OpenVINO export on its own runtime:
+    lists its inputs and outputs, counts its loops and branches, runs the
+    sample inputs and compares the outputs."""
+    import numpy as np
+
+    # `_runtimes` imports neither Keras nor TensorFlow; it is loaded from
+    # this file's directory, never from the export's.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _runtimes
+
+    fmt = _runtimes.file_format(model_file)
+    missing = _runtimes.missing(fmt)
+    if missing:
+        raise CheckError(
+            f"{fmt} needs {', '.join(missing)}: "
+            f"{_runtimes.install_command(fmt)}"
+        )
+    folder = os.path.dirname(model_file)
+    metadata = {}
+    if os.path.isfile(os.path.join(folder, "keras_attention.json")):
+        with open(os.path.join(folder, "keras_attention.json")) as f:
+            metadata = json.load(f)
+    inputs, outputs = _runtimes.describe(model_file)
+    ops = _runtimes.op_types(model_file)
+    report = {
+        "path": path,
+        "format": fmt,
+        "inputs": inputs,
+        "outputs": outputs,
+        "loops": sorted(ops & _runtimes.LOOP_OPS[fmt]),
+        "branches": sorted(ops & _runtimes.BRANCH_OPS[fmt]),
+    }
+    print(f"{fmt}: {model_file}")
+    for kind in ("inputs", "outputs"):
+        for name, dtype, shape in report[kind]:
+            print(f"  {kind[:-1]:6s} {name}: {dtype} {shape}")
+    print(
+        f"loops: {report['loops'] or 'none'}; branches: "
+        f"{report['branches'] or 'none'}"
+    )
+    if inputs_path is None and os.path.isfile(
+        os.path.join(folder, "sample_request.json")
+    ):
+        inputs_path = os.path.join(folder, "sample_request.json")
+        if expect_path is None and os.path.isfile(
+            os.path.join(folder, "expected_outputs.npz")
+        ):
+            expect_path = os.path.join(folder, "expected_outputs.npz")
+    if inputs_path is None:
+        return report
+    names = metadata.get("inputs") or [name for name, _, _ in inputs]
+    dtypes = dict(zip(names, (dtype for _, dtype, _ in inputs)))
+    with open(inputs_path) as f:
+        feeds = decode_body(json.load(f), dtypes)
+    output_names = metadata.get("outputs") or [
+        f"output_{i}" for i in range(len(outputs))
+    ]
+    results = _runtimes.run(
+        model_file, {n: feeds[n] for n in names}, len(output_names)
+    )
+    values = dict(zip(output_names, results))
+    print(f"ran {fmt} on {inputs_path}:")
+    for key, value in values.items():
+        preview = np.asarray(value).reshape(-1)[:4]
+        print(f"  {key}: {value.dtype} {list(value.shape)} {preview}")
+    report["ran"] = True
+    if expect_path is not None:
+        compare(values, expect_path, rtol, atol)
+        print(f"outputs match {expect_path} (rtol={rtol}, atol={atol})")
+    for name in BLOCKED + ("tensorflow",):
+        if name in sys.modules:
+            raise CheckError(f"{name} was imported during the check")
     return report
 
 

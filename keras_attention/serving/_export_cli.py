@@ -28,11 +28,23 @@ class ExportFailed(Exception):
 def add_parser(sub):
     p = sub.add_parser(
         "export",
-        help="export a .keras file for TF Serving (under TensorFlow, from "
-        "any backend), then check it",
+        help="export a .keras file for TF Serving, ONNX Runtime, LiteRT or "
+        "OpenVINO (under TensorFlow, from any backend), then check it on "
+        "its runtime",
     )
     p.add_argument("model", help="a .keras file")
-    p.add_argument("base_path", help="the model's base path (TF Serving's)")
+    p.add_argument(
+        "base_path",
+        help="the model's base path: each version is a directory in it "
+        "(TF Serving's layout, for every format)",
+    )
+    p.add_argument(
+        "--format",
+        default="tf_saved_model",
+        help="tf_saved_model (default), onnx (BASE_PATH/N/model.onnx), "
+        "litert (BASE_PATH/N/model.tflite, builtin ops only) or openvino "
+        "(BASE_PATH/N/model.xml and model.bin)",
+    )
     p.add_argument(
         "--version",
         type=int,
@@ -49,7 +61,8 @@ def add_parser(sub):
         default=[],
         metavar="REQUEST.json",
         help="a REST request body (the format `check --inputs` reads): the "
-        "warm-up records and the sample request; repeat for more records",
+        "sample request the check runs and, for tf_saved_model, the "
+        "warm-up records (repeat for more); other formats keep the first",
     )
     p.add_argument(
         "--import",
@@ -70,7 +83,28 @@ def add_parser(sub):
 
 
 def run(args, argv):
-    """The `export` command; returns the exit code."""
+    """The `export` command; returns the exit code: 0, 1 when the export or
+    its check failed, 2 for bad usage or a missing runtime (nothing
+    written)."""
+    from keras_attention.serving import _runtimes
+
+    formats = ("tf_saved_model", *_runtimes.FORMATS)
+    if args.format not in formats:
+        print(
+            f"error: --format must be one of {', '.join(formats)}. "
+            f"Received: --format {args.format}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.format != "tf_saved_model" and _runtimes.missing(args.format):
+        print(
+            f"error: --format {args.format} needs "
+            f"{', '.join(_runtimes.missing(args.format))}, not installed in "
+            f"this Python ({sys.executable}); nothing was written. Install "
+            f"with:\n    {_runtimes.install_command(args.format)}",
+            file=sys.stderr,
+        )
+        return 2
     if importlib.util.find_spec("tensorflow") is None:
         message = _subprocess.tensorflow_missing_message(
             args.model, args.base_path
@@ -93,6 +127,7 @@ def run(args, argv):
             warmup=args.warmup,
             imports=args.imports,
             output_masks=args.output_masks,
+            fmt=args.format,
         )
     except ExportFailed as e:
         print(f"error: {e}", file=sys.stderr)
@@ -165,6 +200,7 @@ def export_file(
     warmup=(),
     imports=(),
     output_masks=True,
+    fmt="tf_saved_model",
 ):
     """Exports the `.keras` file `model` to `base_path` and checks it (under
     the TensorFlow backend); returns the version path. The check runs before
@@ -200,6 +236,24 @@ def export_file(
             f"{model}: cannot be loaded in safe mode: {type(e).__name__}: "
             f"{e}".rstrip()
         ) from e
+    if fmt != "tf_saved_model":
+        from keras_attention.serving import _formats
+
+        try:
+            return _formats.export_model(
+                loaded,
+                base_path,
+                fmt,
+                version,
+                sample_inputs=requests,
+                overwrite=overwrite,
+            )
+        except _export.CheckFailed as e:
+            raise ExportFailed(f"{model}: {e}") from e
+        except Exception as e:
+            raise ExportFailed(
+                f"{model}: export failed: {type(e).__name__}: {e}"
+            ) from e
     try:
         return _export.export_saved_model(
             loaded,

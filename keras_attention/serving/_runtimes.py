@@ -23,6 +23,14 @@ def install_command(fmt):
     return f"python -m pip install {FORMATS[fmt][2]}"
 
 
+def versions(fmt):
+    """`{package: version}` of what `fmt` needs (and NumPy)."""
+    from importlib import metadata
+
+    names = [p for p in FORMATS[fmt][2].split()] + ["numpy"]
+    return {name: metadata.version(name) for name in names}
+
+
 def missing(fmt):
     """The modules `fmt` needs that are not installed (empty if none)."""
     return [m for m in FORMATS[fmt][1] if importlib.util.find_spec(m) is None]
@@ -75,6 +83,52 @@ def op_types(path):
     raise ValueError(
         "Argument `path` must name a .onnx, .tflite or OpenVINO .xml file. "
         f"Received: path={path!r}"
+    )
+
+
+def describe(path):
+    """`(inputs, outputs)`: lists of `(name, dtype, shape)` of an exported
+    file as its runtime sees them (-1 or a name for a dynamic size)."""
+    fmt = file_format(path)
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(
+            str(path), providers=["CPUExecutionProvider"]
+        )
+        return tuple(
+            [(p.name, _ONNX_DTYPES.get(p.type, p.type), p.shape) for p in ports]
+            for ports in (session.get_inputs(), session.get_outputs())
+        )
+    if fmt == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(model_path=str(path)).get_signature_runner(
+            "serving_default"
+        )
+        return tuple(
+            [
+                (name, np.dtype(d["dtype"]).name, d["shape_signature"].tolist())
+                for name, d in details.items()
+            ]
+            for details in (
+                runner.get_input_details(),
+                runner.get_output_details(),
+            )
+        )
+    import openvino
+
+    model = openvino.Core().read_model(str(path))
+    return tuple(
+        [
+            (
+                p.get_any_name(),
+                p.get_element_type().to_dtype().name,
+                str(p.get_partial_shape()),
+            )
+            for p in ports
+        ]
+        for ports in (model.inputs, model.outputs)
     )
 
 

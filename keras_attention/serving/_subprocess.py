@@ -41,7 +41,13 @@ def tensorflow_env(first=None):
 
 
 def export_through_subprocess(
-    model, base_path, version, warmup_inputs, overwrite, output_masks
+    model,
+    base_path,
+    version,
+    warmup_inputs,
+    overwrite,
+    output_masks,
+    fmt="tf_saved_model",
 ):
     """`export_saved_model` from a backend other than TensorFlow: the model
     goes to a temporary `.keras`, the warm-up requests to REST bodies, and
@@ -92,6 +98,8 @@ def export_through_subprocess(
             argv.append("--overwrite")
         if not output_masks:
             argv.append("--no-output-masks")
+        if fmt != "tf_saved_model":
+            argv += ["--format", fmt]
         for i, request in enumerate(requests or []):
             body = os.path.join(scratch, f"warmup{i}.json")
             with open(body, "w") as f:
