@@ -165,12 +165,10 @@ def export_model(
     tmp = os.path.join(parent, f"{prefix}{os.getpid()}-{uuid.uuid4().hex}")
     try:
         os.makedirs(tmp)
-        _convert(
-            model,
-            os.path.join(tmp, _runtimes.FORMATS[format][0]),
-            format,
-            base_path,
-        )
+        path = os.path.join(tmp, _runtimes.FORMATS[format][0])
+        _convert(model, path, format, base_path)
+        if format == "openvino":
+            _drop_dangling_results(path, len(names))
         with open(os.path.join(tmp, "sample_request.json"), "w") as f:
             json.dump(_wire.rest_body(sample, "inputs"), f)
         np.savez(os.path.join(tmp, "expected_outputs.npz"), **expected)
@@ -251,3 +249,22 @@ def _convert(model, path, fmt, base_path):
             1,
             f"The {fmt} converter failed: {reason}",
         ) from e
+
+
+def _drop_dangling_results(path, num_outputs):
+    """OpenVINO's TensorFlow frontend makes a result of every tensor that
+    nothing consumes (shape arithmetic the graph never reads), after the
+    model's outputs: only the model's outputs are kept."""
+    import openvino
+
+    model = openvino.Core().read_model(path)
+    results = model.get_results()
+    if len(results) <= num_outputs:
+        return
+    for result in results[num_outputs:]:
+        model.remove_result(result)
+    stem = path[: -len(".xml")]
+    openvino.save_model(model, f"{stem}.pruned.xml", compress_to_fp16=False)
+    del model
+    for suffix in (".xml", ".bin"):
+        os.replace(f"{stem}.pruned{suffix}", f"{stem}{suffix}")

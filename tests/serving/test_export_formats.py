@@ -77,6 +77,9 @@ def test_export_writes_a_checked_version_that_its_runtime_runs(
     )
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=0, atol=1e-4)
+    # Exactly the model's two outputs (OpenVINO's dangling results are
+    # dropped).
+    assert len(_runtimes.describe(version / FILES[fmt][-1])[1]) == 2
     # `check` finds the format by the file and reruns the stored sample.
     code, out, err = _run(capfd, "check", version)
     assert code == 0 and "CHECK PASSED" in out, err
