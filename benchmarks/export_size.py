@@ -13,9 +13,15 @@ Then the quickstart model exported twice, with the layers' default
 graph, chosen per request) and with `chunk_size=None` (dense only), and
 their served outputs compared on test sequences.
 
+Then the same two models in every format (`serving.export_model`): the
+size of the version's model files, the first call (loading the file on its
+runtime and running one batch, as a server's first request) and the median
+of later calls on the same batch, each against the Keras model's outputs.
+
 Usage:
-    python -m benchmarks.export_size          # about 10 s (TensorFlow)
-    python -m benchmarks.export_size --smoke  # the chunk_size pair only
+    python -m benchmarks.export_size          # about 2 minutes (TensorFlow)
+    python -m benchmarks.export_size --smoke  # no committed exports; ONNX
+                                              # and LiteRT with "auto" only
 
 Writes `benchmarks/results/export-size-<date>.json` and `.md`.
 """
@@ -25,6 +31,7 @@ import datetime
 import os
 import sys
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -35,6 +42,8 @@ import keras_attention as ka
 from benchmarks._common import versions
 from benchmarks._common import write_report
 from keras_attention.serving import _export
+from keras_attention.serving import _formats
+from keras_attention.serving import _runtimes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL_CHOICE = ("cond_", "while", "map_")
@@ -127,6 +136,75 @@ def chunk_size_variants():
     return rows, diff
 
 
+def _load_and_run(fmt, path, tokens):
+    """`(run, outputs, seconds)`: the export loaded afresh on its runtime,
+    and its first call on `tokens` timed with the load."""
+    start = time.perf_counter()
+    if fmt == "tf_saved_model":
+        serve = tf.saved_model.load(path).signatures["serving_default"]
+
+        def run():
+            return serve(tokens=tf.constant(tokens))["probabilities"].numpy()
+
+    else:
+        call = _runtimes.runner(
+            os.path.join(path, _runtimes.FORMATS[fmt][0]), 1
+        )
+
+        def run():
+            return call({"tokens": tokens})[0]
+
+    outputs = run()
+    return run, outputs, time.perf_counter() - start
+
+
+def format_variants(formats, chunk_sizes):
+    """Each format's size, first call and later calls, for the quickstart
+    model with each `chunk_size`."""
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for chunk_size in chunk_sizes:
+            model, tokens = _quickstart(chunk_size)
+            expected = model.predict(tokens, verbose=0)
+            for fmt in formats:
+                start = time.perf_counter()
+                path = _formats.export_model(
+                    model,
+                    os.path.join(tmp, f"{fmt}-{chunk_size}"),
+                    fmt,
+                    sample_inputs={"tokens": tokens[:2]},
+                    check=False,
+                )
+                export_seconds = time.perf_counter() - start
+                run, outputs, first = _load_and_run(fmt, path, tokens)
+                later = []
+                for _ in range(10):
+                    start = time.perf_counter()
+                    run()
+                    later.append(time.perf_counter() - start)
+                files = [
+                    n
+                    for n in os.listdir(path)
+                    if n.startswith("model") or n in ("saved_model.pb",)
+                ] + (["variables"] if fmt == "tf_saved_model" else [])
+                rows[f"{fmt} / {chunk_size}"] = dict(
+                    format=fmt,
+                    chunk_size=str(chunk_size),
+                    model_bytes=sum(
+                        _directory_bytes(os.path.join(path, n))
+                        if os.path.isdir(os.path.join(path, n))
+                        else os.path.getsize(os.path.join(path, n))
+                        for n in files
+                    ),
+                    export_seconds=export_seconds,
+                    first_call_seconds=first,
+                    later_call_seconds=float(np.median(later)),
+                    max_abs_diff=float(np.abs(outputs - expected).max()),
+                    batch=list(tokens.shape),
+                )
+    return rows
+
+
 def markdown(report):
     lines = [
         "# Export sizes",
@@ -164,7 +242,24 @@ def markdown(report):
         "",
         "Served outputs, `auto` against `None`, on 64 test sequences: max "
         f"abs diff {report['served_max_abs_diff']:.1e}.",
+        "",
+        "Quickstart model in every format (`serving.export_model`; model "
+        "files only; first call = load the file on its runtime and run one "
+        "batch; later calls = median of 10 on the same batch; max abs diff "
+        "against the Keras model):",
+        "",
+        "| format / chunk_size | model files | export | first call | later "
+        "calls | batch | max abs diff |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for name, r in report["formats"].items():
+        lines.append(
+            f"| {name} | {r['model_bytes'] / 1e3:.0f} KB | "
+            f"{r['export_seconds']:.1f} s | "
+            f"{r['first_call_seconds'] * 1e3:.0f} ms | "
+            f"{r['later_call_seconds'] * 1e3:.1f} ms | "
+            f"{r['batch']} | {r['max_abs_diff']:.1e} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -184,6 +279,10 @@ def main(argv=None):
         committed={} if args.smoke else committed(),
         chunk_size=rows,
         served_max_abs_diff=diff,
+        formats=format_variants(
+            ("onnx", "litert") if args.smoke else _formats.FORMATS,
+            ("auto",) if args.smoke else ("auto", None),
+        ),
     )
     text = markdown(report)
     print(text)

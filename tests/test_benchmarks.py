@@ -484,3 +484,12 @@ def test_export_size_smoke_run(tmp_path):
     # Each variable once: the checkpoint's floats are most of variables/.
     assert auto["checkpoint_float_bytes"] <= auto["variables"]
     assert auto["variables"] < 1.5 * auto["checkpoint_float_bytes"]
+    # Every format it ran, loaded afresh on its runtime, serves the Keras
+    # model's outputs.
+    assert {r["format"] for r in report["formats"].values()} == {
+        "onnx",
+        "litert",
+    }
+    for row in report["formats"].values():
+        assert row["max_abs_diff"] <= 1e-4
+        assert row["model_bytes"] > 0 and row["first_call_seconds"] > 0

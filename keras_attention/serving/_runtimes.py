@@ -139,26 +139,31 @@ def run(path, inputs, num_outputs=None):
         path: A `.onnx`, `.tflite` or OpenVINO `.xml` file.
         inputs: A dict `{input_name: array}` in the model's input order;
             arrays are cast to the dtypes the file declares.
-        num_outputs: How many outputs the model has. OpenVINO may list
-            intermediate tensors after them; they are dropped. Defaults to
-            all outputs.
+        num_outputs: How many outputs the model has; later results (none
+            in what `export_model` writes) are dropped. Defaults to all.
 
     Returns:
         The list of output arrays, in the model's output order.
     """
+    return runner(path, num_outputs)(inputs)
+
+
+def runner(path, num_outputs=None):
+    """`run` as a function of `inputs`, with the file loaded once (an ONNX
+    session, a LiteRT interpreter, a compiled OpenVINO model)."""
     fmt = file_format(path)
     if fmt == "onnx":
-        outputs = _run_onnx(path, inputs)
+        call = _onnx_runner(path)
     elif fmt == "litert":
-        outputs = _run_litert(path, inputs)
+        call = _litert_runner(path)
     elif fmt == "openvino":
-        outputs = _run_openvino(path, inputs)
+        call = _openvino_runner(path)
     else:
         raise ValueError(
             "Argument `path` must name a .onnx, .tflite or OpenVINO .xml "
             f"file. Received: path={path!r}"
         )
-    return outputs[:num_outputs] if num_outputs else outputs
+    return lambda inputs: call(inputs)[:num_outputs]
 
 
 _ONNX_DTYPES = {
@@ -171,47 +176,64 @@ _ONNX_DTYPES = {
 }
 
 
-def _run_onnx(path, inputs):
+def _onnx_runner(path):
     import onnxruntime
 
     session = onnxruntime.InferenceSession(
         str(path), providers=["CPUExecutionProvider"]
     )
-    feed = {
-        spec.name: np.asarray(value, _ONNX_DTYPES.get(spec.type))
-        for spec, value in zip(session.get_inputs(), inputs.values())
-    }
-    return session.run(None, feed)
+
+    def call(inputs):
+        feed = {
+            spec.name: np.asarray(value, _ONNX_DTYPES.get(spec.type))
+            for spec, value in zip(session.get_inputs(), inputs.values())
+        }
+        return session.run(None, feed)
+
+    return call
 
 
-def _run_litert(path, inputs):
+def _litert_runner(path):
     from ai_edge_litert.interpreter import Interpreter
 
     # No Flex delegate: a model that needs TensorFlow's own ops fails here,
     # as it would on a phone.
-    interpreter = Interpreter(model_path=str(path))
-    runner = interpreter.get_signature_runner("serving_default")
-    details = runner.get_input_details()
-    feed = {
-        name: np.asarray(value, details[name]["dtype"])
-        for name, value in inputs.items()
-    }
-    outputs = runner(**feed)
-    # Keras names them output_0, output_1, ...: by their number.
-    return [
-        outputs[k] for k in sorted(outputs, key=lambda k: int(k.split("_")[-1]))
-    ]
+    signature = Interpreter(model_path=str(path)).get_signature_runner(
+        "serving_default"
+    )
+    details = signature.get_input_details()
+
+    def call(inputs):
+        outputs = signature(
+            **{
+                name: np.asarray(value, details[name]["dtype"])
+                for name, value in inputs.items()
+            }
+        )
+        # Keras names them output_0, output_1, ...: by their number.
+        return [
+            outputs[k]
+            for k in sorted(outputs, key=lambda k: int(k.split("_")[-1]))
+        ]
+
+    return call
 
 
-def _run_openvino(path, inputs):
+def _openvino_runner(path):
     import openvino
 
     compiled = openvino.Core().compile_model(
         str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
     )
-    feed = {}
-    for port, value in zip(compiled.inputs, inputs.values()):
-        dtype = port.get_element_type().to_dtype()
-        feed[port.get_any_name()] = np.asarray(value, dtype)
-    results = compiled(feed)
-    return [results[port] for port in compiled.outputs]
+
+    def call(inputs):
+        feed = {
+            port.get_any_name(): np.asarray(
+                value, port.get_element_type().to_dtype()
+            )
+            for port, value in zip(compiled.inputs, inputs.values())
+        }
+        results = compiled(feed)
+        return [results[port] for port in compiled.outputs]
+
+    return call
