@@ -197,6 +197,17 @@ def _encoder_model(num_heads=8, intermediate=16, dim=16):
 HALF = np.full((3, 5), 0.5, "float32")
 BIG = 10**9
 
+def _export_model(**kwargs):
+    """`serving.export_model` of a small model into a fresh directory."""
+    import tempfile
+
+    from keras_attention import serving
+
+    inputs = keras.Input((None, 4), name="features")
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    return serving.export_model(model, tempfile.mkdtemp(), **kwargs)
+
+
 CASES = [
     # -- scaled_dot_product_attention: ranks, dims, masks, arguments --------
     Case("sdpa/query_rank_3", sdpa(query=_f(2, 3, 8)), "query", r"\(2, 3, 8\)"),
@@ -1832,6 +1843,12 @@ CASES = [
         lambda: place_cache(np.zeros((2, 3, 5, 4, 2), "float32")),
         "cache",
         r"\(2, 3, 5, 4, 2\)",
+    ),
+    Case(
+        "serving/export_model_unknown_format",
+        lambda: _export_model(format="pb"),
+        "format",
+        "tf_saved_model, onnx, litert, openvino.*format='pb'",
     ),
 ]
 
