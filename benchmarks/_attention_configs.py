@@ -126,6 +126,8 @@ def sweep_configs():
             configs += both(mha, mode, 1, length)
     configs += both(mha, "train", 1, 32768)
     configs += both(mha, "train", 1, 8192, causal=True)
+    # Causal inference (a prompt's prefill): the online softmax's forward.
+    configs += both(mha, "forward", 1, 8192, causal=True)
     for length in (256, 512):
         configs += both(additive, "train", 8, length)
     # Keras core runs out of memory at B=8 here; B=4 is a size where it

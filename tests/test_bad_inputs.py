@@ -197,6 +197,7 @@ def _encoder_model(num_heads=8, intermediate=16, dim=16):
 HALF = np.full((3, 5), 0.5, "float32")
 BIG = 10**9
 
+
 def _export_model(**kwargs):
     """`serving.export_model` of a small model into a fresh directory."""
     import tempfile

@@ -193,8 +193,8 @@ def export_saved_model(
             for s in tf.nest.flatten(extra["serving_default"].input_signature)
         }
     else:
-        specs = _input_specs(model, input_signature)
-    requests = _check_warmup(warmup_inputs, specs)
+        specs = input_specs(model, input_signature)
+    requests = check_warmup(warmup_inputs, specs)
 
     archive = keras.export.ExportArchive()
     archive.track(model)  # its lookup tables (TextVectorization, ...)
@@ -224,7 +224,7 @@ def export_saved_model(
     parent = os.path.dirname(base_path)
     os.makedirs(parent, exist_ok=True)
     prefix = f".{os.path.basename(base_path)}.tmp-"
-    _remove_stale_temporaries(parent, prefix)
+    remove_stale_temporaries(parent, prefix)
     tmp = os.path.join(parent, f"{prefix}{os.getpid()}-{uuid.uuid4().hex}")
     try:
         archive.write_out(tmp, verbose=False)
@@ -238,7 +238,7 @@ def export_saved_model(
         )
         if check:
             _check_staged(tmp, base_path)
-        return _move_into_place(tmp, base_path, version, overwrite)
+        return move_into_place(tmp, base_path, version, overwrite)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -256,7 +256,7 @@ def _check_staged(tmp, base_path):
         raise CheckFailed(base_path, result.returncode, result.stderr)
 
 
-def _remove_stale_temporaries(parent, prefix):
+def remove_stale_temporaries(parent, prefix):
     """Removes what exports killed mid-write left (their process is gone)."""
     for name in os.listdir(parent):
         if not name.startswith(prefix):
@@ -294,7 +294,7 @@ def existing_versions(base_path):
     )
 
 
-def _move_into_place(tmp, base_path, version, overwrite):
+def move_into_place(tmp, base_path, version, overwrite):
     """Renames the finished export to `base_path/<version>` (atomic)."""
     os.makedirs(base_path, exist_ok=True)
     pick_next = version is None
@@ -336,7 +336,7 @@ def _replace(tmp, target):
 
 
 # -- signatures -------------------------------------------------------------
-def _input_specs(model, input_signature):
+def input_specs(model, input_signature):
     """`{name: tf.TensorSpec}` in the model's input order."""
     if input_signature is not None:
         if not isinstance(input_signature, dict) or not input_signature:
@@ -485,7 +485,7 @@ def _shape(shape):
 
 
 # -- warm-up and metadata ----------------------------------------------------
-def _check_warmup(warmup_inputs, specs):
+def check_warmup(warmup_inputs, specs):
     """A list of `{name: np.ndarray}` requests matching `specs`."""
     if warmup_inputs is None:
         return []

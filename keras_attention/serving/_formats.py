@@ -127,7 +127,7 @@ def export_model(
     _check_format(format)
     if format == "tf_saved_model":
         if sample_inputs is None and keras.backend.backend() == "tensorflow":
-            sample_inputs = _default_sample(_export._input_specs(model, None))
+            sample_inputs = _default_sample(_export.input_specs(model, None))
         return _export.export_saved_model(
             model,
             base_path,
@@ -146,10 +146,10 @@ def export_model(
             f"Received: model={type(model).__name__}"
         )
     base_path = os.path.abspath(os.fspath(base_path))
-    specs = _export._input_specs(model, None)
+    specs = _export.input_specs(model, None)
     if sample_inputs is None:
         sample_inputs = _default_sample(specs)
-    sample = _export._check_warmup(sample_inputs, specs)[0]
+    sample = _export.check_warmup(sample_inputs, specs)[0]
     outputs = keras.tree.flatten(model(_structured(model, sample)))
     names = _export.output_names(model)
     if len(names) != len(outputs):
@@ -161,7 +161,7 @@ def export_model(
     parent = os.path.dirname(base_path)
     os.makedirs(parent, exist_ok=True)
     prefix = f".{os.path.basename(base_path)}.tmp-"
-    _export._remove_stale_temporaries(parent, prefix)
+    _export.remove_stale_temporaries(parent, prefix)
     tmp = os.path.join(parent, f"{prefix}{os.getpid()}-{uuid.uuid4().hex}")
     try:
         os.makedirs(tmp)
@@ -192,7 +192,7 @@ def export_model(
                 raise _export.CheckFailed(
                     base_path, result.returncode, result.stderr
                 )
-        return _export._move_into_place(tmp, base_path, version, overwrite)
+        return _export.move_into_place(tmp, base_path, version, overwrite)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
