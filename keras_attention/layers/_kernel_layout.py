@@ -193,18 +193,23 @@ class KernelLayout:
         """
         mask, bias = operands.mask, operands.bias
         if causal_offset is not None and mask is not None and bias is None:
+            # Cast before broadcasting: the LiteRT converter crashes on a
+            # cast of a `broadcast_to` with a run-time shape.
             key_valid = ops.broadcast_to(
-                mask[:, 0, 0, :], (ops.shape(key)[0], ops.shape(key)[1])
+                ops.cast(mask[:, 0, 0, :], "int32"),
+                (ops.shape(key)[0], ops.shape(key)[1]),
             )
-            first = ops.argmax(ops.cast(key_valid, "int32"), axis=1)
+            first = ops.argmax(key_valid, axis=1)
             rows = ops.arange(ops.shape(query)[1], dtype="int32")
             if not (isinstance(causal_offset, int) and causal_offset == 0):
                 rows = rows + ops.cast(causal_offset, "int32")
             row_valid = ops.logical_and(
-                ops.any(key_valid, axis=1)[:, None],
+                ops.max(key_valid, axis=1)[:, None] > 0,
                 rows[None, :] >= ops.cast(first, "int32")[:, None],
             )
-            return output * ops.cast(row_valid, output.dtype)[:, :, None]
+            return output * ops.expand_dims(
+                ops.cast(row_valid, output.dtype), -1
+            )
         if mask is None and bias is None:
             if key.shape[1] in (None, 0):
                 has_keys = ops.greater(ops.shape(key)[1], 0)
@@ -225,13 +230,17 @@ class KernelLayout:
         if self.perm is not None:
             shape = tuple(shape[i] for i in self.perm)
         num_batch = self.rank - 1 - len(self.axes)
+        # Cast before broadcasting (see above), and `expand_dims`/`squeeze`
+        # rather than `[:, :, None, None]`/`[..., 0]`, whose strided slices
+        # LiteRT's builtins do not take on run-time shapes.
         row_valid = ops.broadcast_to(
-            ops.any(usable, axis=(1, 3)),
+            ops.cast(ops.any(usable, axis=(1, 3)), output.dtype),
             (_product(shape[:num_batch]), _product(shape[num_batch:-2])),
         )
         row_valid = self.from_kernel(
-            row_valid[:, :, None, None], shape[:-2] + (1, 1)
-        )[..., 0]
+            ops.expand_dims(row_valid, (2, 3)), shape[:-2] + (1, 1)
+        )
+        row_valid = ops.squeeze(row_valid, axis=-1)
         for _ in range(len(output.shape) - len(row_valid.shape)):
             row_valid = ops.expand_dims(row_valid, -1)
-        return output * ops.cast(row_valid, output.dtype)
+        return output * row_valid
