@@ -41,6 +41,7 @@ def exact_gelu(x):
     Returns:
         A tensor of the same shape and dtype.
     """
+    x = ops.convert_to_tensor(x)
     return 0.5 * x * (1.0 + ops.erf(x / math.sqrt(2.0)))
 
 

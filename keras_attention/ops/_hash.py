@@ -45,7 +45,7 @@ def logical_right_shift(x, bits):
 
     Args:
         x: int32 tensor.
-        bits: int in `[1, 31]`.
+        bits: int in `[2, 31]` (`2**(32 - bits)` is an int32).
 
     Returns:
         int32 tensor in `[0, 2**(32 - bits))`.
