@@ -64,10 +64,7 @@ def apply_rotary(
     if len(positions.shape) == 1:
         positions = positions[None, :]
     angles = positions[:, :, None] * inverse_freq[None, None, :]
-    # Positive axes here and below: tf2onnx drops a negative concatenation
-    # axis when it lost the inputs' rank (inside a while loop), and the
-    # ONNX model then fails to load.
-    angles = ops.concatenate([angles, angles], axis=2)
+    angles = ops.concatenate([angles, angles], axis=-1)
     # (batch, length, 1, ..., 1, head_dim), to broadcast over the heads.
     angles = ops.reshape(
         angles,
@@ -77,8 +74,8 @@ def apply_rotary(
     )
     cos = ops.cast(ops.cos(angles), compute_dtype)
     sin = ops.cast(ops.sin(angles), compute_dtype)
-    x1, x2 = ops.split(x, 2, axis=rank - 1)
-    rotated_halves = ops.concatenate([-x2, x1], axis=rank - 1)
+    x1, x2 = ops.split(x, 2, axis=-1)
+    rotated_halves = ops.concatenate([-x2, x1], axis=-1)
     return x * cos + rotated_halves * sin
 
 
