@@ -193,8 +193,10 @@ class KernelLayout:
         """
         mask, bias = operands.mask, operands.bias
         if causal_offset is not None and mask is not None and bias is None:
-            # Cast before broadcasting: the LiteRT converter crashes on a
-            # cast of a `broadcast_to` with a run-time shape.
+            # Cast before broadcasting, and `expand_dims` below rather than
+            # `[:, :, None]`: LiteRT's converter crashes on a cast of a
+            # run-time `broadcast_to` (TFL's ReorderBroadcastToCast), and
+            # its builtins take no new-axis slice of a (None, None) tensor.
             key_valid = ops.broadcast_to(
                 ops.cast(mask[:, 0, 0, :], "int32"),
                 (ops.shape(key)[0], ops.shape(key)[1]),
@@ -230,17 +232,13 @@ class KernelLayout:
         if self.perm is not None:
             shape = tuple(shape[i] for i in self.perm)
         num_batch = self.rank - 1 - len(self.axes)
-        # Cast before broadcasting (see above), and `expand_dims`/`squeeze`
-        # rather than `[:, :, None, None]`/`[..., 0]`, whose strided slices
-        # LiteRT's builtins do not take on run-time shapes.
         row_valid = ops.broadcast_to(
-            ops.cast(ops.any(usable, axis=(1, 3)), output.dtype),
+            ops.any(usable, axis=(1, 3)),
             (_product(shape[:num_batch]), _product(shape[num_batch:-2])),
         )
         row_valid = self.from_kernel(
-            ops.expand_dims(row_valid, (2, 3)), shape[:-2] + (1, 1)
-        )
-        row_valid = ops.squeeze(row_valid, axis=-1)
+            row_valid[:, :, None, None], shape[:-2] + (1, 1)
+        )[..., 0]
         for _ in range(len(output.shape) - len(row_valid.shape)):
             row_valid = ops.expand_dims(row_valid, -1)
-        return output * row_valid
+        return output * ops.cast(row_valid, output.dtype)

@@ -219,8 +219,9 @@ class TokenGenerator(_common.ValidatedLayer):
         prompt_mask = ops.not_equal(prompt_ids, self.padding_token_id)
         # `(batch, max_length)` with a static length (not a concatenation
         # with ones, of run-time length): the blocks see a mask of the
-        # cache's length and need no run-time branch on it, which keeps
-        # the loop convertible to ONNX and LiteRT.
+        # cache's length and need no run-time branch on it. With such a
+        # branch in the loop, tf2onnx loses the loop's shapes and
+        # onnxruntime refuses the ONNX `Loop`.
         slots = ops.arange(self.max_length, dtype="int32")
         padding_mask = ops.logical_or(
             ops.take(
