@@ -4,7 +4,9 @@ A small `CharTransformerLM` (examples/text_generation.py) decodes greedily
 and by seeded top-k sampling; the exported files, run on onnxruntime and on
 the LiteRT interpreter (builtin ops only, no Flex delegate), give exactly
 the Keras model's tokens. The sampling hash is checked op by op on each
-runtime first, on int32 inputs that cover negative values.
+runtime first, on int32 inputs that cover negative values, and a cached
+attention with a padding mask of run-time length (what a hand-written
+decoding loop passes) converts too: it once crashed LiteRT's converter.
 """
 
 import keras
@@ -95,7 +97,7 @@ class _HashSteps(keras.layers.Layer):
 def test_hash_op_by_op(tmp_path, format):
     x = _int32_values()
     inputs = keras.Input((None,), dtype="int32", name="x")
-    model = keras.Model(inputs, _HashSteps()(inputs))
+    model = keras.Model(inputs, _HashSteps(name="hash_steps")(inputs))
     want = [to_numpy(y) for y in model(x)]
     unsigned = x.view("uint32")
     np.testing.assert_array_equal(want[1], (unsigned >> 9).astype("int32"))
@@ -148,3 +150,49 @@ def test_sampled_tokens_match(language_model, tmp_path, format):
     for (prompts, seed), tokens in zip(cases, want):
         (got,) = run(tmp_path / filename, {"prompt_ids": prompts, "seed": seed})
         np.testing.assert_array_equal(got, tokens)
+
+
+class _CachedAttention(keras.layers.Layer):
+    """Causal attention that writes a prefill into a cache, with a padding
+    mask over the cache's slots of run-time length (prompt mask + ones)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.attention = ka.MultiHeadAttention(
+            num_heads=2, key_dim=4, num_key_value_heads=1
+        )
+
+    def call(self, x, prompt_ids):
+        batch, length = ops.shape(prompt_ids)[0], ops.shape(prompt_ids)[1]
+        cache = ops.zeros((batch, 2, MAX_LENGTH, 1, 4))
+        mask = ops.concatenate(
+            [prompt_ids != 0, ops.ones((batch, MAX_LENGTH - length), "bool")],
+            axis=1,
+        )
+        output, _ = self.attention(
+            x,
+            x,
+            value_mask=mask,
+            use_causal_mask=True,
+            cache=cache,
+            cache_update_index=0,
+        )
+        return output
+
+
+def test_cached_attention_with_a_run_time_mask(tmp_path):
+    """LiteRT only (the converter crashed, with a segmentation fault)."""
+    x = keras.Input((None, 8), name="x")
+    prompt = keras.Input((None,), dtype="int32", name="prompt_ids")
+    model = keras.Model(
+        [x, prompt], _CachedAttention(name="attention")(x, prompt)
+    )
+    prompts = PROMPTS[0]
+    values = np.random.default_rng(0).normal(size=prompts.shape + (8,))
+    values = values.astype("float32")
+    want = to_numpy(model([values, prompts]))
+    _export(model, tmp_path / "model.tflite", "litert")
+    (got,) = run_litert(
+        tmp_path / "model.tflite", {"x": values, "prompt_ids": prompts}
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
