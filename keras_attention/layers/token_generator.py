@@ -51,7 +51,11 @@ class TokenGenerator(_common.ValidatedLayer):
     `ops.while_loop` feeds back one token at a time. Everything is
     `keras.ops`, so the layer runs eagerly, under `jit`/`tf.function`, and
     inside a SavedModel signature with no Python of ours (the cache is
-    written by scatters, never by XLA-only ops).
+    written by scatters, never by XLA-only ops). Under TensorFlow, a model
+    built on it also exports with Keras' `model.export` to ONNX and to
+    LiteRT with builtin ops only (no Flex delegate), with the same tokens;
+    Keras' exporters give every input a batch axis, so a scalar `seed`
+    input needs an explicit `input_signature`.
 
     The model: any layer or model with two methods,
     `init_cache(batch_size, max_length)`, returning its caches (any nested

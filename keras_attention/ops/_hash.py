@@ -21,10 +21,11 @@ def hash32(x, exportable=False):
     Args:
         x: int32 tensor.
         exportable: bool. If True, the same values without bitwise and/xor
-            ops: ONNX's default opset (15) has neither, and LiteRT's
-            builtin ops have no bitwise and. The xor is looked up a byte at
-            a time in a 64 KiB table, about 3x the ops: for the graphs
-            that are exported (sampling), not for dropout.
+            ops: the ONNX opset that Keras' exporter targets by default
+            (15) has neither, and LiteRT's builtin ops have no bitwise
+            and. The xor is looked up a byte at a time in a 64 KiB table,
+            about ten times the ops: for the graphs that are exported
+            (sampling), not for dropout.
 
     Returns:
         int32 tensor of `x`'s shape.
@@ -38,10 +39,10 @@ def hash32(x, exportable=False):
 def logical_right_shift(x, bits):
     """`x >> bits` of int32 `x` read as unsigned (zeros shifted in).
 
-    From an arithmetic shift, an add and a select, which export everywhere:
-    a bitwise and has no LiteRT builtin, and ONNX's `BitShift` takes
-    unsigned integers only (tf2onnx lowers TensorFlow's arithmetic shift
-    without it).
+    From an arithmetic shift, an add and a select, which export everywhere
+    (a bitwise and has no LiteRT builtin, nor ONNX op in opset 15). ONNX's
+    `BitShift` takes unsigned integers only; tf2onnx shifts int32 as a
+    sign-extended uint64 and casts back, an arithmetic shift.
 
     Args:
         x: int32 tensor.
