@@ -194,3 +194,13 @@ def rotary_embedding(
                     theta
                 )
     return np.moveaxis(out, (-2, -1), (sequence_axis, feature_axis))
+
+
+def lowbias32(x):
+    """C. Wellons' lowbias32 hash of int32 `x`, in NumPy's uint32
+    arithmetic, returned as int32."""
+    x = np.asarray(x, np.int32).view(np.uint32)
+    for multiplier in (0x7FEB352D, 0x846CA68B):
+        x = x ^ (x >> np.uint32(16))
+        x = (x.astype(np.uint64) * multiplier).astype(np.uint32)
+    return (x ^ (x >> np.uint32(16))).view(np.int32)

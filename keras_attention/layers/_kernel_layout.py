@@ -193,15 +193,20 @@ class KernelLayout:
         """
         mask, bias = operands.mask, operands.bias
         if causal_offset is not None and mask is not None and bias is None:
+            # Cast before broadcasting, and `expand_dims` below rather than
+            # `[:, :, None]`: LiteRT's converter crashes on a cast of a
+            # run-time `broadcast_to` (TFL's ReorderBroadcastToCast), and
+            # its builtins take no new-axis slice of a (None, None) tensor.
             key_valid = ops.broadcast_to(
-                mask[:, 0, 0, :], (ops.shape(key)[0], ops.shape(key)[1])
+                ops.cast(mask[:, 0, 0, :], "int32"),
+                (ops.shape(key)[0], ops.shape(key)[1]),
             )
-            first = ops.argmax(ops.cast(key_valid, "int32"), axis=1)
+            first = ops.argmax(key_valid, axis=1)
             rows = ops.arange(ops.shape(query)[1], dtype="int32")
             if not (isinstance(causal_offset, int) and causal_offset == 0):
                 rows = rows + ops.cast(causal_offset, "int32")
             row_valid = ops.logical_and(
-                ops.any(key_valid, axis=1)[:, None],
+                ops.max(key_valid, axis=1)[:, None] > 0,
                 rows[None, :] >= ops.cast(first, "int32")[:, None],
             )
             return output * ops.expand_dims(

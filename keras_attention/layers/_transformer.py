@@ -1,7 +1,10 @@
 """What `TransformerEncoder` and `TransformerDecoder` share: arguments,
 checks, sublayer factories, the residual sub-block and the config."""
 
+import math
+
 import keras
+from keras import ops
 
 from keras_attention import _validation
 from keras_attention.layers import _common
@@ -23,6 +26,23 @@ _CONFIG_KEYS = (
     "logits_soft_cap",
     "seed",
 )
+
+
+def exact_gelu(x):
+    """Keras' default GELU, `x * Phi(x)`, as `0.5 * x * (1 + erf(x /
+    sqrt(2)))` (Keras' JAX form). Keras' TensorFlow backend writes it with
+    `erfc`, which ONNX has no operator for, so a block with it would not
+    export to ONNX; `erf` exports everywhere. Equal to
+    `keras.activations.gelu` up to float rounding.
+
+    Args:
+        x: float tensor.
+
+    Returns:
+        A tensor of the same shape and dtype.
+    """
+    x = ops.convert_to_tensor(x)
+    return 0.5 * x * (1.0 + ops.erf(x / math.sqrt(2.0)))
 
 
 class TransformerBlock(_common.ValidatedLayer):
@@ -183,9 +203,14 @@ class TransformerBlock(_common.ValidatedLayer):
         )
 
     def _feedforward_denses(self, input_shape):
+        # The feed-forward layer computes exact GELU with `erf` (see
+        # `exact_gelu`); `get_config` still serializes `self.activation`.
+        activation = self.activation
+        if activation is keras.activations.gelu:
+            activation = exact_gelu
         intermediate = keras.layers.Dense(
             self.intermediate_dim,
-            activation=self.activation,
+            activation=activation,
             name="feedforward_intermediate_dense",
             **_common.sublayer_kwargs(self),
         )

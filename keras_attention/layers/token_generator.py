@@ -6,20 +6,38 @@ from keras_attention import _validation
 from keras_attention.layers import _common
 from keras_attention.ops._hash import GOLDEN
 from keras_attention.ops._hash import hash32
+from keras_attention.ops._hash import logical_right_shift
 
 
 def _uniform(seed, step, shape):
     """Uniform floats in (0, 1), a pure function of `(seed, step)` and the
-    element's index: the same on every backend, eager or traced."""
+    element's index: the same on every backend, eager or traced, and in
+    ONNX and LiteRT exports (the hash's exportable form)."""
     batch, vocab = shape
     rows = ops.arange(batch, dtype="int32")[:, None]
     cols = ops.arange(vocab, dtype="int32")[None, :]
-    x = hash32(ops.cast(seed, "int32") * GOLDEN + ops.cast(step, "int32"))
-    x = hash32(x + rows * vocab + cols)
+    x = hash32(
+        ops.cast(seed, "int32") * GOLDEN + ops.cast(step, "int32"),
+        exportable=True,
+    )
+    x = hash32(x + rows * vocab + cols, exportable=True)
     # 23 bits: `bits + 0.5` is exact in float32, so u < 1 (24 bits would
     # round 2**24 - 0.5 up to 2**24, u = 1 and an infinite Gumbel draw).
-    bits = ops.cast(ops.bitwise_and(ops.right_shift(x, 9), 0x7FFFFF), "float32")
+    bits = ops.cast(logical_right_shift(x, 9), "float32")
     return (bits + 0.5) / float(2**23)
+
+
+def _argmax(x):
+    """`argmax(x, axis=-1)` of float `x` `(batch, vocab)` as int32, the
+    first index on ties, from a max and a min. Keras' TensorFlow `argmax`
+    of floats tests the sign bit (`Bitcast`, `BitwiseAnd`), which neither
+    ONNX nor LiteRT's builtin ops take. A row with NaN (no element equals
+    its max) picks the last token, never an id out of range."""
+    vocab = ops.shape(x)[-1]
+    indices = ops.arange(vocab, dtype="int32")
+    is_max = x == ops.max(x, axis=-1, keepdims=True)
+    first = ops.min(ops.where(is_max, indices[None, :], vocab), axis=-1)
+    return ops.minimum(first, vocab - 1)
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -33,7 +51,11 @@ class TokenGenerator(_common.ValidatedLayer):
     `ops.while_loop` feeds back one token at a time. Everything is
     `keras.ops`, so the layer runs eagerly, under `jit`/`tf.function`, and
     inside a SavedModel signature with no Python of ours (the cache is
-    written by scatters, never by XLA-only ops).
+    written by scatters, never by XLA-only ops). Under TensorFlow, a model
+    built on it also exports with Keras' `model.export` to ONNX and to
+    LiteRT with builtin ops only (no Flex delegate), with the same tokens;
+    Keras' exporters give every input a batch axis, so a scalar `seed`
+    input needs an explicit `input_signature`.
 
     The model: any layer or model with two methods,
     `init_cache(batch_size, max_length)`, returning its caches (any nested
@@ -156,7 +178,7 @@ class TokenGenerator(_common.ValidatedLayer):
         logits = ops.where(
             vocabulary[None, :] == self.padding_token_id, float("-inf"), logits
         )
-        greedy = ops.cast(ops.argmax(logits, axis=-1), "int32")
+        greedy = _argmax(logits)
         if self.strategy == "greedy":
             return greedy
         if temperature is None:
@@ -180,7 +202,7 @@ class TokenGenerator(_common.ValidatedLayer):
             logits = ops.where(logits >= threshold, logits, float("-inf"))
         uniform = _uniform(seed, step, ops.shape(logits))
         gumbel = -ops.log(-ops.log(uniform))
-        return ops.cast(ops.argmax(logits + gumbel, axis=-1), "int32")
+        return _argmax(logits + gumbel)
 
     def call(self, prompt_ids, seed=0, temperature=None):
         _validation.check_rank("prompt_ids", prompt_ids.shape, (2,))
@@ -199,8 +221,17 @@ class TokenGenerator(_common.ValidatedLayer):
         batch, prompt_length = ops.shape(prompt_ids)
         new_tokens = self.max_length - prompt_length
         prompt_mask = ops.not_equal(prompt_ids, self.padding_token_id)
-        padding_mask = ops.concatenate(
-            [prompt_mask, ops.ones((batch, new_tokens), "bool")], axis=1
+        # `(batch, max_length)` with a static length (not a concatenation
+        # with ones, of run-time length): the blocks see a mask of the
+        # cache's length and need no run-time branch on it. With such a
+        # branch in the loop, tf2onnx loses the loop's shapes and
+        # onnxruntime refuses the ONNX `Loop`.
+        slots = ops.arange(self.max_length, dtype="int32")
+        padding_mask = ops.logical_or(
+            ops.take(
+                prompt_mask, ops.minimum(slots, prompt_length - 1), axis=1
+            ),
+            slots[None, :] >= prompt_length,
         )
         # Under a `keras.distribution` (JAX), the caches take the heads'
         # sharding; otherwise this returns them as they are.

@@ -47,6 +47,8 @@ class TransformerDecoder(_transformer.TransformerBlock):
         dropout: float in `[0, 1)`, the dropout rate of the attention
             weights and of the sub-blocks' outputs.
         activation: activation of the feed-forward network's hidden layer.
+            Keras' exact `"gelu"` is computed with `erf`, which exports
+            to ONNX (TensorFlow's form uses `erfc`).
         layer_norm_epsilon: positive float, the layer normalizations'
             epsilon.
         kernel_initializer: initializer for the attention and dense kernels.

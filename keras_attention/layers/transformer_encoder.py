@@ -48,6 +48,8 @@ class TransformerEncoder(_transformer.TransformerBlock):
         dropout: float in `[0, 1)`, the dropout rate of the attention
             weights and of both sub-blocks' outputs.
         activation: activation of the feed-forward network's hidden layer.
+            Keras' exact `"gelu"` is computed with `erf`, which exports
+            to ONNX (TensorFlow's form uses `erfc`).
         layer_norm_epsilon: positive float, the epsilon of the layer
             normalizations.
         normalize_first: bool, pre-norm (`True`) or post-norm (`False`).

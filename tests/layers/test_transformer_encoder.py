@@ -280,6 +280,27 @@ def test_layer_behaviour(rng):
     assert TransformerEncoder.from_config(config).get_config() == config
 
 
+def test_gelu_is_computed_with_erf():
+    """Keras' exact `"gelu"` runs as `0.5 * x * (1 + erf(x / sqrt(2)))`
+    (TensorFlow's `erfc` form does not export to ONNX); the config keeps
+    the user's `"gelu"`, and other activations pass through."""
+    layer = TransformerEncoder(16, 2, activation="gelu")
+    layer.build((B, T, D))
+    assert layer.get_config()["activation"] == "gelu"
+    x = np.linspace(-12.0, 12.0, 4801, dtype="float32")
+    got = to_numpy(layer._feedforward_intermediate_dense.activation(x))
+    want = to_numpy(keras.activations.gelu(x))
+    # About a float32 ulp (1e-6 at |x| = 12).
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        got, _activation("gelu", x), rtol=1e-6, atol=1e-6
+    )
+    relu = TransformerEncoder(16, 2, activation="relu")
+    relu.build((B, T, D))
+    activation = relu._feedforward_intermediate_dense.activation
+    assert activation is keras.activations.relu
+
+
 def test_regularizers_and_constraints(rng):
     layer = TransformerEncoder(
         16,
