@@ -55,6 +55,13 @@ def mha(chunk_size):
     return keras.Model(ids, y)
 
 
+def mha_padding(chunk_size):
+    ids = _ids()
+    x = _embedded(ids, "tokens")
+    y = keras_attention.MultiHeadAttention(2, 4, chunk_size=chunk_size)(x, x)
+    return keras.Model(ids, y)
+
+
 def mha_explicit_mask(chunk_size):
     x = keras.Input((None, DIM), name="x")
     mask = keras.Input((None, None), dtype="bool", name="attention_mask")
@@ -132,6 +139,7 @@ def patches(chunk_size):
 # kernel alone.
 CASES = {
     "mha": (mha, ("auto", 4)),
+    "mha_padding": (mha_padding, ("auto",)),
     "mha_explicit_mask": (mha_explicit_mask, ("auto", 4)),
     "gqa_rope": (gqa, ("auto", 4)),
     "additive": (additive, ("auto", 4)),

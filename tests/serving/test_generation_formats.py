@@ -16,10 +16,9 @@ from keras import ops
 
 import keras_attention as ka
 from keras_attention.ops import _hash
+from keras_attention.serving import _runtimes
 from tests import reference
 from tests.examples._runner import import_example
-from tests.serving.runtimes import run_litert
-from tests.serving.runtimes import run_onnx
 from tests.testing import to_numpy
 
 # Keras exports to ONNX and LiteRT through TensorFlow here.
@@ -38,8 +37,8 @@ PROMPTS = [
 SEEDS = [7, 123456789]
 # format: (file name, runner)
 FORMATS = {
-    "onnx": ("model.onnx", run_onnx),
-    "litert": ("model.tflite", run_litert),
+    "onnx": ("model.onnx", _runtimes.run),
+    "litert": ("model.tflite", _runtimes.run),
 }
 
 
@@ -193,7 +192,7 @@ def test_cached_attention_with_a_run_time_mask(tmp_path):
     values = values.astype("float32")
     want = to_numpy(model([values, prompts]))
     _export(model, tmp_path / "model.tflite", "litert")
-    (got,) = run_litert(
+    (got,) = _runtimes.run(
         tmp_path / "model.tflite", {"x": values, "prompt_ids": prompts}
     )
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
