@@ -15,6 +15,9 @@ What it shows:
     block on a code snippet, and exports a string-in, string-out SavedModel
     for TF Serving: the character lookup, the left padding, the prefill, the
     decoding loop and the join back to a string all run inside the graph.
+    Next to it, greedy and seeded sampled generation (token ids in, token
+    ids out) as ONNX and LiteRT files (`generate_{greedy,sample}.{onnx,
+    tflite}`), each run on its runtime and compared with eager generation.
     Under JAX or PyTorch the greedy string model (`PromptIds`, a
     `TokenGenerator`, `IdsToText`) is built without being run, saved to
     runs/text_generation/text_generation.keras and exported by a TensorFlow
@@ -39,6 +42,7 @@ generation, or if the model does not beat the baseline. Measured:
 examples/RESULTS.md ("Text generation").
 """
 
+import os
 import sys
 
 import _char_lm
@@ -429,6 +433,81 @@ def export(run, model, greedy, sample):
     )
 
 
+RUNTIME_FORMATS = {"onnx": "onnx", "litert": "tflite"}
+
+
+def export_runtime_files(base_path, greedy, sample, prompts, seed=7):
+    """Greedy and seeded top-k generation (token ids in, token ids out) as
+    ONNX and LiteRT (builtin ops only) files next to the SavedModel, in
+    `base_path` (TF Serving ignores them there), each run on its runtime
+    and compared with eager generation. TensorFlow only (Keras exports
+    these formats from TensorFlow; see docs/formats.md). Returns the number
+    of mismatching continuations, or None where skipped."""
+    import importlib.util
+
+    missing = [
+        m
+        for m in ("tf2onnx", "onnxruntime", "ai_edge_litert")
+        if importlib.util.find_spec(m) is None
+    ]
+    if keras.backend.backend() != "tensorflow" or missing:
+        print(
+            "ONNX and LiteRT generation: skipped (TensorFlow backend and "
+            f"the deploy extra needed; missing: {missing or 'none'})"
+        )
+        return None
+    import tensorflow as tf
+
+    from keras_attention import serving
+
+    prompt_ids = left_pad(prompts)
+    prompt = keras.Input((PROMPT_LENGTH,), dtype="int32", name="prompt_ids")
+    seed_input = keras.Input(batch_shape=(), dtype="int32", name="seed")
+    models = {
+        "greedy": (keras.Model(prompt, greedy(prompt)), {}),
+        "sample": (
+            keras.Model([prompt, seed_input], sample(prompt, seed=seed_input)),
+            # Keras' exporters give every input a batch axis unless told.
+            dict(
+                input_signature=[
+                    [
+                        tf.TensorSpec((None, PROMPT_LENGTH), tf.int32),
+                        tf.TensorSpec((), tf.int32),
+                    ]
+                ]
+            ),
+        ),
+    }
+    eager = {
+        "greedy": keras.ops.convert_to_numpy(greedy(prompt_ids)),
+        "sample": keras.ops.convert_to_numpy(sample(prompt_ids, seed=seed)),
+    }
+    mismatches = 0
+    for name, (model, options) in models.items():
+        inputs = {"prompt_ids": prompt_ids}
+        if name == "sample":
+            inputs["seed"] = np.array(seed, "int32")
+        for fmt, suffix in RUNTIME_FORMATS.items():
+            path = os.path.join(base_path, f"generate_{name}.{suffix}")
+            if fmt == "litert":
+                options = dict(
+                    options,
+                    target_spec={
+                        "supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]
+                    },
+                )
+            model.export(path, format=fmt, verbose=False, **options)
+            (tokens,) = serving.run_exported(path, inputs)
+            wrong = int((tokens != eager[name]).any(axis=1).sum())
+            mismatches += wrong
+            print(
+                f"{path}: {os.path.getsize(path) / 1e6:.2f} MB; {name} "
+                f"tokens on {fmt}'s runtime == eager: {wrong} mismatch(es) "
+                f"in {len(prompts)} prompts"
+            )
+    return mismatches
+
+
 def greedy_margins(model, prompts, token_ids):
     """Per prompt, the smallest gap between the two largest logits (the
     padding id left out, as `TokenGenerator` never picks it) over the
@@ -595,10 +674,19 @@ def main(argv=None):
     # Export ----------------------------------------------------------------
     path = export(run, model, greedy, sample)
     summary["export"] = path
+    runtime_mismatches = None
+    if path is not None:
+        runtime_mismatches = export_runtime_files(
+            os.path.dirname(path), greedy, sample, DEMO_PROMPTS
+        )
+    summary["runtime_mismatches"] = runtime_mismatches
     status = run.finish(
         summary,
         path,
-        lambda path: check_served(path, greedy, sample, DEMO_PROMPTS, margins),
+        lambda path: (
+            check_served(path, greedy, sample, DEMO_PROMPTS, margins)
+            and not runtime_mismatches
+        ),
     )
     if status != 0:
         return status

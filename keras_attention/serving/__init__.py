@@ -38,6 +38,7 @@ _WHERE = {
     "predict_request": "_wire",
     "rest_body": "_wire",
     "rest_url": "_wire",
+    "run_exported": "_runtimes",
     "write_batching_config": "_config",
     "write_model_config": "_config",
 }
@@ -66,6 +67,8 @@ def _module(name):
         from keras_attention.serving import _wire as module
     elif name == "_config":
         from keras_attention.serving import _config as module
+    elif name == "_runtimes":
+        from keras_attention.serving import _runtimes as module
     elif name == "_formats":
         from keras_attention.serving import _formats as module
     else:

@@ -358,7 +358,7 @@ def run_runtime_check(path, model_file, inputs_path, expect_path, rtol, atol):
     output_names = metadata.get("outputs") or [
         f"output_{i}" for i in range(len(outputs))
     ]
-    results = _runtimes.run(
+    results = _runtimes.run_exported(
         model_file, {n: feeds[n] for n in names}, len(output_names)
     )
     values = dict(zip(output_names, results))

@@ -132,11 +132,14 @@ def describe(path):
     )
 
 
-def run(path, inputs, num_outputs=None):
-    """Runs the exported file `path` on its format's runtime (CPU).
+def run_exported(path, inputs, num_outputs=None):
+    """Runs an ONNX, LiteRT or OpenVINO file on its format's runtime (CPU):
+    onnxruntime's CPU provider, the LiteRT `Interpreter` without the Flex
+    delegate, or OpenVINO's CPU plugin at f32 precision.
 
     Args:
-        path: A `.onnx`, `.tflite` or OpenVINO `.xml` file.
+        path: A `.onnx`, `.tflite` or OpenVINO `.xml` file, e.g. from
+            Keras' `model.export` or `export_model`.
         inputs: A dict `{input_name: array}` in the model's input order;
             arrays are cast to the dtypes the file declares.
         num_outputs: How many outputs the model has; later results (none
@@ -144,6 +147,19 @@ def run(path, inputs, num_outputs=None):
 
     Returns:
         The list of output arrays, in the model's output order.
+
+    Example:
+
+    >>> import tempfile
+    >>> from keras_attention import serving
+    >>> inputs = keras.Input((None, 4), name="features")
+    >>> model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.onnx")
+    >>> model.export(path, format="onnx", verbose=False)
+    >>> features = np.ones((2, 3, 4), "float32")
+    >>> (out,) = serving.run_exported(path, {"features": features})
+    >>> bool(np.allclose(out, model.predict(features, verbose=0), atol=1e-5))
+    True
     """
     return runner(path, num_outputs)(inputs)
 

@@ -3,8 +3,8 @@
 The CLI runs as a subprocess for a few steps on a small slice of the corpus:
 it trains, scores held-out text against the Kneser-Ney baseline, samples,
 plots, and under TensorFlow exports and compares the served continuations
-(greedy and seeded sampling) with eager generation, exiting non-zero on a
-mismatch; under JAX and PyTorch the greedy string model it saves, exported
+(greedy and seeded sampling) with eager generation, on TF's loader and on
+onnxruntime and LiteRT, exiting non-zero on a mismatch; under JAX and PyTorch the greedy string model it saves, exported
 by the CLI under TensorFlow, must serve that backend's continuations. The
 model's cached generation is checked against recomputing the whole prefix;
 the export comparison also checks the in-graph prompt encoding against
@@ -52,6 +52,14 @@ def test_smoke_trains_evaluates_generates_and_exports(tmp_path):
         assert "CHECK PASSED" in output
         assert "0 mismatch(es)" in output
         assert results["export"]
+        # Greedy and sampled generation on onnxruntime and LiteRT, next to
+        # the SavedModel, give the eager continuations.
+        assert results["runtime_mismatches"] == 0
+        base = tmp_path / "saved_models" / "text_generation"
+        for name in ("generate_greedy", "generate_sample"):
+            for suffix in ("onnx", "tflite"):
+                assert (base / f"{name}.{suffix}").is_file()
+                assert f"{name}.{suffix}: " in output
     else:
         check_round_trip_through_tensorflow(tmp_path, output, results)
 

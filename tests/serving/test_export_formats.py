@@ -72,7 +72,7 @@ def test_export_writes_a_checked_version_that_its_runtime_runs(
     model = keras.saving.load_model(saved)
     tokens = helpers.ragged_tokens(np.random.default_rng(1), [7, 2, 4])
     expected = model.predict(tokens, verbose=0)
-    got = _runtimes.run(
+    got = _runtimes.run_exported(
         version / FILES[fmt][-1], {"tokens": tokens}, num_outputs=2
     )
     for g, e in zip(got, expected):

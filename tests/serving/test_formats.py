@@ -217,7 +217,7 @@ def test_export_runs_on_its_runtime(name, chunk_size, fmt, tmp_path):
     path = os.fspath(tmp_path / FORMATS[fmt])
     _export(model, path, fmt)
     for sample, want in zip(samples, expected):
-        (got,) = _runtimes.run(path, sample, num_outputs=1)
+        (got,) = _runtimes.run_exported(path, sample, num_outputs=1)
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     ops = _runtimes.op_types(path)
     loops, branches = (

@@ -37,8 +37,8 @@ PROMPTS = [
 SEEDS = [7, 123456789]
 # format: (file name, runner)
 FORMATS = {
-    "onnx": ("model.onnx", _runtimes.run),
-    "litert": ("model.tflite", _runtimes.run),
+    "onnx": ("model.onnx", _runtimes.run_exported),
+    "litert": ("model.tflite", _runtimes.run_exported),
 }
 
 
@@ -192,7 +192,7 @@ def test_cached_attention_with_a_run_time_mask(tmp_path):
     values = values.astype("float32")
     want = to_numpy(model([values, prompts]))
     _export(model, tmp_path / "model.tflite", "litert")
-    (got,) = _runtimes.run(
+    (got,) = _runtimes.run_exported(
         tmp_path / "model.tflite", {"x": values, "prompt_ids": prompts}
     )
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
