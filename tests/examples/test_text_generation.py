@@ -4,8 +4,9 @@ The CLI runs as a subprocess for a few steps on a small slice of the corpus:
 it trains, scores held-out text against the Kneser-Ney baseline, samples,
 plots, and under TensorFlow exports and compares the served continuations
 (greedy and seeded sampling) with eager generation, on TF's loader and on
-onnxruntime and LiteRT, exiting non-zero on a mismatch; under JAX and PyTorch the greedy string model it saves, exported
-by the CLI under TensorFlow, must serve that backend's continuations. The
+onnxruntime and LiteRT, exiting non-zero on a mismatch; under JAX and
+PyTorch the greedy string model it saves, exported by the CLI under
+TensorFlow, must serve that backend's continuations. The
 model's cached generation is checked against recomputing the whole prefix;
 the export comparison also checks the in-graph prompt encoding against
 `left_pad`.

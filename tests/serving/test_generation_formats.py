@@ -60,7 +60,7 @@ def language_model():
     model = text_generation.CharTransformerLM(
         20,
         hidden_dim=16,
-        num_layers=2,
+        num_layers=1,
         num_heads=2,
         num_key_value_heads=1,
         intermediate_dim=32,
