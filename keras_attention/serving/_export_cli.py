@@ -236,10 +236,10 @@ def export_file(
             f"{model}: cannot be loaded in safe mode: {type(e).__name__}: "
             f"{e}".rstrip()
         ) from e
-    if fmt != "tf_saved_model":
-        from keras_attention.serving import _formats
+    from keras_attention.serving import _formats
 
-        try:
+    try:
+        if fmt != "tf_saved_model":
             return _formats.export_model(
                 loaded,
                 base_path,
@@ -248,13 +248,6 @@ def export_file(
                 sample_inputs=requests,
                 overwrite=overwrite,
             )
-        except _export.CheckFailed as e:
-            raise ExportFailed(f"{model}: {e}") from e
-        except Exception as e:
-            raise ExportFailed(
-                f"{model}: export failed: {type(e).__name__}: {e}"
-            ) from e
-    try:
         return _export.export_saved_model(
             loaded,
             base_path,

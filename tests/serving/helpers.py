@@ -104,3 +104,30 @@ def check_expect(path, tmp_path, inputs, expected):
     result = _serving("check", path, "--inputs", body, "--expect", npz)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "CHECK PASSED" in result.stdout
+
+
+def serving_without(module, argv, cwd):
+    """`python -m keras_attention.serving *argv` in a Python where
+    `importlib.util.find_spec(module)` finds nothing (the module is not
+    installed), under Keras' numpy backend, in `cwd`."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    script = (
+        "import importlib.util, runpy, sys\n"
+        "real = importlib.util.find_spec\n"
+        f"importlib.util.find_spec = lambda name, *a: None if name == "
+        f"{module!r} else real(name, *a)\n"
+        f"sys.argv = ['serving', *{list(argv)!r}]\n"
+        "runpy.run_module('keras_attention.serving', run_name='__main__')\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=cwd,
+        env=dict(os.environ, KERAS_BACKEND="numpy", PYTHONPATH=root),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

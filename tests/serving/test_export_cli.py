@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
 
 import keras
@@ -301,21 +300,8 @@ def test_without_tensorflow_it_fails_at_once_with_the_command(tmp_path):
     """A Python without TensorFlow (as on the GPU machines): Keras on
     another backend (numpy here, which any install has), and
     `importlib.util.find_spec("tensorflow")` finding nothing."""
-    script = (
-        "import importlib.util, runpy, sys\n"
-        "real = importlib.util.find_spec\n"
-        "importlib.util.find_spec = lambda name, *a: None if name == "
-        "'tensorflow' else real(name, *a)\n"
-        "sys.argv = ['serving', 'export', 'm.keras', 'base']\n"
-        "runpy.run_module('keras_attention.serving', run_name='__main__')\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=dict(os.environ, KERAS_BACKEND="numpy", PYTHONPATH=ROOT),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = helpers.serving_without(
+        "tensorflow", ["export", "m.keras", "base"], tmp_path
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "needs TensorFlow, which is not installed" in result.stderr

@@ -5,8 +5,6 @@ with nothing written)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -148,22 +146,8 @@ def test_missing_runtime_exits_2_with_its_install_command(
     fmt, module, command, tmp_path
 ):
     """A Python without the format's runtime: `find_spec` finds nothing."""
-    script = (
-        "import importlib.util, runpy, sys\n"
-        "real = importlib.util.find_spec\n"
-        f"importlib.util.find_spec = lambda name, *a: None if name == "
-        f"{module!r} else real(name, *a)\n"
-        f"sys.argv = ['serving', 'export', 'm.keras', 'base', '--format', "
-        f"{fmt!r}]\n"
-        "runpy.run_module('keras_attention.serving', run_name='__main__')\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=dict(os.environ, KERAS_BACKEND="numpy", PYTHONPATH=ROOT),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = helpers.serving_without(
+        module, ["export", "m.keras", "base", "--format", fmt], tmp_path
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"--format {fmt} needs {module}" in result.stderr
