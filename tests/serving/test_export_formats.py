@@ -187,3 +187,26 @@ def test_export_model_that_fails_its_check_writes_nothing(
     assert "model.tflite" in staged[0]
     assert not base.exists() or os.listdir(base) == []
     assert [n for n in os.listdir(tmp_path) if n != "models"] == []
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "tensorflow",
+    reason="trained under JAX or PyTorch",
+)
+def test_export_model_from_another_backend_goes_through_tensorflow(tmp_path):
+    """Under JAX or PyTorch, `export_model` saves the model and exports it
+    in a TensorFlow process; the file serves this backend's outputs."""
+    pytest.importorskip("ai_edge_litert")
+    keras.utils.set_random_seed(0)
+    model = helpers.masked_model(chunk_size=None)
+    path = serving.export_model(
+        model, tmp_path / "models", "litert", sample_inputs=_sample()
+    )
+    assert sorted(os.listdir(path))[-1] == "sample_request.json"
+    tokens = helpers.ragged_tokens(np.random.default_rng(1), [7, 2, 4])
+    expected = model.predict(tokens, verbose=0)
+    got = _runtimes.run_exported(
+        os.path.join(path, "model.tflite"), {"tokens": tokens}, num_outputs=2
+    )
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=0, atol=1e-4)
