@@ -115,28 +115,13 @@ def drops_unread_results():
 
 
 def map_blocks(fn, n, templates, sequential):
-    """`[fn(i) for i in range(n)]`, stacked; `templates` holds a zero tensor
-    shaped like each result. `sequential`: one iteration at a time, else up
-    to 10 at once, each with its own blocks (faster, but it multiplies the
-    blocks' memory).
+    """TensorFlow's `[fn(i) for i in range(n)]`, stacked: a `while` loop that
+    writes each result into its slot of a preallocated output shaped like
+    `templates`, which every export format takes (see
+    `_backend_tensorflow.map_blocks`). `sequential`: one iteration at a
+    time, else up to 10 at once."""
+    from keras_attention.ops import _backend_tensorflow
 
-    TensorFlow: a `while` loop that writes each result into its slot of a
-    preallocated output, which every export format takes (see
-    `_backend_tensorflow.map_blocks`). Elsewhere a `map`, or sequentially a
-    scan whose carry is `templates` (Keras' `scan` needs the per-step
-    outputs to have the carry's shapes).
-    """
-    if keras.backend.backend() == "tensorflow":
-        from keras_attention.ops import _backend_tensorflow
-
-        return _backend_tensorflow.map_blocks(
-            fn, n, templates, 1 if sequential else 10
-        )
-    indices = ops.arange(n, dtype="int32")
-    if not sequential:
-        return ops.map(fn, indices)
-
-    def step(carry, i):
-        return carry, fn(i)
-
-    return ops.scan(step, templates, indices)[1]
+    return _backend_tensorflow.map_blocks(
+        fn, n, templates, 1 if sequential else 10
+    )

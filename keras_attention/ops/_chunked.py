@@ -203,20 +203,32 @@ def _rows(x, start, size, axis=2):
 
 
 def _map_blocks(fn, n, templates, sequential):
-    """The forward's `[fn(i) for i in range(n)]`, stacked: see
-    `_backend.map_blocks`, which every export format takes."""
-    return _backend.map_blocks(fn, n, templates, sequential)
+    """The forward's `[fn(i) for i in range(n)]`, stacked; `templates` holds
+    a zero tensor shaped like each result.
+
+    A `map` runs up to 10 iterations at once, each with its own blocks:
+    faster, but it multiplies the blocks' memory; `sequential` runs one at
+    a time (`_scan_blocks`). TensorFlow: a `while` loop into preallocated
+    outputs instead (`_backend.map_blocks`), which every export format
+    takes.
+    """
+    if keras.backend.backend() == "tensorflow":
+        return _backend.map_blocks(fn, n, templates, sequential)
+    if sequential:
+        return _scan_blocks(fn, n, templates)
+    return ops.map(fn, ops.arange(n, dtype="int32"))
 
 
 def _scan_blocks(fn, n, templates):
-    """The backward's `[fn(i) for i in range(n)]`, stacked, one iteration
-    at a time: a scan whose carry is a zero `templates` structure (Keras'
-    TensorFlow `scan` needs the per-step outputs to have the carry's
-    shapes). The backward pass holds several blocks per iteration; measured
-    in `benchmarks/`: at length 8192 the sequential backward halves the peak
-    memory of a train step for about 2% of its time. Gradients are never
-    exported, so this keeps the TensorLists that a scan collects its
-    results in (no copy of the results per iteration)."""
+    """`[fn(i) for i in range(n)]`, stacked, one iteration at a time: a
+    scan whose carry is a zero `templates` structure (Keras' TensorFlow
+    `scan` needs the per-step outputs to have the carry's shapes). The
+    backward pass, which holds several blocks per iteration, always runs
+    this way; measured in `benchmarks/`: at length 8192 the sequential
+    backward halves the peak memory of a train step for about 2% of its
+    time. Gradients are never exported, so on TensorFlow it keeps the
+    TensorLists that a scan collects its results in (no copy of the
+    results per iteration)."""
 
     def step(carry, i):
         return carry, fn(i)

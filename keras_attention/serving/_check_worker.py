@@ -229,7 +229,6 @@ def run_check(path, inputs_path, expect_path, signature, rtol, atol):
             path, runtime_file, inputs_path, expect_path, rtol, atol
         )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")  # the v1 loader's deprecation notice
@@ -258,12 +257,9 @@ def run_check(path, inputs_path, expect_path, signature, rtol, atol):
                 f"no signature {signature!r}; the export has "
                 f"{sorted(report['signatures'])}"
             )
-        if inputs_path is None and os.path.isfile(os.path.join(path, SAMPLE)):
-            inputs_path = os.path.join(path, SAMPLE)
-            if expect_path is None and os.path.isfile(
-                os.path.join(path, EXPECTED)
-            ):
-                expect_path = os.path.join(path, EXPECTED)
+        inputs_path, expect_path = _stored_sample(
+            path, inputs_path, expect_path, SAMPLE, EXPECTED
+        )
         if inputs_path is not None:
             sig = meta_graph.signature_def[signature]
             dtypes = {
@@ -276,17 +272,48 @@ def run_check(path, inputs_path, expect_path, signature, rtol, atol):
             outputs = sess.run(
                 fetches, {sig.inputs[k].name: v for k, v in feeds.items()}
             )
-            print(f"ran {signature} on {inputs_path}:")
-            for key, value in sorted(outputs.items()):
-                preview = np.asarray(value).reshape(-1)[:4]
-                print(f"  {key}: {value.dtype} {list(value.shape)} {preview}")
-            report["ran"] = True
-            if expect_path is not None:
-                compare(outputs, expect_path, rtol, atol)
-                print(f"outputs match {expect_path} (rtol={rtol}, atol={atol})")
+            _show_and_compare(
+                signature,
+                inputs_path,
+                dict(sorted(outputs.items())),
+                expect_path,
+                rtol,
+                atol,
+                report,
+            )
     if problems:
         raise CheckError(f"{len(problems)} graph problem(s), listed above")
     return report
+
+
+def _stored_sample(folder, inputs_path, expect_path, sample, expected):
+    """`(inputs_path, expect_path)`: without `--inputs`, the export's own
+    sample request (`folder/sample`) and, without `--expect`, its expected
+    outputs (`folder/expected`), where they exist."""
+    if inputs_path is None and os.path.isfile(os.path.join(folder, sample)):
+        inputs_path = os.path.join(folder, sample)
+        if expect_path is None and os.path.isfile(
+            os.path.join(folder, expected)
+        ):
+            expect_path = os.path.join(folder, expected)
+    return inputs_path, expect_path
+
+
+def _show_and_compare(
+    what, inputs_path, outputs, expect_path, rtol, atol, report
+):
+    """Prints a preview of each output of the run of `what` on
+    `inputs_path`, then compares them with `expect_path` (if any)."""
+    import numpy as np
+
+    print(f"ran {what} on {inputs_path}:")
+    for key, value in outputs.items():
+        preview = np.asarray(value).reshape(-1)[:4]
+        print(f"  {key}: {value.dtype} {list(value.shape)} {preview}")
+    report["ran"] = True
+    if expect_path is not None:
+        compare(outputs, expect_path, rtol, atol)
+        print(f"outputs match {expect_path} (rtol={rtol}, atol={atol})")
 
 
 def _runtime_file(path):
@@ -304,7 +331,6 @@ def run_runtime_check(path, model_file, inputs_path, expect_path, rtol, atol):
     """The check of an ONNX, LiteRT or OpenVINO export on its own runtime:
     lists its inputs and outputs, counts its loops and branches, runs the
     sample inputs and compares the outputs."""
-    import numpy as np
 
     # `_runtimes` imports neither Keras nor TensorFlow; it is loaded from
     # this file's directory, never from the export's.
@@ -341,14 +367,13 @@ def run_runtime_check(path, model_file, inputs_path, expect_path, rtol, atol):
         f"loops: {report['loops'] or 'none'}; branches: "
         f"{report['branches'] or 'none'}"
     )
-    if inputs_path is None and os.path.isfile(
-        os.path.join(folder, "sample_request.json")
-    ):
-        inputs_path = os.path.join(folder, "sample_request.json")
-        if expect_path is None and os.path.isfile(
-            os.path.join(folder, "expected_outputs.npz")
-        ):
-            expect_path = os.path.join(folder, "expected_outputs.npz")
+    inputs_path, expect_path = _stored_sample(
+        folder,
+        inputs_path,
+        expect_path,
+        os.path.basename(SAMPLE),
+        os.path.basename(EXPECTED),
+    )
     if inputs_path is None:
         return report
     names = metadata.get("inputs") or [name for name, _, _ in inputs]
@@ -362,14 +387,7 @@ def run_runtime_check(path, model_file, inputs_path, expect_path, rtol, atol):
         model_file, {n: feeds[n] for n in names}, len(output_names)
     )
     values = dict(zip(output_names, results))
-    print(f"ran {fmt} on {inputs_path}:")
-    for key, value in values.items():
-        preview = np.asarray(value).reshape(-1)[:4]
-        print(f"  {key}: {value.dtype} {list(value.shape)} {preview}")
-    report["ran"] = True
-    if expect_path is not None:
-        compare(values, expect_path, rtol, atol)
-        print(f"outputs match {expect_path} (rtol={rtol}, atol={atol})")
+    _show_and_compare(fmt, inputs_path, values, expect_path, rtol, atol, report)
     for name in BLOCKED + ("tensorflow",):
         if name in sys.modules:
             raise CheckError(f"{name} was imported during the check")
