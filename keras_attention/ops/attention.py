@@ -228,12 +228,19 @@ def scaled_dot_product_attention(
     )
     _validation.check_flash_attention(flash_attention)
     known_offset = _validation.check_index("causal_offset", causal_offset)
+    positional = (
+        is_causal
+        or sliding_window is not None
+        or score_mod is not None
+        or mask_mod is not None
+    )
     if known_offset == 0:
         causal_offset = 0
-    elif not is_causal:
+    elif not positional:
         raise ValueError(
-            "Argument `causal_offset` applies to causal attention only: pass "
-            "`is_causal=True`, or leave it at 0. Received: "
+            "Argument `causal_offset` (the position of query 0) applies only "
+            "with `is_causal=True`, `sliding_window`, `score_mod` or "
+            "`mask_mod`; otherwise leave it at 0. Received: "
             f"causal_offset={_validation.short_repr(causal_offset)}, "
             "is_causal=False"
         )
