@@ -450,7 +450,8 @@ def test_cross_segment_ids_zero_rows_without_keys_as_a_mask_does():
     v = rng.normal(size=(2, 5, 8)).astype("float32")
     q_ids = np.array([[0, 0, 1, 3], [2, 2, 2, 2]], "int32")  # 3: no key
     k_ids = np.array([[0, 1, 1, 1, 2], [2, 2, 0, 0, 0]], "int32")
-    layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    # Non-zero biases: a row without keys would show the output's bias.
+    layer = MultiHeadAttention(num_heads=2, key_dim=4, bias_initializer="ones")
     got = layer(q, v, query_segment_ids=q_ids, key_segment_ids=k_ids)
     want = layer(q, v, attention_mask=q_ids[:, :, None] == k_ids[:, None])
     np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-5)
