@@ -25,6 +25,10 @@ import numpy as np
 import keras_attention as ka
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The registered `score_mod` and `mask_mod` that the programmable golden
+# models name live in `tests/mods.py`.
+sys.path.insert(0, os.path.dirname(HERE))
+from tests import mods  # noqa: E402
 
 
 def _tokens(rng, batch=3, length=7, vocab=20):
@@ -182,6 +186,22 @@ def transformer_decoder(rng):
     return model, inputs
 
 
+def multi_head_attention_programmable(rng):
+    """Registered `score_mod` and `mask_mod`, sinks, GQA, chunked."""
+    features = keras.Input((None, 6), name="features")
+    x = ka.MultiHeadAttention(
+        num_heads=4,
+        key_dim=3,
+        num_key_value_heads=2,
+        score_mod=mods.distance_penalty,
+        mask_mod=mods.prefix_lm,
+        use_attention_sinks=True,
+        chunk_size=3,
+    )(features, features)
+    model = keras.Model(features, x)
+    return model, [rng.normal(size=(2, 7, 6)).astype("float32")]
+
+
 @keras.saving.register_keras_serializable(package="golden")
 class GoldenLM(keras.Model):
     """The smallest language model with `TokenGenerator`'s interface: an
@@ -233,6 +253,7 @@ GOLDEN = {
     "MultiHeadAttention": multi_head_attention,
     "MultiHeadAttention-gated": multi_head_attention_gated,
     "MultiHeadAttention-rope": multi_head_attention_rope,
+    "MultiHeadAttention-programmable": multi_head_attention_programmable,
     "GroupedQueryAttention": grouped_query_attention,
     "AdditiveAttention": additive_attention,
     "AttentionPooling": attention_pooling,

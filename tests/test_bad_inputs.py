@@ -194,6 +194,10 @@ def _encoder_model(num_heads=8, intermediate=16, dim=16):
     return keras.Model(inputs, block(inputs))
 
 
+def _unregistered(score, b, h, q_idx, kv_idx):
+    return score
+
+
 HALF = np.full((3, 5), 0.5, "float32")
 BIG = 10**9
 
@@ -1844,6 +1848,82 @@ CASES = [
         lambda: place_cache(np.zeros((2, 3, 5, 4, 2), "float32")),
         "cache",
         r"\(2, 3, 5, 4, 2\)",
+    ),
+    # -- programmable attention: functions, sinks, segment ids ------------
+    Case(
+        "mha/mask_mod_lambda_at_get_config",
+        lambda: MultiHeadAttention(
+            2, 4, mask_mod=lambda b, h, q, k: q >= k
+        ).get_config(),
+        "mask_mod",
+        "register_keras_serializable.*lambda",
+    ),
+    Case(
+        "mha/score_mod_unregistered_at_get_config",
+        lambda: MultiHeadAttention(2, 4, score_mod=_unregistered).get_config(),
+        "score_mod",
+        "register_keras_serializable.*_unregistered",
+    ),
+    Case(
+        "mha/mask_mod_unknown_name",
+        lambda: MultiHeadAttention(2, 4, mask_mod="nowhere>nothing"),
+        "mask_mod",
+        "nowhere>nothing",
+    ),
+    Case("sdpa/sinks_length", sdpa(sinks=np.zeros(3)), "sinks", r"\(3,\)"),
+    Case(
+        "sdpa/segment_ids_shape",
+        sdpa(
+            query_segment_ids=np.zeros((2, 4), "int32"),
+            key_segment_ids=np.zeros((2, 5), "int32"),
+        ),
+        "query_segment_ids",
+        r"\(2, 3\).*\(2, 4\)",
+    ),
+    Case(
+        "sdpa/segment_ids_float",
+        sdpa(
+            query_segment_ids=np.zeros((2, 3), "float32"),
+            key_segment_ids=np.zeros((2, 5), "int32"),
+        ),
+        "query_segment_ids",
+        "integer.*float32",
+    ),
+    Case(
+        "mha/segment_ids_shape",
+        mha(
+            query_segment_ids=np.zeros((2, 3), "int32"),
+            key_segment_ids=np.zeros((2, 4), "int32"),
+        ),
+        "key_segment_ids",
+        r"\(2, 5\).*\(2, 4\)",
+    ),
+    Case(
+        "mha/segment_ids_float",
+        mha(
+            query_segment_ids=np.zeros((2, 3), "float32"),
+            key_segment_ids=np.zeros((2, 5), "int32"),
+        ),
+        "query_segment_ids",
+        "integer.*float32",
+    ),
+    Case(
+        "sdpa/mask_mod_not_boolean",
+        sdpa(mask_mod=lambda b, h, q, k: q - k),
+        "mask_mod",
+        "boolean.*int32",
+    ),
+    Case(
+        "sdpa/mask_mod_shape",
+        sdpa(mask_mod=lambda b, h, q, k: np.ones((7, 7, 7), bool)),
+        "mask_mod",
+        r"broadcastable.*\(7, 7, 7\)",
+    ),
+    Case(
+        "sdpa/score_mod_shape",
+        sdpa(score_mod=lambda s, b, h, q, k: s[..., :1]),
+        "score_mod",
+        r"shape.*\(2, 4, 2, 1\)",
     ),
     Case(
         "serving/export_model_unknown_format",

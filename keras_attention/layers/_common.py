@@ -71,6 +71,12 @@ def call_arguments(call, args, kwargs):
     return bound.arguments
 
 
+def index_or_zero(index):
+    """A cache update index, 0 for None (a tensor is not tested for
+    truth)."""
+    return 0 if index is None else index
+
+
 def check_sliding_window(sliding_window):
     """`sliding_window`: None or a positive int (compared with int32
     positions, so bounded as a weight's size is)."""

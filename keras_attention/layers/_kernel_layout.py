@@ -17,10 +17,11 @@ from keras import ops
 
 from keras_attention import _masking
 
-# A call's mask and bias in the kernel's layout, and the scores' shape in
-# Keras' layout.
+# A call's mask and bias in the kernel's layout, the scores' shape in
+# Keras' layout, and `rows`: None, or the `(B', T')` rows that attend a key
+# as the kernel found them (`_programmable.attend`).
 KernelOperands = collections.namedtuple(
-    "KernelOperands", ["mask", "bias", "scores_shape"]
+    "KernelOperands", ["mask", "bias", "scores_shape", "rows"]
 )
 
 
@@ -178,21 +179,33 @@ class KernelLayout:
             self.scores_operand(mask, scores_shape),
             self.scores_operand(bias, scores_shape),
             scores_shape,
+            None,
         )
 
-    def zero_masked_rows(self, output, query, key, operands, causal_offset):
+    def zero_masked_rows(
+        self, output, query, key, operands, causal_offset, window=None
+    ):
         """Zeroes the output rows whose keys are all masked in every head:
-        by `operands.mask`, by `-inf` entries of `operands.bias`, or by a
-        key length of 0. NaN bias entries count as usable, so that NaN
+        by `operands.mask`, by `-inf` entries of `operands.bias`, by the
+        window, or by a key length of 0; `operands.rows` instead where the
+        kernel found them. NaN bias entries count as usable, so that NaN
         propagates.
 
         `query` and `key` are projected, in Keras' layout. `causal_offset`
         is None unless causal masking was left to the kernel; `mask` is
         then a key mask, and a row has keys when a valid key sits at or
-        before its position, found without a `(T, S)` mask.
+        before its position, found without a `(T, S)` mask. `window`: None
+        or `(sliding_window, offset)` where the kernel applied a window.
         """
         mask, bias = operands.mask, operands.bias
-        if causal_offset is not None and mask is not None and bias is None:
+        if operands.rows is not None:
+            return self._zero_rows(output, query, operands.rows)
+        if (
+            causal_offset is not None
+            and mask is not None
+            and bias is None
+            and window is None
+        ):
             # Cast before broadcasting, and `expand_dims` below rather than
             # `[:, :, None]`: LiteRT's converter crashes on a cast of a
             # run-time `broadcast_to` (TFL's ReorderBroadcastToCast), and
@@ -212,7 +225,7 @@ class KernelLayout:
             return output * ops.expand_dims(
                 ops.cast(row_valid, output.dtype), -1
             )
-        if mask is None and bias is None:
+        if mask is None and bias is None and window is None:
             if key.shape[1] in (None, 0):
                 has_keys = ops.greater(ops.shape(key)[1], 0)
                 output = output * ops.cast(has_keys, output.dtype)
@@ -222,18 +235,25 @@ class KernelLayout:
             usable = _masking.and_masks(
                 usable, ops.logical_not(bias <= _masking.MASKED)
             )
-            if causal_offset is not None:  # left to the kernel, with a bias
-                causal = _masking.causal_mask(
-                    ops.shape(query)[1], ops.shape(key)[1], causal_offset
-                )
-                usable = _masking.and_masks(usable, causal[None, None])
+        q_len, k_len = ops.shape(query)[1], ops.shape(key)[1]
+        if causal_offset is not None and (bias is not None or window):
+            causal = _masking.causal_mask(q_len, k_len, causal_offset)
+            usable = _masking.and_masks(usable, causal[None, None])
+        if window is not None:
+            band = _masking.sliding_window_mask(q_len, k_len, *window)
+            usable = _masking.and_masks(usable, band[None, None])
+        return self._zero_rows(output, query, ops.any(usable, axis=(1, 3)))
+
+    def _zero_rows(self, output, query, rows):
+        """Zeroes the output rows where `rows` (`(B', T')` in the kernel
+        layout, broadcastable) is False."""
         # (B', T') in the kernel layout -> (B, <query dims>) -> output rank.
         shape = tuple(ops.shape(query))
         if self.perm is not None:
             shape = tuple(shape[i] for i in self.perm)
         num_batch = self.rank - 1 - len(self.axes)
         row_valid = ops.broadcast_to(
-            ops.any(usable, axis=(1, 3)),
+            rows,
             (_product(shape[:num_batch]), _product(shape[num_batch:-2])),
         )
         row_valid = self.from_kernel(

@@ -8,6 +8,7 @@ from keras import ops
 
 from keras_attention import _validation
 from keras_attention.layers import _common
+from keras_attention.layers import _programmable
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
 
 # The blocks' own config keys, beyond the Keras objects.
@@ -24,6 +25,7 @@ _CONFIG_KEYS = (
     "sliding_window",
     "chunk_size",
     "logits_soft_cap",
+    "use_attention_sinks",
     "seed",
 )
 
@@ -71,6 +73,9 @@ class TransformerBlock(_common.ValidatedLayer):
         kernel_constraint,
         bias_constraint,
         seed,
+        score_mod=None,
+        mask_mod=None,
+        use_attention_sinks=False,
         **kwargs,
     ):
         _validation.check_positive_int("intermediate_dim", intermediate_dim)
@@ -91,6 +96,9 @@ class TransformerBlock(_common.ValidatedLayer):
             "logits_soft_cap", logits_soft_cap, allow_none=True
         )
         _validation.check_seed(seed)
+        _validation.check_bool("use_attention_sinks", use_attention_sinks)
+        score_mod = _programmable.get_mod("score_mod", score_mod)
+        mask_mod = _programmable.get_mod("mask_mod", mask_mod)
         _validation.check_size_product({"intermediate_dim": intermediate_dim})
         if key_dim is not None:
             _validation.check_size_product(
@@ -119,6 +127,8 @@ class TransformerBlock(_common.ValidatedLayer):
         self.logits_soft_cap = (
             None if logits_soft_cap is None else float(logits_soft_cap)
         )
+        self.score_mod, self.mask_mod = score_mod, mask_mod
+        self.use_attention_sinks = use_attention_sinks
         _common.set_keras_objects(self, locals())
         self.seed = seed
 
@@ -167,7 +177,15 @@ class TransformerBlock(_common.ValidatedLayer):
         return dim, key_dim
 
     def _attention(self, name, key_dim, seed_offset, self_attention=True):
-        """The block's attention: RoPE and the window in self-attention."""
+        """The block's attention: RoPE, the window, the functions and the
+        sinks in self-attention."""
+        programmable = {}
+        if self_attention:
+            programmable = dict(
+                score_mod=self.score_mod,
+                mask_mod=self.mask_mod,
+                use_attention_sinks=self.use_attention_sinks,
+            )
         return MultiHeadAttention(
             num_heads=self.num_heads,
             key_dim=key_dim,
@@ -182,6 +200,7 @@ class TransformerBlock(_common.ValidatedLayer):
             ),
             rope_scaling_factor=self.rope_scaling_factor,
             name=name,
+            **programmable,
             **_common.sublayer_kwargs(self),
         )
 
@@ -242,6 +261,7 @@ class TransformerBlock(_common.ValidatedLayer):
     def get_config(self):
         config = super().get_config()
         config.update({key: getattr(self, key) for key in _CONFIG_KEYS})
+        config.update(_programmable.serialize_mods(self))
         config.update(
             {
                 "activation": keras.activations.serialize(self.activation),

@@ -2,6 +2,7 @@ import keras
 
 from keras_attention import _validation
 from keras_attention.layers import _common
+from keras_attention.layers import _programmable
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
 
 
@@ -53,6 +54,9 @@ class GroupedQueryAttention(MultiHeadAttention):
         logits_soft_cap: optional positive float; see the op.
         rope_max_wavelength, rope_scaling_factor: rotary position
             embeddings, as in `keras_attention.MultiHeadAttention`.
+        score_mod, mask_mod, use_attention_sinks: programmable attention,
+            as in `keras_attention.MultiHeadAttention` (saved by registered
+            name; the sinks are one logit per query head).
         **kwargs: base layer arguments, e.g. `name` and `dtype`.
 
     Call arguments:
@@ -62,9 +66,9 @@ class GroupedQueryAttention(MultiHeadAttention):
             `value`.
         query_mask, value_mask, key_mask, attention_mask,
         return_attention_scores, training, use_causal_mask, attention_bias,
-        cache, cache_update_index: as in `keras_attention.MultiHeadAttention`
-            (its key/value cache holds `num_key_value_heads` heads of
-            `head_dim`).
+        cache, cache_update_index, query_segment_ids, key_segment_ids: as in
+            `keras_attention.MultiHeadAttention` (its key/value cache holds
+            `num_key_value_heads` heads of `head_dim`).
 
     Returns:
         attention_output: `(batch_size, target_length, dim)`.
@@ -107,6 +111,9 @@ class GroupedQueryAttention(MultiHeadAttention):
         logits_soft_cap=None,
         rope_max_wavelength=None,
         rope_scaling_factor=1.0,
+        score_mod=None,
+        mask_mod=None,
+        use_attention_sinks=False,
         **kwargs,
     ):
         arguments = dict(locals())
@@ -215,6 +222,8 @@ class GroupedQueryAttention(MultiHeadAttention):
                 "logits_soft_cap": self.logits_soft_cap,
                 "rope_max_wavelength": self.rope_max_wavelength,
                 "rope_scaling_factor": self.rope_scaling_factor,
+                **_programmable.serialize_mods(self),
+                "use_attention_sinks": self.use_attention_sinks,
                 "activity_regularizer": keras.regularizers.serialize(
                     self._activity_regularizer
                 ),

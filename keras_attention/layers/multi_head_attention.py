@@ -10,6 +10,7 @@ from keras_attention import _validation
 from keras_attention.layers import _common
 from keras_attention.layers import _kernel_layout
 from keras_attention.layers import _kv_cache
+from keras_attention.layers import _programmable
 from keras_attention.layers.rotary_embedding import apply_rotary
 from keras_attention.layers.rotary_embedding import rotary_positions
 from keras_attention.ops.attention import scaled_dot_product_attention
@@ -55,8 +56,16 @@ class MultiHeadAttention(_common.ValidatedLayer):
     fully masked rows, `chunk_size`, `flash_attention` and soft-capping are
     those of `keras_attention.ops.scaled_dot_product_attention`. The
     query, value and key masks (from the inputs' Keras masks),
-    `attention_mask`, `use_causal_mask` and `sliding_window` combine with a
-    logical AND, as in Keras core.
+    `attention_mask`, `use_causal_mask`, `sliding_window`, the segment ids
+    and `mask_mod` combine with a logical AND, as in Keras core.
+
+    `score_mod`, `mask_mod`, segment ids and sinks run in the op (its
+    rules), with no `(T, S)` mask built; `q_idx` counts from
+    `cache_update_index`, so a `mask_mod` decodes step by step as on the
+    whole sequence. Functions are saved by registered name: a lambda or an
+    unregistered one makes `get_config` raise a `ValueError` (Keras stores
+    a lambda's bytecode, which breaks across Python versions and needs
+    `safe_mode=False`).
 
     Args:
         num_heads: int, number of attention heads.
@@ -69,7 +78,11 @@ class MultiHeadAttention(_common.ValidatedLayer):
         attention_axes: int or tuple of ints, the axes attention runs over.
             `None`: all axes but the batch and feature axes.
         sliding_window: optional positive int: each query attends keys
-            within `sliding_window - 1` positions of itself.
+            within `sliding_window - 1` positions of itself, `|i - j| <
+            sliding_window` (Keras' symmetric band; the op's
+            `sliding_window`). keras-hub's gpt-oss attends `kv_idx >= q_idx
+            - w` with causal masking, one key more: port it as
+            `sliding_window=w + 1`.
         flash_attention: `None`, `True` or `False`; see the op.
         kernel_initializer, bias_initializer, kernel_regularizer,
         bias_regularizer, activity_regularizer, kernel_constraint,
@@ -91,6 +104,13 @@ class MultiHeadAttention(_common.ValidatedLayer):
             `key_dim`.
         rope_scaling_factor: positive float, the positions are divided by
             it (linear RoPE scaling). Default 1.
+        score_mod: optional function `(score, b, h, q_idx, kv_idx) ->
+            score` on the float32 logits, or the registered name of one
+            (see above). Needs rank-3 inputs.
+        mask_mod: optional function `(b, h, q_idx, kv_idx) -> bool`, True
+            to attend, or the registered name of one; as `score_mod`.
+        use_attention_sinks: bool, a learned logit per head (weight
+            `sinks`, zeros at first) joins each row's softmax denominator.
         **kwargs: base layer arguments, e.g. `name` and `dtype`.
 
     Key/value cache (autoregressive decoding), with keras-hub's
@@ -132,6 +152,11 @@ class MultiHeadAttention(_common.ValidatedLayer):
         cache_update_index: optional int or 0-d integer tensor, where the
             inputs' keys and values are written into `cache`. A known index
             must leave room for them.
+        query_segment_ids, key_segment_ids: optional integer `(batch_size,
+            target_length)` and `(batch_size, source_length)`: a query
+            attends the keys of its segment (packed sequences). With a
+            cache, `key_segment_ids` covers the cache's slots,
+            `(batch_size, max_length)`, as its padding masks may.
 
     Returns:
         attention_output: `(batch_size, target_length, E)`, `E` the query's
@@ -180,6 +205,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
         logits_soft_cap=None,
         rope_max_wavelength=None,
         rope_scaling_factor=1.0,
+        score_mod=None,
+        mask_mod=None,
+        use_attention_sinks=False,
         **kwargs,
     ):
         _validation.check_positive_int("num_heads", num_heads)
@@ -190,6 +218,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
         _validation.check_chunk_size(chunk_size)
         _validation.check_bool("use_bias", use_bias)
         _validation.check_bool("use_gate", use_gate)
+        _validation.check_bool("use_attention_sinks", use_attention_sinks)
+        score_mod = _programmable.get_mod("score_mod", score_mod)
+        mask_mod = _programmable.get_mod("mask_mod", mask_mod)
         _validation.check_positive_number(
             "logits_soft_cap", logits_soft_cap, allow_none=True
         )
@@ -239,6 +270,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
         self.flash_attention = flash_attention
         self.num_key_value_heads = num_key_value_heads
         self.chunk_size = chunk_size
+        self.score_mod, self.mask_mod = score_mod, mask_mod
+        self.use_attention_sinks = use_attention_sinks
+        self.sinks = None
         _common.set_keras_objects(self, locals())
         self._activity_regularizer = _validation.get_regularizer(
             "activity_regularizer", activity_regularizer
@@ -381,6 +415,9 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 f"query.shape={tuple(query_shape)}, "
                 f"attention_axes={self.attention_axes}"
             )
+        _programmable.check_mods_layout(
+            self.score_mod, self.mask_mod, query_shape, self.attention_axes
+        )
         kv_heads = self.num_key_value_heads or self.num_heads
         value_dim = self.value_dim or self.key_dim
         self._kv_cache = _kv_cache.KVCache(kv_heads, self.key_dim, value_dim)
@@ -442,6 +479,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
             tuple(query_shape[:-1]) + (self.num_heads, value_dim)
         )
         self._built_shapes = (query_shape[-1], key_shape[-1], value_shape[-1])
+        self.sinks = _programmable.add_sinks(self)
 
     # The sublayers, under Keras' names.
     query_dense = property(lambda self: self._query_dense)
@@ -485,7 +523,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         ]
         if use_causal_mask:
             masks.append(_masking.causal_mask(q_len, v_len, offset)[None])
-        if self.sliding_window is not None:
+        if self.sliding_window is not None and not self._kernel_window(0):
             window = _masking.sliding_window_mask(
                 q_len, v_len, self.sliding_window, offset
             )
@@ -494,9 +532,10 @@ class MultiHeadAttention(_common.ValidatedLayer):
         return _masking.and_masks(*masks)
 
     def _check_call_inputs(
-        self, query, value, key, masks, attention_bias, cache
+        self, query, value, key, masks, attention_bias, cache, segments
     ):
-        """`masks`: `(query_mask, value_mask, key_mask, attention_mask)`."""
+        """`masks`: `(query_mask, value_mask, key_mask, attention_mask)`;
+        `segments`: `(query_segment_ids, key_segment_ids)`."""
         query_mask, value_mask, key_mask, attention_mask = masks
         q_dim, k_dim, v_dim = self._built_shapes
         _validation.check_last_dim("query", query.shape, q_dim, "query")
@@ -518,6 +557,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         _validation.check_mask(
             "key_mask", key_mask, kv_shape, "(batch, <key dims>)"
         )
+        _programmable.check_segment_ids(*segments, q_shape, kv_shape)
         layout = self._kernel_layout
         scores_shape = layout.scores_shape(query.shape, value_shape)
         n_inner = 2 * len(layout.axes)
@@ -555,6 +595,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         cache,
         cache_update_index,
         offset,
+        segments,
     ):
         """Checks a call's inputs and returns its masks, `(mask, row_mask,
         causal_only)`.
@@ -568,7 +609,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
         kernel skips the blocks past the diagonal), which happens when the
         other masks only pad the keys. As in Keras, not for subclasses that
         override `_compute_attention`, which would otherwise see no causal
-        mask.
+        mask; those get the window and the segment ids in `mask`.
         """
         query_mask, value_mask, key_mask, attention_mask = masks
         if cache is not None and cache_update_index is not None:
@@ -582,7 +623,14 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 )
             )
         masks = (query_mask, value_mask, key_mask, attention_mask)
-        self._check_call_inputs(query, value, key, masks, attention_bias, cache)
+        self._check_call_inputs(
+            query, value, key, masks, attention_bias, cache, segments
+        )
+        if not self._stock_attention():
+            attention_mask = _masking.and_masks(
+                _masking.as_bool(attention_mask, "attention_mask"),
+                _programmable.segment_mask(*segments),
+            )
         rank = len(query.shape)
         row_mask = None
         if rank == 3 and query_mask is not None:
@@ -595,7 +643,6 @@ class MultiHeadAttention(_common.ValidatedLayer):
             and query_mask is None
             and attention_mask is None
             and not (key_masked and attention_bias is not None)
-            and self.sliding_window is None
             and self._stock_attention()
         )
         mask = self._attention_mask(
@@ -631,9 +678,12 @@ class MultiHeadAttention(_common.ValidatedLayer):
         attention_bias=None,
         cache=None,
         cache_update_index=None,
+        query_segment_ids=None,
+        key_segment_ids=None,
     ):
         if key is None:
             key = value
+        segments = (query_segment_ids, key_segment_ids)
         offset = self._kv_cache.check(
             query, key, cache, cache_update_index, self.attention_axes
         )
@@ -647,6 +697,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
             cache,
             cache_update_index,
             offset,
+            segments,
         )
         gate = None
         if self.use_gate:
@@ -657,21 +708,24 @@ class MultiHeadAttention(_common.ValidatedLayer):
         k, v, cache = self._keys_and_values(
             key, value, cache, cache_update_index
         )
-        causal_offset = offset if causal_only else None
         attended, scores, operands = self._attention_step(
             q,
             k,
             v,
-            mask,
-            attention_bias,
-            causal_offset,
+            (mask, attention_bias, segments),
+            (offset, causal_only),
             training,
             return_attention_scores,
         )
         if gate is not None:
             attended = attended * gate
         output = self._kernel_layout.zero_masked_rows(
-            self._output_dense(attended), q, k, operands, causal_offset
+            self._output_dense(attended),
+            q,
+            k,
+            operands,
+            offset if causal_only else None,
+            self._kernel_window(offset),
         )
         if row_mask is not None:
             output = output * ops.expand_dims(
@@ -710,37 +764,46 @@ class MultiHeadAttention(_common.ValidatedLayer):
             return k, v, None
         return self._kv_cache.write(cache, k, v, cache_update_index)
 
+    def _kernel_window(self, offset):
+        """`(sliding_window, offset)` where the op applies the window (our
+        own `_compute_attention` on sequences), else None."""
+        if self.sliding_window is None or self._kernel_layout.rank != 3:
+            return None
+        return (
+            (self.sliding_window, offset) if self._stock_attention() else None
+        )
+
     def _attention_step(
-        self,
-        q,
-        k,
-        v,
-        mask,
-        attention_bias,
-        causal_offset,
-        training,
-        return_scores,
+        self, q, k, v, operands, positions, training, return_scores
     ):
         """Attends the projections: `(attended, scores, operands)`, with the
         mask and bias folded to the kernel's layout once (`operands`), for
-        the kernel and for the rows `call` zeroes. `causal_offset`: None
-        unless causal masking is left to the kernel."""
+        the kernel and for the rows `call` zeroes. `operands`: `(mask,
+        attention_bias, segments)`; `positions`: `(offset, causal_only)`,
+        the position of query 0 and whether causal masking is left to the
+        kernel."""
+        mask, attention_bias, segments = operands
+        offset, causal_only = positions
         # Only what is set reaches `_compute_attention`, so that subclasses
         # written against Keras' signature keep working.
-        extras = {}
-        if causal_offset is not None:
-            extras["use_causal_mask"] = True
-            if not (isinstance(causal_offset, int) and causal_offset == 0):
-                extras["causal_offset"] = causal_offset
+        extras = {"use_causal_mask": True} if causal_only else {}
+        stock = self._stock_attention()
+        if stock:
+            extras.update(
+                _programmable.kernel_extras(
+                    self, self._kernel_window(offset), segments, positions
+                )
+            )
         if attention_bias is not None:
             extras["attention_bias"] = attention_bias
         if self.logits_soft_cap is not None:
             extras["logits_soft_cap"] = self.logits_soft_cap
         operands = self._kernel_layout.operands(q, k, mask, attention_bias)
-        if self._stock_attention():
-            attended, scores = self._kernel_attention(
+        if stock:
+            attended, scores, rows = self._kernel_attention(
                 q, k, v, operands, training, return_scores, extras
             )
+            operands = operands._replace(rows=rows)
         else:
             attended, scores = self._attend(
                 q, k, v, mask, training, return_scores, extras
@@ -805,7 +868,7 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 "logits_soft_cap": logits_soft_cap,
                 "causal_offset": causal_offset,
             },
-        )
+        )[:2]
 
     _stock_compute_attention = _compute_attention
 
@@ -814,35 +877,47 @@ class MultiHeadAttention(_common.ValidatedLayer):
     ):
         """`_compute_attention`'s work, on `KernelOperands` already folded to
         the kernel's layout. `extras` as `_compute_attention`'s keywords
-        (`attention_bias` is read from `operands`)."""
+        (`attention_bias` is read from `operands`), and the op's window and
+        segment ids. Returns `(output, scores, rows)`, `rows` as
+        `_programmable.attend`'s."""
         logits_soft_cap = extras.get("logits_soft_cap")
         if logits_soft_cap is None:
             logits_soft_cap = self.logits_soft_cap
         layout = self._kernel_layout
         q, q_shape = layout.to_kernel(query)
-        attended = scaled_dot_product_attention(
-            q,
-            layout.to_kernel(key)[0],
+        k = layout.to_kernel(key)[0]
+        programme = _programmable.op_arguments(self, extras)
+
+        def attention(v, main):
+            result = scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                mask=operands.mask,
+                bias=operands.bias,
+                is_causal=bool(extras.get("use_causal_mask", False)),
+                scale=1.0 / math.sqrt(float(self.key_dim)),
+                dropout_rate=self.dropout if main else 0.0,
+                training=bool(training),
+                seed=self.seed_generator,
+                return_scores=return_scores and main,
+                chunk_size=self.chunk_size,
+                logits_soft_cap=logits_soft_cap,
+                flash_attention=self.flash_attention,
+                causal_offset=extras.get("causal_offset", 0),
+                **programme,
+            )
+            return result if return_scores and main else (result, None)
+
+        attended, scores, rows = _programmable.attend(
+            attention,
             layout.to_kernel(value)[0],
-            mask=operands.mask,
-            bias=operands.bias,
-            is_causal=bool(extras.get("use_causal_mask", False)),
-            scale=1.0 / math.sqrt(float(self.key_dim)),
-            dropout_rate=self.dropout,
-            training=bool(training),
-            seed=self.seed_generator,
-            return_scores=return_scores,
-            chunk_size=self.chunk_size,
-            logits_soft_cap=logits_soft_cap,
-            flash_attention=self.flash_attention,
-            causal_offset=extras.get("causal_offset", 0),
+            _programmable.needs_row_check(programme),
+            bool(training) and self.dropout > 0,
         )
-        scores = None
-        if return_scores:
-            attended, scores = attended
-            if len(operands.scores_shape) != 4:
-                scores = ops.reshape(scores, operands.scores_shape)
-        return layout.from_kernel(attended, q_shape), scores
+        if scores is not None and len(operands.scores_shape) != 4:
+            scores = ops.reshape(scores, operands.scores_shape)
+        return layout.from_kernel(attended, q_shape), scores, rows
 
     def get_config(self):
         config = super().get_config()
@@ -863,6 +938,8 @@ class MultiHeadAttention(_common.ValidatedLayer):
                 "chunk_size": self.chunk_size,
                 "rope_max_wavelength": self.rope_max_wavelength,
                 "rope_scaling_factor": self.rope_scaling_factor,
+                **_programmable.serialize_mods(self),
+                "use_attention_sinks": self.use_attention_sinks,
                 "seed": self.seed,
                 "activity_regularizer": keras.regularizers.serialize(
                     self._activity_regularizer

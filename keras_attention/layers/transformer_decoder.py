@@ -1,4 +1,5 @@
 import keras
+from keras import ops
 
 from keras_attention import _masking
 from keras_attention import _validation
@@ -68,6 +69,9 @@ class TransformerDecoder(_transformer.TransformerBlock):
         bias_constraint: for the attention and dense layers.
         activity_regularizer: regularizer for the block's output.
         seed: optional int, seed for the dropout layers.
+        score_mod, mask_mod, use_attention_sinks: programmable
+            self-attention, as in `keras_attention.MultiHeadAttention`
+            (the functions saved by their registered names).
         **kwargs: base layer arguments, e.g. `name` and `dtype`.
 
     Call arguments:
@@ -94,6 +98,12 @@ class TransformerDecoder(_transformer.TransformerBlock):
         training: bool, whether dropout is active.
         return_attention_scores: bool, whether to also return the
             attention weights (ours; keras-hub's block returns none).
+        decoder_segment_ids: optional integer `(batch_size,
+            target_length)` (with a cache: `(batch_size, max_length)`, the
+            queries' taken from the update index): the self-attention's
+            query and key segment ids and the cross-attention's query ids.
+        encoder_segment_ids: optional integer `(batch_size,
+            source_length)`, the cross-attention's key segment ids.
         decoder_sequence_mask, encoder_sequence_mask: the inputs' Keras
             masks, filled in by Keras.
 
@@ -150,6 +160,9 @@ class TransformerDecoder(_transformer.TransformerBlock):
         kernel_constraint=None,
         bias_constraint=None,
         seed=None,
+        score_mod=None,
+        mask_mod=None,
+        use_attention_sinks=False,
         **kwargs,
     ):
         arguments = dict(locals())
@@ -261,6 +274,8 @@ class TransformerDecoder(_transformer.TransformerBlock):
         use_causal_mask=True,
         training=None,
         return_attention_scores=False,
+        decoder_segment_ids=None,
+        encoder_segment_ids=None,
         decoder_sequence_mask=None,
         encoder_sequence_mask=None,
     ):
@@ -280,8 +295,15 @@ class TransformerDecoder(_transformer.TransformerBlock):
         # Without a cache the padding mask covers the queries too; with
         # one it covers the cache's slots.
         query_mask = None
+        query_ids = decoder_segment_ids
         if self_attention_cache is None:
             query_mask = decoder_padding_mask
+        elif decoder_segment_ids is not None:
+            query_ids = ops.slice(
+                decoder_segment_ids,
+                (0, _common.index_or_zero(self_attention_cache_update_index)),
+                tuple(ops.shape(x)[:2]),
+            )
         scores = []
 
         def self_attend(x):
@@ -298,6 +320,8 @@ class TransformerDecoder(_transformer.TransformerBlock):
                 return_attention_scores=return_attention_scores,
                 cache=self_attention_cache,
                 cache_update_index=self_attention_cache_update_index,
+                query_segment_ids=query_ids,
+                key_segment_ids=decoder_segment_ids,
             )
             return _split_scores(result, scores, return_attention_scores)
 
@@ -324,6 +348,10 @@ class TransformerDecoder(_transformer.TransformerBlock):
                     return_attention_scores=return_attention_scores,
                     cache=cross_attention_cache,
                     cache_update_index=cross_attention_cache_update_index,
+                    query_segment_ids=None
+                    if encoder_segment_ids is None
+                    else query_ids,
+                    key_segment_ids=encoder_segment_ids,
                 )
                 return _split_scores(result, scores, return_attention_scores)
 

@@ -75,6 +75,9 @@ class TransformerEncoder(_transformer.TransformerBlock):
             positions within `sliding_window - 1` of itself.
         logits_soft_cap: optional positive float, see
             `keras_attention.ops.scaled_dot_product_attention`.
+        score_mod, mask_mod, use_attention_sinks: programmable
+            self-attention, as in `keras_attention.MultiHeadAttention`
+            (the functions saved by their registered names).
         **kwargs: base layer arguments, e.g. `name` and `dtype`.
 
     Call arguments:
@@ -89,6 +92,9 @@ class TransformerEncoder(_transformer.TransformerBlock):
         return_attention_scores: bool, whether to also return the attention
             weights.
         training: bool, whether dropout is active.
+        segment_ids: optional integer `(batch_size, sequence_length)`:
+            positions attend the positions of their segment (packed
+            sequences), the self-attention's query and key segment ids.
         mask, inputs_mask: the inputs' Keras mask, filled in by Keras (the
             first name when `inputs` is the only tensor argument, the second
             otherwise); not meant to be passed by hand.
@@ -139,6 +145,9 @@ class TransformerEncoder(_transformer.TransformerBlock):
         rope_scaling_factor=1.0,
         sliding_window=None,
         logits_soft_cap=None,
+        score_mod=None,
+        mask_mod=None,
+        use_attention_sinks=False,
         **kwargs,
     ):
         arguments = dict(locals())
@@ -178,6 +187,7 @@ class TransformerEncoder(_transformer.TransformerBlock):
         use_causal_mask=False,
         return_attention_scores=False,
         training=None,
+        segment_ids=None,
         mask=None,
         inputs_mask=None,
     ):
@@ -214,6 +224,8 @@ class TransformerEncoder(_transformer.TransformerBlock):
                 use_causal_mask=use_causal_mask,
                 return_attention_scores=return_attention_scores,
                 training=training,
+                query_segment_ids=segment_ids,
+                key_segment_ids=segment_ids,
             )
             return attended if return_attention_scores else (attended, None)
 

@@ -57,9 +57,9 @@ def test_mask_and_bias_are_folded_once_and_shared(
         folds.append(args)
         return fold(self, *args)
 
-    def recording_zero(self, output, query, key, operands, causal_offset):
+    def recording_zero(self, output, query, key, operands, *positions):
         zeroing_masks.append((operands.mask, operands.bias))
-        return zero(self, output, query, key, operands, causal_offset)
+        return zero(self, output, query, key, operands, *positions)
 
     def recording_attend(*args, **kwargs):
         kernel_masks.append((kwargs["mask"], kwargs["bias"]))

@@ -270,9 +270,9 @@ def test_causal_prefill_runs_chunked_without_a_mask(rng, monkeypatch):
     calls = []
     chunked = attention_ops._chunked_sdpa
 
-    def recording(query, key, value, mask, is_causal, *args, **kwargs):
-        calls.append((mask, is_causal, query.shape[1], key.shape[1]))
-        return chunked(query, key, value, mask, is_causal, *args, **kwargs)
+    def recording(query, key, value, mask, program, *args, **kwargs):
+        calls.append((mask, program.is_causal, query.shape[1], key.shape[1]))
+        return chunked(query, key, value, mask, program, *args, **kwargs)
 
     monkeypatch.setattr(attention_ops, "_chunked_sdpa", recording)
     rope = dict(rope_max_wavelength=100.0, **ZEROS)

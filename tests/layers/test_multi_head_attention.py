@@ -404,3 +404,194 @@ def test_subclass_overriding_call_reuses_compute_attention(rng, tmp_path):
         tmp_path,
         layer_types=[HookedAttention],
     )
+
+
+# -- Programmable attention: segment ids, score_mod, mask_mod, sinks ------
+
+
+def _projected_attention(layer, x, **op_kwargs):
+    """The layer's output computed by hand: its projections, the op with
+    `op_kwargs`, its output projection."""
+    from keras_attention.ops import scaled_dot_product_attention
+
+    q = layer.query_dense(x)
+    k = layer.key_dense(x)
+    v = layer.value_dense(x)
+    attended = scaled_dot_product_attention(
+        q, k, v, scale=1.0 / np.sqrt(layer.key_dim), **op_kwargs
+    )
+    return to_numpy(layer.output_dense(attended))
+
+
+SEGMENTS = np.array([[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 2, 2]], "int32")
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2], ids=["dense", "chunked"])
+def test_segment_ids_equal_the_block_diagonal_mask(chunk_size):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 8)).astype("float32")
+    layer = MultiHeadAttention(num_heads=2, key_dim=4, chunk_size=chunk_size)
+    block = SEGMENTS[:, :, None] == SEGMENTS[:, None, :]
+    for causal in (False, True):
+        got = layer(
+            x,
+            x,
+            query_segment_ids=SEGMENTS,
+            key_segment_ids=SEGMENTS,
+            use_causal_mask=causal,
+        )
+        want = layer(x, x, attention_mask=block, use_causal_mask=causal)
+        np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-5)
+
+
+def test_cross_segment_ids_zero_rows_without_keys_as_a_mask_does():
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(2, 4, 8)).astype("float32")
+    v = rng.normal(size=(2, 5, 8)).astype("float32")
+    q_ids = np.array([[0, 0, 1, 3], [2, 2, 2, 2]], "int32")  # 3: no key
+    k_ids = np.array([[0, 1, 1, 1, 2], [2, 2, 0, 0, 0]], "int32")
+    # Non-zero biases: a row without keys would show the output's bias.
+    layer = MultiHeadAttention(num_heads=2, key_dim=4, bias_initializer="ones")
+    got = layer(q, v, query_segment_ids=q_ids, key_segment_ids=k_ids)
+    want = layer(q, v, attention_mask=q_ids[:, :, None] == k_ids[:, None])
+    np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-5)
+    assert np.all(to_numpy(got)[0, 3] == 0)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2], ids=["dense", "chunked"])
+def test_score_mod_and_mask_mod_change_outputs_as_the_op_does(chunk_size):
+    from tests import mods
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 6, 8)).astype("float32")
+    layer = MultiHeadAttention(
+        num_heads=2,
+        key_dim=4,
+        chunk_size=chunk_size,
+        score_mod=mods.distance_penalty,
+        mask_mod=mods.prefix_lm,
+        use_bias=False,
+    )
+    got = to_numpy(layer(x, x))
+    want = _projected_attention(
+        layer, x, score_mod=mods.distance_penalty, mask_mod=mods.prefix_lm
+    )
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    plain = MultiHeadAttention(num_heads=2, key_dim=4, use_bias=False)
+    plain(x, x)
+    plain.set_weights(layer.get_weights())
+    assert np.abs(to_numpy(plain(x, x)) - got).max() > 1e-3
+
+
+def test_sinks_are_a_trained_weight_passed_to_the_op():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 5, 8)).astype("float32")
+    layer = MultiHeadAttention(
+        num_heads=2, key_dim=4, use_attention_sinks=True, use_bias=False
+    )
+    layer(x, x)
+    assert tuple(layer.sinks.shape) == (2,)
+    assert layer.sinks.path.endswith("sinks")
+    np.testing.assert_array_equal(to_numpy(layer.sinks), np.zeros(2))
+    layer.sinks.assign(np.array([0.5, -1.0], "float32"))
+    want = _projected_attention(layer, x, sinks=np.array([0.5, -1.0]))
+    np.testing.assert_allclose(to_numpy(layer(x, x)), want, atol=1e-5)
+
+    inputs = keras.Input((5, 8))
+    model = keras.Model(inputs, layer(inputs, inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    before = to_numpy(layer.sinks).copy()
+    model.fit(x, rng.normal(size=(2, 5, 8)), epochs=1, verbose=0)
+    assert np.all(to_numpy(layer.sinks) != before), "sinks got no gradient"
+
+
+def test_mask_mod_decodes_step_by_step_as_the_full_call():
+    """Prefix-LM with a cache: the queries' `q_idx` are the cache
+    positions, so a prefill of the prefix and steps equal the full call."""
+    from tests import mods
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 7, 8)).astype("float32")
+    layer = MultiHeadAttention(
+        num_heads=2, key_dim=4, mask_mod=mods.prefix_lm, sliding_window=4
+    )
+    full = to_numpy(layer(x, x))
+    cache = np.zeros((2, 2, 7, 2, 4), "float32")
+    out, cache = layer(x[:, :3], x[:, :3], cache=cache, cache_update_index=0)
+    steps = [to_numpy(out)]
+    for i in range(3, 7):
+        step = x[:, i : i + 1]
+        out, cache = layer(step, step, cache=cache, cache_update_index=i)
+        steps.append(to_numpy(out))
+    np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
+
+
+def test_key_segment_ids_cover_the_cache_slots():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 6, 8)).astype("float32")
+    layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    full = to_numpy(
+        layer(
+            x,
+            x,
+            query_segment_ids=SEGMENTS,
+            key_segment_ids=SEGMENTS,
+            use_causal_mask=True,
+        )
+    )
+    cache = np.zeros((2, 2, 6, 2, 4), "float32")
+    steps = []
+    for i in range(6):
+        step = x[:, i : i + 1]
+        out, cache = layer(
+            step,
+            step,
+            cache=cache,
+            cache_update_index=i,
+            use_causal_mask=True,
+            query_segment_ids=SEGMENTS[:, i : i + 1],
+            key_segment_ids=SEGMENTS,
+        )
+        steps.append(to_numpy(out))
+    np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
+    with pytest.raises(ValueError, match="max_length"):
+        layer(
+            x[:, :1],
+            x[:, :1],
+            cache=cache,
+            cache_update_index=0,
+            query_segment_ids=SEGMENTS[:, :1],
+            key_segment_ids=SEGMENTS[:, :1],
+        )
+
+
+def test_programmable_layer_keras_file_round_trip(tmp_path):
+    from tests import mods
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2, 6, 8)).astype("float32")
+    inputs = keras.Input((6, 8))
+    layer = MultiHeadAttention(
+        num_heads=2,
+        key_dim=4,
+        score_mod=mods.distance_penalty,
+        mask_mod=mods.prefix_lm,
+        use_attention_sinks=True,
+    )
+    model = keras.Model(inputs, layer(inputs, inputs))
+    layer.sinks.assign(np.array([0.3, -0.7], "float32"))
+    path = str(tmp_path / "programmable.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    config = loaded.layers[-1].get_config()
+    assert config["mask_mod"] == "keras_attention_tests>prefix_lm"
+    assert config["score_mod"] == "keras_attention_tests>distance_penalty"
+    np.testing.assert_allclose(
+        to_numpy(loaded(x)), to_numpy(model(x)), atol=1e-6
+    )
+
+
+def test_unregistered_functions_are_refused_at_get_config():
+    layer = MultiHeadAttention(2, 4, mask_mod=lambda b, h, q, k: q >= k)
+    with pytest.raises(ValueError, match="mask_mod.*register_keras_serial"):
+        layer.get_config()

@@ -424,3 +424,34 @@ def test_attention_scores_symbolic_shapes():
         (None, 2, 7, HEADS, D // HEADS),
         (None, 2, S, HEADS, D // HEADS),
     ]
+
+
+def test_segment_ids_equal_the_explicit_attention_masks():
+    import numpy as np
+
+    from keras_attention import TransformerDecoder
+    from tests import mods
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 8)).astype("float32")
+    memory = rng.normal(size=(2, 5, 8)).astype("float32")
+    dec_ids = np.array([[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 2, 2]], "int32")
+    enc_ids = np.array([[0, 0, 1, 1, 1], [0, 1, 1, 2, 2]], "int32")
+    block = TransformerDecoder(16, 2, mask_mod=mods.prefix_lm)
+    got = block(
+        x, memory, decoder_segment_ids=dec_ids, encoder_segment_ids=enc_ids
+    )
+    want = block(
+        x,
+        memory,
+        decoder_attention_mask=dec_ids[:, :, None] == dec_ids[:, None],
+        encoder_attention_mask=dec_ids[:, :, None] == enc_ids[:, None],
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(got),
+        keras.ops.convert_to_numpy(want),
+        atol=1e-5,
+    )
+    config = block.get_config()
+    assert config["mask_mod"] == "keras_attention_tests>prefix_lm"
+    assert TransformerDecoder.from_config(config).mask_mod is mods.prefix_lm

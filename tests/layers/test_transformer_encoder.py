@@ -553,3 +553,22 @@ def test_matches_keras_hub(rng):
 # ----------------------------------------------------------------------
 # Errors
 # ----------------------------------------------------------------------
+
+
+def test_segment_ids_equal_the_block_diagonal_attention_mask():
+    import numpy as np
+
+    from keras_attention import TransformerEncoder
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 8)).astype("float32")
+    ids = np.array([[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 2, 2]], "int32")
+    block = TransformerEncoder(16, 2, use_attention_sinks=True)
+    got = block(x, segment_ids=ids)
+    want = block(x, attention_mask=ids[:, :, None] == ids[:, None, :])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(got),
+        keras.ops.convert_to_numpy(want),
+        atol=1e-5,
+    )
+    assert block.get_config()["use_attention_sinks"] is True
