@@ -149,7 +149,9 @@ def test_torch_targets_are_evaluated_from_their_rows():
     from benchmarks._attention_report import pair_rows
     from benchmarks.attention import _configs
 
-    flags = dict(gpu_sweep=False, smoke=False, quick=False, targets=True)
+    flags = dict(
+        gpu_sweep=False, smoke=False, quick=False, targets=True, programs=False
+    )
     configs, _, _ = _configs(
         argparse.Namespace(backend="torch", **flags), "cpu"
     )
