@@ -22,6 +22,12 @@ unless said otherwise:
 7. train step, L=8192, the layers called without `training`: as 3;
 8. the same at L=32768, ours alone: under 12 GiB.
 
+`program_set` (`--programs`) holds the programmable attention's
+configurations and targets (P1-P6, below), and the skip-fraction series:
+ours calls `scaled_dot_product_attention` with the op's arguments from
+`_compute_attention` (our kernels, `flash_attention=False`), train step,
+8 heads x 64, float32, B=1.
+
 `torch_target_configs` holds those of the PyTorch targets table (CPU,
 eager calls), which `_attention_report.evaluate_torch_targets` evaluates,
 under the same conventions:
@@ -172,6 +178,141 @@ def quick_configs():
     return configs
 
 
+def programmed(impl, length, causal=True, heads=8, head_dim=64, **program):
+    """A train step of MultiHeadAttention running an attention program.
+
+    `program` (all optional): `window` (the op's `sliding_window`; Keras
+    core's layer gets its own `sliding_window`), `documents` (the length of
+    equal documents packed in the row: ours gets segment ids, Keras core
+    the block-diagonal `attention_mask`), `documents_as="mask_mod"` (ours
+    compares document ids in a `mask_mod` instead), `mask_mod="all"` (a
+    `mask_mod` that is True everywhere), `alibi` (`"score_mod"` or
+    `"bias"`, ALiBi's slopes as a `score_mod` or an explicit `bias`),
+    `chunk_size` (ours; the smoke run's tiny blocks; Keras core ignores
+    it). An empty program is
+    the op with no mask beyond `causal`.
+    """
+    config = mha(impl, "train", 1, length, heads, head_dim, causal=causal)
+    config["program"] = dict(program)
+    return config
+
+
+def program_set(
+    length=8192,
+    long_length=32768,
+    window=512,
+    document=1024,
+    windows=(512, 1024, 2048, 4096),
+    **shape,
+):
+    """`(configs, targets, series)` of `--programs` (with `--smoke`, tiny
+    sizes). A target compares a configuration with a baseline measured in
+    the same run: ratios of the medians and of the peaks, at most
+    `max_time` and `max_memory`:
+
+    P1. causal, window 512, L=8192, against Keras core's `sliding_window`:
+        time <= 0.25x, memory <= 0.20x;
+    P2. the same at L=32768, against ours at 8192: time <= 4.6x, memory
+        <= 4.5x;
+    P3. 8 packed documents of 1024 (segment ids), causal, L=8192, against
+        Keras core with the block-diagonal causal mask: time <= 0.25x,
+        memory <= 0.20x;
+    P4. the documents as a `mask_mod` on a tensor of document ids, against
+        segment ids: time <= 1.50x;
+    P5. a `mask_mod` that is all True (not causal), against no mask: time
+        <= 1.10x;
+    P6. causal ALiBi as a `score_mod`, against the same as a `bias`
+        tensor: time <= 1.10x, memory <= 0.30x.
+
+    `series`: ours, causal, windows `windows` and none, at `length`: the
+    report shows the time against the fraction of key blocks computed.
+    `shape`: `heads`, `head_dim`, and `chunk_size` for ours.
+    """
+    chunk = {}
+    if "chunk_size" in shape:
+        chunk["chunk_size"] = shape.pop("chunk_size")
+
+    def ours(length, causal=True, **program):
+        return programmed("ours", length, causal, **shape, **chunk, **program)
+
+    def keras_(length, **program):
+        return programmed("keras", length, **shape, **chunk, **program)
+
+    windowed = ours(length, window=window)
+    packed = ours(length, documents=document)
+    no_mask = ours(length, causal=False)
+    all_true = ours(length, causal=False, mask_mod="all")
+    targets = [
+        (
+            "P1. causal sliding window",
+            windowed,
+            keras_(length, window=window),
+            0.25,
+            0.20,
+        ),
+        (
+            "P2. causal sliding window, long",
+            ours(long_length, window=window),
+            windowed,
+            4.6,
+            4.5,
+        ),
+        (
+            "P3. packed documents, segment ids",
+            packed,
+            keras_(length, documents=document),
+            0.25,
+            0.20,
+        ),
+        (
+            "P4. packed documents as a mask_mod",
+            ours(length, documents=document, documents_as="mask_mod"),
+            packed,
+            1.50,
+            None,
+        ),
+        ("P5. mask_mod all True", all_true, no_mask, 1.10, None),
+        (
+            "P6. ALiBi as a score_mod",
+            ours(length, alibi="score_mod"),
+            ours(length, alibi="bias"),
+            1.10,
+            0.30,
+        ),
+    ]
+    targets = [
+        dict(
+            target=name,
+            config=config,
+            baseline=baseline,
+            max_time=max_time,
+            max_memory=max_memory,
+        )
+        for name, config, baseline, max_time, max_memory in targets
+    ]
+    series = [ours(length, window=w) for w in windows] + [ours(length)]
+    configs = []
+    for target in targets:
+        configs += [target["config"], target["baseline"]]
+    return configs + series, targets, series
+
+
+def program_smoke_set():
+    """`program_set` at toy sizes, blocks of 16, as one series (one
+    process: seconds)."""
+    configs, targets, series = program_set(
+        length=64,
+        long_length=128,
+        window=8,
+        document=16,
+        windows=(8, 16, 32),
+        heads=2,
+        head_dim=8,
+        chunk_size=16,
+    )
+    return [dict(c, series="programs") for c in configs], targets, series
+
+
 def smoke_configs():
     return both(mha, "train", 2, 64, heads=2, head_dim=8)
 
@@ -203,6 +344,8 @@ def describe(config):
         call = ""
         if config.get("train_call") == "default":
             call = ", called without training"
+        if "program" in config:
+            call += describe_program(config["program"])
         return (
             f"MHA B={config['batch']} L={config['length']} "
             f"h={config['heads']}x{config['head_dim']}{causal}{dropout}{dtype}"
@@ -212,3 +355,20 @@ def describe(config):
         f"Additive B={config['batch']} {config['length']}x{config['length']}"
         f" dim={config['dim']}"
     )
+
+
+def describe_program(program):
+    """A program's words in `describe`: what ours is asked to compute."""
+    words = []
+    if "window" in program:
+        words.append(f"window {program['window']}")
+    if "documents" in program:
+        how = program.get("documents_as", "segment ids")
+        words.append(f"documents of {program['documents']} as {how}")
+    if program.get("mask_mod") == "all":
+        words.append("mask_mod all True")
+    if "alibi" in program:
+        words.append(f"ALiBi as {program['alibi']}")
+    if "chunk_size" in program:
+        words.append(f"blocks of {program['chunk_size']} (ours)")
+    return ", " + (", ".join(words) if words else "no program")

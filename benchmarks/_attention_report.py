@@ -8,6 +8,8 @@ from those rows (`evaluate_torch_targets` the PyTorch one); `markdown` and
 The report's `.json` is written by `benchmarks._common.write_report`.
 """
 
+import json
+
 import numpy as np
 
 from benchmarks._attention_configs import describe
@@ -45,7 +47,7 @@ def combine_rounds(runs):
 def _key(config):
     return tuple(
         sorted(
-            (k, v)
+            (k, json.dumps(v, sort_keys=True) if isinstance(v, dict) else v)
             for k, v in config.items()
             if k not in ("impl", "reps", "series")
         )
@@ -138,6 +140,7 @@ def _find_mha(
         dropout=dropout,
         dtype=dtype,
         train_call=train_call,
+        program=None,
     )
 
 
@@ -279,6 +282,113 @@ def evaluate_targets(rows, peak, platform="cpu"):
                 ok,
             )
     return targets
+
+
+def _result_of(results, config):
+    """The result of `config` (its implementation included) in `results`,
+    or None."""
+    want = (config["impl"], _key(config))
+    for entry in results:
+        if (entry["config"]["impl"], _key(entry["config"])) == want:
+            return entry["result"]
+    return None
+
+
+def _ok(result):
+    return bool(result) and result.get("status") == "ok"
+
+
+def evaluate_program_targets(results, targets):
+    """The programmable attention's targets (`_attention_configs.
+    program_set`), as rows: each configuration against its baseline,
+    measured in the same run."""
+    rows = []
+    for target in targets:
+        config, baseline = target["config"], target["baseline"]
+        measured, base = (_result_of(results, c) for c in (config, baseline))
+        goal = f"time <= {target['max_time']:.2f}x"
+        if target["max_memory"] is not None:
+            goal += f", memory <= {target['max_memory']:.2f}x"
+        who = "Keras core" if baseline["impl"] == "keras" else "ours"
+        goal += f" of {who}: {describe(baseline)}"
+        if not (_ok(measured) and _ok(base)):
+            if measured is None and base is None:
+                continue
+            value = f"ours {_status(measured)}; baseline: {_status(base)}"
+            ok = _ok(measured) and base is not None and not _ok(base)
+            ok = ok and target["max_memory"] is not None
+        else:
+            time_ratio = measured["median_s"] / base["median_s"]
+            value = f"time {time_ratio:.2f}x"
+            ok = time_ratio <= target["max_time"]
+            if target["max_memory"] is not None:
+                exact = measured.get("peak_exact", True) and base.get(
+                    "peak_exact", True
+                )
+                memory = _peak(measured) / _peak(base) if exact else None
+                value += ", memory " + (
+                    "-" if memory is None else f"{memory:.2f}x"
+                )
+                ok = (
+                    ok and memory is not None and memory <= target["max_memory"]
+                )
+        rows.append(
+            dict(
+                target=target["target"],
+                goal=goal,
+                config=describe(config),
+                measured=value,
+                met=ok,
+            )
+        )
+    return rows
+
+
+def skip_series_rows(results, series):
+    """The skip-fraction series: `(config, result, fraction, relative)`,
+    `fraction` the share of key blocks computed, `relative` the time over
+    the last configuration's (full causal)."""
+    found = [(c, _result_of(results, c)) for c in series]
+    last = found[-1][1] if found else None
+    rows = []
+    for config, result in found:
+        fraction = relative = None
+        if _ok(result) and result.get("key_blocks"):
+            computed, total = result["key_blocks"]
+            fraction = computed / total
+        if _ok(result) and _ok(last):
+            relative = result["median_s"] / last["median_s"]
+        rows.append((config, result, fraction, relative))
+    return rows
+
+
+def _skip_series_table(report):
+    lines = [
+        "## Time against the key blocks computed",
+        "",
+        "Ours, train step, causal, one sliding window per row (the last row "
+        "none): the chunked kernel computes only the key blocks within the "
+        "causal and window bounds.",
+        "",
+        "| configuration | key blocks computed | time | time / full causal "
+        "| peak |",
+        "|---|---|---|---|---|",
+    ]
+    fmt = format_milliseconds if _is_jax(report) else format_seconds
+    for config, result, fraction, relative in skip_series_rows(
+        report["results"], report["skip_series"]
+    ):
+        computed = "-"
+        if fraction is not None:
+            done, total = result["key_blocks"]
+            computed = f"{done}/{total} ({fraction:.0%})"
+        lines.append(
+            f"| {describe(config)} | {computed} | "
+            f"{fmt(result) if result else 'not run'} | "
+            f"{'-' if relative is None else f'{relative:.2f}x'} | "
+            f"{format_memory(result) if result else '-'} |"
+        )
+    return lines + [""]
 
 
 def _rounds(row):
@@ -431,6 +541,8 @@ def markdown(report):
         lines += [f"Note: {note}", ""]
     if report["targets"]:
         lines += targets_table(report["targets"]) + [""]
+    if report.get("skip_series"):
+        lines += _skip_series_table(report)
     if jax_report:
         rate = (
             "| ours TFLOP/s | Keras TFLOP/s | ours % of peak | Keras % of peak"
@@ -512,6 +624,7 @@ def plot(report, path):
                 and not r["config"]["causal"]
                 and not r["config"].get("dropout")
                 and "train_call" not in r["config"]
+                and "program" not in r["config"]
                 and r["config"].get("dtype", "float32") == dtype
                 and r[impl]
                 and r[impl].get("status") == "ok"

@@ -33,6 +33,142 @@ def _weights_like(layer, seed=0):
     ]
 
 
+def _alibi_slopes(heads):
+    """ALiBi's head slopes, `2 ** (-8 (h + 1) / heads)`."""
+    return [2.0 ** (-8.0 * (h + 1) / heads) for h in range(heads)]
+
+
+def _program_layers():
+    """`(ours, keras)`: MultiHeadAttention classes that run a configuration's
+    `program` (see `_attention_configs.programmed`). Every tensor a program
+    needs (document ids, slopes, the ALiBi bias) is built in the step from
+    positions, as a model does, so that nothing large is captured."""
+    import keras
+    from keras import ops
+
+    import keras_attention as ka
+
+    def document_ids(length, document):
+        return ops.arange(length, dtype="int32") // document
+
+    class ProgramAttention(ka.MultiHeadAttention):
+        """Ours: `_compute_attention` calls the op with the program's
+        arguments (our kernels: `flash_attention=False`)."""
+
+        def __init__(self, program, causal, **kwargs):
+            super().__init__(**kwargs)
+            self.program, self.causal = program, causal
+
+        def _compute_attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask=None,
+            training=None,
+            return_attention_scores=False,
+            **extras,
+        ):
+            program = self.program
+            length = ops.shape(query)[1]
+            options = dict(
+                is_causal=self.causal,
+                sliding_window=program.get("window"),
+                chunk_size=program.get("chunk_size", "auto"),
+            )
+            if "documents" in program:
+                docs = document_ids(length, program["documents"])
+                if program.get("documents_as") == "mask_mod":
+                    options["mask_mod"] = lambda b, h, q, k: ops.equal(
+                        ops.take(docs, q), ops.take(docs, k)
+                    )
+                else:
+                    ids = docs[None]
+                    options.update(query_segment_ids=ids, key_segment_ids=ids)
+            if program.get("mask_mod") == "all":
+                options["mask_mod"] = lambda b, h, q, k: q + k >= 0
+            if "alibi" in program:
+                slopes = ops.convert_to_tensor(
+                    _alibi_slopes(self.num_heads), "float32"
+                )
+                if program["alibi"] == "score_mod":
+                    options["score_mod"] = lambda s, b, h, q, k: (
+                        s + ops.take(slopes, h) * ops.cast(k - q, "float32")
+                    )
+                else:
+                    positions = ops.arange(length, dtype="float32")
+                    distance = positions[None, :] - positions[:, None]
+                    options["bias"] = (
+                        slopes[None, :, None, None] * distance[None, None]
+                    )
+            out = ka.ops.scaled_dot_product_attention(
+                query,
+                key,
+                value,
+                scale=1.0 / float(self.key_dim) ** 0.5,
+                training=bool(training),
+                flash_attention=False,
+                **options,
+            )
+            return out, None
+
+    class DocumentMaskedAttention(keras.layers.MultiHeadAttention):
+        """Keras core with packed documents: the block-diagonal
+        `attention_mask` from the document ids."""
+
+        def __init__(self, document, **kwargs):
+            super().__init__(**kwargs)
+            self.document = document
+
+        def call(self, query, value, key=None, **kwargs):
+            docs = document_ids(ops.shape(query)[1], self.document)
+            mask = ops.equal(docs[:, None], docs[None, :])[None]
+            return super().call(
+                query, value, key, attention_mask=mask, **kwargs
+            )
+
+    return ProgramAttention, DocumentMaskedAttention
+
+
+def key_block_fraction(config):
+    """`(computed, total)` key blocks of ours' chunked train step: the
+    blocks within the causal and window bounds whose documents meet (the
+    blocks `"auto"` uses, or `chunk_size`'s); None where a `bias` makes
+    it dense."""
+    from keras_attention.ops.attention import AUTO_CHUNK
+    from keras_attention.ops.attention import AUTO_KEY_CHUNK
+
+    program, length = config["program"], config["length"]
+    if program.get("alibi") == "bias" or config["impl"] != "ours":
+        return None
+    q_chunk = k_chunk = program.get("chunk_size")
+    if q_chunk is None:
+        q_chunk, k_chunk = AUTO_CHUNK, AUTO_KEY_CHUNK
+    q_chunk, k_chunk = min(q_chunk, length), min(k_chunk, length)
+    q_blocks, k_blocks = -(-length // q_chunk), -(-length // k_chunk)
+    window, document = program.get("window"), program.get("documents")
+    computed = 0
+    for i in range(q_blocks):
+        first_row = i * q_chunk
+        last_row = min((i + 1) * q_chunk, length) - 1
+        first, end = 0, k_blocks
+        if window is not None:
+            first = max(first_row - window + 1, 0) // k_chunk
+            end = min(end, (last_row + window - 1) // k_chunk + 1)
+        if config["causal"]:
+            end = min(end, last_row // k_chunk + 1)
+        for j in range(first, end):
+            if document is not None:  # the documents' ranges must meet
+                last_col = min((j + 1) * k_chunk, length) - 1
+                if not (
+                    first_row // document <= last_col // document
+                    and j * k_chunk // document <= last_row // document
+                ):
+                    continue
+            computed += 1
+    return computed, q_blocks * k_blocks
+
+
 def _build(config):
     import keras
 
@@ -48,6 +184,17 @@ def _build(config):
             else keras.layers.MultiHeadAttention
         )
         options = {}
+        program = config.get("program")
+        if program is not None:
+            ours_program, keras_documents = _program_layers()
+            if config["impl"] == "ours":
+                cls = ours_program
+                options.update(program=program, causal=config["causal"])
+            elif "documents" in program:
+                cls = keras_documents
+                options["document"] = program["documents"]
+            if config["impl"] == "keras" and "window" in program:
+                options["sliding_window"] = program["window"]
         if config.get("dropout"):
             options["dropout"] = config["dropout"]
         if config.get("dtype", "float32") != "float32":
@@ -63,6 +210,8 @@ def _build(config):
         x = rng.standard_normal((b, t, dim)).astype("float32")
         inputs = [x, x]
         kwargs = dict(use_causal_mask=config["causal"])
+        if program is not None and config["impl"] == "ours":
+            kwargs = {}  # the program's op call is causal itself
         if jax_backend:  # no eager call: each op would compile on its own
             layer.build(x.shape, x.shape)
         else:
@@ -116,10 +265,39 @@ def worker(config):
 
     if keras.backend.backend() == "jax":
         (result,) = jax_worker([config])
-        return result
-    if keras.backend.backend() == "torch":
-        return torch_worker(config)
-    return tf_worker(config)
+    elif keras.backend.backend() == "torch":
+        result = torch_worker(config)
+    else:
+        result = tf_worker(config)
+    return _with_key_blocks(config, result)
+
+
+def _with_key_blocks(config, result):
+    """A program's result with the key blocks its kernel computed."""
+    if "program" in config and result.get("status") == "ok":
+        result["key_blocks"] = key_block_fraction(config)
+    return result
+
+
+def series_worker(configs, emit):
+    """Runs `configs` one after the other in this process (TensorFlow,
+    PyTorch: the smoke runs' series). The process's peak RSS can't be
+    reset: a configuration that does not raise it gets `peak_exact:
+    False`, as under JAX."""
+    peak = 0
+    for index, config in enumerate(configs):
+        try:
+            result = worker(config)
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}"[-300:]
+            result = dict(
+                status="out of memory" if is_oom(message) else "error",
+                detail=message,
+            )
+        if result.get("status") == "ok":
+            result["peak_exact"] = result["peak_rss_bytes"] > peak
+            peak = max(peak, result["peak_rss_bytes"])
+        emit(index, result)
 
 
 def tf_worker(config):
@@ -328,7 +506,7 @@ def jax_worker(configs, emit=None):
             )
         keras.backend.clear_session()
         gc.collect()
-        results.append(result)
+        results.append(_with_key_blocks(config, result))
         if emit is not None:
             emit(index, result)
     return results
@@ -515,7 +693,12 @@ def run_worker(spec):
         def emit(index, result):
             print(json.dumps(dict(index=index, result=result)), flush=True)
 
-        jax_worker(config, emit=emit)
+        import keras
+
+        if keras.backend.backend() == "jax":
+            jax_worker(config, emit=emit)
+        else:
+            series_worker(config, emit)
     elif config.get("layer") == "matmul":
         result = matmul_peak(**({"n": config["n"]} if "n" in config else {}))
         import keras

@@ -31,6 +31,7 @@ Usage:
     python -m benchmarks.attention --targets --rounds 3   # the targets
     python -m benchmarks.attention --backend jax --gpu-sweep   # on a GPU
     python -m benchmarks.attention --backend torch --targets --rounds 3
+    python -m benchmarks.attention --programs   # windows, documents, mods
 
 Writes `benchmarks/results/<machine>-<date>.json` and `.md` (the table of
 targets), and a `.png` plot of time and memory against sequence length
@@ -54,12 +55,15 @@ import time
 from benchmarks._attention_configs import describe
 from benchmarks._attention_configs import gpu_configs
 from benchmarks._attention_configs import gpu_smoke_configs
+from benchmarks._attention_configs import program_set
+from benchmarks._attention_configs import program_smoke_set
 from benchmarks._attention_configs import quick_configs
 from benchmarks._attention_configs import smoke_configs
 from benchmarks._attention_configs import sweep_configs
 from benchmarks._attention_configs import target_configs
 from benchmarks._attention_configs import torch_target_configs
 from benchmarks._attention_report import combine_rounds
+from benchmarks._attention_report import evaluate_program_targets
 from benchmarks._attention_report import evaluate_targets
 from benchmarks._attention_report import evaluate_torch_targets
 from benchmarks._attention_report import format_memory
@@ -111,8 +115,8 @@ def run_in_subprocess(
     config, timeout_s, cap_gb=MEMORY_CAP_GB, backend="tensorflow"
 ):
     """Runs one configuration (a dict) in a fresh process; returns its
-    result. A list of configurations (a series, JAX only) runs in one
-    process, one after the other, and gives a list of results."""
+    result. A list of configurations (a series) runs in one process, one
+    after the other, and gives a list of results."""
     series = isinstance(config, list)
     proc = subprocess.Popen(
         [
@@ -168,12 +172,13 @@ def _round_key(config):
     return json.dumps(config, sort_keys=True)
 
 
-def _units(configs, backend):
-    """What runs in one subprocess: single configurations, or (JAX) the
-    configurations of one `series`, in their listed order."""
+def _units(configs):
+    """What runs in one subprocess: single configurations, or the
+    configurations of one `series` (JAX's GPU set, the programs' smoke
+    run), in their listed order."""
     units, by_series = [], {}
     for config in configs:
-        name = config.get("series") if backend == "jax" else None
+        name = config.get("series")
         if name is None:
             units.append(config)
         elif name in by_series:
@@ -193,6 +198,9 @@ def _configs(args, platform_):
     )
     if gpu:
         return (gpu_smoke_configs() if args.smoke else gpu_configs()), 1, True
+    if args.programs:
+        configs, _, _ = program_smoke_set() if args.smoke else program_set()
+        return configs, 1 if args.smoke else 3, False
     if args.smoke:
         return smoke_configs(), 1, False
     if args.quick:
@@ -238,6 +246,14 @@ def main(argv=None):
         "on a GPU or TPU); with --smoke, the same pipeline at toy sizes",
     )
     parser.add_argument(
+        "--programs",
+        action="store_true",
+        help="the programmable attention's set: sliding window, packed "
+        "documents, mask_mod, score_mod and the skip-fraction series, "
+        "train step at L=8192 (and 32768), targets P1-P6; goes alone or "
+        "with --smoke (toy sizes) and --rounds",
+    )
+    parser.add_argument(
         "--reps",
         type=int,
         default=None,
@@ -276,6 +292,8 @@ def main(argv=None):
         parser.error("--gpu-sweep goes alone or with --smoke")
     if args.gpu_sweep and args.backend != "jax":
         parser.error("--gpu-sweep needs --backend jax")
+    if args.programs and (args.quick or args.targets or args.gpu_sweep):
+        parser.error("--programs goes alone or with --smoke")
 
     # The first round's matmul also says which device the workers see (the
     # parent itself never starts a backend: under JAX it would hold the
@@ -302,7 +320,7 @@ def main(argv=None):
             for c in unique
             if re.search(args.only, f"{describe(c)} {c['mode']}")
         ]
-    units = _units(unique, args.backend)
+    units = _units(unique)
     fmt = format_milliseconds if args.backend == "jax" else format_seconds
     peaks = []
     by_key = {}
@@ -352,7 +370,7 @@ def main(argv=None):
         "python -m benchmarks.attention"
         + "".join(
             f" --{flag}"
-            for flag in ("quick", "smoke", "targets")
+            for flag in ("quick", "smoke", "targets", "programs")
             if getattr(args, flag)
         )
         + (f" --backend {args.backend}" if jax_run or torch_run else "")
@@ -407,7 +425,13 @@ def main(argv=None):
             "they compare with dropout too; the train steps draw different "
             "dropout masks in the two layers."
         )
-    if torch_run:
+    if args.programs:
+        _, targets, series = (
+            program_smoke_set() if args.smoke else program_set()
+        )
+        report["targets"] = evaluate_program_targets(results, targets)
+        report["skip_series"] = series
+    elif torch_run:
         report["targets"] = evaluate_torch_targets(rows)
     else:
         report["targets"] = evaluate_targets(
@@ -416,6 +440,8 @@ def main(argv=None):
     stem = args.name or f"{report['machine']}-{report['date']}"
     if args.quick or args.targets:
         stem += "-quick" if args.quick else "-targets"
+    elif args.programs:
+        stem += "-programs"
     base = write_report(
         report, markdown(report), args.output_dir, stem, indent=1
     )

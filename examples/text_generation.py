@@ -34,6 +34,7 @@ How to run:
     KERAS_BACKEND=torch python examples/text_generation.py   # see above
     python examples/text_generation.py --help
     python examples/text_generation.py --max-steps 4 --epochs 1 --no-export
+    python examples/text_generation.py --pack   # packed rows against padding
 
 Expected result (default flags, seed 0, 2 CPU cores): held-out bits per
 character below the Kneser-Ney 5-gram's (about 2.06 against 2.26) in about
@@ -42,8 +43,11 @@ generation, or if the model does not beat the baseline. Measured:
 examples/RESULTS.md ("Text generation").
 """
 
+import inspect
+import json
 import os
 import sys
+import time
 
 import _char_lm
 import _common  # noqa: F401  (before keras: it may split the CPU)
@@ -93,6 +97,14 @@ def add_arguments(parser):
         "%(default)s); the baseline is scored on the same ones",
     )
     group.add_argument("--max-new-tokens", type=int, default=120)
+    group.add_argument(
+        "--pack",
+        action="store_true",
+        help="instead of the default run: pack the training text's "
+        "documents (blocks between blank lines) into full rows with "
+        "segment ids, and compare an epoch's wall time, tokens/s and "
+        "padding with padding each document to the longest",
+    )
 
 
 # Model -------------------------------------------------------------------
@@ -149,10 +161,23 @@ class CharTransformerLM(keras.Model):
         self.final_norm = keras.layers.LayerNormalization(name="final_norm")
         self.head = keras.layers.Dense(vocabulary_size, name="logits")
 
-    def call(self, token_ids, padding_mask=None, training=None):
+    def call(
+        self, token_ids, padding_mask=None, segment_ids=None, training=None
+    ):
+        if isinstance(token_ids, dict):  # `--pack`'s rows
+            segment_ids = token_ids.get("segment_ids")
+            token_ids = token_ids["token_ids"]
         x = self.embedding(token_ids)
+        options = {}
+        if segment_ids is not None and accepts_segment_ids():
+            options["decoder_segment_ids"] = segment_ids
         for block in self.blocks:
-            x = block(x, decoder_padding_mask=padding_mask, training=training)
+            x = block(
+                x,
+                decoder_padding_mask=padding_mask,
+                training=training,
+                **options,
+            )
         return self.head(self.final_norm(x))
 
     def init_cache(self, batch_size, max_length):
@@ -228,6 +253,166 @@ def windows(ids, length, stride, rng=None):
     index = starts[:, None] + np.arange(length + 1)[None, :]
     chunk = ids[index]
     return chunk[:, :-1], chunk[:, 1:]
+
+
+def split_documents(ids, max_length):
+    """Variable-length documents: the text's blocks between blank lines
+    (functions, methods, paragraphs of code), each cut into pieces of at
+    most `max_length + 1` ids (inputs and their next-id targets)."""
+    newline = _char_lm.encode("\n")[0]
+    breaks = np.flatnonzero((ids[:-1] == newline) & (ids[1:] == newline))
+    documents = []
+    for document in np.split(ids, breaks + 2):
+        for start in range(0, len(document), max_length + 1):
+            piece = document[start : start + max_length + 1]
+            if len(piece) >= 2:
+                documents.append(piece)
+    return documents
+
+
+def pack_documents(documents, length):
+    """Documents packed into full rows of `length`, in order (a document
+    that does not fit starts the next row).
+
+    Returns `(inputs, targets, segment_ids, positions)`, each `(rows,
+    length)` int32: each document's inputs and next-id targets (its own
+    ids only: no target crosses a document), its segment id (1, 2, ... in
+    the row; 0 for padding, whose target is 0), and positions restarting at
+    0 with each document (for RoPE).
+    """
+    rows, row, used = [], [], 0
+    for document in documents:
+        n = len(document) - 1
+        if used + n > length:
+            rows.append(row)
+            row, used = [], 0
+        row.append(document)
+        used += n
+    if row:
+        rows.append(row)
+    shape = (len(rows), length)
+    inputs, targets, segment_ids, positions = (
+        np.zeros(shape, "int32") for _ in range(4)
+    )
+    for r, row in enumerate(rows):
+        start = 0
+        for segment, document in enumerate(row, 1):
+            n = len(document) - 1
+            span = slice(start, start + n)
+            inputs[r, span] = document[:-1]
+            targets[r, span] = document[1:]
+            segment_ids[r, span] = segment
+            positions[r, span] = np.arange(n)
+            start += n
+    return inputs, targets, segment_ids, positions
+
+
+def pad_documents(documents):
+    """One document per row, padded to the longest: `(inputs, targets)`."""
+    width = max(len(d) - 1 for d in documents)
+    inputs = np.zeros((len(documents), width), "int32")
+    targets = np.zeros((len(documents), width), "int32")
+    for r, document in enumerate(documents):
+        inputs[r, : len(document) - 1] = document[:-1]
+        targets[r, : len(document) - 1] = document[1:]
+    return inputs, targets
+
+
+def padding_fraction(targets):
+    """The share of a batch's positions that are padding (target 0)."""
+    return float(np.mean(targets == 0))
+
+
+def accepts_segment_ids():
+    """Whether `TransformerDecoder` takes `decoder_segment_ids`: then packed
+    rows attend within their documents; otherwise a packed row's documents
+    see each other (the timing still compares the same work)."""
+    parameters = inspect.signature(keras_attention.TransformerDecoder.call)
+    return "decoder_segment_ids" in parameters.parameters
+
+
+def compare_packing(args, run, train_ids):
+    """`--pack`: one epoch on packed rows against one on padded rows."""
+    documents = split_documents(train_ids, args.sequence_length)
+    packed = pack_documents(documents, args.sequence_length)
+    padded = pad_documents(documents)
+    tokens = sum(len(d) - 1 for d in documents)
+    summary = {
+        "backend": run.backend,
+        "documents": len(documents),
+        "tokens": tokens,
+        "segment_ids_applied": accepts_segment_ids(),
+    }
+    for name, (inputs, targets, *extra) in (
+        ("packed", packed),
+        ("padded", padded),
+    ):
+        keras.utils.set_random_seed(args.seed)
+        model = build_model(args)
+        model.compile(
+            optimizer=keras.optimizers.AdamW(args.learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=run.jit_compile,
+        )
+        features = {"token_ids": inputs}
+        if extra:
+            features["segment_ids"] = extra[0]
+        weights = (targets > 0).astype("float32")
+        steps = run.steps(len(inputs), args.batch_size)
+        model.fit(
+            features,
+            targets,
+            sample_weight=weights,
+            batch_size=args.batch_size,
+            epochs=1,
+            steps_per_epoch=steps,
+            verbose=0,
+        )  # compile, warm up
+        start = time.perf_counter()
+        model.fit(
+            features,
+            targets,
+            sample_weight=weights,
+            batch_size=args.batch_size,
+            epochs=1,
+            steps_per_epoch=steps,
+            verbose=2,
+        )
+        seconds = time.perf_counter() - start
+        fed = min(len(inputs), steps * args.batch_size)
+        real = int((targets[:fed] > 0).sum())
+        summary[name] = {
+            "rows": len(inputs),
+            "row_length": inputs.shape[1],
+            "padding_fraction": padding_fraction(targets),
+            "epoch_seconds": seconds,
+            "tokens_per_second": real / seconds,
+        }
+    summary["padding_removed"] = (
+        summary["padded"]["padding_fraction"]
+        - summary["packed"]["padding_fraction"]
+    )
+    summary["speedup"] = (
+        summary["padded"]["epoch_seconds"] / summary["packed"]["epoch_seconds"]
+    )
+    print(
+        f"packing: {len(documents):,} documents, {tokens:,} tokens; padded "
+        f"{summary['padded']['rows']} rows x {padded[0].shape[1]} "
+        f"({summary['padded']['padding_fraction']:.1%} padding, "
+        f"{summary['padded']['tokens_per_second']:,.0f} tokens/s), packed "
+        f"{summary['packed']['rows']} rows x {args.sequence_length} "
+        f"({summary['packed']['padding_fraction']:.1%} padding, "
+        f"{summary['packed']['tokens_per_second']:,.0f} tokens/s): "
+        f"{summary['speedup']:.2f}x the padded epoch's speed, segment ids "
+        + (
+            "applied"
+            if summary["segment_ids_applied"]
+            else "not taken by TransformerDecoder yet"
+        )
+    )
+    with open(os.path.join(args.output_dir, "packing.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
 
 
 # Evaluation ----------------------------------------------------------------
@@ -590,6 +775,9 @@ def main(argv=None):
         f"{corpus.train_files} files, {len(corpus.heldout):,} held-out "
         f"characters from {corpus.heldout_files} other files"
     )
+    if args.pack:
+        compare_packing(args, run, train_ids)
+        return 0
     rng = np.random.default_rng(args.seed)
     x, y = windows(train_ids, args.sequence_length, args.sequence_length, rng)
     with run.scope():

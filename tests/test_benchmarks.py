@@ -149,7 +149,9 @@ def test_torch_targets_are_evaluated_from_their_rows():
     from benchmarks._attention_report import pair_rows
     from benchmarks.attention import _configs
 
-    flags = dict(gpu_sweep=False, smoke=False, quick=False, targets=True)
+    flags = dict(
+        gpu_sweep=False, smoke=False, quick=False, targets=True, programs=False
+    )
     configs, _, _ = _configs(
         argparse.Namespace(backend="torch", **flags), "cpu"
     )
@@ -493,3 +495,49 @@ def test_export_size_smoke_run(tmp_path):
     for row in report["formats"].values():
         assert row["max_abs_diff"] <= 1e-4
         assert row["model_bytes"] > 0 and row["first_call_seconds"] > 0
+
+
+def test_program_benchmark_smoke_run(tmp_path):
+    # `--programs --smoke`: every program at toy sizes in one process, under
+    # the session's backend.
+    args = ["--programs", "--backend", BACKEND]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.attention", "--smoke", *args]
+        + ["--output-dir", str(tmp_path), "--name", "smoke"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "smoke-programs.json").read_text())
+    for entry in report["results"]:
+        assert entry["result"]["status"] == "ok", entry
+    # Ours and Keras core compute the same window and the same documents.
+    paired = [row for row in report["rows"] if row["keras"]]
+    assert len(paired) == 2
+    for row in paired:
+        assert row["checksum_rel_diff"] < 1e-4
+    # The documents as a mask_mod compute what segment ids do.
+    by_words = {
+        entry["config"]["program"].get("documents_as", "segment ids"): entry
+        for entry in report["results"]
+        if entry["config"]["impl"] == "ours"
+        and "documents" in entry["config"]["program"]
+    }
+    assert by_words["mask_mod"]["result"]["checksum"] == pytest.approx(
+        by_words["segment ids"]["result"]["checksum"], rel=1e-4
+    )
+    assert [t["target"][:3] for t in report["targets"]] == [
+        "P1.",
+        "P2.",
+        "P3.",
+        "P4.",
+        "P5.",
+        "P6.",
+    ]
+    table = (tmp_path / "smoke-programs.md").read_text()
+    # Blocks of 16 at L=64: window 8 computes 7 of 16 key blocks, full
+    # causal 10.
+    assert "| 7/16 (44%) |" in table and "| 10/16 (62%) | " in table
+    assert "| 1.00x |" in table  # full causal against itself

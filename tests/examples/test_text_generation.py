@@ -143,3 +143,76 @@ def test_left_pad_keeps_the_last_characters(example):
     np.testing.assert_array_equal(ids[0, :62], 0)
     np.testing.assert_array_equal(ids[0, 62:], codec.encode("ab"))
     np.testing.assert_array_equal(ids[1], codec.encode("x" * 64))
+
+
+def test_packing_keeps_documents_apart(example):
+    codec = example._char_lm
+    text = "def a():\n    pass\n\n\nx = 1\n\n\nclass B:\n    y = 22\n"
+    documents = example.split_documents(codec.encode(text), 12)
+    assert [codec.decode(d) for d in documents][:2] == [
+        "def a():\n    ",
+        "pass\n\n",
+    ]
+    inputs, targets, segments, positions = example.pack_documents(documents, 16)
+    tokens = sum(len(d) - 1 for d in documents)
+    assert int((segments > 0).sum()) == tokens
+    for r in range(len(inputs)):
+        ids = segments[r][segments[r] > 0]
+        # Segments are 1, 2, ... in order, padding (0) only at the end.
+        assert list(np.unique(ids)) == list(range(1, ids.max() + 1))
+        assert (segments[r][len(ids) :] == 0).all()
+        assert (np.diff(ids) >= 0).all()
+        for segment in np.unique(ids):
+            where = np.flatnonzero(segments[r] == segment)
+            # Positions restart at 0 per document (RoPE).
+            np.testing.assert_array_equal(
+                positions[r, where], np.arange(len(where))
+            )
+            # Each target is the document's next id: inputs shifted by one
+            # within the segment, so no target crosses a document.
+            np.testing.assert_array_equal(
+                inputs[r, where[1:]], targets[r, where[:-1]]
+            )
+    # The targets of each document are its own ids, in order.
+    packed = [
+        targets[r][segments[r] == s]
+        for r in range(len(inputs))
+        for s in range(1, segments[r].max() + 1)
+    ]
+    for got, document in zip(packed, documents):
+        np.testing.assert_array_equal(got, document[1:])
+    padded_inputs, padded_targets = example.pad_documents(documents)
+    assert padded_inputs.shape[1] == max(len(d) - 1 for d in documents)
+    assert example.padding_fraction(padded_targets) == pytest.approx(
+        1 - tokens / padded_targets.size
+    )
+    assert example.padding_fraction(targets) == pytest.approx(
+        1 - tokens / targets.size
+    )
+
+
+def test_pack_run_reports_both_epochs(tmp_path):
+    _runner.run_example(
+        "text_generation",
+        tmp_path,
+        "--pack",
+        "--max-steps=2",
+        "--batch-size=4",
+        "--num-layers=1",
+        "--hidden-dim=16",
+        "--intermediate-dim=16",
+        "--sequence-length=256",
+        "--train-chars=6000",
+        "--heldout-chars=2000",
+        timeout=600,
+    )
+    summary = read_json(tmp_path, "packing.json")
+    for name in ("packed", "padded"):
+        assert summary[name]["epoch_seconds"] > 0
+        assert summary[name]["tokens_per_second"] > 0
+    assert summary["packed"]["rows"] < summary["padded"]["rows"]
+    assert summary["padding_removed"] == pytest.approx(
+        summary["padded"]["padding_fraction"]
+        - summary["packed"]["padding_fraction"]
+    )
+    assert summary["padding_removed"] > 0
