@@ -43,7 +43,6 @@ generation, or if the model does not beat the baseline. Measured:
 examples/RESULTS.md ("Text generation").
 """
 
-import inspect
 import json
 import os
 import sys
@@ -168,15 +167,12 @@ class CharTransformerLM(keras.Model):
             segment_ids = token_ids.get("segment_ids")
             token_ids = token_ids["token_ids"]
         x = self.embedding(token_ids)
-        options = {}
-        if segment_ids is not None and accepts_segment_ids():
-            options["decoder_segment_ids"] = segment_ids
         for block in self.blocks:
             x = block(
                 x,
                 decoder_padding_mask=padding_mask,
+                decoder_segment_ids=segment_ids,
                 training=training,
-                **options,
             )
         return self.head(self.final_norm(x))
 
@@ -278,7 +274,9 @@ def pack_documents(documents, length):
     length)` int32: each document's inputs and next-id targets (its own
     ids only: no target crosses a document), its segment id (1, 2, ... in
     the row; 0 for padding, whose target is 0), and positions restarting at
-    0 with each document (for RoPE).
+    0 with each document (for absolute position embeddings; RoPE, which
+    this model uses, depends only on the distance between a query and a
+    key, and segment ids keep both in one document).
     """
     rows, row, used = [], [], 0
     for document in documents:
@@ -323,14 +321,6 @@ def padding_fraction(targets):
     return float(np.mean(targets == 0))
 
 
-def accepts_segment_ids():
-    """Whether `TransformerDecoder` takes `decoder_segment_ids`: then packed
-    rows attend within their documents; otherwise a packed row's documents
-    see each other (the timing still compares the same work)."""
-    parameters = inspect.signature(keras_attention.TransformerDecoder.call)
-    return "decoder_segment_ids" in parameters.parameters
-
-
 def compare_packing(args, run, train_ids):
     """`--pack`: one epoch on packed rows against one on padded rows."""
     documents = split_documents(train_ids, args.sequence_length)
@@ -341,7 +331,6 @@ def compare_packing(args, run, train_ids):
         "backend": run.backend,
         "documents": len(documents),
         "tokens": tokens,
-        "segment_ids_applied": accepts_segment_ids(),
     }
     for name, (inputs, targets, *extra) in (
         ("packed", packed),
@@ -403,12 +392,7 @@ def compare_packing(args, run, train_ids):
         f"{summary['packed']['rows']} rows x {args.sequence_length} "
         f"({summary['packed']['padding_fraction']:.1%} padding, "
         f"{summary['packed']['tokens_per_second']:,.0f} tokens/s): "
-        f"{summary['speedup']:.2f}x the padded epoch's speed, segment ids "
-        + (
-            "applied"
-            if summary["segment_ids_applied"]
-            else "not taken by TransformerDecoder yet"
-        )
+        f"{summary['speedup']:.2f}x the padded epoch's speed"
     )
     with open(os.path.join(args.output_dir, "packing.json"), "w") as f:
         json.dump(summary, f, indent=1)
