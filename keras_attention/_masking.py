@@ -97,6 +97,22 @@ def masked_softmax(logits, mask=None, axis=-1):
     return ops.where(mask, weights, 0.0)
 
 
+def softmax_with_sinks(logits, mask, sinks):
+    """`masked_softmax` whose denominators also hold `exp(sinks)`: a logit
+    per row that carries no value (attention sinks). `sinks` broadcasts to
+    `logits` with the last axis of size 1. Rows sum to less than 1; a fully
+    masked row is all zeros."""
+    logits = ops.cast(logits, "float32")
+    sinks = ops.cast(sinks, "float32")
+    if mask is not None:
+        logits = ops.where(mask, logits, MASKED)
+    top = ops.maximum(ops.max(logits, axis=-1, keepdims=True), sinks)
+    exps = ops.exp(logits - top)
+    if mask is not None:
+        exps = ops.where(mask, exps, 0.0)
+    return exps / (ops.sum(exps, axis=-1, keepdims=True) + ops.exp(sinks - top))
+
+
 def finite_logits_mask(logits, mask=None):
     """`mask` AND NOT `logits <= MASKED`: -inf logits (from a bias) count as
     masked. NaN logits are kept, so that NaN inputs propagate to the output

@@ -125,3 +125,60 @@ def map_blocks(fn, n, templates, sequential):
     return _backend_tensorflow.map_blocks(
         fn, n, templates, 1 if sequential else 10
     )
+
+
+def hoist_mod(fn, dtypes, gradient):
+    """A user's elementwise function (`score_mod`, `mask_mod`) prepared for
+    the chunked kernel's custom gradient: `(fn, params)`, to be called by
+    `call_mod` and differentiated by `mod_vjp`, where `params` are the
+    tensors `fn` closes over that must cross the gradient's boundary as
+    inputs. `dtypes`: those of `fn`'s arguments. `gradient`: whether
+    gradients may be asked for (only JAX hoists without).
+
+    JAX: every traced array `fn` reads (a closed-over tracer breaks the
+    custom gradient). TensorFlow: the floating-point tensors it closes over
+    (the variables it reads reach the gradient through TensorFlow's own
+    custom gradient). PyTorch: the leaves that require a gradient.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        from keras_attention.ops import _backend_jax
+
+        return _backend_jax.hoist(fn, dtypes)
+    if not gradient:
+        return fn, []
+    if backend == "tensorflow":
+        from keras_attention.ops import _backend_tensorflow
+
+        return fn, _backend_tensorflow.captured_tensors(fn, dtypes)
+    from keras_attention.ops import _backend_torch
+
+    probe = [ops.zeros((), dtype) for dtype in dtypes]
+    return fn, _backend_torch.captured_leaves(fn, probe)
+
+
+def call_mod(fn, args, params):
+    """`fn(*args)` for `(fn, params)` from `hoist_mod`; `params=None`: the
+    user's function itself, called on the block."""
+    if params is not None and keras.backend.backend() == "jax":
+        from keras_attention.ops import _backend_jax
+
+        return _backend_jax.call_elementwise(fn, args, params)
+    return fn(*args)
+
+
+def mod_vjp(fn, args, params, cotangent, variables=()):
+    """The gradients of `sum(call_mod(fn, args, params) * cotangent)` with
+    respect to `args[0]`, each of `params` and (TensorFlow) `variables`."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        from keras_attention.ops import _backend_jax
+
+        return _backend_jax.vjp(fn, args, params, cotangent)
+    if backend == "tensorflow":
+        from keras_attention.ops import _backend_tensorflow
+
+        return _backend_tensorflow.vjp(fn, args, params, cotangent, variables)
+    from keras_attention.ops import _backend_torch
+
+    return _backend_torch.vjp(fn, args, params, cotangent)

@@ -67,3 +67,27 @@ def map_blocks(fn, n, templates, parallel_iterations):
         (tf.constant(0), outputs),
         parallel_iterations=parallel_iterations,
     )[1]
+
+
+def captured_tensors(fn, dtypes):
+    """The floating-point tensors that `fn` closes over, found by tracing it
+    on rank-4 arguments of `dtypes` (variables are not among them: a custom
+    gradient hands those to its gradient function itself)."""
+    specs = [tf.TensorSpec([None] * 4, dtype) for dtype in dtypes]
+    concrete = tf.function(fn, autograph=False).get_concrete_function(*specs)
+    return [t for t in concrete.captured_inputs if t.dtype.is_floating]
+
+
+def vjp(fn, args, params, cotangent, variables=()):
+    """Gradients of `sum(fn(*args) * cotangent)` with respect to `args[0]`,
+    the tensors `params` that `fn` closes over, and `variables`."""
+    first = args[0]
+    with tf.GradientTape() as tape:
+        tape.watch([first, *params])
+        out = fn(first, *args[1:])
+    return tape.gradient(
+        out,
+        [first, *params, *variables],
+        output_gradients=cotangent,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+    )

@@ -39,3 +39,39 @@ def scaled_dot_product_attention(query, key, value, mask, scale, is_causal):
         enable_gqa=query.shape[2] != key.shape[2],
     )
     return out.transpose(1, 2)
+
+
+def captured_leaves(fn, args):
+    """The tensors requiring a gradient that `fn(*args)` reaches through
+    the tensors it closes over: the leaves of its autograd graph."""
+    with torch.enable_grad():
+        out = fn(*(a.detach() for a in args))
+    leaves, seen, stack = [], set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+def vjp(fn, args, params, cotangent):
+    """Gradients of `sum(fn(*args) * cotangent)` with respect to `args[0]`
+    and the leaves `params` that `fn` reaches (see `captured_leaves`)."""
+    with torch.enable_grad():
+        first = args[0].detach().requires_grad_(True)
+        out = fn(first, *args[1:])
+        grads = torch.autograd.grad(
+            out,
+            [first, *params],
+            cotangent,
+            allow_unused=True,
+            retain_graph=bool(params),
+        )
+    return [
+        torch.zeros_like(t) if g is None else g
+        for g, t in zip(grads, [first, *params])
+    ]

@@ -31,12 +31,31 @@ from keras import ops
 from keras_attention._masking import MASKED
 from keras_attention._masking import masked_softmax
 from keras_attention.ops import _backend
+from keras_attention.ops import _program
 from keras_attention.ops._arith import ceil_div
 from keras_attention.ops._hash import GOLDEN
 from keras_attention.ops._hash import SECOND
 from keras_attention.ops._hash import hash32
 
 NEG_INF = float("-inf")
+# `_Engine.valid`'s default: evaluate the block's `mask_mod` there.
+COMPUTE = object()
+
+
+def count_block(kind):
+    """Called once per key block computed (`kind`: `"forward"` or
+    `"backward"`) and per block analysed (`"analysed"`) where the kernel
+    runs eagerly; tests replace it to count the blocks a call skips."""
+
+
+def _block_ranges(ids, num_blocks, chunk):
+    """`(low, high)`, each `(B, num_blocks)`: the smallest and the largest
+    id of each block of `chunk` positions of `ids` `(B, L)`."""
+    padded = num_blocks * chunk
+    shape = (ops.shape(ids)[0], num_blocks, chunk)
+    low = ops.reshape(_pad_axis(ids, 1, padded, 2**31 - 1), shape)
+    high = ops.reshape(_pad_axis(ids, 1, padded, -(2**31)), shape)
+    return ops.min(low, axis=-1), ops.max(high, axis=-1)
 
 
 class StatelessSeed(keras.random.SeedGenerator):
@@ -262,8 +281,17 @@ class _Engine:
         causal_offset=0,
         dropout=None,
         training=False,
+        program=None,
+        segments=None,
+        sinks=None,
     ):
         self.soft_cap = soft_cap
+        # The masks and the score function (`_program.Program`), None for
+        # additive attention; `segments` its `(B, T)` and `(B, S)` int32 ids,
+        # `sinks` its `(N,)` float32 sink logits.
+        self.program = program
+        self.window = None if program is None else program.window
+        self.sinks = sinks
         # Training (a backward pass follows) or dropout (each iteration
         # also holds its random block): the forward's query blocks run one
         # at a time, as in the backward pass; in inference side by side.
@@ -296,6 +324,18 @@ class _Engine:
             or static_k_len == 0
             or static_k_len % k_chunk != 0
         )
+        self.batch, self.num_heads = ops.shape(q)[0], q.shape[1]
+        self.segments = self.segment_ranges = None
+        if segments is not None:
+            q_ids, k_ids = segments
+            self.segments = (
+                _pad_axis(q_ids, 1, self.padded_q_len, -1),
+                _pad_axis(k_ids, 1, self.padded_k_len, -2),
+            )
+            self.segment_ranges = (
+                _block_ranges(q_ids, self.num_q_blocks, q_chunk),
+                _block_ranges(k_ids, self.num_k_blocks, k_chunk),
+            )
         self.q = _pad_axis(q, 2, self.padded_q_len)
         self.k = _pad_axis(k, 2, self.padded_k_len)
         self.v = _pad_axis(v, 2, self.padded_k_len)
@@ -311,11 +351,53 @@ class _Engine:
             self.mask = mask
 
     # -- blocks ---------------------------------------------------------
-    def valid(self, i, j, transposed=False):
+    def rows_and_cols(self, i, j):
+        """The absolute positions of block `(i, j)`'s queries and keys."""
+        rows = self._row(i * self.q_chunk) + ops.arange(
+            self.q_chunk, dtype="int32"
+        )
+        cols = j * self.k_chunk + ops.arange(self.k_chunk, dtype="int32")
+        return rows, cols
+
+    def user_mask(self, i, j, transposed=False):
+        """`mask_mod` on block `(i, j)`, or None."""
+        if self.program is None or self.program.mask_mod is None:
+            return None
+        rows, cols = self.rows_and_cols(i, j)
+        return self.program.user_mask(self.batch, rows, cols, transposed)
+
+    def needed(self, i, j, user=None):
+        """A boolean scalar, False where no query of block `(i, j)` can
+        attend a key of it by its segment ids' ranges or by the block's
+        `user` mask (`mask_mod`); None where only causality and the window
+        (the loop bounds) decide."""
+        needed = None
+        if self.segment_ranges is not None:
+            (q_low, q_high), (k_low, k_high) = self.segment_ranges
+            meet = ops.logical_and(
+                ops.take(q_low, i, axis=1) <= ops.take(k_high, j, axis=1),
+                ops.take(k_low, j, axis=1) <= ops.take(q_high, i, axis=1),
+            )
+            needed = ops.any(meet)
+        if user is not None:
+            anywhere = ops.any(user)
+            needed = (
+                anywhere
+                if needed is None
+                else ops.logical_and(needed, anywhere)
+            )
+        if needed is not None:
+            count_block("analysed")
+        return needed
+
+    def valid(self, i, j, transposed=False, user=COMPUTE):
         """Boolean validity of block (i, j), broadcastable to `(B, N,
         q_chunk, k_chunk)`, or to `(B, N, k_chunk, q_chunk)` if `transposed`;
-        None if all valid."""
-        valid = None
+        None if all valid. `user`: the block's `mask_mod` mask, when the
+        caller has it already."""
+        valid = user
+        if user is COMPUTE:
+            valid = self.user_mask(i, j, transposed)
         if self.mask is not None:
             starts = [0, 0, 0, 0]
             shape = list(ops.shape(self.mask))
@@ -323,9 +405,10 @@ class _Engine:
                 starts[2], shape[2] = i * self.q_chunk, self.q_chunk
             if self.mask_per_key:
                 starts[3], shape[3] = j * self.k_chunk, self.k_chunk
-            valid = ops.slice(self.mask, starts, shape)
+            given = ops.slice(self.mask, starts, shape)
             if transposed:
-                valid = ops.swapaxes(valid, -1, -2)
+                given = ops.swapaxes(given, -1, -2)
+            valid = given if valid is None else valid & given
         row_shape, col_shape = (1, 1, self.q_chunk, 1), (1, 1, 1, self.k_chunk)
         if transposed:
             row_shape, col_shape = (
@@ -336,21 +419,48 @@ class _Engine:
         if self.pad_keys:
             in_range = ops.reshape(cols < self.k_len, col_shape)
             valid = in_range if valid is None else valid & in_range
-        if self.is_causal:
+        if self.segments is not None:
+            q_ids = _rows(self.segments[0], i * self.q_chunk, self.q_chunk, 1)
+            k_ids = _rows(self.segments[1], j * self.k_chunk, self.k_chunk, 1)
+            same = self.program.segment_mask(q_ids, k_ids, transposed)
+            valid = same if valid is None else valid & same
+        if self.program is not None:
+            rows, _ = self.rows_and_cols(i, j)
+            static = self.program.static_mask(rows, cols, transposed)
+        elif self.is_causal:
             first_row = self._row(i * self.q_chunk)
             rows = first_row + ops.arange(self.q_chunk, dtype="int32")
-            causal = ops.reshape(rows, row_shape) >= ops.reshape(
+            static = ops.reshape(rows, row_shape) >= ops.reshape(
                 cols, col_shape
             )
-            valid = causal if valid is None else valid & causal
+        else:
+            static = None
+        if static is not None:
+            valid = static if valid is None else valid & static
         return valid
 
     def key_blocks_for(self, i):
-        """Number of key blocks query block `i` needs (causal: to diagonal)."""
-        if not self.is_causal:
-            return self.num_k_blocks
+        """The key blocks `[first, end)` query block `i` needs: causal, to
+        the diagonal; with a window, those within it."""
+        first_row = self._row(i * self.q_chunk)
         last_row = self._row((i + 1) * self.q_chunk - 1)
-        return ops.minimum(self.num_k_blocks, last_row // self.k_chunk + 1)
+        first, end = 0, self.num_k_blocks
+        if self.window is not None:
+            first = ops.maximum(first_row - self.window + 1, 0) // self.k_chunk
+            end = ops.minimum(
+                end, (last_row + self.window - 1) // self.k_chunk + 1
+            )
+        if self.is_causal:
+            end = ops.minimum(end, last_row // self.k_chunk + 1)
+        return first, end
+
+    def outside(self, i, j):
+        """Whether block `(i, j)` lies outside the causal diagonal or the
+        window (a boolean scalar), or None where neither applies."""
+        if not self.is_causal and self.window is None:
+            return None
+        first, end = self.key_blocks_for(i)
+        return ops.logical_or(j < first, j >= end)
 
     def _row(self, r):
         """The causal position of query row `r`."""
@@ -367,6 +477,26 @@ class _Engine:
             shape = (shape[0], shape[1], shape[3], shape[2])
         keep = keep_mask(key, i, j, shape, rate, transposed)
         return ops.where(keep, weights, 0.0)
+
+    def modded(self, logits, i, j, transposed=False):
+        """`score_mod` on block `(i, j)`'s logits; `-inf` it returns is
+        masked through `finite`."""
+        if self.program is None or self.program.score_mod is None:
+            return logits
+        rows, cols = self.rows_and_cols(i, j)
+        return self.program.score(logits, self.batch, rows, cols, transposed)
+
+    def finite(self, logits, valid):
+        """`valid` AND NOT `logits <= MASKED` under a `score_mod`, which may
+        return `-inf` (NaN stays, as in the dense kernel)."""
+        if self.program is None or self.program.score_mod is None:
+            return valid
+        finite = ops.logical_not(logits <= MASKED)
+        return finite if valid is None else valid & finite
+
+    def sink_rows(self, row_shape):
+        """The sinks broadcast to `row_shape` `(B, N, rows)`."""
+        return ops.broadcast_to(ops.reshape(self.sinks, (1, -1, 1)), row_shape)
 
     def capped(self, logits):
         """Logit soft-capping, `cap * tanh(logits / cap)` (none without a
@@ -395,8 +525,11 @@ class _Engine:
 
         def query_block(i):
             q_block = _rows(self.q, i * self.q_chunk, self.q_chunk)
-            logits = self.capped(self.score_fn(q_block, self.k))
-            valid = self.valid(i, 0)
+            modded = self.modded(self.score_fn(q_block, self.k), i, 0)
+            valid = self.finite(modded, self.valid(i, 0))
+            logits = self.capped(modded)
+            if self.sinks is not None:
+                return self._rows_with_sinks(logits, valid, keep_lse)
             if not keep_lse:
                 return ops.matmul(masked_softmax(logits, valid), self.v)
             if valid is not None:
@@ -429,6 +562,22 @@ class _Engine:
             self._unblock(ops.expand_dims(lses, -1)), -1
         )
 
+    def _rows_with_sinks(self, logits, valid, keep_lse):
+        """A whole-row block's output (and log-sum-exp) with the sinks in
+        the denominators."""
+        sinks = ops.reshape(self.sinks, (1, -1, 1, 1))
+        if valid is not None:
+            logits = ops.where(valid, logits, MASKED)
+        top = ops.maximum(ops.max(logits, axis=-1, keepdims=True), sinks)
+        exps = ops.exp(logits - top)
+        if valid is not None:
+            exps = ops.where(valid, exps, 0.0)
+        denom = ops.sum(exps, axis=-1, keepdims=True) + ops.exp(sinks - top)
+        out = ops.matmul(exps / denom, self.v)
+        if not keep_lse:
+            return out
+        return out, ops.squeeze(top + ops.log(denom), -1)
+
     def forward_online(self):
         """The online softmax over key blocks: `(out, lse)`."""
 
@@ -440,13 +589,36 @@ class _Engine:
                 ops.zeros(row_shape, "float32"),
                 ops.zeros(tuple(row_shape) + (self.v.shape[-1],), "float32"),
             )
+            if self.sinks is not None:
+                # The sink opens every row: its logit, exp(0) = 1.
+                init = (self.sink_rows(row_shape), ops.ones(row_shape)) + init[
+                    2:
+                ]
 
             def body(j, carry):
+                user = self.user_mask(i, j)
+                needed = self.needed(i, j, user)
+                if needed is None:
+                    return step(j, carry, user)
+                if user is None:
+                    run = lambda: step(j, carry, user)  # noqa: E731
+                else:
+                    # A block that `mask_mod` fully allows needs no mask.
+                    run = lambda: ops.cond(  # noqa: E731
+                        ops.all(user),
+                        lambda: step(j, carry, None),
+                        lambda: step(j, carry, user),
+                    )
+                return ops.cond(needed, run, lambda: carry)
+
+            def step(j, carry, user):
+                count_block("forward")
                 running_max, denom, weighted_sum = carry
                 k_block = _rows(self.k, j * self.k_chunk, self.k_chunk)
                 v_block = _rows(self.v, j * self.k_chunk, self.k_chunk)
-                logits = self.capped(self.score_fn(q_block, k_block))
-                valid = self.valid(i, j)
+                modded = self.modded(self.score_fn(q_block, k_block), i, j)
+                valid = self.finite(modded, self.valid(i, j, user=user))
+                logits = self.capped(modded)
                 if valid is not None:
                     logits = ops.where(valid, logits, MASKED)
                 # The block's softmax (the backend's fused kernel) and its
@@ -489,7 +661,7 @@ class _Engine:
                 return new_max, denom, weighted_sum
 
             running_max, denom, weighted_sum = ops.fori_loop(
-                0, self.key_blocks_for(i), body, init
+                *self.key_blocks_for(i), body, init
             )
             nonempty = denom > 0.0
             safe = ops.where(nonempty, denom, 1.0)
@@ -519,11 +691,17 @@ class _Engine:
         return _rows(x, 0, self.q_len)
 
     # -- backward ---------------------------------------------------------
-    def backward(self, out, lse, d_out, params):
-        """Gradients w.r.t. q, k, v and the score parameters."""
-        delta = _pad_axis(
-            ops.sum(d_out * out, axis=-1, keepdims=True), 2, self.padded_q_len
-        )
+    def backward(self, out, lse, d_out, params, variables=()):
+        """Gradients w.r.t. q, k, v, the score parameters `params` (those of
+        the score function, then those of `score_mod`), the sinks if any,
+        and the `variables` that `score_mod` reads (TensorFlow)."""
+        row_delta = ops.sum(d_out * out, axis=-1)
+        d_sinks = None
+        if self.sinks is not None:
+            # d/d sink of row r: -p_sink(r) * delta(r), p_sink = exp(s - lse).
+            sink_weights = ops.exp(ops.reshape(self.sinks, (1, -1, 1)) - lse)
+            d_sinks = -ops.sum(sink_weights * row_delta, axis=(0, 2))
+        delta = _pad_axis(ops.expand_dims(row_delta, -1), 2, self.padded_q_len)
         lse = _pad_axis(lse[..., None], 2, self.padded_q_len)
         d_out = _pad_axis(d_out, 2, self.padded_q_len)
         q_blocks = self._block(self.q, self.num_q_blocks, self.q_chunk)
@@ -534,7 +712,9 @@ class _Engine:
         dv_zero = ops.zeros_like(
             self._block(self.v, self.num_k_blocks, self.k_chunk)
         )
-        d_params_zero = tuple(ops.zeros_like(p) for p in params)
+        d_params_zero = tuple(ops.zeros_like(p) for p in params) + tuple(
+            ops.zeros(v.shape, "float32") for v in variables
+        )
 
         def key_block(j, carry):
             dq_acc, dk_acc, dv_acc = carry[:3]
@@ -542,7 +722,8 @@ class _Engine:
             k_block = _rows(self.k, j * self.k_chunk, self.k_chunk)
             v_block = _rows(self.v, j * self.k_chunk, self.k_chunk)
 
-            def compute(i):
+            def compute(i, user_t):
+                count_block("backward")
                 q_block = _rows(self.q, i * self.q_chunk, self.q_chunk)
                 d_out_block = _rows(d_out, i * self.q_chunk, self.q_chunk)
                 lse_block = _rows(lse, i * self.q_chunk, self.q_chunk)
@@ -552,17 +733,21 @@ class _Engine:
                 # transposed) matmuls.
                 # `s - lse` and `dP - delta` come out of the matmuls, with
                 # one extra column: [k, 1] . [q, -lse] and [v, 1] . [dO, -D].
-                if self.soft_cap is None:
+                raw_t = modded_t = None
+                if self.soft_cap is None and not self._score_modded():
                     logits_t = self.score_t_fn(k_block, q_block, -lse_block)
                 else:
-                    # cap * tanh(s / cap): d/ds = 1 - tanh^2.
-                    tanh = ops.tanh(
-                        self.score_t_fn(k_block, q_block, None) / self.soft_cap
-                    )
-                    logits_t = self.soft_cap * tanh - ops.swapaxes(
-                        lse_block, -1, -2
-                    )
-                valid = self.valid(i, j, transposed=True)
+                    raw_t = self.score_t_fn(k_block, q_block, None)
+                    modded_t = self.modded(raw_t, i, j, transposed=True)
+                    logits_t = modded_t
+                    if self.soft_cap is not None:
+                        # cap * tanh(s / cap): d/ds = 1 - tanh^2.
+                        tanh = ops.tanh(modded_t / self.soft_cap)
+                        logits_t = self.soft_cap * tanh
+                    logits_t = logits_t - ops.swapaxes(lse_block, -1, -2)
+                valid = self.valid(i, j, transposed=True, user=user_t)
+                if modded_t is not None:
+                    valid = self.finite(modded_t, valid)
                 if valid is not None:
                     logits_t = ops.where(valid, logits_t, NEG_INF)
                 weights_t = ops.exp(logits_t)
@@ -584,16 +769,33 @@ class _Engine:
                     ) - weights_t * ops.swapaxes(delta_block, -1, -2)
                 if self.soft_cap is not None:
                     d_logits_t = d_logits_t * (1.0 - ops.square(tanh))
+                d_mod = []
+                if self._score_modded():
+                    rows, cols = self.rows_and_cols(i, j)
+                    d_logits_t, *d_mod = self.program.score_vjp(
+                        raw_t,
+                        self.batch,
+                        rows,
+                        cols,
+                        d_logits_t,
+                        True,
+                        variables,
+                    )
                 dq, dk, *d_params = self.score_t_vjp(
                     q_block, k_block, d_logits_t
                 )
-                return (dq, dk, dv, *d_params)
+                return (dq, dk, dv, *d_params, *d_mod)
 
             def query_block(i):
-                if not self.is_causal:
-                    return compute(i)
-                # The block is above the diagonal: no query sees these keys.
-                above = self._row((i + 1) * self.q_chunk - 1) < j * self.k_chunk
+                user_t = self.user_mask(i, j, transposed=True)
+                run = self.outside(i, j)
+                if run is not None:
+                    run = ops.logical_not(run)
+                needed = self.needed(i, j, user_t)
+                if needed is not None:
+                    run = needed if run is None else run & needed
+                if run is None:
+                    return compute(i, user_t)
 
                 def skip():
                     return (
@@ -603,7 +805,7 @@ class _Engine:
                         *d_params_zero,
                     )
 
-                return ops.cond(above, skip, lambda: compute(i))
+                return ops.cond(run, lambda: compute(i, user_t), skip)
 
             templates = (
                 ops.zeros_like(q_blocks[0]),
@@ -637,7 +839,13 @@ class _Engine:
         dq = self._unblock(result[0])
         dk = _rows(self._unblock_keys(result[1]), 0, self.k_len)
         dv = _rows(self._unblock_keys(result[2]), 0, self.k_len)
-        return (dq, dk, dv, *result[3:])
+        d_params = result[3 : 3 + len(params)]
+        d_variables = result[3 + len(params) :]
+        sinks = () if d_sinks is None else (d_sinks,)
+        return (dq, dk, dv, *d_params, *sinks), d_variables
+
+    def _score_modded(self):
+        return self.program is not None and self.program.score_mod is not None
 
     def _block(self, x, n, size):
         """(B, N, n * size, D) -> (n, B, N, size, D)."""
@@ -651,14 +859,16 @@ class _Engine:
         return ops.reshape(x, (shape[0], shape[1], self.padded_k_len, shape[4]))
 
 
-def _attend(make_engine, args, context, backward_chunks=None):
+def _attend(make_engine, args, context, backward_chunks=None, num_sinks=0):
     """The engine's output, with a custom gradient over `args` (`q, k, v`,
     then the score parameters) that recomputes it blockwise.
 
-    `make_engine(*args, *context, chunks=None)`: `chunks` overrides the
-    engine's `(q_chunk, k_chunk)`. The gradient of a whole-row forward runs
-    on `backward_chunks`: a key block of all the keys would make each query
-    block's key gradients as long as the keys.
+    `make_engine(args, context, chunks=None)`: `chunks` overrides the
+    engine's `(q_chunk, k_chunk)`. The engine's gradients are those of
+    `args` after `q, k, v`, in order (`num_sinks`: the last of them are
+    the sinks, whose gradient the engine computes apart). The gradient of
+    a whole-row forward runs on `backward_chunks`: a key block of all the
+    keys would make each query block's key gradients as long as the keys.
 
     `context` holds the engine's other inputs (mask, causal offset, dropout
     key). Its tensors go in as extra inputs without gradients rather than
@@ -678,13 +888,14 @@ def _attend(make_engine, args, context, backward_chunks=None):
         def engine(chunks=None):
             context_inputs = dict(zip(names, inputs[num_args:]))
             return make_engine(
-                *inputs[:num_args], **fixed, **context_inputs, chunks=chunks
+                inputs[:num_args], {**fixed, **context_inputs}, chunks=chunks
             )
 
         forward = engine()
         out, lse = forward.forward()
 
-        def grad(*upstreams, upstream=None):
+        def grad(*upstreams, upstream=None, variables=None):
+            # `variables`: TensorFlow's, those `score_mod` reads.
             if upstream is None:
                 (upstream,) = upstreams
             backward = (
@@ -693,10 +904,17 @@ def _attend(make_engine, args, context, backward_chunks=None):
             lse_for_grad = lse
             if lse_for_grad is None:  # not kept by the forward: recompute
                 lse_for_grad = backward.forward_online()[1]
-            grads = backward.backward(
-                out, lse_for_grad, upstream, inputs[3:num_args]
+            grads, d_variables = backward.backward(
+                out,
+                lse_for_grad,
+                upstream,
+                inputs[3 : num_args - num_sinks],
+                variables or (),
             )
-            return (*grads, *([None] * len(names)))
+            grads = (*grads, *([None] * len(names)))
+            if variables:
+                return grads, list(d_variables)
+            return grads
 
         return out, grad
 
@@ -742,6 +960,9 @@ def chunked_dot_product_attention(
     dropout=None,
     training=False,
     backward_chunks=None,
+    program=None,
+    segments=None,
+    sinks=None,
 ):
     """Exact softmax attention on head-major float32 tensors.
 
@@ -754,31 +975,62 @@ def chunked_dot_product_attention(
     `k_chunk=None`: one key block of all the keys; without training or
     dropout, each query block is then one softmax over whole rows (see
     `_Engine._forward_rows`), and a gradient runs on `backward_chunks`
-    `(q_chunk, k_chunk)`. Returns the float32 output `(B, N, T, Dv)`; its
-    gradient is recomputed blockwise.
+    `(q_chunk, k_chunk)`. `program`: a `_program.Program` (its causality
+    replaces `is_causal`), whose `score_mod` and `mask_mod` are `(fn,
+    params)` from `_backend.hoist_mod`; `segments` None or `(B, T)` and
+    `(B, S)` int32 ids; `sinks` None or `(N,)` float32 logits. Returns the
+    float32 output `(B, N, T, Dv)`; its gradient is recomputed blockwise.
     """
+    if program is None:
+        program = _program.Program(q.shape[1], is_causal)
+    score_params = [] if program.score_mod is None else program.score_mod[1]
+    mask_params = [] if program.mask_mod is None else program.mask_mod[1]
+    num_score = len(score_params)
+    sink_args = () if sinks is None else (sinks,)
 
-    def make_engine(q, k, v, mask, causal_offset, dropout_key, chunks=None):
+    def make_engine(args, context, chunks=None):
+        q, k, v = args[:3]
+        block_program = program.with_params(
+            args[3 : 3 + num_score],
+            [context[f"mask_param_{n}"] for n in range(len(mask_params))],
+        )
+        segments = None
+        if context["q_segments"] is not None:
+            segments = (context["q_segments"], context["k_segments"])
         return _Engine(
             q,
             k,
             v,
-            mask,
-            is_causal,
+            context["mask"],
+            program.is_causal,
             *(chunks or (q_chunk, k_chunk)),
             _dot_score,
             _dot_score_t,
             _dot_score_t_vjp,
             soft_cap=soft_cap,
-            causal_offset=causal_offset,
-            dropout=_with_key(dropout, dropout_key),
+            causal_offset=context["causal_offset"],
+            dropout=_with_key(dropout, context["dropout_key"]),
             training=training,
+            program=block_program,
+            segments=segments,
+            sinks=args[3 + num_score] if sink_args else None,
         )
 
     context = dict(
-        mask=mask, causal_offset=causal_offset, dropout_key=_key(dropout)
+        mask=mask,
+        causal_offset=causal_offset,
+        dropout_key=_key(dropout),
+        q_segments=None if segments is None else segments[0],
+        k_segments=None if segments is None else segments[1],
+        **{f"mask_param_{n}": p for n, p in enumerate(mask_params)},
     )
-    return _attend(make_engine, (q, k, v), context, backward_chunks)
+    return _attend(
+        make_engine,
+        (q, k, v, *score_params, *sink_args),
+        context,
+        backward_chunks,
+        num_sinks=len(sink_args),
+    )
 
 
 def _key(dropout):
@@ -810,9 +1062,10 @@ def chunked_additive_attention(
     blockwise.
     """
 
-    def make_engine(
-        q, k, v, attention_v, attention_b, mask, dropout_key, chunks=None
-    ):
+    def make_engine(args, context, chunks=None):
+        q, k, v, attention_v, attention_b = args
+        mask, dropout_key = context["mask"], context["dropout_key"]
+
         def hidden(rows, cols):
             """tanh(rows_i + cols_j + b): `(B, 1, len(rows), len(cols), U)`."""
             # `expand_dims`, not `x[:, :, None]`: LiteRT's builtin strided

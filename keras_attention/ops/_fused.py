@@ -31,6 +31,8 @@ _REASONS = {
     "bias": "Flash attention does not take an attention bias.",
     "soft_cap": "Flash attention takes a logits soft-cap on JAX on a TPU only.",
     "mask": "Flash attention takes a mask of rank 2 or 4 with a static shape.",
+    "programmable": "Flash attention takes no `score_mod`, `mask_mod`, "
+    "segment ids or sinks.",
 }
 
 
@@ -40,7 +42,16 @@ def environment():
     return keras.backend.backend(), _backend.platform()
 
 
-def facts(dtype, return_scores, dropout, bias, soft_cap, mask, chunk_size):
+def facts(
+    dtype,
+    return_scores,
+    dropout,
+    bias,
+    soft_cap,
+    mask,
+    chunk_size,
+    programmable=False,
+):
     """The inputs of `choose` for one call, from the call's arguments."""
     mask_ok = mask is None or (
         len(mask.shape) in (2, 4) and None not in tuple(mask.shape)
@@ -55,12 +66,21 @@ def facts(dtype, return_scores, dropout, bias, soft_cap, mask, chunk_size):
         bias=bias is not None,
         soft_cap=soft_cap is not None,
         mask_ok=mask_ok,
+        programmable=bool(programmable),
         auto_chunk=isinstance(chunk_size, str) and chunk_size == "auto",
     )
 
 
 def blockers(
-    backend, platform, dtype, return_scores, dropout, bias, soft_cap, mask_ok
+    backend,
+    platform,
+    dtype,
+    return_scores,
+    dropout,
+    bias,
+    soft_cap,
+    mask_ok,
+    programmable=False,
 ):
     """The reasons the fused kernel can't take a call (empty if it can).
 
@@ -85,6 +105,8 @@ def blockers(
         found.append("soft_cap")
     if not mask_ok:
         found.append("mask")
+    if programmable:
+        found.append("programmable")
     return found
 
 
@@ -116,6 +138,7 @@ def choose(flash_attention, global_setting, **call_facts):
             "bias": "an attention bias",
             "soft_cap": "logits_soft_cap",
             "mask": "a mask it cannot take",
+            "programmable": "score_mod, mask_mod, segment ids or sinks",
         }
         raise ValueError(
             f"{_REASONS[first]} Received: flash_attention=True with "

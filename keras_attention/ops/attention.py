@@ -11,9 +11,12 @@ from keras_attention._masking import as_bool
 from keras_attention._masking import causal_mask
 from keras_attention._masking import finite_logits_mask
 from keras_attention._masking import masked_softmax
+from keras_attention._masking import sliding_window_mask
+from keras_attention._masking import softmax_with_sinks
 from keras_attention.ops import _backend
 from keras_attention.ops import _chunked
 from keras_attention.ops import _fused
+from keras_attention.ops import _program
 from keras_attention.ops._arith import ceil_div
 from keras_attention.ops._chunked import chunked_additive_attention
 from keras_attention.ops._chunked import chunked_dot_product_attention
@@ -73,6 +76,12 @@ def scaled_dot_product_attention(
     logits_soft_cap=None,
     flash_attention=None,
     causal_offset=0,
+    sliding_window=None,
+    score_mod=None,
+    mask_mod=None,
+    query_segment_ids=None,
+    key_segment_ids=None,
+    sinks=None,
 ):
     """Scaled dot-product attention with exact masking and float32 softmax.
 
@@ -228,6 +237,17 @@ def scaled_dot_product_attention(
             f"causal_offset={_validation.short_repr(causal_offset)}, "
             "is_causal=False"
         )
+    _validation.check_positive_int(
+        "sliding_window", sliding_window, allow_none=True, max_value=2**31 - 1
+    )
+    for name, fn in (("score_mod", score_mod), ("mask_mod", mask_mod)):
+        if fn is not None and not callable(fn):
+            raise ValueError(
+                f"Argument `{name}` must be a function or None. Received: "
+                f"{name}={_validation.short_repr(fn)}"
+            )
+    segments = _segment_ids(query_segment_ids, key_segment_ids, query, key)
+    sinks = _sinks(sinks, num_heads)
     target = (query.shape[0], num_heads, query.shape[1], key.shape[1])
     target_desc = "(batch, num_heads, q_len, k_len)"
     mask = as_bool(mask)
@@ -237,6 +257,20 @@ def scaled_dot_product_attention(
         _check_logits_operand("bias", bias, target, target_desc)
     if scale is None:
         scale = 1.0 / math.sqrt(dim)
+    program = _program.Program(
+        num_heads,
+        is_causal,
+        sliding_window,
+        None if score_mod is None else (score_mod, None),
+        None if mask_mod is None else (mask_mod, None),
+    )
+    _probe(program, query.shape[0])
+    programmable = (
+        score_mod is not None
+        or mask_mod is not None
+        or segments is not None
+        or sinks is not None
+    )
     dropout_active = bool(training) and dropout_rate > 0.0
     if _fused.choose(
         flash_attention,
@@ -249,8 +283,19 @@ def scaled_dot_product_attention(
             logits_soft_cap,
             mask,
             chunk_size,
+            programmable,
         ),
     ):
+        if sliding_window is not None:
+            mask = and_masks(
+                mask,
+                sliding_window_mask(
+                    ops.shape(query)[1],
+                    ops.shape(key)[1],
+                    sliding_window,
+                    causal_offset,
+                )[None, None],
+            )
         return _fused.attend(
             query,
             key,
@@ -264,12 +309,14 @@ def scaled_dot_product_attention(
 
     use_dense = chunk_size is None or return_scores or bias is not None
     dropout = _dropout(dropout_active, dropout_rate, seed)
-    dense_args = (query, key, value, mask, bias, is_causal, scale)
+    dense_args = (query, key, value, mask, bias, program, scale)
     dense_kwargs = dict(
         causal_offset=causal_offset,
         soft_cap=logits_soft_cap,
         dropout=dropout,
         return_scores=return_scores,
+        segments=segments,
+        sinks=sinks,
     )
     if use_dense:
         return _dense_sdpa(*dense_args, **dense_kwargs)
@@ -278,19 +325,29 @@ def scaled_dot_product_attention(
     # at a time, as in training (see `_chunked`'s `training`).
     backward = bool(training) or _backend.gradient_may_follow(query, key, value)
 
+    chunked_program = _program.Program(
+        num_heads,
+        is_causal,
+        sliding_window,
+        _hoisted(score_mod, _program.SCORE_DTYPES, backward),
+        _hoisted(mask_mod, _program.MASK_DTYPES, backward),
+    )
+
     def chunked(blocks):
         return _chunked_sdpa(
             query,
             key,
             value,
             mask,
-            is_causal,
+            chunked_program,
             scale,
             blocks,
             logits_soft_cap,
             causal_offset,
             dropout,
             backward,
+            segments,
+            sinks,
         )
 
     if chunk_size != "auto":
@@ -304,7 +361,12 @@ def scaled_dot_product_attention(
         blocks,
         AUTO_DENSE_MAX_LOGITS,
     )
-    if dense is not True and not backward and not is_causal:
+    if (
+        dense is not True
+        and not backward
+        and not is_causal
+        and sliding_window is None
+    ):
         # Inference (no backward pass, no dropout): whole rows, see AUTO_ROWS.
         blocks = _whole_row_chunks(query, key, num_heads) or blocks
     return _run_auto(
@@ -315,6 +377,79 @@ def scaled_dot_product_attention(
         key,
         blocks,
     )
+
+
+def _segment_ids(query_segment_ids, key_segment_ids, query, key):
+    """`(query_segment_ids, key_segment_ids)` as int32 tensors, checked, or
+    None."""
+    if query_segment_ids is None and key_segment_ids is None:
+        return None
+    if query_segment_ids is None or key_segment_ids is None:
+        raise ValueError(
+            "Arguments `query_segment_ids` and `key_segment_ids` go "
+            "together: pass both or neither. Received: query_segment_ids="
+            f"{_validation.short_repr(query_segment_ids)}, key_segment_ids="
+            f"{_validation.short_repr(key_segment_ids)}"
+        )
+    result = []
+    for name, ids, x, axis in (
+        ("query_segment_ids", query_segment_ids, query, "q_len"),
+        ("key_segment_ids", key_segment_ids, key, "k_len"),
+    ):
+        dtype = _validation.dtype_name(ids)
+        if not dtype.startswith(("int", "uint")):
+            raise ValueError(
+                f"Argument `{name}` must hold integer ids. Received: "
+                f"{name}.dtype={dtype}"
+            )
+        shape = _validation.static_shape(ids)
+        expected = (x.shape[0], x.shape[1])
+        if len(shape) != 2 or any(
+            a is not None and b is not None and a != b
+            for a, b in zip(shape, expected)
+        ):
+            raise ValueError(
+                f"Argument `{name}` must have shape (batch, {axis}) = "
+                f"{expected}. Received: {name}.shape={shape}"
+            )
+        result.append(ops.cast(ops.convert_to_tensor(ids), "int32"))
+    return tuple(result)
+
+
+def _sinks(sinks, num_heads):
+    """`sinks` as a float32 `(num_heads,)` tensor, checked, or None."""
+    if sinks is None:
+        return None
+    shape = _validation.static_shape(sinks)
+    if len(shape) != 1 or shape[0] not in (None, num_heads):
+        raise ValueError(
+            f"Argument `sinks` must have shape (num_heads,) = ({num_heads},),"
+            f" one logit per query head. Received: sinks.shape={shape}"
+        )
+    dtype = _validation.dtype_name(sinks)
+    if not dtype.startswith(("float", "bfloat")):
+        raise ValueError(
+            f"Argument `sinks` must hold float logits. Received: "
+            f"sinks.dtype={dtype}"
+        )
+    return ops.cast(ops.convert_to_tensor(sinks), "float32")
+
+
+def _probe(program, batch):
+    """Runs the user's functions once on a tiny block, so that a result of
+    the wrong dtype or shape is refused before any heavy work."""
+    if program.score_mod is None and program.mask_mod is None:
+        return
+    batch = 1 if batch is None else min(batch, 2)
+    rows = ops.arange(2, dtype="int32")
+    cols = ops.arange(3, dtype="int32")
+    program.user_mask(batch, rows, cols)
+    logits = ops.zeros((batch, program.num_heads, 2, 3), "float32")
+    program.score(logits, batch, rows, cols)
+
+
+def _hoisted(fn, dtypes, gradient):
+    return None if fn is None else _backend.hoist_mod(fn, dtypes, gradient)
 
 
 def _tensors_of_rank(query, key, value, rank):
@@ -426,13 +561,15 @@ def _chunked_sdpa(
     key,
     value,
     mask,
-    is_causal,
+    program,
     scale,
     chunks,
     soft_cap=None,
     causal_offset=0,
     dropout=None,
     training=False,
+    segments=None,
+    sinks=None,
 ):
     num_heads, num_kv_heads = query.shape[2], key.shape[2]
     # A gradient of a whole-row forward runs on the training blocks.
@@ -462,7 +599,7 @@ def _chunked_sdpa(
         k,
         v,
         mask,
-        is_causal,
+        program.is_causal,
         q_chunk,
         k_chunk,
         soft_cap,
@@ -470,6 +607,9 @@ def _chunked_sdpa(
         dropout,
         training,
         backward_chunks,
+        program=program,
+        segments=segments,
+        sinks=sinks,
     )
     return ops.cast(ops.transpose(out, (0, 2, 1, 3)), value.dtype)
 
@@ -511,18 +651,29 @@ def _dense_sdpa(
     value,
     mask,
     bias,
-    is_causal,
+    program,
     scale,
     causal_offset=0,
     soft_cap=None,
     dropout=None,
     return_scores=False,
+    segments=None,
+    sinks=None,
 ):
     num_heads, num_kv_heads = query.shape[2], key.shape[2]
     dim = query.shape[3]
-    if is_causal:
-        q_len, k_len = ops.shape(query)[1], ops.shape(key)[1]
-        mask = and_masks(mask, causal_mask(q_len, k_len, causal_offset))
+    batch = ops.shape(query)[0]
+    q_len, k_len = ops.shape(query)[1], ops.shape(key)[1]
+    rows = ops.arange(q_len, dtype="int32")
+    if not (isinstance(causal_offset, int) and causal_offset == 0):
+        rows = rows + ops.cast(causal_offset, "int32")
+    cols = ops.arange(k_len, dtype="int32")
+    mask = and_masks(
+        mask,
+        program.static_mask(rows, cols),
+        None if segments is None else program.segment_mask(*segments),
+        program.user_mask(batch, rows, cols),
+    )
 
     groups = num_heads // num_kv_heads
     q32 = ops.cast(query, "float32") * ops.cast(scale, "float32")
@@ -538,10 +689,17 @@ def _dense_sdpa(
         )
     if bias is not None:
         logits = logits + ops.cast(bias, "float32")
+    logits = program.score(logits, batch, rows, cols)
+    if bias is not None or program.score_mod is not None:
         mask = finite_logits_mask(logits, mask)
     if soft_cap is not None:
         logits = soft_cap * ops.tanh(logits / soft_cap)
-    weights = masked_softmax(logits, mask)
+    if sinks is None:
+        weights = masked_softmax(logits, mask)
+    else:
+        weights = softmax_with_sinks(
+            logits, mask, ops.reshape(sinks, (1, -1, 1, 1))
+        )
 
     scores = ops.cast(weights, query.dtype) if return_scores else None
     weights = ops.cast(_apply_dropout(weights, dropout), value.dtype)
