@@ -366,13 +366,13 @@ class _Engine:
         rows, cols = self.rows_and_cols(i, j)
         return self.program.user_mask(self.batch, rows, cols, transposed)
 
-    def needed(self, i, j, user=None):
+    def needed(self, i, j, user=None, segments=True):
         """A boolean scalar, False where no query of block `(i, j)` can
-        attend a key of it by its segment ids' ranges or by the block's
-        `user` mask (`mask_mod`); None where only causality and the window
-        (the loop bounds) decide."""
+        attend a key of it by its segment ids' ranges (unless not
+        `segments`: the forward's loop bounds hold them) or by the block's
+        `user` mask (`mask_mod`); None where only the loop bounds decide."""
         needed = None
-        if self.segment_ranges is not None:
+        if segments and self.segment_ranges is not None:
             (q_low, q_high), (k_low, k_high) = self.segment_ranges
             meet = ops.logical_and(
                 ops.take(q_low, i, axis=1) <= ops.take(k_high, j, axis=1),
@@ -452,7 +452,24 @@ class _Engine:
             )
         if self.is_causal:
             end = ops.minimum(end, last_row // self.k_chunk + 1)
+        if self.segment_ranges is not None:
+            first, end = self._segment_bounds(i, first, end)
         return first, end
+
+    def _segment_bounds(self, i, first, end):
+        """`[first, end)` narrowed to the key blocks from the first to the
+        last whose segment id range meets query block `i`'s in some row
+        (with sorted ids, as in packed documents, exactly those that
+        meet). Bounds, not a `cond` per block: every export format takes a
+        loop with bounds."""
+        (q_low, q_high), (k_low, k_high) = self.segment_ranges
+        low = ops.expand_dims(ops.take(q_low, i, axis=1), 1)
+        high = ops.expand_dims(ops.take(q_high, i, axis=1), 1)
+        meet = ops.any(ops.logical_and(low <= k_high, k_low <= high), axis=0)
+        blocks = ops.arange(self.num_k_blocks, dtype="int32")
+        meet_first = ops.min(ops.where(meet, blocks, self.num_k_blocks))
+        meet_end = ops.max(ops.where(meet, blocks + 1, 0))
+        return ops.maximum(first, meet_first), ops.minimum(end, meet_end)
 
     def outside(self, i, j):
         """Whether block `(i, j)` lies outside the causal diagonal or the
@@ -597,7 +614,7 @@ class _Engine:
 
             def body(j, carry):
                 user = self.user_mask(i, j)
-                needed = self.needed(i, j, user)
+                needed = self.needed(i, j, user, segments=False)
                 if needed is None:
                     return step(j, carry, user)
                 if user is None:

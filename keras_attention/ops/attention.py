@@ -109,6 +109,32 @@ def scaled_dot_product_attention(
     `flash_attention` allows it. `bias` and `return_scores` need the dense
     kernel.
 
+    **Programmable attention.** `score_mod` and `mask_mod` take
+    FlexAttention's arguments in its order: `b`, `h`, `q_idx` and `kv_idx`
+    are int32 tensors broadcastable to `(batch, num_heads, q_len, k_len)`,
+    `q_idx` the absolute position (it includes `causal_offset`; in the
+    layers, the cache index). Flex calls its functions on 0-d tensors under
+    `vmap`; these get broadcast blocks (in the chunked kernel only the
+    current block, transposed in its backward pass, so no `(q_len, k_len)`
+    tensor is built): write them element by element with `keras.ops`, e.g.
+    `s - ops.take(slopes, h) * ops.abs(q_idx - kv_idx)` (ALiBi, `slopes` a
+    `(num_heads,)` tensor), `(q_idx >= kv_idx) | (kv_idx < prefix)`
+    (prefix-LM), `ops.take(doc, q_idx) == ops.take(doc, kv_idx)` (documents
+    as a `(k_len,)` tensor), `ops.where(cond, s, -inf)`. Gradients flow
+    through `score_mod` in every kernel, also to the tensors and variables
+    it closes over (learnable slopes, a relative-bias table). On
+    TensorFlow, the chunked kernel finds the tensors it closes over by
+    tracing it once per call.
+
+    The chunked kernel skips, forward and backward, the key blocks that no
+    query of the block can attend, without computing their logits: by
+    analysis for causality (past the diagonal), `sliding_window` (outside
+    the band) and segment ids (blocks whose id ranges cannot meet); by
+    evaluating `mask_mod` on the block's positions where it is all False.
+    A block where `mask_mod` is all True gets no mask. With any of these
+    arguments the fused kernel runs only for `sliding_window` (as a mask);
+    `score_mod`, `mask_mod`, segment ids and sinks always run our kernels.
+
     Args:
         query: `(batch, q_len, num_heads, dim)`.
         key: `(batch, k_len, num_kv_heads, dim)`, `num_kv_heads` a divisor
@@ -170,12 +196,33 @@ def scaled_dot_product_attention(
             `chunk_size` says, or a `ValueError` naming what prevents it.
             The fused kernel computes its own logits (not our float32 ones);
             fully masked rows are zero on it too.
-        causal_offset: int or 0-d integer tensor, default 0: with
-            `is_causal`, query `i` sits at position `causal_offset + i` and
+        causal_offset: int or 0-d integer tensor, default 0: query `i`
+            sits at position `causal_offset + i`; with `is_causal` it
             attends keys `j <= causal_offset + i` (a prefill or a decoding
             step into a key/value cache). The chunked kernel still skips the
             blocks past the diagonal and builds no mask. A known offset must
-            be non-negative; a non-zero one needs `is_causal`.
+            be non-negative; a non-zero one needs `is_causal`,
+            `sliding_window`, `score_mod` or `mask_mod`.
+        sliding_window: optional positive int `w`: query position `p`
+            attends keys `j` with `|p - j| < w`, Keras' symmetric band
+            (keras-hub's gpt-oss uses `kv_idx >= q_idx - w`, one key more:
+            pass `w + 1` with `is_causal` to port it).
+        score_mod: optional `score_mod(score, b, h, q_idx, kv_idx) ->
+            score`, FlexAttention's: applied to the float32 logits after
+            the scale and `bias`, before the soft-cap and the masks. A
+            `-inf` it returns is masked. See "Programmable attention".
+        mask_mod: optional `mask_mod(b, h, q_idx, kv_idx) -> bool`,
+            FlexAttention's: True to attend, ANDed with every other mask.
+        query_segment_ids: optional integer `(batch, q_len)`, with
+            `key_segment_ids` `(batch, k_len)`: a query attends a key only
+            when their ids are equal (packed documents).
+        key_segment_ids: see `query_segment_ids`.
+        sinks: optional float `(num_heads,)`: one raw logit per query head
+            that joins every row's softmax denominator and carries no value
+            (attention sinks, as in gpt-oss). Not scaled, and neither
+            `score_mod` nor the soft-cap applies to it. Returned scores
+            exclude it, so rows sum to less than 1; a fully masked row is
+            still zero.
 
     Returns:
         The output `(batch, q_len, num_heads, value_dim)` in the dtype of
@@ -228,12 +275,19 @@ def scaled_dot_product_attention(
     )
     _validation.check_flash_attention(flash_attention)
     known_offset = _validation.check_index("causal_offset", causal_offset)
+    positional = (
+        is_causal
+        or sliding_window is not None
+        or score_mod is not None
+        or mask_mod is not None
+    )
     if known_offset == 0:
         causal_offset = 0
-    elif not is_causal:
+    elif not positional:
         raise ValueError(
-            "Argument `causal_offset` applies to causal attention only: pass "
-            "`is_causal=True`, or leave it at 0. Received: "
+            "Argument `causal_offset` (the position of query 0) applies only "
+            "with `is_causal=True`, `sliding_window`, `score_mod` or "
+            "`mask_mod`; otherwise leave it at 0. Received: "
             f"causal_offset={_validation.short_repr(causal_offset)}, "
             "is_causal=False"
         )

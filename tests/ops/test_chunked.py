@@ -154,11 +154,11 @@ def test_causal_skips_key_blocks_above_the_diagonal():
     q = np.zeros((1, 1, 40, 4), "float32")
     k = np.zeros((1, 1, 40, 4), "float32")
     engine = _Engine(q, k, k, None, True, 8, 16, None, None, None)
-    counts = [int(to_numpy(engine.key_blocks_for(i))) for i in range(5)]
+    counts = [int(to_numpy(engine.key_blocks_for(i)[1])) for i in range(5)]
     # Query block i covers rows 8i..8i+7; key block j covers 16j..16j+15.
     assert counts == [1, 1, 2, 2, 3]
     full = _Engine(q, k, k, None, False, 8, 16, None, None, None)
-    assert full.key_blocks_for(4) == 3
+    assert full.key_blocks_for(4) == (0, 3)
 
 
 @pytest.mark.tensorflow_only
