@@ -401,9 +401,12 @@ def loss_and_grads(fn, *args, variables=()):
             with keras.StatelessScope(state_mapping=mapping):
                 return jnp.sum(fn(*xs).astype("float32") * weights)
 
-        value, (arg_grads, variable_grads) = jax.value_and_grad(
-            loss, argnums=(0, 1)
-        )(list(args), [v.value for v in variables])
+        grad_fn = jax.value_and_grad(loss, argnums=(0, 1))
+        if variables:
+            grad_fn = jax.jit(grad_fn)  # as Keras' train step
+        value, (arg_grads, variable_grads) = grad_fn(
+            list(args), [v.value for v in variables]
+        )
         return np.asarray(value), [
             np.asarray(g) for g in list(arg_grads) + list(variable_grads)
         ]

@@ -134,9 +134,9 @@ def _empty_rows_kwargs(xp):
     def mask_mod(b, h, q_idx, kv_idx):
         return q_idx != 2
 
-    q_ids = np.zeros((2, 8), np.int32)
+    q_ids = np.zeros((2, 7), np.int32)
     q_ids[1, 6] = 7  # no key has segment 7
-    k_ids = np.zeros((2, 9), np.int32)
+    k_ids = np.zeros((2, 11), np.int32)
     k_ids[:, 4] = 1  # nor does any query have segment 1
     return dict(
         score_mod=score_mod,
@@ -154,69 +154,77 @@ def _segments(xp, q_ids, k_ids):
     )
 
 
+# Few shapes: JAX compiles each op once per shape.
+SELF = (2, 10, 10, 2, 2)
+SELF_GQA = (2, 10, 10, 4, 2)
+CROSS = (2, 7, 11, 2, 2)
 CASES = {
     # name: ((b, t, s, n, kv), kwargs(xp))
     "prefix_lm": (
-        (2, 10, 10, 2, 2),
+        SELF,
         lambda xp: dict(mask_mod=prefix_lm(xp)),
     ),
     "dilated_window": (
-        (2, 10, 10, 2, 2),
+        SELF,
         lambda xp: dict(mask_mod=dilated_window(xp)),
     ),
     "document_mask_mod": (
-        (2, 10, 10, 2, 1),
+        SELF_GQA,
         lambda xp: dict(mask_mod=document_mask(xp, DOCS), is_causal=True),
     ),
     "document_segment_ids": (
-        (2, 10, 10, 2, 2),
+        SELF,
         lambda xp: dict(is_causal=True, **_segments(xp, DOCS, DOCS)),
     ),
     "segment_ids_cross": (
-        (2, 7, 10, 2, 2),
+        CROSS,
         # Query 6 is in segment 4, which no key has: an empty row.
-        lambda xp: _segments(xp, np.array([[0, 0, 1, 1, 2, 3, 4]] * 2), DOCS),
+        lambda xp: _segments(
+            xp,
+            np.array([[0, 0, 1, 1, 2, 3, 4]] * 2),
+            np.pad(DOCS, [(0, 0), (0, 1)], mode="edge"),
+        ),
     ),
     "alibi": (
-        (2, 9, 9, 4, 4),
+        SELF_GQA,
         lambda xp: dict(score_mod=alibi(xp)),
     ),
     "soft_cap": (
         # A large scale, so that the cap changes the logits.
-        (2, 8, 8, 2, 2),
+        SELF,
         lambda xp: dict(score_mod=soft_cap(xp), scale=5.0),
     ),
     "sinks_causal": (
-        (2, 7, 7, 3, 3),
-        lambda xp: dict(sinks=_sinks(xp, 3), is_causal=True),
+        SELF_GQA,
+        lambda xp: dict(sinks=_sinks(xp, 4), is_causal=True),
     ),
     "window_causal": (
-        (2, 11, 11, 2, 2),
+        SELF,
         lambda xp: dict(sliding_window=4, is_causal=True),
     ),
     "window_symmetric": (
-        (1, 11, 11, 2, 2),
+        SELF,
         lambda xp: dict(sliding_window=4),
     ),
     "cross_mods": (
-        (2, 5, 11, 2, 2),
+        CROSS,
         _cross_mods,
     ),
     "gqa_mods_causal": (
-        (2, 9, 9, 4, 2),
+        SELF_GQA,
         lambda xp: dict(is_causal=True, **_gqa_mods(xp)),
     ),
     "causal_offset": (
-        (2, 7, 14, 2, 2),
+        CROSS,
         lambda xp: dict(
             is_causal=True,
-            causal_offset=5,
+            causal_offset=4,
             sliding_window=5,
             **_offset_mods(xp),
         ),
     ),
     "empty_rows": (
-        (2, 8, 9, 2, 2),
+        CROSS,
         _empty_rows_kwargs,
     ),
 }
@@ -363,7 +371,7 @@ def test_matches_reference(rng, case, chunk_size):
 
 
 def test_returned_scores_exclude_the_sinks(rng):
-    q, k, v = cases.qkv(rng, 2, 8, 9, 2, 2)
+    q, k, v = cases.qkv(rng, *CROSS)
     want, want_scores = reference.sdpa(q, k, v, **_empty_rows_kwargs(np))
     out, scores = scaled_dot_product_attention(
         q,
