@@ -19,6 +19,24 @@ SCORE_DTYPES = ("float32", "int32", "int32", "int32", "int32")
 MASK_DTYPES = ("int32", "int32", "int32", "int32")
 
 
+def causal(b, h, q_idx, kv_idx):
+    """The causal `mask_mod`: query position `q_idx` attends keys
+    `kv_idx <= q_idx`. Recognised by identity: a call with it runs as
+    `is_causal=True`, so it may reach the fused kernel and the chunked
+    kernel's causal loop bounds.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_attention.ops import scaled_dot_product_attention
+    >>> x = np.ones((1, 3, 2, 4), "float32")
+    >>> out = scaled_dot_product_attention(x, x, x, mask_mod=causal)
+    >>> tuple(out.shape)
+    (1, 3, 2, 4)
+    """
+    return q_idx >= kv_idx
+
+
 class Program:
     """The masks and the score function of a call.
 

@@ -133,7 +133,9 @@ def scaled_dot_product_attention(
     evaluating `mask_mod` on the block's positions where it is all False.
     A block where `mask_mod` is all True gets no mask. With any of these
     arguments the fused kernel runs only for `sliding_window` (as a mask);
-    `score_mod`, `mask_mod`, segment ids and sinks always run our kernels.
+    `score_mod`, `mask_mod`, segment ids and sinks run our kernels, except
+    the `mask_mod` `keras_attention.ops.causal`, recognised by identity,
+    which is `is_causal=True` (a user's function can't be proven causal).
 
     Args:
         query: `(batch, q_len, num_heads, dim)`.
@@ -274,6 +276,8 @@ def scaled_dot_product_attention(
         "logits_soft_cap", logits_soft_cap, allow_none=True
     )
     _validation.check_flash_attention(flash_attention)
+    if mask_mod is _program.causal:
+        is_causal, mask_mod = True, None
     known_offset = _validation.check_index("causal_offset", causal_offset)
     positional = (
         is_causal

@@ -106,3 +106,30 @@ def test_all_false_mask_mod_computes_nothing(monkeypatch, rng):
     np.testing.assert_array_equal(to_numpy(out), 0.0)
     assert "forward" not in counts
     assert ops.shape(out) == (1, 9, 2, 4)
+
+
+def test_our_causal_mask_mod_is_is_causal(monkeypatch, rng):
+    """`ops.causal`, recognised by identity, runs as `is_causal=True`: the
+    fused kernel may take it (here a recording stub), where a user's
+    equivalent function runs our kernel."""
+    from keras_attention.ops import _backend
+    from keras_attention.ops import _fused
+    from keras_attention.ops import causal
+
+    calls = []
+
+    def fused(query, key, value, mask=None, is_causal=False, **kwargs):
+        calls.append(is_causal)
+        return ops.zeros_like(query)
+
+    monkeypatch.setattr(_backend, "fused_attention", fused)
+    monkeypatch.setattr(_fused, "environment", lambda: ("jax", "tpu"))
+    q = rng.normal(size=(1, 6, 2, 4)).astype("float32")
+    scaled_dot_product_attention(q, q, q, mask_mod=causal)
+    assert calls == [True]
+    monkeypatch.undo()
+    user = scaled_dot_product_attention(
+        q, q, q, mask_mod=lambda b, h, i, j: i >= j, chunk_size=CHUNK
+    )
+    ours = scaled_dot_product_attention(q, q, q, is_causal=True)
+    np.testing.assert_allclose(to_numpy(user), to_numpy(ours), atol=1e-5)
