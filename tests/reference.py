@@ -7,22 +7,52 @@ the papers' formulas.
 import numpy as np
 
 
-def softmax_rows(logits, mask):
-    """Softmax over the last axis; masked entries get 0; empty rows are 0."""
+def softmax_rows(logits, mask, sinks=None):
+    """Softmax over the last axis; masked entries get 0; empty rows are 0.
+
+    `sinks`: optional logits broadcastable to `logits.shape[:-1]`, one per
+    row, of an extra key that joins the denominator and carries no value:
+    the row's weights then sum to less than 1. A row with no key to attend
+    is still all zero (the sink alone gives nothing).
+    """
     logits = np.asarray(logits, np.float64)
     mask = np.broadcast_to(np.asarray(mask, bool), logits.shape)
     out = np.zeros_like(logits)
     flat_logits = logits.reshape(-1, logits.shape[-1])
     flat_mask = mask.reshape(-1, logits.shape[-1])
     flat_out = out.reshape(-1, logits.shape[-1])
+    flat_sinks = None
+    if sinks is not None:
+        flat_sinks = np.broadcast_to(
+            np.asarray(sinks, np.float64), logits.shape[:-1]
+        ).reshape(-1)
     for i in range(flat_logits.shape[0]):
         keep = flat_mask[i] & (flat_logits[i] > -np.inf)
         if not keep.any():
             continue
         row = flat_logits[i][keep]
-        e = np.exp(row - row.max())
-        flat_out[i][keep] = e / e.sum()
+        if flat_sinks is None:
+            e = np.exp(row - row.max())
+            flat_out[i][keep] = e / e.sum()
+        else:
+            top = max(row.max(), flat_sinks[i])
+            e = np.exp(row - top)
+            flat_out[i][keep] = e / (e.sum() + np.exp(flat_sinks[i] - top))
     return flat_out.reshape(logits.shape)
+
+
+def index_grids(b, n, t, s, causal_offset=0):
+    """int32 `(batch, head, q_idx, kv_idx)` of shapes `(b, 1, 1, 1)`, `(1,
+    n, 1, 1)`, `(1, 1, t, 1)` and `(1, 1, 1, s)`, broadcasting to `(b, n,
+    t, s)`; `q_idx` counts from `causal_offset`."""
+    return (
+        np.arange(b, dtype=np.int32).reshape(b, 1, 1, 1),
+        np.arange(n, dtype=np.int32).reshape(1, n, 1, 1),
+        np.arange(causal_offset, causal_offset + t, dtype=np.int32).reshape(
+            1, 1, t, 1
+        ),
+        np.arange(s, dtype=np.int32).reshape(1, 1, 1, s),
+    )
 
 
 def sdpa(
@@ -35,14 +65,32 @@ def sdpa(
     scale=None,
     soft_cap=None,
     causal_offset=0,
+    sliding_window=None,
+    score_mod=None,
+    mask_mod=None,
+    query_segment_ids=None,
+    key_segment_ids=None,
+    sinks=None,
 ):
     """(B, T, N, H) x (B, S, K, H) x (B, S, K, Hv) -> (out, weights).
 
-    `causal_offset`: with `is_causal`, query `i` attends keys `j <= i +
-    causal_offset`.
+    Query `i` sits at position `p = causal_offset + i`.
+    `is_causal`: query `i` attends keys `j <= p`. `sliding_window`: keys
+    with `|p - j| < sliding_window`.
 
-    `soft_cap`: logits become `cap * tanh(logits / cap)` after the scale and
-    the bias; `-inf` bias entries stay masked.
+    The logits are `scale * q.k + bias`, then `score_mod(logits, b, h,
+    q_idx, kv_idx)`, then `cap * tanh(logits / cap)` for `soft_cap`. The
+    index arguments of `score_mod` and `mask_mod(b, h, q_idx, kv_idx)` are
+    NumPy int32 arrays of `index_grids(B, N, T, S, causal_offset)` (`h` the
+    query head, `q_idx` the position `p`); their results broadcast to (B, N,
+    T, S). A key is attended where `mask`, the causal and window
+    conditions, equal segment ids (`query_segment_ids` (B, T),
+    `key_segment_ids` (B, S)) and `mask_mod` all hold and neither `bias` nor
+    `score_mod` gave `-inf`.
+
+    `sinks` (N,): each head's logit of an extra key in every row's softmax
+    denominator (no scale, no score_mod, no cap, no value); `weights`
+    exclude it. Rows with no key attended are zero.
     """
     q = np.asarray(query, np.float64)
     k = np.asarray(key, np.float64)
@@ -61,13 +109,36 @@ def sdpa(
     if bias is not None:
         logits = logits + np.asarray(bias, np.float64)
         full_mask &= logits > -np.inf
+    grids = index_grids(b, n, t, s, causal_offset)
+    if score_mod is not None:
+        logits = np.broadcast_to(
+            np.asarray(score_mod(logits, *grids), np.float64), logits.shape
+        )
+        full_mask &= logits > -np.inf
     if soft_cap is not None:
         logits = soft_cap * np.tanh(logits / soft_cap)
     if mask is not None:
         full_mask &= np.broadcast_to(np.asarray(mask, bool), full_mask.shape)
+    positions = causal_offset + np.arange(t)[:, None]
+    keys = np.arange(s)[None, :]
     if is_causal:
-        full_mask &= np.tril(np.ones((t, s), bool), k=causal_offset)
-    weights = softmax_rows(logits, full_mask)
+        full_mask &= keys <= positions
+    if sliding_window is not None:
+        full_mask &= np.abs(positions - keys) < sliding_window
+    if (query_segment_ids is None) != (key_segment_ids is None):
+        raise ValueError("pass both segment ids or neither")
+    if query_segment_ids is not None:
+        q_ids = np.asarray(query_segment_ids)
+        k_ids = np.asarray(key_segment_ids)
+        full_mask &= q_ids[:, None, :, None] == k_ids[:, None, None, :]
+    if mask_mod is not None:
+        full_mask &= np.broadcast_to(
+            np.asarray(mask_mod(*grids), bool), full_mask.shape
+        )
+    row_sinks = None
+    if sinks is not None:
+        row_sinks = np.asarray(sinks, np.float64).reshape(1, n, 1)
+    weights = softmax_rows(logits, full_mask, row_sinks)
     out = np.zeros((b, t, n, v.shape[-1]))
     for head in range(n):
         out[:, :, head] = weights[:, head] @ v[:, :, head // groups]

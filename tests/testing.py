@@ -365,29 +365,51 @@ def _reload_in_new_process(path, data, expected, tmp_path):
     assert "RELOADED-OK" in result.stdout
 
 
-def loss_and_grads(fn, *args):
+def loss_and_grads(fn, *args, variables=()):
     """`sum(fn(*args) * R)` for a fixed random R, and its gradients with
-    respect to every argument (TensorFlow, JAX or PyTorch's autograd)."""
+    respect to every argument, then to every `keras.Variable` of
+    `variables` that `fn` reads (a layer's weight, or one captured by a
+    closure): TensorFlow's tape, `jax.value_and_grad` with the variables'
+    values bound by a `keras.StatelessScope` (as a Keras train step does),
+    or PyTorch's autograd. A gradient that the backend leaves undefined (no
+    path to the loss) is zeros."""
     backend = keras.backend.backend()
+    variables = list(variables)
     out_shape = tuple(fn(*args).shape)
     weights = np.random.default_rng(7).normal(size=out_shape).astype("float32")
     if backend == "tensorflow":
         import tensorflow as tf
 
         tensors = [tf.constant(a) for a in args]
+        sources = tensors + [v.value for v in variables]
         with tf.GradientTape() as tape:
             tape.watch(tensors)
             loss = tf.reduce_sum(tf.cast(fn(*tensors), tf.float32) * weights)
-        return loss.numpy(), [g.numpy() for g in tape.gradient(loss, tensors)]
+        grads = tape.gradient(loss, sources)
+        return loss.numpy(), [
+            np.zeros(s.shape, s.dtype.as_numpy_dtype)
+            if g is None
+            else to_numpy(g)
+            for g, s in zip(grads, sources)
+        ]
     if backend == "jax":
         import jax
         import jax.numpy as jnp
 
-        def loss(*xs):
-            return jnp.sum(fn(*xs).astype("float32") * weights)
+        def loss(xs, values):
+            mapping = list(zip(variables, values))
+            with keras.StatelessScope(state_mapping=mapping):
+                return jnp.sum(fn(*xs).astype("float32") * weights)
 
-        value, grads = jax.value_and_grad(loss, argnums=range(len(args)))(*args)
-        return np.asarray(value), [np.asarray(g) for g in grads]
+        grad_fn = jax.value_and_grad(loss, argnums=(0, 1))
+        if variables:
+            grad_fn = jax.jit(grad_fn)  # as Keras' train step
+        value, (arg_grads, variable_grads) = grad_fn(
+            list(args), [v.value for v in variables]
+        )
+        return np.asarray(value), [
+            np.asarray(g) for g in list(arg_grads) + list(variable_grads)
+        ]
     if backend == "torch":
         import torch
 
@@ -395,12 +417,13 @@ def loss_and_grads(fn, *args):
             keras.ops.convert_to_tensor(a).detach().requires_grad_(True)
             for a in args
         ]
+        sources = tensors + [v.value for v in variables]
         out = keras.ops.cast(fn(*tensors), "float32")
         loss = torch.sum(out * keras.ops.convert_to_tensor(weights))
-        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        grads = torch.autograd.grad(loss, sources, allow_unused=True)
         grads = [
             torch.zeros_like(t) if g is None else g
-            for g, t in zip(grads, tensors)
+            for g, t in zip(grads, sources)
         ]
         return to_numpy(loss), [to_numpy(g) for g in grads]
     raise NotImplementedError(backend)
