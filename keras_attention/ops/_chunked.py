@@ -352,12 +352,19 @@ class _Engine:
 
     # -- blocks ---------------------------------------------------------
     def rows_and_cols(self, i, j):
-        """The absolute positions of block `(i, j)`'s queries and keys."""
-        rows = self._row(i * self.q_chunk) + ops.arange(
-            self.q_chunk, dtype="int32"
+        """The absolute positions of block `(i, j)`'s queries and keys. The
+        padding past the last query or key repeats its position, so that
+        the user's functions only see real positions (as in Flex); the
+        padding is masked, or dropped, anyway."""
+        rows = ops.minimum(
+            i * self.q_chunk + ops.arange(self.q_chunk, dtype="int32"),
+            ops.maximum(self.q_len - 1, 0),
         )
-        cols = j * self.k_chunk + ops.arange(self.k_chunk, dtype="int32")
-        return rows, cols
+        cols = ops.minimum(
+            j * self.k_chunk + ops.arange(self.k_chunk, dtype="int32"),
+            ops.maximum(self.k_len - 1, 0),
+        )
+        return self._row(rows), cols
 
     def user_mask(self, i, j, transposed=False):
         """`mask_mod` on block `(i, j)`, or None."""

@@ -162,6 +162,12 @@ def attend(query, key, value, mask, is_causal, scale, soft_cap, offset=0):
         )
         mask = _masking.and_masks(mask, causal[None, None])
         is_causal = False
+    if is_causal and mask is not None:
+        # A mask and `is_causal` together: PyTorch's math kernel refuses the
+        # pair, so the diagonal joins the mask.
+        causal = _masking.causal_mask(ops.shape(query)[1], ops.shape(key)[1])
+        mask = _masking.and_masks(mask, causal[None, None])
+        is_causal = False
     row_valid = None
     if mask is not None:
         full = mask

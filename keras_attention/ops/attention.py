@@ -116,11 +116,13 @@ def scaled_dot_product_attention(
     layers, the cache index). Flex calls its functions on 0-d tensors under
     `vmap`; these get broadcast blocks (in the chunked kernel only the
     current block, transposed in its backward pass, so no `(q_len, k_len)`
-    tensor is built): write them element by element with `keras.ops`, e.g.
-    `s - ops.take(slopes, h) * ops.abs(q_idx - kv_idx)` (ALiBi, `slopes` a
-    `(num_heads,)` tensor), `(q_idx >= kv_idx) | (kv_idx < prefix)`
-    (prefix-LM), `ops.take(doc, q_idx) == ops.take(doc, kv_idx)` (documents
-    as a `(k_len,)` tensor), `ops.where(cond, s, -inf)`. Gradients flow
+    tensor is built): write them element by element with `keras.ops`
+    (cast the int32 positions before mixing them with floats, which
+    TensorFlow requires), e.g. ALiBi with `slopes` a `(num_heads,)` tensor,
+    `s - ops.take(slopes, h) * ops.cast(ops.abs(q_idx - kv_idx), "float32")`;
+    prefix-LM, `(q_idx >= kv_idx) | (kv_idx < prefix)`; documents in a
+    `(k_len,)` tensor, `ops.take(doc, q_idx) == ops.take(doc, kv_idx)`; or
+    `ops.where(cond, s, -inf)`. Gradients flow
     through `score_mod` in every kernel, also to the tensors and variables
     it closes over (learnable slopes, a relative-bias table). On
     TensorFlow, the chunked kernel finds the tensors it closes over by
