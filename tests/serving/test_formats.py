@@ -80,6 +80,32 @@ def gqa(chunk_size):
     return keras.Model(ids, y)
 
 
+def programmable(chunk_size):
+    """Packed documents (segment ids an input), a registered `score_mod`
+    and trained attention sinks."""
+    from tests import mods
+
+    ids = _ids()
+    segments = _ids("segment_ids")
+    x = _embedded(ids, "tokens")
+    layer = keras_attention.MultiHeadAttention(
+        2,
+        4,
+        chunk_size=chunk_size,
+        score_mod=mods.distance_penalty,
+        use_attention_sinks=True,
+    )
+    y = layer(
+        x,
+        x,
+        use_causal_mask=True,
+        query_segment_ids=segments,
+        key_segment_ids=segments,
+    )
+    layer.sinks.assign([0.5, -1.0])
+    return keras.Model([ids, segments], y)
+
+
 def additive(chunk_size):
     query_ids, value_ids = _ids("query_ids"), _ids("value_ids")
     query = _embedded(query_ids, "query_tokens")
@@ -142,6 +168,7 @@ CASES = {
     "mha_padding": (mha_padding, ("auto",)),
     "mha_explicit_mask": (mha_explicit_mask, ("auto", 4)),
     "gqa_rope": (gqa, ("auto", 4)),
+    "mha_programmable": (programmable, ("auto", 4)),
     "additive": (additive, ("auto", 4)),
     "attention_pooling": (attention_pooling, (None,)),
     "encoder": (encoder, ("auto", 4)),
@@ -165,6 +192,8 @@ def _sample(model, batch, length, rng):
     for x in model.inputs:
         if x.name == "images":
             value = rng.normal(size=(batch, 2 * length, 6, 3))
+        elif x.name == "segment_ids":  # packed documents, in order
+            value = np.sort(rng.integers(0, 3, size=(batch, length)), axis=1)
         elif x.dtype == "bool":
             value = rng.random((batch, length, length)) < 0.7
             value[0, 1] = False  # a fully masked row
@@ -232,3 +261,26 @@ def test_export_runs_on_its_runtime(name, chunk_size, fmt, tmp_path):
         assert branches, f"no run-time choice of kernel in {sorted(ops)}"
     else:
         assert loops and not branches, f"not the chunked kernel: {sorted(ops)}"
+
+
+def test_programmable_saved_model_serves_equal_outputs(tmp_path):
+    """The same model as a SavedModel: `serving.export_model` checks it in
+    the isolated checker (no Python op, no XLA-only op, keras_attention
+    not importable there), and TensorFlow's loader serves the Keras
+    model's outputs at other shapes."""
+    import tensorflow as tf
+
+    from keras_attention import serving
+
+    keras.utils.set_random_seed(0)
+    model = programmable(4)
+    rng = np.random.default_rng(0)
+    first, second = (_sample(model, b, n, rng) for b, n in SHAPES)
+    path = serving.export_model(
+        model, os.fspath(tmp_path / "model"), sample_inputs=first
+    )
+    served = tf.saved_model.load(path).signatures["serving_default"]
+    outputs = served(**{k: tf.constant(v) for k, v in second.items()})
+    got = outputs[model.output_names[0]]
+    want = np.asarray(model(_args(second)))
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0)
