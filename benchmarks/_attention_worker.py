@@ -135,15 +135,14 @@ def key_block_fraction(config):
     blocks within the causal and window bounds whose documents meet (the
     blocks `"auto"` uses, or `chunk_size`'s); None where a `bias` makes
     it dense."""
-    from keras_attention.ops.attention import AUTO_CHUNK
-    from keras_attention.ops.attention import AUTO_KEY_CHUNK
+    from keras_attention.ops.attention import auto_blocks
 
     program, length = config["program"], config["length"]
     if program.get("alibi") == "bias" or config["impl"] != "ours":
         return None
     q_chunk = k_chunk = program.get("chunk_size")
     if q_chunk is None:
-        q_chunk, k_chunk = AUTO_CHUNK, AUTO_KEY_CHUNK
+        q_chunk, k_chunk = auto_blocks(program.get("window"))
     q_chunk, k_chunk = min(q_chunk, length), min(k_chunk, length)
     q_blocks, k_blocks = -(-length // q_chunk), -(-length // k_chunk)
     window, document = program.get("window"), program.get("documents")

@@ -818,8 +818,19 @@ class _Engine:
                 needed = self.needed(i, j, user_t)
                 if needed is not None:
                     run = needed if run is None else run & needed
+
+                def work():
+                    if user_t is None:
+                        return compute(i, None)
+                    # A block that `mask_mod` fully allows needs no mask.
+                    return ops.cond(
+                        ops.all(user_t),
+                        lambda: compute(i, None),
+                        lambda: compute(i, user_t),
+                    )
+
                 if run is None:
-                    return compute(i, user_t)
+                    return work()
 
                 def skip():
                     return (
@@ -829,7 +840,7 @@ class _Engine:
                         *d_params_zero,
                     )
 
-                return ops.cond(run, lambda: compute(i, user_t), skip)
+                return ops.cond(run, work, skip)
 
             templates = (
                 ops.zeros_like(q_blocks[0]),

@@ -414,7 +414,7 @@ def scaled_dot_product_attention(
         return chunked((chunk_size, chunk_size))
     # "auto": dense while the (batch, heads, q_len, k_len) logits are small,
     # or while one block would hold them all (chunking saves nothing then).
-    blocks = (AUTO_CHUNK, AUTO_KEY_CHUNK)
+    blocks = auto_blocks(sliding_window)
     dense = _auto_dense(
         (ops.shape(query)[0], num_heads),
         (ops.shape(query)[1], ops.shape(key)[1]),
@@ -510,6 +510,17 @@ def _probe(program, batch):
 
 def _hoisted(fn, dtypes, gradient):
     return None if fn is None else _backend.hoist_mod(fn, dtypes, gradient)
+
+
+def auto_blocks(sliding_window=None):
+    """`"auto"`'s chunked blocks, `(q_chunk, k_chunk)`: `AUTO_CHUNK` queries
+    against `AUTO_KEY_CHUNK` keys; under a narrower `sliding_window`, key
+    blocks of `AUTO_CHUNK` too, so that the band's blocks hold fewer keys
+    outside it (a band of `w` around a block of 512 queries spans 1.5 key
+    blocks of 1024 on average, two of 512)."""
+    if sliding_window is not None and sliding_window < AUTO_KEY_CHUNK:
+        return AUTO_CHUNK, AUTO_CHUNK
+    return AUTO_CHUNK, AUTO_KEY_CHUNK
 
 
 def _tensors_of_rank(query, key, value, rank):
