@@ -497,9 +497,11 @@ def test_export_size_smoke_run(tmp_path):
         assert row["model_bytes"] > 0 and row["first_call_seconds"] > 0
 
 
+@pytest.mark.tensorflow_only
 def test_program_benchmark_smoke_run(tmp_path):
-    # `--programs --smoke`: every program at toy sizes in one process, under
-    # the session's backend.
+    # `--programs --smoke`: every program at toy sizes in one process. The
+    # programs run the same way on every backend (the backends' workers
+    # have their own smoke runs above): once, in the TensorFlow leg.
     args = ["--programs", "--backend", BACKEND]
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.attention", "--smoke", *args]
