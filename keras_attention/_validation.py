@@ -603,3 +603,39 @@ def check_version(version):
             f"version={short_repr(version)}"
         )
     return int(version)
+
+
+def check_segment_ids(query_ids, key_ids, shapes, axes, note=""):
+    """Segment ids: both or neither, integers, of shapes `shapes` (`(batch,
+    q_len)` and `(batch, k_len)`, None dims unchecked), named `axes` in the
+    message (e.g. `("q_len", "k_len")`), with `note` after the expected
+    shape."""
+    if query_ids is None and key_ids is None:
+        return
+    if query_ids is None or key_ids is None:
+        raise ValueError(
+            "Arguments `query_segment_ids` and `key_segment_ids` go "
+            "together: pass both or neither. Received: query_segment_ids="
+            f"{short_repr(query_ids)}, key_segment_ids={short_repr(key_ids)}"
+        )
+    for name, ids, expected, axis in zip(
+        ("query_segment_ids", "key_segment_ids"),
+        (query_ids, key_ids),
+        shapes,
+        axes,
+    ):
+        dtype = dtype_name(ids)
+        if not dtype.startswith(("int", "uint")):
+            raise ValueError(
+                f"Argument `{name}` must hold integer ids. Received: "
+                f"{name}.dtype={dtype}"
+            )
+        shape = static_shape(ids)
+        if len(shape) != 2 or any(
+            a is not None and b is not None and a != b
+            for a, b in zip(shape, expected)
+        ):
+            raise ValueError(
+                f"Argument `{name}` must have shape (batch, {axis}) = "
+                f"{tuple(expected)}{note}. Received: {name}.shape={shape}"
+            )

@@ -510,3 +510,22 @@ def run_together(commands, envs, cwd, timeout):
                 p.kill()
                 p.wait()
     return [p.returncode for p in procs], logs
+
+
+def numeric_grads(fn, args, eps=1e-4):
+    """Central differences of `sum(fn(*args) * R)` in float64, R as in
+    `loss_and_grads`: the gradients a NumPy reference implies."""
+    weights = np.random.default_rng(7).normal(size=fn(*args).shape)
+    args = [np.asarray(a, np.float64) for a in args]
+    grads = []
+    for index, arg in enumerate(args):
+        grad = np.zeros_like(arg)
+        for pos in np.ndindex(arg.shape):
+            shifted = []
+            for sign in (1, -1):
+                moved = [a.copy() for a in args]
+                moved[index][pos] += sign * eps
+                shifted.append(np.sum(fn(*moved) * weights))
+            grad[pos] = (shifted[0] - shifted[1]) / (2 * eps)
+        grads.append(grad)
+    return grads

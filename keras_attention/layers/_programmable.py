@@ -88,42 +88,19 @@ def add_sinks(layer):
 def check_segment_ids(query_segment_ids, key_segment_ids, q_shape, kv_shape):
     """`q_shape` `(batch, target_length)` and `kv_shape` `(batch, keys)`:
     the keys are the cache's slots with a cache."""
-    if query_segment_ids is None and key_segment_ids is None:
-        return
-    if query_segment_ids is None or key_segment_ids is None:
-        raise ValueError(
-            "Arguments `query_segment_ids` and `key_segment_ids` go "
-            "together: pass both or neither. Received: query_segment_ids="
-            f"{_validation.short_repr(query_segment_ids)}, key_segment_ids="
-            f"{_validation.short_repr(key_segment_ids)}"
-        )
-    if len(q_shape) != 2:
+    if query_segment_ids is not None and len(q_shape) != 2:
         raise ValueError(
             "Arguments `query_segment_ids` and `key_segment_ids` need "
             "rank-3 inputs (batch, length, dim), one attention axis. "
             f"Received: query.shape={tuple(q_shape) + (None,)}"
         )
-    for name, ids, expected, what in (
-        ("query_segment_ids", query_segment_ids, q_shape, "target_length"),
-        ("key_segment_ids", key_segment_ids, kv_shape, "source_length"),
-    ):
-        dtype = _validation.dtype_name(ids)
-        if not dtype.startswith(("int", "uint")):
-            raise ValueError(
-                f"Argument `{name}` must hold integer ids. Received: "
-                f"{name}.dtype={dtype}"
-            )
-        shape = _validation.static_shape(ids)
-        if len(shape) != 2 or any(
-            a is not None and b is not None and a != b
-            for a, b in zip(shape, expected)
-        ):
-            raise ValueError(
-                f"Argument `{name}` must have shape (batch_size, {what}) = "
-                f"{tuple(expected)}; with a cache, the keys are the cache's "
-                f"slots, (batch_size, max_length). Received: "
-                f"{name}.shape={shape}"
-            )
+    _validation.check_segment_ids(
+        query_segment_ids,
+        key_segment_ids,
+        (q_shape, kv_shape),
+        ("target_length", "source_length"),
+        "; with a cache, the keys are the cache's slots, (batch, max_length)",
+    )
 
 
 def segment_mask(query_segment_ids, key_segment_ids):

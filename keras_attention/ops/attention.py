@@ -442,38 +442,18 @@ def scaled_dot_product_attention(
 def _segment_ids(query_segment_ids, key_segment_ids, query, key):
     """`(query_segment_ids, key_segment_ids)` as int32 tensors, checked, or
     None."""
-    if query_segment_ids is None and key_segment_ids is None:
+    _validation.check_segment_ids(
+        query_segment_ids,
+        key_segment_ids,
+        ((query.shape[0], query.shape[1]), (key.shape[0], key.shape[1])),
+        ("q_len", "k_len"),
+    )
+    if query_segment_ids is None:
         return None
-    if query_segment_ids is None or key_segment_ids is None:
-        raise ValueError(
-            "Arguments `query_segment_ids` and `key_segment_ids` go "
-            "together: pass both or neither. Received: query_segment_ids="
-            f"{_validation.short_repr(query_segment_ids)}, key_segment_ids="
-            f"{_validation.short_repr(key_segment_ids)}"
-        )
-    result = []
-    for name, ids, x, axis in (
-        ("query_segment_ids", query_segment_ids, query, "q_len"),
-        ("key_segment_ids", key_segment_ids, key, "k_len"),
-    ):
-        dtype = _validation.dtype_name(ids)
-        if not dtype.startswith(("int", "uint")):
-            raise ValueError(
-                f"Argument `{name}` must hold integer ids. Received: "
-                f"{name}.dtype={dtype}"
-            )
-        shape = _validation.static_shape(ids)
-        expected = (x.shape[0], x.shape[1])
-        if len(shape) != 2 or any(
-            a is not None and b is not None and a != b
-            for a, b in zip(shape, expected)
-        ):
-            raise ValueError(
-                f"Argument `{name}` must have shape (batch, {axis}) = "
-                f"{expected}. Received: {name}.shape={shape}"
-            )
-        result.append(ops.cast(ops.convert_to_tensor(ids), "int32"))
-    return tuple(result)
+    return tuple(
+        ops.cast(ops.convert_to_tensor(ids), "int32")
+        for ids in (query_segment_ids, key_segment_ids)
+    )
 
 
 def _sinks(sinks, num_heads):

@@ -19,9 +19,9 @@ from keras_attention.ops import additive_attention
 from keras_attention.ops import scaled_dot_product_attention
 from keras_attention.ops._chunked import keep_scale
 from tests import reference
-from tests.ops.test_soft_cap import _numeric_grads
 from tests.testing import compiled
 from tests.testing import loss_and_grads
+from tests.testing import numeric_grads
 from tests.testing import to_numpy
 
 RATE = 0.3
@@ -105,7 +105,7 @@ def test_sdpa_dropout_outputs_and_gradients_match_reference(rng, case):
     out = to_numpy(_sdpa(kwargs)(*args))
     np.testing.assert_allclose(out, ref(*args), atol=1e-5)
     _, grads = loss_and_grads(_sdpa(kwargs), *args)
-    for grad, want in zip(grads, _numeric_grads(ref, args)):
+    for grad, want in zip(grads, numeric_grads(ref, args)):
         np.testing.assert_allclose(grad, want, atol=1e-4, rtol=1e-3)
     if kwargs["mask"] is not None:
         # The fully masked row: zero output, and its query gets no gradient.
@@ -226,7 +226,7 @@ def test_additive_dropout_outputs_and_gradients_match_reference(rng):
     out = to_numpy(_additive(mask)(*args))
     np.testing.assert_allclose(out, ref(*args), atol=1e-5)
     _, grads = loss_and_grads(_additive(mask), *args)
-    for grad, want in zip(grads, _numeric_grads(ref, args)):
+    for grad, want in zip(grads, numeric_grads(ref, args)):
         np.testing.assert_allclose(grad, want, atol=1e-4, rtol=1e-3)
     np.testing.assert_array_equal(out[1, 2], 0.0)
 

@@ -23,6 +23,7 @@ from tests import reference
 from tests.ops import cases
 from tests.testing import compiled
 from tests.testing import loss_and_grads
+from tests.testing import numeric_grads
 from tests.testing import to_numpy
 
 # Several blocks, and most lengths below are not multiples of it.
@@ -404,24 +405,6 @@ def _all_features(xp):
     )
 
 
-def _numeric_grads(fn, args, eps=1e-4):
-    """Central differences of `sum(fn(*args) * R)`, R as in loss_and_grads."""
-    weights = np.random.default_rng(7).normal(size=fn(*args).shape)
-    args = [np.asarray(a, np.float64) for a in args]
-    grads = []
-    for index, arg in enumerate(args):
-        grad = np.zeros_like(arg)
-        for pos in np.ndindex(arg.shape):
-            shifted = []
-            for sign in (1, -1):
-                moved = [a.copy() for a in args]
-                moved[index][pos] += sign * eps
-                shifted.append(np.sum(fn(*moved) * weights))
-            grad[pos] = (shifted[0] - shifted[1]) / (2 * eps)
-        grads.append(grad)
-    return grads
-
-
 def test_chunked_gradients_equal_dense_with_every_feature(rng):
     q, k, v = cases.qkv(rng, 2, 7, 7, 4, 2)
     sinks = np.array(SINKS, np.float32)
@@ -448,7 +431,7 @@ def test_chunked_gradients_equal_dense_with_every_feature(rng):
     dense_loss, dense_grads = loss_and_grads(run(None), *args)
     loss, grads = loss_and_grads(run(CHUNK), *args)
     np.testing.assert_allclose(loss, dense_loss, atol=1e-6, rtol=1e-5)
-    numeric = _numeric_grads(ref, args)
+    numeric = numeric_grads(ref, args)
     for name, g, dg, ng in zip("qkvs", grads, dense_grads, numeric):
         assert np.all(np.isfinite(g)), name
         np.testing.assert_allclose(dg, ng, atol=2e-4, rtol=1e-3, err_msg=name)
@@ -499,7 +482,7 @@ def test_learnable_score_mod_parameter_gets_the_dense_gradient(rng, slopes_as):
             for size in (None, CHUNK)
         ]
     (_, dense_grads), (_, grads) = results
-    want = _numeric_grads(ref, (q, k, v, slopes))[3]
+    want = numeric_grads(ref, (q, k, v, slopes))[3]
     assert np.abs(want).min() > 1e-3
     np.testing.assert_allclose(dense_grads[3], want, atol=2e-4, rtol=1e-3)
     np.testing.assert_allclose(grads[3], dense_grads[3], atol=1e-5, rtol=1e-4)

@@ -10,6 +10,7 @@ from keras_attention import MultiHeadAttention
 from keras_attention.ops import scaled_dot_product_attention
 from tests import reference
 from tests.testing import loss_and_grads
+from tests.testing import numeric_grads
 from tests.testing import to_numpy
 
 CAP = 2.5
@@ -39,25 +40,6 @@ def _inputs(rng, case):
     return (q, k, v), dict(mask=mask, bias=bias, is_causal=causal)
 
 
-def _numeric_grads(fn, args, eps=1e-4):
-    """Central differences of `sum(fn(*args) * R)`, R as in loss_and_grads."""
-    out_shape = fn(*args).shape
-    weights = np.random.default_rng(7).normal(size=out_shape)
-    args = [a.astype(np.float64) for a in args]
-    grads = []
-    for index, arg in enumerate(args):
-        grad = np.zeros_like(arg)
-        for pos in np.ndindex(arg.shape):
-            shifted = []
-            for sign in (1, -1):
-                moved = [a.copy() for a in args]
-                moved[index][pos] += sign * eps
-                shifted.append(np.sum(fn(*moved) * weights))
-            grad[pos] = (shifted[0] - shifted[1]) / (2 * eps)
-        grads.append(grad)
-    return grads
-
-
 @pytest.mark.parametrize("chunk_size", [None, 3])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_soft_cap_matches_reference_with_gradients(rng, case, chunk_size):
@@ -75,7 +57,7 @@ def test_soft_cap_matches_reference_with_gradients(rng, case, chunk_size):
     uncapped = reference.sdpa(*args, **kwargs)[0]
     assert np.abs(uncapped - ref(*args)).max() > 1e-2  # the cap matters
     _, grads = loss_and_grads(ours, *args)
-    for got, want in zip(grads, _numeric_grads(ref, args)):
+    for got, want in zip(grads, numeric_grads(ref, args)):
         assert np.all(np.isfinite(got))
         np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-3)
 
