@@ -43,6 +43,7 @@ generation, or if the model does not beat the baseline. Measured:
 examples/RESULTS.md ("Text generation").
 """
 
+import functools
 import json
 import os
 import sys
@@ -348,25 +349,18 @@ def compare_packing(args, run, train_ids):
             features["segment_ids"] = extra[0]
         weights = (targets > 0).astype("float32")
         steps = run.steps(len(inputs), args.batch_size)
-        model.fit(
+        epoch = functools.partial(
+            model.fit,
             features,
             targets,
             sample_weight=weights,
             batch_size=args.batch_size,
             epochs=1,
             steps_per_epoch=steps,
-            verbose=0,
-        )  # compile, warm up
-        start = time.perf_counter()
-        model.fit(
-            features,
-            targets,
-            sample_weight=weights,
-            batch_size=args.batch_size,
-            epochs=1,
-            steps_per_epoch=steps,
-            verbose=2,
         )
+        epoch(verbose=0)  # compile, warm up
+        start = time.perf_counter()
+        epoch(verbose=2)
         seconds = time.perf_counter() - start
         fed = min(len(inputs), steps * args.batch_size)
         real = int((targets[:fed] > 0).sum())

@@ -102,6 +102,13 @@ def softmax_with_sinks(logits, mask, sinks):
     per row that carries no value (attention sinks). `sinks` broadcasts to
     `logits` with the last axis of size 1. Rows sum to less than 1; a fully
     masked row is all zeros."""
+    exps, denom, _ = sink_softmax_terms(logits, mask, sinks)
+    return exps / denom
+
+
+def sink_softmax_terms(logits, mask, sinks):
+    """`(exps, denom, top)` of `softmax_with_sinks`: the weights are
+    `exps / denom`, the log-sum-exp `top + log(denom)` (float32)."""
     logits = ops.cast(logits, "float32")
     sinks = ops.cast(sinks, "float32")
     if mask is not None:
@@ -110,7 +117,8 @@ def softmax_with_sinks(logits, mask, sinks):
     exps = ops.exp(logits - top)
     if mask is not None:
         exps = ops.where(mask, exps, 0.0)
-    return exps / (ops.sum(exps, axis=-1, keepdims=True) + ops.exp(sinks - top))
+    denom = ops.sum(exps, axis=-1, keepdims=True) + ops.exp(sinks - top)
+    return exps, denom, top
 
 
 def finite_logits_mask(logits, mask=None):

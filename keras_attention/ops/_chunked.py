@@ -30,6 +30,7 @@ from keras import ops
 
 from keras_attention._masking import MASKED
 from keras_attention._masking import masked_softmax
+from keras_attention._masking import sink_softmax_terms
 from keras_attention.ops import _backend
 from keras_attention.ops import _program
 from keras_attention.ops._arith import ceil_div
@@ -589,14 +590,9 @@ class _Engine:
     def _rows_with_sinks(self, logits, valid, keep_lse):
         """A whole-row block's output (and log-sum-exp) with the sinks in
         the denominators."""
-        sinks = ops.reshape(self.sinks, (1, -1, 1, 1))
-        if valid is not None:
-            logits = ops.where(valid, logits, MASKED)
-        top = ops.maximum(ops.max(logits, axis=-1, keepdims=True), sinks)
-        exps = ops.exp(logits - top)
-        if valid is not None:
-            exps = ops.where(valid, exps, 0.0)
-        denom = ops.sum(exps, axis=-1, keepdims=True) + ops.exp(sinks - top)
+        exps, denom, top = sink_softmax_terms(
+            logits, valid, ops.reshape(self.sinks, (1, -1, 1, 1))
+        )
         out = ops.matmul(exps / denom, self.v)
         if not keep_lse:
             return out
