@@ -60,15 +60,9 @@ def _program_layers():
             self.program, self.causal = program, causal
 
         def _compute_attention(
-            self,
-            query,
-            key,
-            value,
-            attention_mask=None,
-            training=None,
-            return_attention_scores=False,
-            **extras,
+            self, query, key, value, mask, training, *_, **__
         ):
+            # Keras' contract; only `training` is used.
             program = self.program
             length = ops.shape(query)[1]
             options = dict(

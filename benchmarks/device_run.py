@@ -41,24 +41,25 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The image example's tiny configuration, also its smoke tests'.
+IMAGE_TINY = [
+    "--train-samples=192",
+    "--test-samples=48",
+    "--batch-size=32",
+    "--hidden-dim=32",
+    "--num-layers=1",
+    "--num-heads=2",
+    "--mlp-dim=32",
+    "--dropout=0",
+]
+
 # Short default runs on a GPU: the examples' defaults, fewer epochs where a
 # default run takes minutes. `text_generation --max-steps` also turns off its
 # exit status for not beating the baseline (the summary shows both figures).
 EXAMPLES = {
     "image_classification": dict(
         full=[],  # the default 60 epochs of 22 steps
-        smoke=[
-            "--train-samples=192",
-            "--test-samples=48",
-            "--batch-size=32",
-            "--hidden-dim=32",
-            "--num-layers=1",
-            "--num-heads=2",
-            "--mlp-dim=32",
-            "--dropout=0",
-            "--epochs=1",
-            "--max-steps=2",
-        ],
+        smoke=[*IMAGE_TINY, "--epochs=1", "--max-steps=2"],
     ),
     "date_translation": dict(
         full=["--epochs=2"],  # of the default 4, 313 steps each

@@ -2,27 +2,20 @@
 
 What it shows:
     A small GPT-style language model built from `keras_attention`:
-    `TransformerDecoder` blocks (pre-norm) with grouped-query attention
-    (`num_key_value_heads`) and rotary position embeddings
-    (`rope_max_wavelength`), trained with `model.fit` to predict the next
-    character of Python source code. Generation runs through
-    `keras_attention.TokenGenerator`: one prefill call fills fixed-size
-    key/value caches, then a `keras.ops.while_loop` decodes one character at
-    a time, greedily or by seeded top-k sampling, with left-padded ragged
-    prompts. The script reports held-out bits per character next to a
-    character 5-gram model with interpolated Kneser-Ney smoothing fitted on
-    the same training text, prints samples, plots the attention of the last
-    block on a code snippet, and exports a string-in, string-out SavedModel
-    for TF Serving: the character lookup, the left padding, the prefill, the
-    decoding loop and the join back to a string all run inside the graph.
-    Next to it, greedy and seeded sampled generation (token ids in, token
-    ids out) as ONNX and LiteRT files (`generate_{greedy,sample}.{onnx,
-    tflite}`), each run on its runtime and compared with eager generation.
-    Under JAX or PyTorch the greedy string model (`PromptIds`, a
-    `TokenGenerator`, `IdsToText`) is built without being run, saved to
-    runs/text_generation/text_generation.keras and exported by a TensorFlow
-    process, with `serving_default` only (the `sample` endpoint is a
-    TensorFlow function); see docs/cross-backend-export.md.
+    pre-norm `TransformerDecoder` blocks with grouped-query attention and
+    rotary position embeddings, trained with `model.fit` to predict the
+    next character of Python source code. `keras_attention.TokenGenerator`
+    generates: a prefill fills fixed-size key/value caches, then a
+    `keras.ops.while_loop` decodes, greedily or by seeded top-k sampling,
+    from left-padded ragged prompts. The script reports held-out bits per
+    character next to a character 5-gram Kneser-Ney model fitted on the
+    same text, prints samples, plots the last block's attention, and
+    exports a string-in, string-out SavedModel for TF Serving (lookup,
+    padding, prefill, loop and join all in the graph), plus greedy and
+    sampled generation as ONNX and LiteRT files, each checked on its
+    runtime against eager generation. Under JAX or PyTorch the greedy
+    string model is saved as a `.keras` file and exported by a TensorFlow
+    process (`serving_default` only); see docs/cross-backend-export.md.
 
 The data (offline): the Python standard library's own `.py` files, found
 through `sysconfig`, split by file into training and held-out text

@@ -204,6 +204,18 @@ class TransformerBlock(_common.ValidatedLayer):
             **_common.sublayer_kwargs(self),
         )
 
+    def _build_self_attention(self, name, key_dim, shape):
+        """Creates the self-attention sub-block's layers, in keras-hub's
+        order; `name` is the attention layer's."""
+        self._self_attention_layer = self._attention(name, key_dim, 0)
+        self._self_attention_layer.build(shape, shape)
+        self._self_attention_layer_norm = self._layer_norm(
+            "self_attention_layer_norm", shape
+        )
+        self._self_attention_dropout = self._dropout(
+            "self_attention_dropout", 1
+        )
+
     def _layer_norm(self, name, shape):
         norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon,
@@ -257,6 +269,17 @@ class TransformerBlock(_common.ValidatedLayer):
     def _feedforward(self, x):
         x = self._feedforward_intermediate_dense(x)
         return self._feedforward_output_dense(x), None
+
+    def _feedforward_block(self, x, training):
+        """The feedforward residual sub-block, every block's last."""
+        x, _ = self._residual(
+            x,
+            self._feedforward_layer_norm,
+            self._feedforward_dropout,
+            self._feedforward,
+            training,
+        )
+        return x
 
     def get_config(self):
         config = super().get_config()

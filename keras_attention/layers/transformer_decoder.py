@@ -43,32 +43,16 @@ class TransformerDecoder(_transformer.TransformerBlock):
     no Transformer block.
 
     Args:
-        intermediate_dim: int, the hidden size of the feed-forward network.
-        num_heads: int, the number of attention heads.
-        dropout: float in `[0, 1)`, the dropout rate of the attention
-            weights and of the sub-blocks' outputs.
-        activation: activation of the feed-forward network's hidden layer.
-            Keras' exact `"gelu"` is computed with `erf`, which exports
-            to ONNX (TensorFlow's form uses `erfc`).
-        layer_norm_epsilon: positive float, the layer normalizations'
-            epsilon.
-        kernel_initializer: initializer for the attention and dense kernels.
-        bias_initializer: initializer for the attention and dense biases.
-        normalize_first: bool, pre-norm (`True`) or post-norm (`False`).
-        key_dim: optional int, the size of each head. Defaults to `dim //
-            num_heads`.
+        intermediate_dim, num_heads, dropout, activation,
+        layer_norm_epsilon, normalize_first, key_dim, chunk_size,
+        logits_soft_cap, kernel_initializer, bias_initializer,
+        kernel_regularizer, bias_regularizer, activity_regularizer,
+        kernel_constraint, bias_constraint, seed, rope_max_wavelength,
+        rope_scaling_factor: as in `keras_attention.TransformerEncoder`
+            (RoPE applies to the self-attention only).
         num_key_value_heads: optional int dividing `num_heads`:
             grouped-query attention in both attentions.
-        rope_max_wavelength: optional positive float: rotary position
-            embeddings in the self-attention (None: off).
-        rope_scaling_factor: positive float, linear RoPE scaling.
         sliding_window: optional positive int, the self-attention's window.
-        chunk_size: `"auto"`, `None` or a positive int, see the op.
-        logits_soft_cap: optional positive float, see the op.
-        kernel_regularizer, bias_regularizer, kernel_constraint,
-        bias_constraint: for the attention and dense layers.
-        activity_regularizer: regularizer for the block's output.
-        seed: optional int, seed for the dropout layers.
         score_mod, mask_mod, use_attention_sinks: programmable
             self-attention, as in `keras_attention.MultiHeadAttention`
             (the functions saved by their registered names).
@@ -196,16 +180,7 @@ class TransformerDecoder(_transformer.TransformerBlock):
         )
         self._dim = dim
         # Created in keras-hub's order, under keras-hub's names.
-        self._self_attention_layer = self._attention(
-            "self_attention", key_dim, 0
-        )
-        self._self_attention_layer.build(shape, shape)
-        self._self_attention_layer_norm = self._layer_norm(
-            "self_attention_layer_norm", shape
-        )
-        self._self_attention_dropout = self._dropout(
-            "self_attention_dropout", 1
-        )
+        self._build_self_attention("self_attention", key_dim, shape)
         self._cross_attention_layer = None
         if encoder_sequence_shape is not None:
             encoder_shape = tuple(encoder_sequence_shape)
@@ -362,13 +337,7 @@ class TransformerDecoder(_transformer.TransformerBlock):
                 cross_attend,
                 training,
             )
-        x, _ = self._residual(
-            x,
-            self._feedforward_layer_norm,
-            self._feedforward_dropout,
-            self._feedforward,
-            training,
-        )
+        x = self._feedforward_block(x, training)
         outputs = (x, *scores)
         if self_attention_cache is not None:
             outputs += (self_attention_cache,)

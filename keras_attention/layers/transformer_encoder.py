@@ -160,16 +160,7 @@ class TransformerEncoder(_transformer.TransformerBlock):
         self._dim = dim
         input_shape = tuple(input_shape)
         # Created in keras-hub's order, under keras-hub's names.
-        self._self_attention_layer = self._attention(
-            "self_attention_layer", key_dim, 0
-        )
-        self._self_attention_layer.build(input_shape, input_shape)
-        self._self_attention_layer_norm = self._layer_norm(
-            "self_attention_layer_norm", input_shape
-        )
-        self._self_attention_dropout = self._dropout(
-            "self_attention_dropout", 1
-        )
+        self._build_self_attention("self_attention_layer", key_dim, input_shape)
         self._feedforward_layer_norm = self._layer_norm(
             "feedforward_layer_norm", input_shape
         )
@@ -236,13 +227,7 @@ class TransformerEncoder(_transformer.TransformerBlock):
             attend,
             training,
         )
-        x, _ = self._residual(
-            x,
-            self._feedforward_layer_norm,
-            self._feedforward_dropout,
-            self._feedforward,
-            training,
-        )
+        x = self._feedforward_block(x, training)
         if return_attention_scores:
             return x, scores
         return x

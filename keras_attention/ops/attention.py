@@ -109,35 +109,22 @@ def scaled_dot_product_attention(
     `flash_attention` allows it. `bias` and `return_scores` need the dense
     kernel.
 
-    **Programmable attention.** `score_mod` and `mask_mod` take
-    FlexAttention's arguments in its order: `b`, `h`, `q_idx` and `kv_idx`
-    are int32 tensors broadcastable to `(batch, num_heads, q_len, k_len)`,
-    `q_idx` the absolute position (it includes `causal_offset`; in the
-    layers, the cache index). Flex calls its functions on 0-d tensors under
-    `vmap`; these get broadcast blocks (in the chunked kernel only the
-    current block, transposed in its backward pass, so no `(q_len, k_len)`
-    tensor is built): write them element by element with `keras.ops`
-    (cast the int32 positions before mixing them with floats, which
-    TensorFlow requires), e.g. ALiBi with `slopes` a `(num_heads,)` tensor,
-    `s - ops.take(slopes, h) * ops.cast(ops.abs(q_idx - kv_idx), "float32")`;
-    prefix-LM, `(q_idx >= kv_idx) | (kv_idx < prefix)`; documents in a
-    `(k_len,)` tensor, `ops.take(doc, q_idx) == ops.take(doc, kv_idx)`; or
-    `ops.where(cond, s, -inf)`. Gradients flow
-    through `score_mod` in every kernel, also to the tensors and variables
-    it closes over (learnable slopes, a relative-bias table). On
-    TensorFlow, the chunked kernel finds the tensors it closes over by
-    tracing it once per call.
-
-    The chunked kernel skips, forward and backward, the key blocks that no
-    query of the block can attend, without computing their logits: by
-    analysis for causality (past the diagonal), `sliding_window` (outside
-    the band) and segment ids (blocks whose id ranges cannot meet); by
-    evaluating `mask_mod` on the block's positions where it is all False.
-    A block where `mask_mod` is all True gets no mask. With any of these
-    arguments the fused kernel runs only for `sliding_window` (as a mask);
-    `score_mod`, `mask_mod`, segment ids and sinks run our kernels, except
-    the `mask_mod` `keras_attention.ops.causal`, recognised by identity,
-    which is `is_causal=True` (a user's function can't be proven causal).
+    **Programmable attention** (idioms: docs/programmable.md).
+    `score_mod` and `mask_mod` take FlexAttention's arguments in its order:
+    `b`, `h`, `q_idx` and `kv_idx` are int32 tensors broadcastable to
+    `(batch, num_heads, q_len, k_len)` or to one block of it (transposed in
+    the chunked backward pass), so write them element by element with
+    `keras.ops`; `q_idx` is absolute (it includes `causal_offset`).
+    Gradients flow through `score_mod` in every kernel, also to the tensors
+    and variables it closes over (on TensorFlow the chunked kernel finds
+    them by tracing it once per call). The chunked kernel skips, forward
+    and backward, the key blocks no query of the block can attend: by
+    analysis for causality, `sliding_window` and segment ids, by
+    evaluating `mask_mod` on the block where it is all False (and drops
+    the mask where it is all True). The fused kernel takes
+    `sliding_window` (as a mask) but none of the others, except the
+    `mask_mod` `keras_attention.ops.causal`, recognised by identity as
+    `is_causal=True`.
 
     Args:
         query: `(batch, q_len, num_heads, dim)`.

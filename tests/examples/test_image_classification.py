@@ -15,24 +15,16 @@ import keras
 import numpy as np
 import pytest
 
+from benchmarks.device_run import IMAGE_TINY
 from tests.examples import _runner
 from tests.examples._runner import BACKEND
 from tests.examples._runner import import_example
 from tests.examples._runner import read_json
 from tests.serving import helpers
 
-# A tiny, fast configuration: every smoke run uses it.
-TINY = [
-    "--train-samples=192",
-    "--test-samples=48",
-    "--batch-size=32",
-    "--hidden-dim=32",
-    "--num-layers=1",
-    "--num-heads=2",
-    "--mlp-dim=32",
-    "--dropout=0",
-    "--learning-rate=3e-3",
-]
+# A tiny, fast configuration (the GPU run's smoke size): every smoke run
+# uses it.
+TINY = [*IMAGE_TINY, "--learning-rate=3e-3"]
 
 
 def run_example(tmp_path, *flags, timeout=240):
