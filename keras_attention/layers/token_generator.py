@@ -1,114 +1,96 @@
+import warnings
+
 import keras
 from keras import ops
 
-from keras_attention import _sharding
 from keras_attention import _validation
+from keras_attention import samplers as samplers_lib
 from keras_attention.layers import _common
-from keras_attention.ops._hash import GOLDEN
-from keras_attention.ops._hash import hash32
-from keras_attention.ops._hash import logical_right_shift
-
-
-def _uniform(seed, step, shape):
-    """Uniform floats in (0, 1), a pure function of `(seed, step)` and the
-    element's index: the same on every backend, eager or traced, and in
-    ONNX and LiteRT exports (the hash's exportable form)."""
-    batch, vocab = shape
-    rows = ops.arange(batch, dtype="int32")[:, None]
-    cols = ops.arange(vocab, dtype="int32")[None, :]
-    x = hash32(
-        ops.cast(seed, "int32") * GOLDEN + ops.cast(step, "int32"),
-        exportable=True,
-    )
-    x = hash32(x + rows * vocab + cols, exportable=True)
-    # 23 bits: `bits + 0.5` is exact in float32, so u < 1 (24 bits would
-    # round 2**24 - 0.5 up to 2**24, u = 1 and an infinite Gumbel draw).
-    bits = ops.cast(logical_right_shift(x, 9), "float32")
-    return (bits + 0.5) / float(2**23)
-
-
-def _argmax(x):
-    """`argmax(x, axis=-1)` of float `x` `(batch, vocab)` as int32, the
-    first index on ties, from a max and a min. Keras' TensorFlow `argmax`
-    of floats tests the sign bit (`Bitcast`, `BitwiseAnd`), which neither
-    ONNX nor LiteRT's builtin ops take. A row with NaN (no element equals
-    its max) picks the last token, never an id out of range."""
-    vocab = ops.shape(x)[-1]
-    indices = ops.arange(vocab, dtype="int32")
-    is_max = x == ops.max(x, axis=-1, keepdims=True)
-    first = ops.min(ops.where(is_max, indices[None, :], vocab), axis=-1)
-    return ops.minimum(first, vocab - 1)
+from keras_attention.layers import _decoding
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
 class TokenGenerator(_common.ValidatedLayer):
     """Autoregressive generation with a key/value cache, in one graph.
 
-    Wraps a decoder-only language model built from this package's cached
-    layers and continues each prompt up to `max_length` tokens, prompt
-    included, as keras-hub's `generate(inputs, max_length)`: one
-    prefill call writes the prompt into a fixed-size cache, then an
-    `ops.while_loop` feeds back one token at a time. Everything is
-    `keras.ops`, so the layer runs eagerly, under `jit`/`tf.function`, and
-    inside a SavedModel signature with no Python of ours (the cache is
-    written by scatters, never by XLA-only ops). Under TensorFlow, a model
-    built on it also exports with Keras' `model.export` to ONNX and to
-    LiteRT with builtin ops only (no Flex delegate), with the same tokens;
-    Keras' exporters give every input a batch axis, so a scalar `seed`
-    input needs an explicit `input_signature`.
+    Continues each prompt up to `max_length` tokens, prompt included, as
+    keras-hub's `generate(inputs, max_length)`: the prompt fills a
+    fixed-size cache, then an `ops.while_loop` feeds back one token at a
+    time. Everything is `keras.ops`, so the layer runs eagerly, under
+    `jit`/`tf.function`, and inside a SavedModel signature with no Python
+    of ours (caches and tokens are written by scatters and selects, never
+    by XLA-only ops); under TensorFlow a model built on it also exports
+    with Keras' `model.export` to ONNX and LiteRT (builtin ops only), with
+    the same tokens. Keras' exporters give every input a batch axis, so a
+    scalar `seed` input needs an explicit `input_signature`.
 
-    The model: any layer or model with two methods,
-    `init_cache(batch_size, max_length)`, returning its caches (any nested
-    structure of tensors, e.g. one `TransformerDecoder` cache per block),
-    and `call_with_cache(token_ids, cache, cache_update_index,
-    padding_mask)`, returning `(logits, cache)`: `token_ids` `(batch,
-    length)` written at cache positions `cache_update_index, ...`,
-    `padding_mask` `(batch, max_length)` True for the cache slots that
-    hold real tokens (pass it to the blocks as `decoder_padding_mask`),
-    `logits` `(batch, length, vocabulary_size)`.
+    **The model** speaks one of two protocols (ours wins when it has
+    both):
 
-    Ragged prompts are **left-padded** with `padding_token_id`: each row's
-    prompt ends at the last column, so every row writes its next token to
-    the same cache slot. The padded slots are masked out of every key set,
-    so each row's greedy continuation equals that prompt generated alone,
-    up to float rounding: with rotary position embeddings (relative),
-    positions need no shift (sampled draws are keyed by the padded
-    position, so they differ from the prompt's draws alone). A model with
-    absolute position embeddings should take positions
-    `cumsum(padding_mask) - 1` inside `call_with_cache`. Every
-    row needs at least one prompt token; `padding_token_id` is never
-    generated as a real token.
+    - keras_attention's: `init_cache(batch_size, max_length)` returns its
+      caches (any nested structure of batch-first tensors) and
+      `call_with_cache(token_ids, cache, cache_update_index,
+      padding_mask)` returns `(logits, cache)` or `(logits,
+      hidden_states, cache)`; `padding_mask` `(batch, max_length)` is True
+      for the cache slots that hold real tokens (pass it to the blocks as
+      `decoder_padding_mask`). Prompts are **left-padded** with
+      `padding_token_id`, so every row writes its next token to the same
+      slot and each row's greedy continuation equals its prompt generated
+      alone, up to rounding (with rotary embeddings; a model with
+      absolute positions should take `cumsum(padding_mask) - 1`). The
+      output is the continuation, `(batch, max_length - prompt_length)`.
+    - keras-hub's causal LMs: `_build_cache(token_ids)` returns
+      `(hidden_states, cache)` and `call_with_cache(token_ids, cache,
+      cache_update_index)` returns `(logits, hidden_states, cache)`. It
+      takes no padding mask, so prompts are **right-padded**, as
+      keras-hub's `generate` pads them: all rows advance from the shortest
+      prompt, a longer row keeps its own prompt tokens meanwhile, and the
+      output is the whole sequence `(batch, max_length)`, keras-hub's
+      `token_ids`. Convert keras-hub's attention layers to ours with
+      `keras_attention.compat.keras_hub.convert_causal_lm` to export it.
 
-    Decoding: `"greedy"` takes the most likely token; `"sample"` draws from
-    `softmax(logits / temperature)`, restricted to the `top_k` most likely
-    tokens when `top_k` is set, by the Gumbel-max trick on a counter-based
-    hash of `(seed, position, row, token)`: the same `seed` gives the same
-    tokens eagerly, compiled, in a SavedModel and on any backend. After
-    `end_token_id`, a row emits `padding_token_id`; the loop stops early
-    when every row has ended.
+    Every row needs at least one prompt token. Under our protocol
+    `padding_token_id` is never generated; keras-hub's models may
+    generate it, as in keras-hub.
+
+    **Decoding** is a `keras_attention.samplers.Sampler`: greedy, random,
+    top-k, top-p, min-p or beam search, with logits processors
+    (penalties, bans). Random draws come from a counter-based hash of
+    `(seed, position, row, token)`, so a seed gives the same tokens
+    eagerly, compiled, in a SavedModel and on every backend. A row stops
+    after any of `stop_token_ids` (a token, or a sequence of tokens that
+    ends at the new one, prompt included) and emits `padding_token_id`
+    from then on; the loop ends when every row has stopped.
 
     Args:
         model: the language model, see above.
         max_length: int, the length of prompt plus continuation: the
             cache's length. It must exceed the prompts' length.
-        strategy: `"greedy"` or `"sample"`.
-        temperature: positive float, for `"sample"`.
-        top_k: optional positive int, for `"sample"`.
-        end_token_id: optional int, the token that ends a row.
-        padding_token_id: int, the prompts' left padding (default 0).
+        sampler: a `keras_attention.samplers.Sampler`, its string name
+            (`"greedy"`, `"top_k"`, `"top_p"`, ...) or its config.
+            `ContrastiveSampler` runs through its own `__call__`, not here.
+        stop_token_ids: optional list of token ids and of sequences of
+            token ids.
+        padding_token_id: int, the prompts' padding (default 0).
+        strategy, temperature, top_k, end_token_id: deprecated (0.3):
+            `strategy="sample"` is `sampler=TopKSampler(k=top_k,
+            temperature=temperature)` (`RandomSampler` without `top_k`),
+            `end_token_id` is `stop_token_ids=[end_token_id]`.
         **kwargs: base layer arguments, e.g. `name`.
 
     Call arguments:
-        prompt_ids: integer `(batch_size, prompt_length)`, left-padded.
-        seed: optional int or 0-d integer tensor, the sampling seed
-            (default 0).
+        prompt_ids: integer `(batch_size, prompt_length)`, padded as the
+            protocol says.
+        seed: optional int or 0-d integer tensor, the draws' seed
+            (default: the sampler's `seed`, or 0).
         temperature: optional float or 0-d tensor overriding the
-            constructor's for `"sample"`; 0 means greedy, so one exported
-            graph can serve both.
+            sampler's; 0 means greedy, so one exported graph can serve
+            both. Not for beam search.
 
     Returns:
-        int32 `(batch_size, max_length - prompt_length)`, the generated
-        tokens.
+        int32 tokens, as the protocol says. With a `BeamSampler`, the
+        best beam; with its `return_all_beams=True`, `(tokens, log_probs)`
+        with a beam axis after the batch's, best first.
 
     Example (the interface in its simplest form, a bigram model; the full
     story is `examples/text_generation.py`):
@@ -121,7 +103,7 @@ class TokenGenerator(_common.ValidatedLayer):
     ...         return ()
     ...     def call_with_cache(self, token_ids, cache, index, padding_mask):
     ...         return self.table(token_ids), cache
-    >>> generator = TokenGenerator(Bigram(), max_length=6)
+    >>> generator = TokenGenerator(Bigram(), max_length=6, sampler="greedy")
     >>> tuple(generator(np.array([[0, 3], [2, 1]])).shape)
     (2, 4)
     """
@@ -130,161 +112,104 @@ class TokenGenerator(_common.ValidatedLayer):
         self,
         model,
         max_length,
-        strategy="greedy",
-        temperature=1.0,
+        sampler="greedy",
+        stop_token_ids=None,
+        padding_token_id=0,
+        strategy=None,
+        temperature=None,
         top_k=None,
         end_token_id=None,
-        padding_token_id=0,
         **kwargs,
     ):
         _validation.check_positive_int(
             "max_length", max_length, max_value=_validation.MAX_WEIGHT_ELEMENTS
         )
-        if strategy not in ("greedy", "sample"):
+        _validation.check_index("padding_token_id", padding_token_id)
+        protocol = _decoding.protocol_of(model)
+        sampler, stop_token_ids = _deprecated_arguments(
+            sampler, stop_token_ids, strategy, temperature, top_k, end_token_id
+        )
+        sampler = samplers_lib.get(sampler)
+        if not isinstance(sampler, samplers_lib.Sampler):
             raise ValueError(
-                "Received an invalid value for argument `strategy`, expected "
-                '"greedy" or "sample". Received: '
-                f"strategy={_validation.short_repr(strategy)}"
+                "Argument `sampler` must be a keras_attention sampler, its "
+                "name or its config. Received: "
+                f"sampler={_validation.short_repr(sampler)}"
             )
-        _validation.check_positive_number("temperature", temperature)
-        _validation.check_positive_int("top_k", top_k, allow_none=True)
-        for name, value in (
-            ("end_token_id", end_token_id),
-            ("padding_token_id", padding_token_id),
-        ):
-            if value is not None:
-                _validation.check_index(name, value)
-        for method in ("init_cache", "call_with_cache"):
-            if not callable(getattr(model, method, None)):
-                raise ValueError(
-                    "Argument `model` must have the methods `init_cache` and "
-                    "`call_with_cache` (see the docstring). Received: "
-                    f"model={_validation.short_repr(model)} without "
-                    f"`{method}`"
-                )
+        if isinstance(sampler, samplers_lib.ContrastiveSampler):
+            raise ValueError(
+                "Argument `sampler`: `ContrastiveSampler` runs through its "
+                "own `__call__` (keras-hub's loop), not in `TokenGenerator`. "
+                f"Received: sampler={sampler!r}"
+            )
+        self._stop_sequences = _decoding.stop_sequences(stop_token_ids)
         super().__init__(**kwargs)
+        self._protocol = protocol
         self.model = model
         self.max_length = int(max_length)
-        self.strategy = strategy
-        self.temperature = float(temperature)
-        self.top_k = top_k
-        self.end_token_id = end_token_id
+        self.sampler = sampler
+        self.stop_token_ids = stop_token_ids
         self.padding_token_id = int(padding_token_id)
 
-    def _next_token(self, logits, seed, step, temperature=None):
-        """`logits (batch, vocab)` float32 -> int32 `(batch,)`."""
-        # The padding token is never generated.
-        vocabulary = ops.arange(ops.shape(logits)[-1], dtype="int32")
-        logits = ops.where(
-            vocabulary[None, :] == self.padding_token_id, float("-inf"), logits
-        )
-        greedy = _argmax(logits)
-        if self.strategy == "greedy":
-            return greedy
-        if temperature is None:
-            temperature = self.temperature
-        if isinstance(temperature, (int, float)):
-            if temperature == 0:
-                return greedy
-            return self._sample(logits, seed, step, temperature)
-        # A tensor: 0 means greedy.
-        temperature = ops.cast(temperature, "float32")
-        sampled = self._sample(
-            logits, seed, step, ops.maximum(temperature, 1e-6)
-        )
-        return ops.where(temperature > 0.0, sampled, greedy)
+    @property
+    def _beams(self):
+        return isinstance(self.sampler, samplers_lib.BeamSampler)
 
-    def _sample(self, logits, seed, step, temperature):
-        logits = logits / temperature
-        if self.top_k is not None:
-            k = min(self.top_k, logits.shape[-1])
-            threshold = ops.top_k(logits, k)[0][:, -1:]
-            logits = ops.where(logits >= threshold, logits, float("-inf"))
-        uniform = _uniform(seed, step, ops.shape(logits))
-        gumbel = -ops.log(-ops.log(uniform))
-        return _argmax(logits + gumbel)
+    def _choose(self, seed, temperature):
+        """`choose(logits, tokens, index)` for the loop: the sampler's
+        token at the call's temperature (0: greedy)."""
+        ban = self._protocol == _decoding.OURS
 
-    def call(self, prompt_ids, seed=0, temperature=None):
+        def choose(logits, tokens, index):
+            if ban:  # the padding token is never generated
+                vocabulary = ops.arange(ops.shape(logits)[-1], dtype="int32")
+                logits = ops.where(
+                    vocabulary[None] == self.padding_token_id, -1e30, logits
+                )
+            return self.sampler.next_token(
+                logits, tokens, index, seed, temperature=temperature
+            )
+
+        return choose
+
+    def call(self, prompt_ids, seed=None, temperature=None):
         _validation.check_rank("prompt_ids", prompt_ids.shape, (2,))
-        _validation.check_index("seed", seed, 2**31 - 1, "an int32 seed")
-        known = None
+        if seed is not None:
+            _validation.check_index("seed", seed, 2**31 - 1, "an int32 seed")
         if temperature is not None:
             known = _validation.concrete_values(temperature)
-        if known is not None and (known.ndim or not known >= 0):
-            raise ValueError(
-                "Argument `temperature` must be a non-negative scalar (0: "
-                "greedy). Received: temperature="
-                f"{_validation.short_repr(temperature)}"
-            )
-        self._check_prompt_length(prompt_ids.shape[1])
+            if self._beams or (
+                known is not None and (known.ndim or not known >= 0)
+            ):
+                raise ValueError(
+                    "Argument `temperature` must be a non-negative scalar (0: "
+                    "greedy), and not given with beam search. Received: "
+                    f"temperature={_validation.short_repr(temperature)}"
+                )
+        prompt_length = prompt_ids.shape[1]
+        self._check_prompt_length(prompt_length)
         prompt_ids = ops.cast(prompt_ids, "int32")
-        batch, prompt_length = ops.shape(prompt_ids)
-        new_tokens = self.max_length - prompt_length
-        prompt_mask = ops.not_equal(prompt_ids, self.padding_token_id)
-        # `(batch, max_length)` with a static length (not a concatenation
-        # with ones, of run-time length): the blocks see a mask of the
-        # cache's length and need no run-time branch on it. With such a
-        # branch in the loop, tf2onnx loses the loop's shapes and
-        # onnxruntime refuses the ONNX `Loop`.
-        slots = ops.arange(self.max_length, dtype="int32")
-        padding_mask = ops.logical_or(
-            ops.take(
-                prompt_mask, ops.minimum(slots, prompt_length - 1), axis=1
-            ),
-            slots[None, :] >= prompt_length,
+        decoder = _decoding.Decoder(
+            self.model, self._protocol, self.max_length, self.padding_token_id
         )
-        # Under a `keras.distribution` (JAX), the caches take the heads'
-        # sharding; otherwise this returns them as they are.
-        cache = _sharding.place(self.model.init_cache(batch, self.max_length))
-        logits, cache = self.model.call_with_cache(
-            prompt_ids, cache, 0, padding_mask
-        )
-        token = self._next_token(
-            ops.cast(logits[:, -1], "float32"),
-            seed,
-            prompt_length,
-            temperature,
-        )
-        columns = ops.arange(new_tokens, dtype="int32")[None, :]
-        generated = ops.full((batch, new_tokens), -1, "int32")
-        done = ops.zeros((batch,), "bool")
-
-        def emit(generated, done, token, step):
-            token = ops.where(done, self.padding_token_id, token)
-            generated = ops.where(columns == step, token[:, None], generated)
-            if self.end_token_id is not None:
-                done = ops.logical_or(done, token == self.end_token_id)
-            return generated, done, token
-
-        generated, done, token = emit(generated, done, token, 0)
-
-        def cond(step, token, cache, generated, done):
-            return ops.logical_and(
-                step < new_tokens, ops.logical_not(ops.all(done))
+        if self._beams:
+            tokens, log_probs = decoder.run_beams(
+                prompt_ids, self.sampler, self._stop_sequences
             )
-
-        def body(step, token, cache, generated, done):
-            position = prompt_length + step - 1
-            logits, cache = self.model.call_with_cache(
-                token[:, None], cache, position, padding_mask
-            )
-            token = self._next_token(
-                ops.cast(logits[:, -1], "float32"),
-                seed,
-                position + 1,
-                temperature,
-            )
-            generated, done, token = emit(generated, done, token, step)
-            return step + 1, token, cache, generated, done
-
-        _, _, _, generated, _ = ops.while_loop(
-            cond,
-            body,
-            (ops.convert_to_tensor(1, "int32"), token, cache, generated, done),
-            maximum_iterations=self.max_length,
+            tokens = self._continuation(tokens, prompt_ids)
+            if self.sampler.return_all_beams:
+                return tokens, log_probs
+            return tokens[:, 0]
+        tokens = decoder.run(
+            prompt_ids, self._choose(seed, temperature), self._stop_sequences
         )
-        # Rows that ended early: the untouched columns are padding.
-        return ops.where(generated < 0, self.padding_token_id, generated)
+        return self._continuation(tokens, prompt_ids)
+
+    def _continuation(self, tokens, prompt_ids):
+        """Our protocol returns the columns after the prompt."""
+        if self._protocol == _decoding.OURS:
+            return tokens[..., ops.shape(prompt_ids)[1] :]
+        return tokens
 
     def _check_prompt_length(self, prompt_length):
         if prompt_length is not None and prompt_length >= self.max_length:
@@ -295,12 +220,23 @@ class TokenGenerator(_common.ValidatedLayer):
                 f"{prompt_length}"
             )
 
-    def compute_output_spec(self, prompt_ids, seed=0, temperature=None):
+    def compute_output_spec(self, prompt_ids, seed=None, temperature=None):
         _validation.check_rank("prompt_ids", prompt_ids.shape, (2,))
         self._check_prompt_length(prompt_ids.shape[1])
-        length = prompt_ids.shape[1]
-        new = None if length is None else self.max_length - length
-        return keras.KerasTensor((prompt_ids.shape[0], new), dtype="int32")
+        length, batch = prompt_ids.shape[1], prompt_ids.shape[0]
+        if self._protocol != _decoding.OURS:
+            length = self.max_length
+        elif length is not None:
+            length = self.max_length - length
+        if not self._beams:
+            return keras.KerasTensor((batch, length), dtype="int32")
+        beams = self.sampler.num_beams
+        if not self.sampler.return_all_beams:
+            return keras.KerasTensor((batch, length), dtype="int32")
+        return (
+            keras.KerasTensor((batch, beams, length), dtype="int32"),
+            keras.KerasTensor((batch, beams), dtype="float32"),
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -308,14 +244,17 @@ class TokenGenerator(_common.ValidatedLayer):
             {
                 "model": keras.saving.serialize_keras_object(self.model),
                 "max_length": self.max_length,
-                "strategy": self.strategy,
-                "temperature": self.temperature,
-                "top_k": self.top_k,
-                "end_token_id": self.end_token_id,
+                "sampler": samplers_lib.serialize(self.sampler),
+                "stop_token_ids": self._stop_config(),
                 "padding_token_id": self.padding_token_id,
             }
         )
         return config
+
+    def _stop_config(self):
+        if self.stop_token_ids is None:
+            return None
+        return [s[0] if len(s) == 1 else list(s) for s in self._stop_sequences]
 
     @classmethod
     def from_config(cls, config):
@@ -328,3 +267,55 @@ class TokenGenerator(_common.ValidatedLayer):
                     config["model"]
                 )
         return super().from_config(config)
+
+
+def _deprecated_arguments(
+    sampler, stop_token_ids, strategy, temperature, top_k, end_token_id
+):
+    """The 0.2 arguments as a sampler and stop ids, with a warning."""
+    old = dict(
+        strategy=strategy,
+        temperature=temperature,
+        top_k=top_k,
+        end_token_id=end_token_id,
+    )
+    given = [name for name, value in old.items() if value is not None]
+    if not given:
+        return sampler, stop_token_ids
+    warnings.warn(
+        f"`TokenGenerator({', '.join(given)}=...)` is deprecated and will be "
+        "removed in 0.4: pass `sampler=` (a `keras_attention.samplers` "
+        "sampler) and `stop_token_ids=`.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if end_token_id is not None:
+        if stop_token_ids is not None:
+            raise ValueError(
+                "Arguments `end_token_id` (deprecated) and `stop_token_ids` "
+                "can't both be given. Received: "
+                f"end_token_id={end_token_id!r}, "
+                f"stop_token_ids={stop_token_ids!r}"
+            )
+        _validation.check_index("end_token_id", end_token_id)
+        stop_token_ids = [end_token_id]
+    strategy = "greedy" if strategy is None else strategy
+    if strategy not in ("greedy", "sample"):
+        raise ValueError(
+            "Received an invalid value for argument `strategy`, expected "
+            '"greedy" or "sample". Received: '
+            f"strategy={_validation.short_repr(strategy)}"
+        )
+    temperature = 1.0 if temperature is None else temperature
+    _validation.check_positive_number("temperature", temperature)
+    _validation.check_positive_int("top_k", top_k, allow_none=True)
+    if strategy == "greedy":
+        return samplers_lib.GreedySampler(), stop_token_ids
+    if top_k is None:
+        return samplers_lib.RandomSampler(
+            temperature=temperature
+        ), stop_token_ids
+    return (
+        samplers_lib.TopKSampler(k=top_k, temperature=temperature),
+        stop_token_ids,
+    )
