@@ -4,40 +4,7 @@ from keras import ops
 from keras_attention import _sharding
 from keras_attention import _validation
 from keras_attention.layers import _common
-from keras_attention.ops._hash import GOLDEN
-from keras_attention.ops._hash import hash32
-from keras_attention.ops._hash import logical_right_shift
-
-
-def _uniform(seed, step, shape):
-    """Uniform floats in (0, 1), a pure function of `(seed, step)` and the
-    element's index: the same on every backend, eager or traced, and in
-    ONNX and LiteRT exports (the hash's exportable form)."""
-    batch, vocab = shape
-    rows = ops.arange(batch, dtype="int32")[:, None]
-    cols = ops.arange(vocab, dtype="int32")[None, :]
-    x = hash32(
-        ops.cast(seed, "int32") * GOLDEN + ops.cast(step, "int32"),
-        exportable=True,
-    )
-    x = hash32(x + rows * vocab + cols, exportable=True)
-    # 23 bits: `bits + 0.5` is exact in float32, so u < 1 (24 bits would
-    # round 2**24 - 0.5 up to 2**24, u = 1 and an infinite Gumbel draw).
-    bits = ops.cast(logical_right_shift(x, 9), "float32")
-    return (bits + 0.5) / float(2**23)
-
-
-def _argmax(x):
-    """`argmax(x, axis=-1)` of float `x` `(batch, vocab)` as int32, the
-    first index on ties, from a max and a min. Keras' TensorFlow `argmax`
-    of floats tests the sign bit (`Bitcast`, `BitwiseAnd`), which neither
-    ONNX nor LiteRT's builtin ops take. A row with NaN (no element equals
-    its max) picks the last token, never an id out of range."""
-    vocab = ops.shape(x)[-1]
-    indices = ops.arange(vocab, dtype="int32")
-    is_max = x == ops.max(x, axis=-1, keepdims=True)
-    first = ops.min(ops.where(is_max, indices[None, :], vocab), axis=-1)
-    return ops.minimum(first, vocab - 1)
+from keras_attention.samplers import _draws
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -178,7 +145,7 @@ class TokenGenerator(_common.ValidatedLayer):
         logits = ops.where(
             vocabulary[None, :] == self.padding_token_id, float("-inf"), logits
         )
-        greedy = _argmax(logits)
+        greedy = _draws.argmax(logits)
         if self.strategy == "greedy":
             return greedy
         if temperature is None:
@@ -200,9 +167,9 @@ class TokenGenerator(_common.ValidatedLayer):
             k = min(self.top_k, logits.shape[-1])
             threshold = ops.top_k(logits, k)[0][:, -1:]
             logits = ops.where(logits >= threshold, logits, float("-inf"))
-        uniform = _uniform(seed, step, ops.shape(logits))
+        uniform = _draws.uniform(seed, step, ops.shape(logits))
         gumbel = -ops.log(-ops.log(uniform))
-        return _argmax(logits + gumbel)
+        return _draws.argmax(logits + gumbel)
 
     def call(self, prompt_ids, seed=0, temperature=None):
         _validation.check_rank("prompt_ids", prompt_ids.shape, (2,))
