@@ -30,7 +30,12 @@ def _run(sampler, stop_token_ids=None, hidden=False):
     )
 
 
-@pytest.mark.parametrize("stop_token_ids", [None, [3, 7]], ids=["", "stop"])
+# Stop tokens: none, two, and every row's first prompt token (a stop token
+# in the prompt does not stop the row).
+STOPS = [None, [3, 7], toy.PROMPT[:, 0].tolist()]
+
+
+@pytest.mark.parametrize("stop_token_ids", STOPS, ids=["", "stop", "prompt"])
 def test_greedy_same_tokens(stop_token_ids):
     ours = _run(samplers.GreedySampler(), stop_token_ids)
     theirs = _run(keras_hub.samplers.GreedySampler(), stop_token_ids)
