@@ -83,6 +83,11 @@ class Sampler:
         self.temperature = temperature
         self.logits_processors = _get_processors(logits_processors)
 
+    def __repr__(self):
+        config = self.get_config()
+        arguments = ", ".join(f"{k}={v!r}" for k, v in config.items())
+        return f"{type(self).__name__}({arguments})"
+
     @property
     def variables(self):
         """No variables: the draws need no random state (keras-hub's

@@ -56,17 +56,18 @@ def test_token_counts(step, index):
     np.testing.assert_array_equal(to_numpy(got), _counts(token_ids, index))
 
 
+PROCESSORS = [
+    (samplers.RepetitionPenalty(1.7), lambda x, c: _repetition(x, c, 1.7)),
+    (samplers.RepetitionPenalty(0.5), lambda x, c: _repetition(x, c, 0.5)),
+    (samplers.PresencePenalty(0.8), lambda x, c: _presence(x, c, 0.8)),
+    (samplers.PresencePenalty(-0.3), lambda x, c: _presence(x, c, -0.3)),
+    (samplers.FrequencyPenalty(0.4), lambda x, c: _frequency(x, c, 0.4)),
+    (samplers.BanTokens([0, 4]), lambda x, c: _ban(x, [0, 4])),
+]
+
+
 @pytest.mark.parametrize(
-    "processor, emulate",
-    [
-        (samplers.RepetitionPenalty(1.7), lambda x, c: _repetition(x, c, 1.7)),
-        (samplers.RepetitionPenalty(0.5), lambda x, c: _repetition(x, c, 0.5)),
-        (samplers.PresencePenalty(0.8), lambda x, c: _presence(x, c, 0.8)),
-        (samplers.PresencePenalty(-0.3), lambda x, c: _presence(x, c, -0.3)),
-        (samplers.FrequencyPenalty(0.4), lambda x, c: _frequency(x, c, 0.4)),
-        (samplers.BanTokens([0, 4]), lambda x, c: _ban(x, [0, 4])),
-    ],
-    ids=repr,
+    "processor, emulate", PROCESSORS, ids=[repr(p) for p, _ in PROCESSORS]
 )
 @pytest.mark.parametrize("index", [5, 13])
 def test_processor_matches_numpy(step, processor, emulate, index):
