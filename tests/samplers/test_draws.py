@@ -110,6 +110,14 @@ def _op_types(concrete_function):
         samplers.TopPSampler(p=0.5, k=4),
         samplers.BeamSampler(num_beams=2),
         samplers.ContrastiveSampler(k=2),
+        samplers.MinPSampler(
+            p=0.1,
+            logits_processors=[
+                samplers.RepetitionPenalty(1.2),
+                samplers.FrequencyPenalty(0.3),
+                samplers.BanTokens([1]),
+            ],
+        ),
     ],
     ids=repr,
 )
