@@ -13,6 +13,7 @@ Decoding: `TokenGenerator` (greedy or sampled generation in one graph).
 The layers are re-exported here from `keras_attention.layers`. The other
 public modules: `keras_attention.ops` (the attention kernels),
 `keras_attention.distribution` (head-sharded layouts),
+`keras_attention.samplers` (keras-hub's samplers, exportable),
 `keras_attention.serving` (SavedModel export and TF Serving; TensorFlow)
 and `keras_attention.compat.tfa` (tensorflow-addons' attention layers).
 """
@@ -20,6 +21,7 @@ and `keras_attention.compat.tfa` (tensorflow-addons' attention layers).
 from keras_attention import distribution
 from keras_attention import layers
 from keras_attention import ops
+from keras_attention import samplers
 from keras_attention.layers import AdditiveAttention
 from keras_attention.layers import AttentionPooling
 from keras_attention.layers import GroupedQueryAttention
@@ -51,5 +53,6 @@ __all__ = [
     "distribution",
     "layers",
     "ops",
+    "samplers",
     "__version__",
 ]

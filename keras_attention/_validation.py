@@ -80,6 +80,20 @@ def check_seed(seed):
         )
 
 
+def check_int32_seed(seed):
+    """Raises unless `seed` is None or an integer in [0, 2**31 - 1]: the
+    seeds of the counter-based draws (`keras_attention.samplers`)."""
+    if seed is not None and (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not 0 <= seed <= 2**31 - 1
+    ):
+        raise ValueError(
+            "Received an invalid value for argument `seed`, expected an "
+            f"integer in [0, 2**31 - 1] or `None`. Received: seed={seed!r}"
+        )
+
+
 def check_chunk_size(chunk_size):
     """`chunk_size` is None (dense), "auto" or a positive int32."""
     if chunk_size is None or (
@@ -471,6 +485,25 @@ def check_positive_number(name, value, allow_none=False):
         raise ValueError(
             f"Received an invalid value for argument `{name}`, expected "
             f"{expected}. Received: {name}={short_repr(value)}"
+        )
+
+
+def check_fraction(name, value, include_zero=False):
+    """Raises unless `value` is a real number in (0, 1] (`[0, 1]` with
+    `include_zero`)."""
+    low_ok = (lambda v: v >= 0.0) if include_zero else (lambda v: v > 0.0)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or not low_ok(float(value))
+        or float(value) > 1.0
+    ):
+        interval = "[0, 1]" if include_zero else "(0, 1]"
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a "
+            f"float in the range {interval}. Received: "
+            f"{name}={short_repr(value)}"
         )
 
 

@@ -49,6 +49,7 @@ from keras_attention import SinusoidalPositionEncoding
 from keras_attention import TokenGenerator
 from keras_attention import TransformerDecoder
 from keras_attention import TransformerEncoder
+from keras_attention import samplers
 from keras_attention.compat import tfa
 from keras_attention.distribution import layout_map
 from keras_attention.distribution import place_cache
@@ -1781,6 +1782,69 @@ CASES = [
         ),
         "temperature",
         "-1",
+    ),
+    # -- keras_attention.samplers ---------------------------------------------
+    Case("samplers/top_p_zero", lambda: samplers.TopPSampler(p=0), "p", "p=0"),
+    Case(
+        "samplers/top_p_above_one",
+        lambda: samplers.TopPSampler(p=1.5),
+        "p",
+        "p=1.5",
+    ),
+    Case("samplers/min_p_zero", lambda: samplers.MinPSampler(p=0), "p", "p=0"),
+    Case(
+        "samplers/beam_no_beams",
+        lambda: samplers.BeamSampler(num_beams=0),
+        "num_beams",
+        "num_beams=0",
+    ),
+    Case(
+        "samplers/top_k_zero",
+        lambda: samplers.TopKSampler(k=0),
+        "k",
+        "k=0",
+    ),
+    Case(
+        "samplers/seed_past_int32",
+        lambda: samplers.RandomSampler(seed=2**31),
+        "seed",
+        "2147483648",
+    ),
+    Case(
+        "samplers/temperature_zero",
+        lambda: samplers.GreedySampler(temperature=0),
+        "temperature",
+        "temperature=0",
+    ),
+    Case(
+        "samplers/repetition_penalty_zero",
+        lambda: samplers.RepetitionPenalty(0),
+        "penalty",
+        "penalty=0",
+    ),
+    Case(
+        "samplers/ban_negative_token",
+        lambda: samplers.BanTokens([1, -2]),
+        "token_ids",
+        r"\[1, -2\]",
+    ),
+    Case(
+        "samplers/get_speculative",
+        lambda: samplers.get("speculative"),
+        "identifier",
+        "SpeculativeSampler.*identifier='speculative'",
+    ),
+    Case(
+        "samplers/get_unknown_name",
+        lambda: samplers.get("nope"),
+        "identifier",
+        "identifier='nope'",
+    ),
+    Case(
+        "samplers/get_not_a_sampler",
+        lambda: samplers.get(3),
+        "identifier",
+        "identifier=3",
     ),
     # -- keras_attention.distribution: meshes and head counts ---------------
     Case(

@@ -1,10 +1,11 @@
 """The `Example:` sections of the public docstrings run and print what they
 say. The modules are found by walking the package: every module that
 defines a public name (one exported by `keras_attention`,
-`keras_attention.ops`, `keras_attention.compat.tfa` or
-`keras_attention.distribution`) must have examples,
-and every module with examples runs them. `keras_attention.serving` needs
-TensorFlow: `tests/serving/test_docstrings.py`."""
+`keras_attention.ops`, `keras_attention.compat.tfa`,
+`keras_attention.distribution` or `keras_attention.samplers`) must have
+examples, and every module with examples runs them.
+`keras_attention.serving` needs TensorFlow:
+`tests/serving/test_docstrings.py`."""
 
 import doctest
 import importlib
@@ -18,6 +19,7 @@ import keras_attention
 import keras_attention.compat.tfa
 import keras_attention.distribution
 import keras_attention.ops
+import keras_attention.samplers
 
 
 def _modules():
@@ -48,6 +50,7 @@ def test_every_module_of_a_public_name_has_examples():
         keras_attention.ops,
         keras_attention.compat.tfa,
         keras_attention.distribution,
+        keras_attention.samplers,
     ):
         for name in package.__all__:
             obj = getattr(package, name)

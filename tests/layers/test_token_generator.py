@@ -11,7 +11,7 @@ import pytest
 from keras import ops
 
 import keras_attention
-from keras_attention.layers import token_generator
+from keras_attention.samplers import _draws
 from tests.testing import to_numpy
 
 VOCABULARY = 13
@@ -255,7 +255,7 @@ def test_uniforms_are_the_same_on_every_backend():
             for r in range(2)
         ]
     )
-    got = to_numpy(token_generator._uniform(seed, step, (2, 3)))
+    got = to_numpy(_draws.uniform(seed, step, (2, 3)))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
 
 

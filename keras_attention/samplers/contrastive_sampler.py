@@ -1,0 +1,153 @@
+import keras
+from keras import ops
+
+from keras_attention import _validation
+from keras_attention.samplers import _draws
+from keras_attention.samplers import _loop
+from keras_attention.samplers.sampler import Sampler
+
+
+@keras.saving.register_keras_serializable(package="keras_attention")
+class ContrastiveSampler(Sampler):
+    """Contrastive search (Su et al., 2022), as keras-hub's
+    `ContrastiveSampler`, exportable.
+
+    Each step runs `next` on the `k` most likely tokens and keeps the one
+    of highest `(1 - alpha) * probability - alpha * max_similarity`, where
+    `max_similarity` is the largest cosine similarity between the
+    candidate's hidden state and those of the tokens before it. Ties go to
+    the more likely candidate (the lower id among equal probabilities).
+    Needs `hidden_states`, and `next` called at `index + 1` (one past the
+    end at the last step), as in keras-hub.
+
+    Args:
+        k: positive int, the number of candidates.
+        alpha: float in `[0, 1]`, the weight of the similarity.
+        temperature: see `Sampler`.
+        logits_processors: see `Sampler`.
+
+    Call arguments:
+        See `Sampler`; `hidden_states`: float `(batch_size, max_length,
+        hidden_dim)`, the hidden state of each token so far, required.
+
+    Returns:
+        See `Sampler`.
+
+    Example:
+
+    >>> table = np.log(np.array(
+    ...     [[0.1, 0.5, 0.4], [0.1, 0.1, 0.8], [0.9, 0.05, 0.05]], "float32"))
+    >>> embeddings = np.eye(3, dtype="float32")
+    >>> def next(prompt, cache, index):
+    ...     token = prompt[:, index - 1]
+    ...     logits = keras.ops.take(table, token, 0)
+    ...     return logits, keras.ops.take(embeddings, token, 0), cache
+    >>> hidden = np.zeros((1, 4, 3), "float32")
+    >>> hidden[0, 0] = embeddings[0]
+    >>> sampler = ContrastiveSampler(k=2, alpha=0.6)
+    >>> tokens = sampler(next, np.zeros((1, 4), "int32"), index=1,
+    ...                  hidden_states=hidden)
+    >>> keras.ops.convert_to_numpy(tokens).tolist()
+    [[0, 1, 2, 0]]
+    """
+
+    def __init__(self, k=5, alpha=0.6, **kwargs):
+        super().__init__(**kwargs)
+        _validation.check_positive_int("k", k)
+        _validation.check_fraction("alpha", alpha, include_zero=True)
+        self.k = k
+        self.alpha = alpha
+
+    def __call__(
+        self,
+        next,
+        prompt,
+        cache=None,
+        index=0,
+        mask=None,
+        stop_token_ids=None,
+        hidden_states=None,
+        model=None,
+        **kwargs,
+    ):
+        if hidden_states is None:
+            raise ValueError(
+                "Argument `hidden_states` is required by "
+                "`ContrastiveSampler`: the hidden state of each token so "
+                "far, `(batch_size, max_length, hidden_dim)`. Received: "
+                "hidden_states=None"
+            )
+        prompt = ops.convert_to_tensor(prompt)
+        hidden_states = ops.convert_to_tensor(hidden_states)
+        max_length = ops.shape(prompt)[1]
+        index = ops.cast(index, "int32")
+        if mask is None:
+            mask = ops.zeros_like(prompt, dtype="bool")
+        else:
+            mask = ops.cast(mask, "bool")
+        positions = ops.arange(max_length, dtype="int32")[None, :]
+        logits, _, cache = next(prompt, cache, index)
+        has_cache = cache is not None
+        cache = cache if has_cache else ()
+
+        def repeat(x):
+            return ops.repeat(x, self.k, axis=0)
+
+        def cond(prompt, cache, index, logits, hidden_states):
+            return _loop.keep_going(
+                prompt, mask, index, max_length, stop_token_ids
+            )
+
+        def body(prompt, cache, index, logits, hidden_states):
+            step_logits = self.process_logits(logits, prompt, index)
+            probabilities = self.compute_probabilities(step_logits)
+            top_probabilities, top_ids = ops.top_k(probabilities, self.k)
+            candidates = _loop.write_column(
+                repeat(prompt),
+                ops.reshape(top_ids, (-1,)),
+                index,
+                repeat(mask),
+            )
+            candidate_cache = None
+            if has_cache:
+                candidate_cache = keras.tree.map_structure(repeat, cache)
+            next_logits, next_hidden, candidate_cache = next(
+                candidates, candidate_cache, index + 1
+            )
+            similarity = self.similarity(repeat(hidden_states), next_hidden)
+            similarity = ops.where(positions < index, similarity, -1.0)
+            max_similarity = ops.max(similarity, axis=1)
+            scores = (1 - self.alpha) * ops.reshape(
+                top_probabilities, (-1,)
+            ) - self.alpha * ops.cast(max_similarity, "float32")
+            best = _draws.argmax(ops.reshape(scores, (-1, self.k)))
+            batch_size = ops.shape(best)[0]
+            rows = ops.arange(batch_size, dtype="int32") * self.k + best
+            prompt = ops.take(candidates, rows, axis=0)
+            logits = ops.take(next_logits, rows, axis=0)
+            hidden_states = _loop.write_column(
+                hidden_states, ops.take(next_hidden, rows, axis=0), index
+            )
+            if has_cache:
+                cache = keras.tree.map_structure(
+                    lambda x: ops.take(x, rows, axis=0), candidate_cache
+                )
+            return prompt, cache, index + 1, logits, hidden_states
+
+        prompt, _, _, _, _ = ops.while_loop(
+            cond, body, (prompt, cache, index, logits, hidden_states)
+        )
+        return prompt
+
+    def similarity(self, h1, h2):
+        """Cosine similarity of each of `h1` `(batch, length, dim)` with
+        `h2` `(batch, dim)`: `(batch, length)`."""
+        dot = ops.sum(h1 * h2[:, None, :], axis=-1)
+        h1_norm = ops.sqrt(ops.sum(h1 * h1, axis=-1))
+        h2_norm = ops.sqrt(ops.sum(h2 * h2, axis=-1))
+        return dot / (h1_norm * h2_norm[:, None])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"k": self.k, "alpha": self.alpha})
+        return config

@@ -1,0 +1,71 @@
+import keras
+from keras import ops
+
+from keras_attention import _validation
+from keras_attention.samplers import _draws
+from keras_attention.samplers.sampler import Sampler
+
+
+@keras.saving.register_keras_serializable(package="keras_attention")
+class MinPSampler(Sampler):
+    """Min-p sampling (Nguyen et al., 2024): keeps the tokens whose
+    probability is at least `p` times the largest, then samples among them,
+    with reproducible draws (see `Sampler`). Not in keras-hub.
+
+    Args:
+        p: float in `(0, 1]`; 1 keeps only the most likely token(s).
+        k: optional positive int, a top-k cut before min-p.
+        seed: optional int in `[0, 2**31 - 1]`; `None` means 0.
+        temperature: see `Sampler` (applied before the cut).
+        logits_processors: see `Sampler`.
+
+    Call arguments:
+        See `Sampler`.
+
+    Returns:
+        See `Sampler`.
+
+    Example:
+
+    >>> sampler = MinPSampler(p=0.5, seed=3)
+    >>> probabilities = np.array([[0.1, 0.5, 0.3, 0.1]], "float32")
+    >>> logits = np.log(probabilities)
+    >>> token = sampler.next_token(logits, np.zeros((1, 1), "int32"), 0)
+    >>> int(keras.ops.convert_to_numpy(token)[0]) in (1, 2)
+    True
+
+    Reference:
+        [Nguyen et al., 2024](https://arxiv.org/abs/2407.01082)
+    """
+
+    def __init__(self, p=0.1, k=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        _validation.check_fraction("p", p)
+        _validation.check_positive_int("k", k, allow_none=True)
+        _validation.check_int32_seed(seed)
+        self.p = p
+        self.k = k
+        self.seed = seed
+
+    def get_next_token(self, probabilities):
+        seed, position = self._draw_key()
+        if self.k is None:
+            threshold = self.p * ops.max(probabilities, axis=-1, keepdims=True)
+            kept = ops.where(probabilities >= threshold, probabilities, 0.0)
+            return _draws.gumbel_max(kept, seed, position)
+        vocabulary_size = ops.shape(probabilities)[-1]
+        k = self.k
+        if isinstance(vocabulary_size, int):
+            k = min(k, vocabulary_size)
+        top_probabilities, top_ids = ops.top_k(probabilities, k)
+        threshold = self.p * top_probabilities[:, :1]
+        kept = ops.where(top_probabilities >= threshold, top_probabilities, 0.0)
+        column = _draws.gumbel_max(
+            kept, seed, position, top_ids, vocabulary_size
+        )
+        return ops.take_along_axis(top_ids, column[:, None], axis=-1)[:, 0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"p": self.p, "k": self.k, "seed": self.seed})
+        return config
