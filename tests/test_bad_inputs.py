@@ -163,8 +163,18 @@ class _NotAModel:
 GENERATOR = dict(model=_Protocol(), max_length=8)
 
 
-def _generator(strategy="greedy"):
-    return TokenGenerator(_Protocol(), 8, strategy=strategy)
+class _OnlyCachedCall:
+    """Half a protocol: `call_with_cache` without a cache builder."""
+
+    def call_with_cache(self, token_ids, cache, cache_update_index):
+        raise AssertionError("the generator ran before its checks")
+
+    def __repr__(self):
+        return "_OnlyCachedCall()"
+
+
+def _generator(sampler="greedy", **kwargs):
+    return TokenGenerator(_Protocol(), 8, sampler=sampler, **kwargs)
 
 
 def construct(cls, base, arg, value):
@@ -1724,6 +1734,56 @@ CASES = [
         ]
     ],
     Case(
+        "generator/model_without_a_cache_builder",
+        lambda: TokenGenerator(_OnlyCachedCall(), 8),
+        "model",
+        "without `init_cache`, `_build_cache`",
+    ),
+    Case(
+        "generator/empty_stop_sequence",
+        lambda: _generator(stop_token_ids=[3, []]),
+        "stop_token_ids",
+        "empty sequence",
+    ),
+    Case(
+        "generator/stop_token_ids_an_int",
+        lambda: _generator(stop_token_ids=3),
+        "stop_token_ids",
+        "stop_token_ids=3",
+    ),
+    Case(
+        "generator/stop_token_negative",
+        lambda: _generator(stop_token_ids=[[2, -1]]),
+        "stop_token_ids",
+        "-1",
+    ),
+    Case(
+        "generator/sampler_not_a_sampler",
+        lambda: _generator(sampler=42),
+        "sampler",
+        "42",
+    ),
+    Case(
+        "generator/contrastive_sampler",
+        lambda: _generator(sampler="contrastive"),
+        "sampler",
+        "ContrastiveSampler",
+    ),
+    Case(
+        "generator/end_token_and_stop_token_ids",
+        lambda: _generator(end_token_id=2, stop_token_ids=[3]),
+        "end_token_id",
+        "stop_token_ids=\\[3\\]",
+    ),
+    Case(
+        "generator/temperature_with_beams",
+        lambda: _generator(samplers.BeamSampler(num_beams=2))(
+            np.ones((2, 3), "int32"), temperature=0.5
+        ),
+        "temperature",
+        "0.5",
+    ),
+    Case(
         "generator/max_length_not_above_prompt",
         lambda: _generator()(np.ones((2, 8), "int32")),
         "max_length",
@@ -1749,7 +1809,7 @@ CASES = [
     ),
     Case(
         "generator/seed_past_int32",
-        lambda: _generator("sample")(np.ones((2, 3), "int32"), seed=2**31),
+        lambda: _generator("random")(np.ones((2, 3), "int32"), seed=2**31),
         "seed",
         "2147483648",
     ),
@@ -1777,7 +1837,7 @@ CASES = [
     ),
     Case(
         "generator/temperature_negative_at_call",
-        lambda: _generator("sample")(
+        lambda: _generator("random")(
             np.ones((2, 3), "int32"), temperature=np.float32(-1.0)
         ),
         "temperature",

@@ -70,13 +70,6 @@ def is_sequence(value):
     )
 
 
-def _unpack(outputs):
-    """`(logits, cache)` or `(logits, hidden_states, cache)` -> the last
-    position's float32 logits and the cache."""
-    logits, cache = outputs[0], outputs[-1]
-    return ops.cast(logits[:, -1], "float32"), cache
-
-
 def stopped(tokens, index, sequences):
     """Rows whose tokens up to `index` end with one of `sequences`."""
     hit = ops.zeros(ops.shape(tokens)[:1], "bool")
@@ -126,7 +119,7 @@ class Decoder:
             cache = _sharding.place(
                 self.model.init_cache(rows, self.max_length)
             )
-            logits, cache = _unpack(
+            logits, cache = self._unpack(
                 self.model.call_with_cache(prompt_ids, cache, 0, padding)
             )
             prompt = ops.broadcast_to(in_prompt, (rows, self.max_length))
@@ -143,6 +136,17 @@ class Decoder:
         logits, cache = self.step(tokens, cache, index, None)
         return tokens, prompt, index, logits, cache, None
 
+    def _unpack(self, outputs):
+        """`(logits, cache)` or `(logits, hidden_states, cache)` -> the
+        last position's float32 logits and the cache. Under our protocol
+        the padding token is never generated."""
+        logits, cache = ops.cast(outputs[0][:, -1], "float32"), outputs[-1]
+        if self.protocol == OURS:
+            vocabulary = ops.arange(ops.shape(logits)[-1], dtype="int32")
+            banned = vocabulary[None] == self.padding_token_id
+            logits = ops.where(banned, float("-inf"), logits)
+        return logits, cache
+
     def step(self, tokens, cache, index, padding):
         """The logits of position `index`, from the token before it."""
         previous = ops.take(tokens, index - 1, axis=1)[:, None]
@@ -152,7 +156,7 @@ class Decoder:
             )
         else:
             outputs = self.model.call_with_cache(previous, cache, index - 1)
-        return _unpack(outputs)
+        return self._unpack(outputs)
 
     def write(self, tokens, prompt, done, token, index, sequences):
         """Writes `token` at `index` (prompt tokens and stopped rows keep

@@ -129,7 +129,8 @@ class TokenGenerator(_common.ValidatedLayer):
         sampler, stop_token_ids = _deprecated_arguments(
             sampler, stop_token_ids, strategy, temperature, top_k, end_token_id
         )
-        sampler = samplers_lib.get(sampler)
+        if isinstance(sampler, (str, dict)):
+            sampler = samplers_lib.get(sampler)
         if not isinstance(sampler, samplers_lib.Sampler):
             raise ValueError(
                 "Argument `sampler` must be a keras_attention sampler, its "
@@ -158,14 +159,8 @@ class TokenGenerator(_common.ValidatedLayer):
     def _choose(self, seed, temperature):
         """`choose(logits, tokens, index)` for the loop: the sampler's
         token at the call's temperature (0: greedy)."""
-        ban = self._protocol == _decoding.OURS
 
         def choose(logits, tokens, index):
-            if ban:  # the padding token is never generated
-                vocabulary = ops.arange(ops.shape(logits)[-1], dtype="int32")
-                logits = ops.where(
-                    vocabulary[None] == self.padding_token_id, -1e30, logits
-                )
             return self.sampler.next_token(
                 logits, tokens, index, seed, temperature=temperature
             )

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_attention import _validation
+from keras_attention.samplers import _draws
 from keras_attention.samplers import _loop
 
 
@@ -153,7 +154,7 @@ class Sampler:
         )
         return prompt
 
-    def next_token(self, logits, token_ids, index, seed=None):
+    def next_token(self, logits, token_ids, index, seed=None, temperature=None):
         """One step: the next token of each row.
 
         Args:
@@ -164,6 +165,9 @@ class Sampler:
                 drawn (the draws' position).
             seed: optional int or 0-d integer tensor (int32 range); default
                 the sampler's `seed` (`None`: 0).
+            temperature: optional float or 0-d tensor replacing the
+                sampler's `temperature` for this step; 0 takes the most
+                likely token (after the processors).
 
         Returns:
             int32 `(batch_size,)`.
@@ -172,9 +176,23 @@ class Sampler:
             seed = self._default_seed()
         with self._drawing(seed, index):
             logits = self.process_logits(logits, token_ids, index)
-            probabilities = self.compute_probabilities(logits)
-            token = self.get_next_token(probabilities)
-        return ops.cast(token, "int32")
+            if temperature is None:
+                return self._draw(logits)
+            if isinstance(temperature, (int, float)):
+                if temperature == 0:
+                    return _draws.argmax(logits)
+                return self._draw(logits * (self.temperature / temperature))
+            temperature = ops.cast(temperature, "float32")
+            scale = self.temperature / ops.maximum(temperature, 1e-6)
+            return ops.where(
+                temperature > 0.0,
+                self._draw(logits * scale),
+                _draws.argmax(logits),
+            )
+
+    def _draw(self, logits):
+        probabilities = self.compute_probabilities(logits)
+        return ops.cast(self.get_next_token(probabilities), "int32")
 
     def process_logits(self, logits, token_ids, index):
         """Applies the `logits_processors`, in order, to float32 `logits`

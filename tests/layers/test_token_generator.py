@@ -1,7 +1,8 @@
 """`TokenGenerator`: cached generation equals recomputing the prefix,
-ragged prompts equal the prompts alone, seeded sampling is reproducible and
-draws from the right distribution, and the SavedModel generates the same
-tokens as eager code."""
+ragged prompts equal the prompts alone, seeded sampling is reproducible,
+and the SavedModel generates the same tokens as eager code (greedy, top-k,
+top-p with penalties, beam search). The draws' distribution is
+tests/samplers' subject."""
 
 import os
 
@@ -11,6 +12,7 @@ import pytest
 from keras import ops
 
 import keras_attention
+from keras_attention import samplers
 from keras_attention.samplers import _draws
 from tests.testing import to_numpy
 
@@ -128,7 +130,7 @@ def test_end_token_pads_the_rest(lm):
     )
     end = int(first[0, 2])
     got = to_numpy(
-        keras_attention.TokenGenerator(lm, MAX_LENGTH, end_token_id=end)(
+        keras_attention.TokenGenerator(lm, MAX_LENGTH, stop_token_ids=[end])(
             _left_padded(PROMPTS)
         )
     )
@@ -144,7 +146,7 @@ def test_end_token_pads_the_rest(lm):
 
 def test_sampling_is_reproducible_and_depends_on_the_seed(lm):
     sample = keras_attention.TokenGenerator(
-        lm, MAX_LENGTH, strategy="sample", temperature=1.5, top_k=6
+        lm, MAX_LENGTH, sampler=samplers.TopKSampler(k=6, temperature=1.5)
     )
     prompts = _left_padded(PROMPTS)
     a = to_numpy(sample(prompts, seed=np.int32(5)))
@@ -154,7 +156,7 @@ def test_sampling_is_reproducible_and_depends_on_the_seed(lm):
     assert (a != c).any()
     greedy = keras_attention.TokenGenerator(lm, MAX_LENGTH)(prompts)
     top1 = keras_attention.TokenGenerator(
-        lm, MAX_LENGTH, strategy="sample", top_k=1
+        lm, MAX_LENGTH, sampler=samplers.TopKSampler(k=1)
     )(prompts, seed=np.int32(5))
     np.testing.assert_array_equal(to_numpy(top1), to_numpy(greedy))
 
@@ -162,7 +164,7 @@ def test_sampling_is_reproducible_and_depends_on_the_seed(lm):
 def test_call_time_temperature(lm):
     """A tensor temperature overrides the constructor's; 0 is greedy."""
     sample = keras_attention.TokenGenerator(
-        lm, MAX_LENGTH, strategy="sample", temperature=1.5, top_k=6
+        lm, MAX_LENGTH, sampler=samplers.TopKSampler(k=6, temperature=1.5)
     )
     prompts = _left_padded(PROMPTS)
     greedy = keras_attention.TokenGenerator(lm, MAX_LENGTH)(prompts)
@@ -182,7 +184,7 @@ def test_call_time_temperature(lm):
 )
 def test_compiled_generation_equals_eager(lm):
     sample = keras_attention.TokenGenerator(
-        lm, MAX_LENGTH, strategy="sample", top_k=5
+        lm, MAX_LENGTH, sampler=samplers.TopKSampler(k=5)
     )
     prompts = _left_padded(PROMPTS)
     eager = to_numpy(sample(prompts, seed=np.int32(11)))
@@ -197,37 +199,6 @@ def test_compiled_generation_equals_eager(lm):
     np.testing.assert_array_equal(
         to_numpy(compiled(prompts, np.int32(11))), eager
     )
-
-
-def test_sampled_frequencies_follow_the_softmax():
-    """The Gumbel-max draws: 4000 rows with the same logits, one step."""
-    logits = np.log(np.array([0.1, 0.2, 0.3, 0.15, 0.25]))
-    rows = np.tile(logits, (4000, 1)).astype("float32")
-
-    class _Model:
-        def init_cache(self, *args):
-            return ()
-
-        def call_with_cache(self, *args):
-            return None
-
-    for temperature, top_k in ((1.0, None), (0.5, None), (1.0, 3)):
-        generator = keras_attention.TokenGenerator(
-            _Model(),
-            2,
-            strategy="sample",
-            temperature=temperature,
-            top_k=top_k,
-            padding_token_id=5,  # outside these 5 tokens: none is excluded
-        )
-        tokens = to_numpy(generator._next_token(ops.array(rows), 3, 9))
-        want = np.exp(logits / temperature)
-        if top_k is not None:
-            want[np.argsort(want)[:-top_k]] = 0.0
-        want /= want.sum()
-        freq = np.bincount(tokens, minlength=5) / len(tokens)
-        sigma = np.sqrt(want * (1 - want) / len(tokens))
-        assert (np.abs(freq - want) <= 4 * sigma + 1e-9).all(), (freq, want)
 
 
 def test_uniforms_are_the_same_on_every_backend():
@@ -278,17 +249,31 @@ def test_savedmodel_generates_what_eager_code_does(lm, tmp_path):
 
     from keras_attention import serving
 
-    greedy = keras_attention.TokenGenerator(lm, MAX_LENGTH)
-    sample = keras_attention.TokenGenerator(
-        lm, MAX_LENGTH, strategy="sample", top_k=5
-    )
+    generators = {
+        "greedy": keras_attention.TokenGenerator(lm, MAX_LENGTH),
+        "top_k": keras_attention.TokenGenerator(
+            lm, MAX_LENGTH, sampler=samplers.TopKSampler(k=5)
+        ),
+        "top_p": keras_attention.TokenGenerator(
+            lm,
+            MAX_LENGTH,
+            sampler=samplers.TopPSampler(
+                p=0.9,
+                logits_processors=[samplers.RepetitionPenalty(1.3)],
+            ),
+            stop_token_ids=[[4, 4]],
+        ),
+        "beam": keras_attention.TokenGenerator(
+            lm, MAX_LENGTH, sampler=samplers.BeamSampler(num_beams=3)
+        ),
+    }
 
     @tf.function(
         input_signature=[tf.TensorSpec([None, 5], tf.int32, name="prompt")],
         autograph=False,
     )
     def serve(prompt):
-        return {"greedy": greedy(prompt), "sampled": sample(prompt, seed=3)}
+        return {name: g(prompt, seed=3) for name, g in generators.items()}
 
     path = serving.export_saved_model(
         lm,
@@ -301,10 +286,9 @@ def test_savedmodel_generates_what_eager_code_does(lm, tmp_path):
     served = tf.saved_model.load(path).signatures["serving_default"](
         prompt=tf.constant(_left_padded(PROMPTS))
     )
-    np.testing.assert_array_equal(
-        served["greedy"].numpy(), to_numpy(greedy(_left_padded(PROMPTS)))
-    )
-    np.testing.assert_array_equal(
-        served["sampled"].numpy(),
-        to_numpy(sample(_left_padded(PROMPTS), seed=3)),
-    )
+    for name, generator in generators.items():
+        np.testing.assert_array_equal(
+            served[name].numpy(),
+            to_numpy(generator(_left_padded(PROMPTS), seed=3)),
+            err_msg=name,
+        )

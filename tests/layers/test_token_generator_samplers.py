@@ -57,15 +57,28 @@ def _generate(model, **kwargs):
 
 def test_stop_tokens_and_sequences_end_rows(lm):  # noqa: F811
     free = _generate(lm)
-    # A two-token sequence from row 0's continuation, and row 2's third
-    # token: both stop somewhere.
-    stops = [tuple(int(t) for t in free[0, 3:5]), (int(free[2, 2]),)]
-    got = _generate(lm, stop_token_ids=[list(stops[0]), stops[1][0]])
+    # A two-token sequence from row 0's continuation whose last token came
+    # earlier after another one (matching its last token alone would stop
+    # too early); then a sequence and a single token together.
+    row = [int(t) for t in free[0]]
+    pair = next(
+        (row[p - 1], row[p])
+        for p in range(2, len(row))
+        if any(
+            row[q] == row[p] and row[q - 1] != row[p - 1] for q in range(1, p)
+        )
+    )
+    single = int(free[2, 2])
     steps = MAX_LENGTH - 5
-    for row, prompt in enumerate(PROMPTS):
-        want = _emulate(lm, prompt, steps, stops=stops)
-        np.testing.assert_array_equal(got[row], want)
-    assert (got != free).any()  # the stops changed something
+    for stops, argument in (
+        ([pair], [list(pair)]),
+        ([pair, (single,)], [np.array(pair), single]),
+    ):
+        got = _generate(lm, stop_token_ids=argument)
+        for row, prompt in enumerate(PROMPTS):
+            want = _emulate(lm, prompt, steps, stops=stops)
+            np.testing.assert_array_equal(got[row], want)
+        assert (got != free).any()  # the stops changed something
 
 
 def test_repetition_and_presence_penalties_in_the_loop(lm):  # noqa: F811
@@ -111,6 +124,7 @@ def test_one_beam_is_greedy_and_beam_scores_are_log_probabilities(lm):  # noqa: 
         for beam in range(3):
             sequence = np.array([prompt + list(tokens[row, beam])], "int32")
             logits = to_numpy(lm(sequence))[0].astype("float64")
+            logits[:, 0] = -np.inf  # the padding token is never generated
             scores = _log_softmax(logits)
             want = sum(
                 scores[t - 1, sequence[0, t]] for t in range(5, MAX_LENGTH)
