@@ -4,11 +4,9 @@ from keras_hub.src.models.llama.llama_attention import LlamaAttention
 from keras_hub.src.models.llama.llama_decoder import LlamaTransformerDecoder
 
 from keras_attention.compat.keras_hub._self_attention import SelfAttention
+from keras_attention.layers import GroupedQueryAttention
+from keras_attention.layers import MultiHeadAttention
 from keras_attention.layers import _common
-from keras_attention.layers.grouped_query_attention import (
-    GroupedQueryAttention,
-)
-from keras_attention.layers.multi_head_attention import MultiHeadAttention
 
 PACKAGE = "keras_attention.compat.keras_hub"
 
