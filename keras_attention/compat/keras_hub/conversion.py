@@ -3,6 +3,7 @@ import keras_hub
 from keras_hub.src.models.llama.llama_attention import LlamaAttention
 from keras_hub.src.models.llama.llama_decoder import LlamaTransformerDecoder
 
+from keras_attention import _validation
 from keras_attention.compat.keras_hub._self_attention import SelfAttention
 from keras_attention.layers import GroupedQueryAttention
 from keras_attention.layers import MultiHeadAttention
@@ -212,7 +213,7 @@ def convertible_slots(model):
 def _describe(model):
     if isinstance(model, keras.layers.Layer):
         return f"<{type(model).__name__} name={model.name!r}>"
-    return type(model).__name__
+    return _validation.short_repr(model)
 
 
 def _is_attention(layer):
