@@ -31,6 +31,7 @@ Decisions (also in the docstrings):
 import dataclasses
 import re
 from typing import Callable
+from unittest import mock
 
 import keras
 import numpy as np
@@ -55,6 +56,8 @@ from keras_attention.distribution import layout_map
 from keras_attention.distribution import place_cache
 from keras_attention.ops import additive_attention
 from keras_attention.ops import scaled_dot_product_attention
+from tests.testing import import_keras_hub
+from tests.testing import tiny_causal_lm
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:You are using a softmax over axis:UserWarning"
@@ -207,6 +210,39 @@ def _encoder_model(num_heads=8, intermediate=16, dim=16):
 
 def _unregistered(score, b, h, q_idx, kv_idx):
     return score
+
+
+def _one_layer_lm(family, **backbone_kwargs):
+    return tiny_causal_lm(family, num_layers=1, **backbone_kwargs)
+
+
+def _convert_causal_lm(make_model):
+    """`compat.keras_hub.convert_causal_lm(make_model())`; keras-hub (a test
+    dependency, which that module imports) is imported when the case
+    runs."""
+
+    def run():
+        import_keras_hub()
+        from keras_attention.compat.keras_hub import convert_causal_lm
+
+        return convert_causal_lm(make_model())
+
+    return run
+
+
+def _lm_with_subclassed_attention():
+    """A GPT-2 whose decoder blocks build a subclass of keras-hub's
+    `CachedMultiHeadAttention`."""
+    keras_hub = import_keras_hub()
+    from keras_hub.src.layers.modeling import transformer_decoder
+
+    class CustomAttention(keras_hub.layers.CachedMultiHeadAttention):
+        pass
+
+    with mock.patch.object(
+        transformer_decoder, "CachedMultiHeadAttention", CustomAttention
+    ):
+        return _one_layer_lm("gpt2")
 
 
 HALF = np.full((3, 5), 0.5, "float32")
@@ -1148,6 +1184,55 @@ CASES = [
         ),
         "probability_fn",
         r"probability_fn='hardmax'",
+    ),
+    # -- compat.keras_hub.convert_causal_lm ---------------------------------
+    Case(
+        "convert_causal_lm/backbone",
+        _convert_causal_lm(lambda: _one_layer_lm("gpt2").backbone),
+        "model",
+        r"keras-hub causal LM.*Received: model=<GPT2Backbone",
+    ),
+    Case(
+        "convert_causal_lm/preset_name",
+        _convert_causal_lm(lambda: "gpt2_base_en"),
+        "model",
+        r"Received: model='gpt2_base_en'",
+    ),
+    Case(
+        "convert_causal_lm/gemma",
+        _convert_causal_lm(lambda: _one_layer_lm("gemma")),
+        "model",
+        r"`decoder_block_0/attention` \(CachedGemmaAttention\): a class",
+    ),
+    Case(
+        "convert_causal_lm/subclassed_attention",
+        _convert_causal_lm(_lm_with_subclassed_attention),
+        "model",
+        r"`transformer_layer_0/self_attention` \(CustomAttention\): a "
+        r"subclass of `CachedMultiHeadAttention`",
+    ),
+    Case(
+        "convert_causal_lm/llama3_rope",
+        _convert_causal_lm(
+            lambda: _one_layer_lm(
+                "llama",
+                rope_frequency_adjustment_factor=8.0,
+                rope_low_freq_factor=1.0,
+                rope_high_freq_factor=4.0,
+                rope_pretraining_sequence_length=8192,
+            )
+        ),
+        "model",
+        r"\(LlamaAttention\): Llama 3.1 RoPE.*"
+        r"rope_frequency_adjustment_factor=8.0",
+    ),
+    Case(
+        "convert_causal_lm/llama_position_scaling",
+        _convert_causal_lm(
+            lambda: _one_layer_lm("llama", rope_position_scaling_factor=2.0)
+        ),
+        "model",
+        r"\(LlamaAttention\): rope_position_scaling_factor=2.0",
     ),
     # -- from_config: wrong types, ranges, unknown keys ------------------
     Case(

@@ -5,10 +5,13 @@ defines a public name (one exported by `keras_attention`,
 `keras_attention.distribution` or `keras_attention.samplers`) must have
 examples, and every module with examples runs them.
 `keras_attention.serving` needs TensorFlow:
-`tests/serving/test_docstrings.py`."""
+`tests/serving/test_docstrings.py`. `keras_attention.compat.keras_hub`
+needs keras-hub, a test dependency: it is left out where keras-hub is not
+installed."""
 
 import doctest
 import importlib
+import importlib.util
 import pkgutil
 
 import keras
@@ -21,6 +24,8 @@ import keras_attention.distribution
 import keras_attention.ops
 import keras_attention.samplers
 
+_HAS_KERAS_HUB = importlib.util.find_spec("keras_hub") is not None
+
 
 def _modules():
     names = [
@@ -29,6 +34,7 @@ def _modules():
             keras_attention.__path__, "keras_attention."
         )
         if ".serving" not in info.name
+        and (".compat.keras_hub" not in info.name or _HAS_KERAS_HUB)
     ]
     return [importlib.import_module(name) for name in sorted(names)]
 

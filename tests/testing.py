@@ -24,6 +24,35 @@ def import_keras_hub():
     return pytest.importorskip("keras_hub")
 
 
+def tiny_causal_lm(family, **backbone_kwargs):
+    """A keras-hub causal LM of two tiny layers, with random weights and no
+    preprocessor. `family`: "gpt2", "llama" or "gemma"; `backbone_kwargs`
+    add to or replace the backbone's arguments."""
+    keras_hub = import_keras_hub()
+    models = keras_hub.models
+    sizes = dict(vocabulary_size=64, num_layers=2, hidden_dim=16)
+    sizes["intermediate_dim"] = 32
+    backbone, task, arguments = {
+        "gpt2": (
+            models.GPT2Backbone,
+            models.GPT2CausalLM,
+            dict(num_heads=2, max_sequence_length=32),
+        ),
+        "llama": (
+            models.LlamaBackbone,
+            models.LlamaCausalLM,
+            dict(num_query_heads=4, num_key_value_heads=2),
+        ),
+        "gemma": (
+            models.GemmaBackbone,
+            models.GemmaCausalLM,
+            dict(num_query_heads=2, num_key_value_heads=1, head_dim=8),
+        ),
+    }[family]
+    arguments = {**sizes, **arguments, **backbone_kwargs}
+    return task(backbone=backbone(**arguments), preprocessor=None)
+
+
 def to_numpy(x):
     return keras.ops.convert_to_numpy(x)
 
