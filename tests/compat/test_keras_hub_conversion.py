@@ -213,3 +213,54 @@ def test_importing_compat_does_not_import_keras_hub():
         [sys.executable, "-c", code], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("family", FAMILIES)
+def test_served_generation_gives_keras_hubs_greedy_tokens(family, tmp_path):
+    """The converted model in a `TokenGenerator`, exported as a SavedModel:
+    TF's v1 loader, with `keras` (so keras-hub) and `keras_attention`
+    blocked, generates what keras-hub's own `generate` gives on the
+    original model."""
+    import json
+
+    import tensorflow as tf
+
+    import keras_attention
+    from keras_attention import serving
+
+    keras.utils.set_random_seed(5)
+    model = tiny_causal_lm(family)
+    prompts = _tokens(1)[:, :4].astype("int32")  # equal lengths
+    buffer = np.zeros((BATCH, LENGTH), "int32")
+    buffer[:, :4] = prompts
+    model.compile(sampler="greedy")
+    want = model.generate(
+        {"token_ids": buffer, "padding_mask": buffer > 0}, stop_token_ids=None
+    )["token_ids"]
+    converted = convert_causal_lm(model)
+    generator = keras_attention.TokenGenerator(
+        converted, LENGTH, sampler="greedy"
+    )
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, 4], tf.int32, name="prompt_ids")],
+        autograph=False,
+    )
+    def serve(prompt_ids):
+        return {"token_ids": generator(prompt_ids)}
+
+    path = serving.export_saved_model(
+        converted,
+        tmp_path / family,
+        signatures={"serving_default": serve},
+        warmup_inputs={"prompt_ids": prompts},
+    )
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"inputs": {"prompt_ids": prompts.tolist()}}))
+    expected = tmp_path / "expected.npz"
+    np.savez(expected, token_ids=np.asarray(want))
+    result = serving.check(
+        path, inputs=str(request), expect=str(expected), capture=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
