@@ -156,6 +156,16 @@ class _Protocol:
     call_with_cache = init_cache
 
 
+class _Bigram:
+    """A bigram model under our protocol, without hidden states."""
+
+    def init_cache(self, batch_size, max_length):
+        return ()
+
+    def call_with_cache(self, token_ids, cache, index, padding_mask):
+        return keras.ops.one_hot(token_ids, 4), cache
+
+
 class _NotAModel:
     """A plain object, with a repr that keeps its case id stable."""
 
@@ -1849,10 +1859,12 @@ CASES = [
         "42",
     ),
     Case(
-        "generator/contrastive_sampler",
-        lambda: _generator(sampler="contrastive"),
+        "generator/contrastive_without_hidden_states",
+        lambda: TokenGenerator(_Bigram(), 5, sampler="contrastive")(
+            np.ones((2, 3), "int32")
+        ),
         "sampler",
-        "ContrastiveSampler",
+        "returning `\\(logits, cache\\)`",
     ),
     Case(
         "generator/end_token_and_stop_token_ids",

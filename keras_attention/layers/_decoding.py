@@ -7,6 +7,7 @@ holds a token (those are never overwritten), and `done` marks the rows
 that have stopped (they write `padding_token_id` from then on).
 """
 
+import keras
 from keras import ops
 
 from keras_attention import _sharding
@@ -96,8 +97,10 @@ class Decoder:
 
     def start(self, prompt_ids, copies=1):
         """The buffers, the cache and the logits of the first position
-        to generate: `(tokens, prompt, index, logits, cache, padding)`,
-        each row repeated `copies` times (beams)."""
+        to generate: `(tokens, prompt, index, logits, cache, padding,
+        hidden_states)`, each row repeated `copies` times (beams).
+        `hidden_states` `(batch, max_length, dim)` holds the prompt's
+        (None if the model returns none)."""
         prompt_length = ops.shape(prompt_ids)[1]
         prompt_mask = ops.not_equal(prompt_ids, self.padding_token_id)
         if copies > 1:
@@ -119,36 +122,43 @@ class Decoder:
             cache = _sharding.place(
                 self.model.init_cache(rows, self.max_length)
             )
-            logits, cache = self._unpack(
+            logits, hidden, cache = self._unpack(
                 self.model.call_with_cache(prompt_ids, cache, 0, padding)
             )
+            if hidden is not None:  # the prompt's, in a buffer
+                hidden = ops.where(
+                    in_prompt[..., None], ops.take(hidden, last, axis=1), 0.0
+                )
             prompt = ops.broadcast_to(in_prompt, (rows, self.max_length))
             index = ops.convert_to_tensor(prompt_length, "int32")
-            return tokens, prompt, index, logits, cache, padding
+            return tokens, prompt, index, logits, cache, padding, hidden
         # keras-hub's convention: right-padded, the cache seeded over the
         # whole buffer; the rows advance together from the shortest prompt,
         # and the longer ones keep their prompt tokens meanwhile.
         prompt = ops.logical_and(ops.take(prompt_mask, last, axis=1), in_prompt)
-        _, cache = self.model._build_cache(tokens)
+        hidden, cache = self.model._build_cache(tokens)
         index = ops.maximum(
             ops.min(ops.sum(ops.cast(prompt, "int32"), axis=1)), 1
         )
-        logits, cache = self.step(tokens, cache, index, None)
-        return tokens, prompt, index, logits, cache, None
+        logits, _, cache = self.step(tokens, cache, index, None)
+        return tokens, prompt, index, logits, cache, None, hidden
 
     def _unpack(self, outputs):
         """`(logits, cache)` or `(logits, hidden_states, cache)` -> the
-        last position's float32 logits and the cache. Under our protocol
-        the padding token is never generated."""
+        last position's float32 logits, the hidden states (or None) and
+        the cache. Under our protocol the padding token is never
+        generated."""
         logits, cache = ops.cast(outputs[0][:, -1], "float32"), outputs[-1]
+        hidden = outputs[1] if len(outputs) == 3 else None
         if self.protocol == OURS:
             vocabulary = ops.arange(ops.shape(logits)[-1], dtype="int32")
             banned = vocabulary[None] == self.padding_token_id
             logits = ops.where(banned, float("-inf"), logits)
-        return logits, cache
+        return logits, hidden, cache
 
     def step(self, tokens, cache, index, padding):
-        """The logits of position `index`, from the token before it."""
+        """The logits of position `index` from the token before it, that
+        token's hidden state `(batch, dim)` (or None) and the cache."""
         previous = ops.take(tokens, index - 1, axis=1)[:, None]
         if self.protocol == OURS:
             outputs = self.model.call_with_cache(
@@ -156,7 +166,8 @@ class Decoder:
             )
         else:
             outputs = self.model.call_with_cache(previous, cache, index - 1)
-        return self._unpack(outputs)
+        logits, hidden, cache = self._unpack(outputs)
+        return logits, None if hidden is None else hidden[:, -1], cache
 
     def write(self, tokens, prompt, done, token, index, sequences):
         """Writes `token` at `index` (prompt tokens and stopped rows keep
@@ -172,7 +183,9 @@ class Decoder:
     def run(self, prompt_ids, choose, sequences):
         """Greedy or sampled decoding: `choose(logits, tokens, index)`
         returns each row's token. Returns the token buffer."""
-        tokens, prompt, index, logits, cache, padding = self.start(prompt_ids)
+        tokens, prompt, index, logits, cache, padding, _ = self.start(
+            prompt_ids
+        )
         done = ops.zeros(ops.shape(tokens)[:1], "bool")
         tokens, done = self.write(
             tokens,
@@ -190,7 +203,7 @@ class Decoder:
 
         def body(index, tokens, cache, done):
             index = index + 1
-            logits, cache = self.step(tokens, cache, index, padding)
+            logits, _, cache = self.step(tokens, cache, index, padding)
             token = choose(logits, tokens, index)
             tokens, done = self.write(
                 tokens, prompt, done, token, index, sequences
@@ -211,7 +224,7 @@ class Decoder:
         Returns `(tokens (batch, num_beams, max_length), log_probs (batch,
         num_beams))`, best beam first."""
         beams = sampler.num_beams
-        tokens, prompt, index, logits, cache, padding = self.start(
+        tokens, prompt, index, logits, cache, padding, _ = self.start(
             prompt_ids, beams
         )
         log_probs = sampler.initial_log_probs(ops.shape(prompt_ids)[0])
@@ -251,7 +264,7 @@ class Decoder:
 
         def body(index, tokens, cache, done, log_probs):
             index = index + 1
-            logits, cache = self.step(tokens, cache, index, padding)
+            logits, _, cache = self.step(tokens, cache, index, padding)
             tokens, cache, done, log_probs = advance(
                 index, tokens, cache, done, log_probs, logits
             )
@@ -264,3 +277,76 @@ class Decoder:
             maximum_iterations=self.max_length,
         )
         return ops.reshape(tokens, (-1, beams, self.max_length)), log_probs
+
+    def run_contrastive(self, prompt_ids, sampler, sequences):
+        """Contrastive search with `sampler` (a `ContrastiveSampler`): at
+        each position the model runs on the `k` likeliest tokens, and each
+        row keeps the candidate the sampler chooses from their hidden
+        states. Returns the token buffer."""
+        k = sampler.k
+        tokens, prompt, index, logits, cache, padding, hidden = self.start(
+            prompt_ids
+        )
+        if hidden is None:
+            raise ValueError(
+                "Argument `sampler`: `ContrastiveSampler` needs the model's "
+                "hidden states: `call_with_cache` must return `(logits, "
+                "hidden_states, cache)`. Received: a model returning "
+                "`(logits, cache)`"
+            )
+        positions = ops.arange(self.max_length, dtype="int32")[None]
+        real = ops.ones_like(prompt) if padding is None else padding
+        done = ops.zeros(ops.shape(tokens)[:1], "bool")
+
+        def repeat(x):
+            return keras.tree.map_structure(
+                lambda t: ops.repeat(t, k, axis=0), x
+            )
+
+        def cond(index, tokens, cache, done, logits, hidden):
+            return ops.logical_and(
+                index < self.max_length, ops.logical_not(ops.all(done))
+            )
+
+        def body(index, tokens, cache, done, logits, hidden):
+            probabilities, ids = sampler.candidates(logits, tokens, index)
+            candidates, candidates_done = self.write(
+                repeat(tokens),
+                repeat(prompt),
+                repeat(done),
+                ops.reshape(ids, (-1,)),
+                index,
+                sequences,
+            )
+            next_logits, next_hidden, next_cache = self.step(
+                candidates,
+                repeat(cache),
+                index + 1,
+                None if padding is None else repeat(padding),
+            )
+            earlier = ops.logical_and(positions < index, repeat(real))
+            rows = sampler.choose(
+                probabilities, repeat(hidden), next_hidden, earlier
+            )
+            tokens, done, logits, cache, kept = keras.tree.map_structure(
+                lambda t: ops.take(t, rows, axis=0),
+                (
+                    candidates,
+                    candidates_done,
+                    next_logits,
+                    next_cache,
+                    next_hidden,
+                ),
+            )
+            hidden = ops.where(
+                (positions == index)[..., None], kept[:, None], hidden
+            )
+            return index + 1, tokens, cache, done, logits, hidden
+
+        _, tokens, _, _, _, _ = ops.while_loop(
+            cond,
+            body,
+            (index, tokens, cache, done, logits, hidden),
+            maximum_iterations=self.max_length,
+        )
+        return tokens

@@ -54,7 +54,7 @@ class TokenGenerator(_common.ValidatedLayer):
     generate it, as in keras-hub.
 
     **Decoding** is a `keras_attention.samplers.Sampler`: greedy, random,
-    top-k, top-p, min-p or beam search, with logits processors
+    top-k, top-p, min-p, beam or contrastive search, with logits processors
     (penalties, bans). Random draws come from a counter-based hash of
     `(seed, position, row, token)`, so a seed gives the same tokens
     eagerly, compiled, in a SavedModel and on every backend. A row stops
@@ -68,7 +68,7 @@ class TokenGenerator(_common.ValidatedLayer):
             cache's length. It must exceed the prompts' length.
         sampler: a `keras_attention.samplers.Sampler`, its string name
             (`"greedy"`, `"top_k"`, `"top_p"`, ...) or its config.
-            `ContrastiveSampler` runs through its own `__call__`, not here.
+            `ContrastiveSampler` needs a model that returns hidden states.
         stop_token_ids: optional list of token ids and of sequences of
             token ids.
         padding_token_id: int, the prompts' padding (default 0).
@@ -85,7 +85,7 @@ class TokenGenerator(_common.ValidatedLayer):
             (default: the sampler's `seed`, or 0).
         temperature: optional float or 0-d tensor overriding the
             sampler's; 0 means greedy, so one exported graph can serve
-            both. Not for beam search.
+            both. Not for beam or contrastive search.
 
     Returns:
         int32 tokens, as the protocol says. With a `BeamSampler`, the
@@ -137,12 +137,6 @@ class TokenGenerator(_common.ValidatedLayer):
                 "name or its config. Received: "
                 f"sampler={_validation.short_repr(sampler)}"
             )
-        if isinstance(sampler, samplers_lib.ContrastiveSampler):
-            raise ValueError(
-                "Argument `sampler`: `ContrastiveSampler` runs through its "
-                "own `__call__` (keras-hub's loop), not in `TokenGenerator`. "
-                f"Received: sampler={sampler!r}"
-            )
         self._stop_sequences = _decoding.stop_sequences(stop_token_ids)
         super().__init__(**kwargs)
         self._protocol = protocol
@@ -155,6 +149,13 @@ class TokenGenerator(_common.ValidatedLayer):
     @property
     def _beams(self):
         return isinstance(self.sampler, samplers_lib.BeamSampler)
+
+    @property
+    def _searches(self):
+        """Beam and contrastive search: no call-time temperature."""
+        return self._beams or isinstance(
+            self.sampler, samplers_lib.ContrastiveSampler
+        )
 
     def _choose(self, seed, temperature):
         """`choose(logits, tokens, index)` for the loop: the sampler's
@@ -173,7 +174,7 @@ class TokenGenerator(_common.ValidatedLayer):
             _validation.check_index("seed", seed, 2**31 - 1, "an int32 seed")
         if temperature is not None:
             known = _validation.concrete_values(temperature)
-            if self._beams or (
+            if self._searches or (
                 known is not None and (known.ndim or not known >= 0)
             ):
                 raise ValueError(
@@ -187,6 +188,11 @@ class TokenGenerator(_common.ValidatedLayer):
         decoder = _decoding.Decoder(
             self.model, self._protocol, self.max_length, self.padding_token_id
         )
+        if isinstance(self.sampler, samplers_lib.ContrastiveSampler):
+            tokens = decoder.run_contrastive(
+                prompt_ids, self.sampler, self._stop_sequences
+            )
+            return self._continuation(tokens, prompt_ids)
         if self._beams:
             tokens, log_probs = decoder.run_beams(
                 prompt_ids, self.sampler, self._stop_sequences

@@ -99,9 +99,7 @@ class ContrastiveSampler(Sampler):
             )
 
         def body(prompt, cache, index, logits, hidden_states):
-            step_logits = self.process_logits(logits, prompt, index)
-            probabilities = self.compute_probabilities(step_logits)
-            top_probabilities, top_ids = ops.top_k(probabilities, self.k)
+            top_probabilities, top_ids = self.candidates(logits, prompt, index)
             candidates = _loop.write_column(
                 repeat(prompt),
                 ops.reshape(top_ids, (-1,)),
@@ -114,15 +112,12 @@ class ContrastiveSampler(Sampler):
             next_logits, next_hidden, candidate_cache = next(
                 candidates, candidate_cache, index + 1
             )
-            similarity = self.similarity(repeat(hidden_states), next_hidden)
-            similarity = ops.where(positions < index, similarity, -1.0)
-            max_similarity = ops.max(similarity, axis=1)
-            scores = (1 - self.alpha) * ops.reshape(
-                top_probabilities, (-1,)
-            ) - self.alpha * ops.cast(max_similarity, "float32")
-            best = _draws.argmax(ops.reshape(scores, (-1, self.k)))
-            batch_size = ops.shape(best)[0]
-            rows = ops.arange(batch_size, dtype="int32") * self.k + best
+            rows = self.choose(
+                top_probabilities,
+                repeat(hidden_states),
+                next_hidden,
+                positions < index,
+            )
             prompt = ops.take(candidates, rows, axis=0)
             logits = ops.take(next_logits, rows, axis=0)
             hidden_states = _loop.write_column(
@@ -138,6 +133,41 @@ class ContrastiveSampler(Sampler):
             cond, body, (prompt, cache, index, logits, hidden_states)
         )
         return prompt
+
+    def candidates(self, logits, token_ids, index):
+        """The `k` most likely next tokens: `(probabilities, token_ids)`,
+        float32 and int32 `(batch_size, k)`."""
+        logits = self.process_logits(logits, token_ids, index)
+        probabilities, ids = ops.top_k(
+            self.compute_probabilities(logits), self.k
+        )
+        return probabilities, ops.cast(ids, "int32")
+
+    def choose(self, probabilities, hidden_states, candidate_hidden, earlier):
+        """Which candidate each row keeps.
+
+        Args:
+            probabilities: float32 `(batch_size, k)`, from `candidates`.
+            hidden_states: `(batch_size * k, length, hidden_dim)`, the
+                hidden states so far, each row repeated `k` times.
+            candidate_hidden: `(batch_size * k, hidden_dim)`, each
+                candidate's hidden state.
+            earlier: bool, broadcastable to `(batch_size * k, length)`:
+                the positions whose similarity counts.
+
+        Returns:
+            int32 `(batch_size,)`, the rows of the kept candidates among
+            the `batch_size * k`.
+        """
+        similarity = self.similarity(hidden_states, candidate_hidden)
+        similarity = ops.where(earlier, similarity, -1.0)
+        max_similarity = ops.cast(ops.max(similarity, axis=1), "float32")
+        scores = (1 - self.alpha) * ops.reshape(
+            probabilities, (-1,)
+        ) - self.alpha * max_similarity
+        best = _draws.argmax(ops.reshape(scores, (-1, self.k)))
+        batch_size = ops.shape(best)[0]
+        return ops.arange(batch_size, dtype="int32") * self.k + best
 
     def similarity(self, h1, h2):
         """Cosine similarity of each of `h1` `(batch, length, dim)` with

@@ -42,6 +42,7 @@ class TinyLM(keras.Model):
             for i in range(2)
         ]
         self.head = keras.layers.Dense(vocabulary_size)
+        self.return_hidden = False
 
     def call(self, token_ids, padding_mask=None):
         x = self.embedding(token_ids)
@@ -64,6 +65,8 @@ class TinyLM(keras.Model):
                 self_attention_cache_update_index=index,
             )
             new.append(c)
+        if self.return_hidden:  # for contrastive search
+            return self.head(x), x, tuple(new)
         return self.head(x), tuple(new)
 
     def get_config(self):

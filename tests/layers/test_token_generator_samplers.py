@@ -213,3 +213,65 @@ def test_deprecated_arguments_warn_and_map_to_samplers(lm):  # noqa: F811
         ended = keras_attention.TokenGenerator(lm, MAX_LENGTH, end_token_id=7)
     assert ended.get_config()["stop_token_ids"] == [7]
     assert "strategy" not in ended.get_config()
+
+
+def test_contrastive_equals_keras_hubs_contrastive_sampler(gpt2):
+    want = _hub_generate(
+        gpt2,
+        keras_hub.samplers.ContrastiveSampler(k=3, alpha=0.6),
+        HUB_PROMPTS,
+        (4, 4, 4),
+    )
+    got = keras_attention.TokenGenerator(
+        gpt2,
+        HUB_LENGTH,
+        sampler=samplers.ContrastiveSampler(k=3, alpha=0.6),
+    )(HUB_PROMPTS)
+    np.testing.assert_array_equal(to_numpy(got), want)
+
+
+def test_contrastive_under_our_protocol_equals_the_samplers_loop(lm):  # noqa: F811
+    """Our protocol with hidden states: the generator's contrastive search
+    against `ContrastiveSampler.__call__` driven by the same model."""
+    sampler = samplers.ContrastiveSampler(k=3, alpha=0.5)
+    prompts = np.array([[3, 7, 1, 9, 4], [2, 8, 6, 5, 1]], "int32")
+    batch, length = prompts.shape
+    everywhere = np.ones((batch, MAX_LENGTH), bool)
+    buffer = np.zeros((batch, MAX_LENGTH), "int32")
+    buffer[:, :length] = prompts
+    lm.return_hidden = True
+    try:
+        got = to_numpy(
+            keras_attention.TokenGenerator(lm, MAX_LENGTH, sampler=sampler)(
+                prompts
+            )
+        )
+        cache = lm.init_cache(batch, MAX_LENGTH)
+        _, hidden, cache = lm.call_with_cache(buffer, cache, 0, everywhere)
+
+        def next(tokens, cache, index):
+            previous = keras.ops.take(tokens, index - 1, axis=1)[:, None]
+            rows = keras.ops.shape(tokens)[0]  # k candidates per row
+            logits, hidden, cache = lm.call_with_cache(
+                previous,
+                cache,
+                index - 1,
+                keras.ops.ones((rows, MAX_LENGTH), "bool"),
+            )
+            logits = keras.ops.convert_to_numpy(logits[:, -1]).copy()
+            logits[:, 0] = -np.inf  # the padding token is never generated
+            return logits, hidden[:, -1], cache
+
+        want = to_numpy(
+            sampler(
+                next,
+                buffer,
+                cache,
+                index=length,
+                mask=buffer > 0,
+                hidden_states=hidden,
+            )
+        )
+    finally:
+        lm.return_hidden = False
+    np.testing.assert_array_equal(got, want[:, length:])
