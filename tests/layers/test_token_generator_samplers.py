@@ -258,8 +258,9 @@ def test_contrastive_under_our_protocol_equals_the_samplers_loop(lm):  # noqa: F
                 index - 1,
                 keras.ops.ones((rows, MAX_LENGTH), "bool"),
             )
-            logits = keras.ops.convert_to_numpy(logits[:, -1]).copy()
-            logits[:, 0] = -np.inf  # the padding token is never generated
+            # The padding token is never generated.
+            padding = np.arange(logits.shape[-1]) == 0
+            logits = keras.ops.where(padding, -np.inf, logits[:, -1])
             return logits, hidden[:, -1], cache
 
         want = to_numpy(
