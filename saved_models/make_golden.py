@@ -249,6 +249,40 @@ def token_generator(rng):
     return keras.Model(prompts, x), [tokens]
 
 
+def _golden_generator(rng, **generator_kwargs):
+    """`TokenGenerator(GoldenLM, max_length=9, **generator_kwargs)` on
+    left-padded prompts."""
+    lm = GoldenLM()
+    lm(np.ones((1, 3), "int32"))
+    prompts = keras.Input((5,), dtype="int32", name="prompts")
+    x = ka.TokenGenerator(lm, max_length=9, **generator_kwargs)(prompts)
+    tokens = rng.integers(1, 11, size=(3, 5)).astype("int32")
+    tokens[1, :3] = 0  # left padding
+    return keras.Model(prompts, x), [tokens]
+
+
+def token_generator_samplers(rng):
+    """Top-p with penalties and stop sequences: the sampler's config."""
+    nucleus = ka.samplers.TopPSampler(
+        p=0.8,
+        k=6,
+        seed=5,
+        temperature=0.9,
+        logits_processors=[
+            ka.samplers.RepetitionPenalty(1.3),
+            ka.samplers.FrequencyPenalty(0.2),
+            ka.samplers.BanTokens([10]),
+        ],
+    )
+    return _golden_generator(rng, sampler=nucleus, stop_token_ids=[[3, 4], 7])
+
+
+def token_generator_beam(rng):
+    """Beam search: the best of three beams."""
+    beams = ka.samplers.BeamSampler(num_beams=3)
+    return _golden_generator(rng, sampler=beams)
+
+
 GOLDEN = {
     "MultiHeadAttention": multi_head_attention,
     "MultiHeadAttention-gated": multi_head_attention_gated,
@@ -265,6 +299,8 @@ GOLDEN = {
     "TransformerEncoder-rope": transformer_encoder_rope,
     "TransformerDecoder": transformer_decoder,
     "TokenGenerator": token_generator,
+    "TokenGenerator-samplers": token_generator_samplers,
+    "TokenGenerator-beam": token_generator_beam,
 }
 
 
