@@ -128,8 +128,19 @@ class RepetitionPenalty(_Processor):
         return {"penalty": self.penalty}
 
 
+class _Penalty(_Processor):
+    """A processor with one finite `penalty`."""
+
+    def __init__(self, penalty):
+        _check_finite("penalty", penalty)
+        self.penalty = penalty
+
+    def get_config(self):
+        return {"penalty": self.penalty}
+
+
 @keras.saving.register_keras_serializable(package="keras_attention")
-class PresencePenalty(_Processor):
+class PresencePenalty(_Penalty):
     """Subtracts `penalty` from the logit of every token already in the
     history (once, however often it occurs).
 
@@ -137,9 +148,7 @@ class PresencePenalty(_Processor):
         penalty: float; negative values favour repeats.
 
     Call arguments:
-        logits: float32 `(batch_size, vocabulary_size)`.
-        token_ids: integer `(batch_size, length)`, the history.
-        index: int or 0-d tensor: positions `< index` are the history.
+        logits, token_ids, index: as `RepetitionPenalty`.
 
     Returns:
         float32 `(batch_size, vocabulary_size)`.
@@ -153,21 +162,14 @@ class PresencePenalty(_Processor):
     [[0.0, -0.5, 0.0]]
     """
 
-    def __init__(self, penalty):
-        _check_finite("penalty", penalty)
-        self.penalty = penalty
-
     def __call__(self, logits, token_ids, index):
         logits = ops.cast(logits, "float32")
         seen = token_counts(token_ids, index, ops.shape(logits)[-1]) > 0
         return logits - self.penalty * ops.cast(seen, "float32")
 
-    def get_config(self):
-        return {"penalty": self.penalty}
-
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class FrequencyPenalty(_Processor):
+class FrequencyPenalty(_Penalty):
     """Subtracts `penalty` times the number of occurrences in the history
     from each token's logit.
 
@@ -175,9 +177,7 @@ class FrequencyPenalty(_Processor):
         penalty: float; negative values favour repeats.
 
     Call arguments:
-        logits: float32 `(batch_size, vocabulary_size)`.
-        token_ids: integer `(batch_size, length)`, the history.
-        index: int or 0-d tensor: positions `< index` are the history.
+        logits, token_ids, index: as `RepetitionPenalty`.
 
     Returns:
         float32 `(batch_size, vocabulary_size)`.
@@ -191,17 +191,10 @@ class FrequencyPenalty(_Processor):
     [[0.0, -1.0, 0.0]]
     """
 
-    def __init__(self, penalty):
-        _check_finite("penalty", penalty)
-        self.penalty = penalty
-
     def __call__(self, logits, token_ids, index):
         logits = ops.cast(logits, "float32")
         counts = token_counts(token_ids, index, ops.shape(logits)[-1])
         return logits - self.penalty * counts
-
-    def get_config(self):
-        return {"penalty": self.penalty}
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
