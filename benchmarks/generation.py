@@ -29,8 +29,8 @@ Targets: ours >= keras-hub's tokens/s for greedy and top-p; beam within
 
 Usage:
     python -m benchmarks.generation                  # about 4 minutes
-    KERAS_BACKEND=jax python -m benchmarks.generation
-    KERAS_BACKEND=torch python -m benchmarks.generation --reps 3
+    KERAS_BACKEND=jax python -m benchmarks.generation  # about 3 minutes
+    KERAS_BACKEND=torch python -m benchmarks.generation --max-length 64 --reps 3
     python -m benchmarks.generation --smoke          # seconds; the tests
 
 Writes `benchmarks/results/generation-<machine>-<date>.json` and `.md`
