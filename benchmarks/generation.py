@@ -64,7 +64,7 @@ SIZES = dict(
 )
 SMOKE_SIZES = dict(
     vocabulary_size=64,
-    num_layers=2,
+    num_layers=1,
     num_heads=2,
     hidden_dim=16,
     intermediate_dim=32,
@@ -426,7 +426,7 @@ def main(argv=None):
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="a tiny model (2 layers, hidden 16), batch 2, 4 + 8 tokens, "
+        help="a tiny model (1 layer, hidden 16), batch 2, 4 + 8 tokens, "
         "one call each, to check the pipeline",
     )
     parser.add_argument(
