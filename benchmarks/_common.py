@@ -1,5 +1,6 @@
 """What the benchmark scripts share: where results go, the machine's name,
-the versions line, report files and the table of targets.
+the versions line, report files, the table of targets and a layer's call
+compiled for the backend.
 
 Nothing here imports TensorFlow, JAX or PyTorch at import time: the GPU
 machine has no TensorFlow, and a parent process must not start JAX on the
@@ -7,6 +8,7 @@ device its workers use.
 """
 
 import json
+import logging
 import os
 import platform
 import re
@@ -137,3 +139,63 @@ def targets_table(targets):
             f"| {'yes' if target['met'] else '**no**'} |"
         )
     return lines
+
+
+class _NoRetracingWarning(logging.Filter):
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+_NO_RETRACING_WARNING = _NoRetracingWarning()
+
+
+def compile_call(layer, fn):
+    """`fn(call, *args)` compiled for the backend, `call` calling `layer`.
+
+    TensorFlow: a `tf.function(jit_compile=False, autograph=False)` that
+    captures the layer's variables. JAX: `jax.jit` of the layer's
+    `stateless_call` with the variables' current values as arguments (take
+    them after `set_weights`). Returns `(compiled, traces)`, `traces()` the
+    number of traces (compilations) so far, or None if unknown.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        # Every tf.function here is traced once (the report counts the
+        # traces); TensorFlow warns about "retracing" because they all wrap
+        # the same Python lambda.
+        tf.get_logger().addFilter(_NO_RETRACING_WARNING)
+        compiled = tf.function(
+            lambda *args: fn(layer, *args),
+            jit_compile=False,
+            autograph=False,
+        )
+        return compiled, compiled.experimental_get_tracing_count
+    if backend == "jax":
+        import jax
+
+        def pure(trainable, non_trainable, *args):
+            def call(*call_args, **kwargs):
+                outputs, _ = layer.stateless_call(
+                    trainable, non_trainable, *call_args, **kwargs
+                )
+                return outputs
+
+            return fn(call, *args)
+
+        jitted = jax.jit(pure)
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+
+        def traces():
+            size = getattr(jitted, "_cache_size", None)
+            return size() if callable(size) else None
+
+        return (lambda *args: jitted(trainable, non_trainable, *args)), traces
+    raise ValueError(
+        "Compiled benchmark calls run on the TensorFlow and JAX backends. "
+        f"Received: KERAS_BACKEND={backend}"
+    )

@@ -454,6 +454,41 @@ def test_decoding_benchmark_smoke_run(tmp_path):
     assert "| 16 | 64 KiB | 16 KiB (0.25x) | 8 KiB (0.125x) | yes |" in table
 
 
+def test_generation_benchmark_smoke_run(tmp_path):
+    from tests.testing import import_keras_hub
+
+    import_keras_hub()
+    report = _smoke_run("benchmarks.generation", tmp_path)
+    assert report["backend"] == keras.backend.backend()
+    assert report["device"] and report["versions"] and report["command"]
+    assert (report["batch"], report["max_length"]) == (2, 12)
+    assert [row["sampler"] for row in report["rows"]] == [
+        "greedy",
+        "top_p",
+        "beam",
+    ]
+    for row in report["rows"]:
+        for name in ("ours", "hub"):
+            assert row["time_s"][name] > 0
+            assert row["tokens_per_s"][name] > 0
+            assert row["first_call_s"][name] > 0
+        assert row["traces"]["ours"] in (None, 1)
+        assert row["ours_over_hub_time_paired"] > 0
+        assert all(row["checks"].values())
+    # Greedy and beam search give keras-hub's tokens.
+    assert [r["differing_tokens"] for r in report["rows"][::2]] == [0, 0]
+    assert report["rows"][1]["ours_config"]["p"] == 0.9
+    assert report["passed"]
+    assert [t["target"] for t in report["targets"]] == [
+        "greedy",
+        "top_p",
+        "beam",
+    ]
+    table = (tmp_path / "smoke.md").read_text()
+    assert "## Per sampler" in table
+    assert "| greedy |" in table and "| equal |" in table
+
+
 @jax_only
 def test_sharding_benchmark_smoke_run(tmp_path):
     report = _smoke_run("benchmarks.sharding", tmp_path)
