@@ -6,16 +6,19 @@ What it shows:
     rotary position embeddings, trained with `model.fit` to predict the
     next character of Python source code. `keras_attention.TokenGenerator`
     generates: a prefill fills fixed-size key/value caches, then a
-    `keras.ops.while_loop` decodes, greedily or by seeded top-k sampling,
-    from left-padded ragged prompts. The script reports held-out bits per
+    `keras.ops.while_loop` decodes from left-padded ragged prompts, with a
+    `keras_attention.samplers` sampler: greedy, seeded top-p (nucleus)
+    sampling or beam search. The script reports held-out bits per
     character next to a character 5-gram Kneser-Ney model fitted on the
-    same text, prints samples, plots the last block's attention, and
-    exports a string-in, string-out SavedModel for TF Serving (lookup,
-    padding, prefill, loop and join all in the graph), plus greedy and
-    sampled generation as ONNX and LiteRT files, each checked on its
-    runtime against eager generation. Under JAX or PyTorch the greedy
-    string model is saved as a `.keras` file and exported by a TensorFlow
-    process (`serving_default` only); see docs/cross-backend-export.md.
+    same text, prints the three's samples, plots the last block's
+    attention, and exports a string-in, string-out SavedModel for TF
+    Serving (lookup, padding, prefill, loop and join in the graph) with
+    the signatures `serving_default` (greedy), `sample` (text and seed)
+    and `beam`, plus the three as ONNX and LiteRT files; each is checked
+    on its runtime against eager generation. Under JAX or PyTorch the
+    greedy string model is saved as a `.keras` file and exported by a
+    TensorFlow process (`serving_default` only); see
+    docs/cross-backend-export.md.
 
 The data (offline): the Python standard library's own `.py` files, found
 through `sysconfig`, split by file into training and held-out text
@@ -49,6 +52,7 @@ import numpy as np
 from keras import ops
 
 import keras_attention
+from keras_attention import samplers
 
 PROMPT_LENGTH = 64
 DEMO_PROMPTS = [
@@ -440,10 +444,11 @@ def left_pad(prompts, length=PROMPT_LENGTH):
     return out
 
 
-def generate(generator, prompts, seed=0):
-    ids = keras.ops.convert_to_numpy(
-        generator(left_pad(prompts), seed=np.int32(seed))
-    )
+def generate(generator, prompts, seed=None):
+    """The continuations of `prompts` (strings), drawn with `seed` if
+    given."""
+    kwargs = {} if seed is None else {"seed": np.int32(seed)}
+    ids = keras.ops.convert_to_numpy(generator(left_pad(prompts), **kwargs))
     return [_char_lm.decode(row) for row in ids]
 
 
@@ -517,11 +522,11 @@ class IdsToText(keras.layers.Layer):
         return keras.KerasTensor(ids.shape[:-1], dtype="string")
 
 
-def export(run, model, greedy, sample):
+def export(run, model, greedy, sample, beam):
     """`text` -> `continuation` and `token_ids` (`greedy`'s), and, from
-    TensorFlow, `(text, seed)` -> `continuation` (`sample`'s top-k
-    sampling), for TF Serving. Returns the version path, or None where
-    export is skipped.
+    TensorFlow, `(text, seed)` -> `continuation` (`sample`'s top-p
+    sampling) and `text` -> `continuation` (`beam`'s search), for TF
+    Serving. Returns the version path, or None where export is skipped.
 
     The greedy string model is built symbolically on every backend: under
     JAX or PyTorch it is only saved, and exported by a TensorFlow process.
@@ -539,8 +544,8 @@ def export(run, model, greedy, sample):
     warmup = {"text": np.asarray(DEMO_PROMPTS[:2], dtype=object)}
     if run.backend != "tensorflow":
         print(
-            "endpoint sample (seeded top-k sampling): TensorFlow-only; "
-            "exporting serving_default (greedy)"
+            "endpoints sample (seeded top-p sampling) and beam (beam "
+            "search): TensorFlow-only; exporting serving_default (greedy)"
         )
         return run.export(serving_model, warmup_inputs=warmup)
     import tensorflow as tf
@@ -576,14 +581,23 @@ def export(run, model, greedy, sample):
         autograph=False,
     )
     def serve_sample(text, seed):
-        token_ids = generate_ids(to_ids(text), seed, 0.8)
+        temperature = sample.sampler.temperature
+        token_ids = generate_ids(to_ids(text), seed, temperature)
         return {"continuation": to_text(token_ids)}
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+        autograph=False,
+    )
+    def serve_beam(text):
+        return {"continuation": to_text(beam(to_ids(text)))}
 
     return run.export(
         model,
         signatures={
             "serving_default": serve_text,
             "sample": serve_sample,
+            "beam": serve_beam,
         },
         warmup_inputs=warmup,
     )
@@ -592,13 +606,14 @@ def export(run, model, greedy, sample):
 RUNTIME_FORMATS = {"onnx": "onnx", "litert": "tflite"}
 
 
-def export_runtime_files(base_path, greedy, sample, prompts, seed=7):
-    """Greedy and seeded top-k generation (token ids in, token ids out) as
-    ONNX and LiteRT (builtin ops only) files next to the SavedModel, in
-    `base_path` (TF Serving ignores them there), each run on its runtime
-    and compared with eager generation. TensorFlow only (Keras exports
-    these formats from TensorFlow; see docs/formats.md). Returns the number
-    of mismatching continuations, or None where skipped."""
+def export_runtime_files(base_path, greedy, sample, beam, prompts, seed=7):
+    """Greedy, seeded top-p and beam generation (token ids in, token ids
+    out) as ONNX and LiteRT (builtin ops only) files next to the
+    SavedModel, in `base_path` (TF Serving ignores them there), each run
+    on its runtime and compared with eager generation. TensorFlow only
+    (Keras exports these formats from TensorFlow; see docs/formats.md).
+    Returns the number of mismatching continuations, or None where
+    skipped."""
     import importlib.util
 
     missing = [
@@ -635,6 +650,7 @@ def export_runtime_files(base_path, greedy, sample, prompts, seed=7):
                 ]
             ),
         ),
+        "beam": (keras.Model(prompt, beam(prompt)), {}),
     }
     mismatches = 0
     for name, (model, options) in models.items():
@@ -683,10 +699,11 @@ def greedy_margins(model, prompts, token_ids):
     return np.array(margins)
 
 
-def check_served(path, greedy, sample, prompts, margins, min_margin=1e-3):
+def check_served(path, greedy, sample, beam, prompts, margins, min_margin=1e-3):
     """Reloads the export and compares it with eager generation.
 
-    From TensorFlow, greedy and sampled continuations must all match. From
+    From TensorFlow, the greedy, sampled and beam search continuations
+    (its three signatures) must all match. From
     another backend (through `serving.check`, greedy only), the prompts
     whose greedy margins are at most `min_margin` are left out.
     """
@@ -708,19 +725,21 @@ def check_served(path, greedy, sample, prompts, margins, min_margin=1e-3):
     import tensorflow as tf
 
     loaded = tf.saved_model.load(path)
-    served = loaded.signatures["serving_default"](text=tf.constant(prompts))
-    served = [s.decode() for s in served["continuation"].numpy()]
-    eager = generate(greedy, prompts)
-    sampled = loaded.signatures["sample"](
-        text=tf.constant(prompts), seed=tf.constant(7)
-    )
-    sampled = [s.decode() for s in sampled["continuation"].numpy()]
-    eager_sampled = generate(sample, prompts, seed=7)
-    mismatches = sum(a != b for a, b in zip(served, eager))
-    mismatches += sum(a != b for a, b in zip(sampled, eager_sampled))
+    text = tf.constant(prompts)
+    signatures = {
+        # signature: (its extra inputs, the eager continuations)
+        "serving_default": ({}, generate(greedy, prompts)),
+        "sample": ({"seed": tf.constant(7)}, generate(sample, prompts, 7)),
+        "beam": ({}, generate(beam, prompts)),
+    }
+    mismatches = 0
+    for name, (inputs, eager) in signatures.items():
+        served = loaded.signatures[name](text=text, **inputs)
+        served = [s.decode() for s in served["continuation"].numpy()]
+        mismatches += sum(a != b for a, b in zip(served, eager))
     print(
-        f"served == eager generation on {len(prompts)} prompts (greedy and "
-        f"sampled, seed 7): {mismatches} mismatch(es)"
+        f"served == eager generation on {len(prompts)} prompts (greedy, "
+        f"sampled with seed 7, beam search): {mismatches} mismatch(es)"
     )
     return mismatches == 0
 
@@ -797,26 +816,32 @@ def main(argv=None):
         f"{baseline_bpc:.3f} ({counted:,} characters)"
     )
 
+    max_length = PROMPT_LENGTH + args.max_new_tokens
     greedy = keras_attention.TokenGenerator(
-        model, PROMPT_LENGTH + args.max_new_tokens, name="greedy"
+        model, max_length, sampler="greedy", name="greedy"
     )
     sample = keras_attention.TokenGenerator(
         model,
-        PROMPT_LENGTH + args.max_new_tokens,
-        strategy="sample",
-        temperature=0.8,
-        top_k=10,
+        max_length,
+        sampler=samplers.TopPSampler(p=0.9, temperature=0.8),
         name="sample",
+    )
+    beam = keras_attention.TokenGenerator(
+        model,
+        max_length,
+        sampler=samplers.BeamSampler(num_beams=4),
+        name="beam",
     )
     greedy_ids = keras.ops.convert_to_numpy(greedy(left_pad(DEMO_PROMPTS)))
     margins = greedy_margins(model, DEMO_PROMPTS, greedy_ids)
     samples = {
         "greedy": [_char_lm.decode(row) for row in greedy_ids],
         "sample": generate(sample, DEMO_PROMPTS, seed=7),
+        "beam": generate(beam, DEMO_PROMPTS),
     }
-    for strategy, texts in samples.items():
+    for decoding, texts in samples.items():
         for prompt, text in zip(DEMO_PROMPTS, texts):
-            print(f"--- {strategy}: {prompt!r}\n{prompt}{text}")
+            print(f"--- {decoding}: {prompt!r}\n{prompt}{text}")
     figure = run.figure_path("attention.png")
     plot_attention(model, "def add(a, b):\n    return a + b\n", figure)
     print(f"saved {figure}")
@@ -833,19 +858,19 @@ def main(argv=None):
     }
 
     # Export ----------------------------------------------------------------
-    path = export(run, model, greedy, sample)
+    path = export(run, model, greedy, sample, beam)
     summary["export"] = path
     runtime_mismatches = None
     if path is not None:
         runtime_mismatches = export_runtime_files(
-            os.path.dirname(path), greedy, sample, DEMO_PROMPTS
+            os.path.dirname(path), greedy, sample, beam, DEMO_PROMPTS
         )
     summary["runtime_mismatches"] = runtime_mismatches
     status = run.finish(
         summary,
         path,
         lambda path: (
-            check_served(path, greedy, sample, DEMO_PROMPTS, margins)
+            check_served(path, greedy, sample, beam, DEMO_PROMPTS, margins)
             and not runtime_mismatches
         ),
     )

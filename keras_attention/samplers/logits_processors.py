@@ -119,10 +119,16 @@ class RepetitionPenalty(_Processor):
     def __call__(self, logits, token_ids, index):
         logits = ops.cast(logits, "float32")
         seen = token_counts(token_ids, index, ops.shape(logits)[-1]) > 0
-        penalised = ops.where(
-            logits > 0, logits / self.penalty, logits * self.penalty
+        positive = logits > 0
+        # The selects pick finite factors, not logits: tf2onnx exports a
+        # float select as `c * x + (1 - c) * y`, NaN where x or y is
+        # infinite (a banned token's -inf). Dividing and multiplying by
+        # 1.0 are exact, so the values equal a select of the logits'.
+        divisor = ops.where(ops.logical_and(seen, positive), self.penalty, 1.0)
+        factor = ops.where(
+            ops.logical_and(seen, ops.logical_not(positive)), self.penalty, 1.0
         )
-        return ops.where(seen, penalised, logits)
+        return logits / divisor * factor
 
     def get_config(self):
         return {"penalty": self.penalty}

@@ -3,12 +3,12 @@
 The CLI runs as a subprocess for a few steps on a small slice of the corpus:
 it trains, scores held-out text against the Kneser-Ney baseline, samples,
 plots, and under TensorFlow exports and compares the served continuations
-(greedy and seeded sampling) with eager generation, on TF's loader and on
-onnxruntime and LiteRT, exiting non-zero on a mismatch; under JAX and
-PyTorch the greedy string model it saves, exported by the CLI under
-TensorFlow, must serve that backend's continuations. The
-model's cached generation is checked against recomputing the whole prefix;
-the export comparison also checks the in-graph prompt encoding against
+(greedy, seeded top-p sampling and beam search) with eager generation, on
+TF's loader and on onnxruntime and LiteRT, exiting non-zero on a mismatch;
+under JAX and PyTorch the greedy string model it saves, exported by the
+CLI under TensorFlow, must serve that backend's continuations. The model's
+cached generation is checked against recomputing the whole prefix; the
+export comparison also checks the in-graph prompt encoding against
 `left_pad`.
 """
 
@@ -47,17 +47,21 @@ def test_smoke_trains_evaluates_generates_and_exports(tmp_path):
     results = read_json(tmp_path, "results.json")
     assert results["baseline_bits_per_char"] > 0
     assert results["bits_per_char"] > 0
-    assert len(results["samples"]["greedy"]) == 5
+    for decoding in ("greedy", "sample", "beam"):
+        assert len(results["samples"][decoding]) == 5
+        assert f"--- {decoding}: " in output
     assert (tmp_path / "run" / "attention.png").exists()
     if BACKEND == "tensorflow":
         assert "CHECK PASSED" in output
         assert "0 mismatch(es)" in output
         assert results["export"]
-        # Greedy and sampled generation on onnxruntime and LiteRT, next to
+        # The three signatures, served from TF's loader, and greedy,
+        # sampled and beam generation on onnxruntime and LiteRT, next to
         # the SavedModel, give the eager continuations.
+        assert "(greedy, sampled with seed 7, beam search): 0 " in output
         assert results["runtime_mismatches"] == 0
         base = tmp_path / "saved_models" / "text_generation"
-        for name in ("generate_greedy", "generate_sample"):
+        for name in ("generate_greedy", "generate_sample", "generate_beam"):
             for suffix in ("onnx", "tflite"):
                 assert (base / f"{name}.{suffix}").is_file()
                 assert f"{name}.{suffix}: " in output
@@ -70,7 +74,7 @@ def check_round_trip_through_tensorflow(tmp_path, output, results):
     run folder and exported by the CLI under TensorFlow, serves that
     backend's continuations exactly, for the prompts whose greedy margins
     exceed 1e-3."""
-    assert "endpoint sample (seeded top-k sampling): TensorFlow-only" in output
+    assert "endpoints sample (seeded top-p sampling) and beam" in output
     assert re.search(r"continuations of \d of 5 prompts .*: match", output)
     if _runner.ON_TORCH_LEG:
         return  # the CLI export below: see _runner.ON_TORCH_LEG

@@ -1,12 +1,15 @@
 """`TokenGenerator` through Keras' own ONNX and LiteRT exporters.
 
-A small `CharTransformerLM` (examples/text_generation.py) decodes greedily
-and by seeded top-k sampling; the exported files, run on onnxruntime and on
-the LiteRT interpreter (builtin ops only, no Flex delegate), give exactly
-the Keras model's tokens. The sampling hash is checked op by op on each
-runtime first, on int32 inputs that cover negative values, and a cached
-attention with a padding mask of run-time length (what a hand-written
-decoding loop passes) converts too: it once crashed LiteRT's converter.
+A small `CharTransformerLM` (examples/text_generation.py) decodes greedily,
+by seeded top-k sampling, by seeded top-p sampling with a repetition
+penalty and a two-token stop sequence, and by beam search (the best beam,
+and every beam with its score); the exported files, run on onnxruntime and
+on the LiteRT interpreter (builtin ops only, no Flex delegate), give
+exactly the Keras model's tokens. The sampling hash is checked op by op on
+each runtime first, on int32 inputs that cover negative values, and a
+cached attention with a padding mask of run-time length (what a
+hand-written decoding loop passes) converts too: it once crashed LiteRT's
+converter.
 """
 
 import keras
@@ -15,6 +18,7 @@ import pytest
 from keras import ops
 
 import keras_attention as ka
+from keras_attention import samplers
 from keras_attention.ops import _hash
 from keras_attention.serving import _runtimes
 from tests import reference
@@ -35,6 +39,19 @@ PROMPTS = [
     np.array([[0, 7], [9, 8], [0, 2]], "int32"),
 ]
 SEEDS = [7, 123456789]
+STOP_SEQUENCE = [3, 4]
+# name: (sampler, stop_token_ids), for the sampled tokens.
+SAMPLED = {
+    "top_k": lambda: (samplers.TopKSampler(k=5), None),
+    "top_p": lambda: (
+        samplers.TopPSampler(
+            p=0.9,
+            temperature=0.8,
+            logits_processors=[samplers.RepetitionPenalty(1.3)],
+        ),
+        [STOP_SEQUENCE],
+    ),
+}
 # format: (file name, runner)
 FORMATS = {
     "onnx": ("model.onnx", _runtimes.run_exported),
@@ -112,7 +129,7 @@ def test_hash_op_by_op(tmp_path, format):
 @pytest.mark.parametrize("format", FORMATS)
 def test_greedy_tokens_match(language_model, tmp_path, format):
     prompt = keras.Input((None,), dtype="int32", name="prompt_ids")
-    generator = ka.TokenGenerator(language_model, MAX_LENGTH)
+    generator = ka.TokenGenerator(language_model, MAX_LENGTH, sampler="greedy")
     model = keras.Model(prompt, generator(prompt))
     want = [to_numpy(model(prompts)) for prompts in PROMPTS]
     filename, run = FORMATS[format]
@@ -122,12 +139,26 @@ def test_greedy_tokens_match(language_model, tmp_path, format):
         np.testing.assert_array_equal(got, tokens)
 
 
+def _stopped_rows(tokens, sequence):
+    """Rows of continuations `tokens` that hold `sequence` followed by the
+    padding (0) that a stopped row writes: the model never emits 0."""
+    window = np.lib.stride_tricks.sliding_window_view(
+        tokens, len(sequence) + 1, axis=1
+    )
+    return int((window == [*sequence, 0]).all(-1).any(-1).sum())
+
+
+@pytest.mark.parametrize("sampler", SAMPLED)
 @pytest.mark.parametrize("format", FORMATS)
-def test_sampled_tokens_match(language_model, tmp_path, format):
+def test_sampled_tokens_match(language_model, tmp_path, format, sampler):
     prompt = keras.Input((None,), dtype="int32", name="prompt_ids")
     seed = keras.Input(batch_shape=(), dtype="int32", name="seed")
+    sampler, stop_token_ids = SAMPLED[sampler]()
     generator = ka.TokenGenerator(
-        language_model, MAX_LENGTH, strategy="sample", top_k=5
+        language_model,
+        MAX_LENGTH,
+        sampler=sampler,
+        stop_token_ids=stop_token_ids,
     )
     model = keras.Model([prompt, seed], generator(prompt, seed=seed))
     cases = [
@@ -137,6 +168,8 @@ def test_sampled_tokens_match(language_model, tmp_path, format):
     ]
     want = [to_numpy(model([prompts, seed])) for prompts, seed in cases]
     assert not np.array_equal(want[0], want[1])  # the seed matters
+    if stop_token_ids:  # the stop sequence ends a row in some case
+        assert sum(_stopped_rows(w, STOP_SEQUENCE) for w in want) > 0
     filename, run = FORMATS[format]
     # Keras' exporters give every input a batch axis unless told otherwise:
     # the scalar seed needs an explicit signature.
@@ -150,6 +183,35 @@ def test_sampled_tokens_match(language_model, tmp_path, format):
     for (prompts, seed), tokens in zip(cases, want):
         (got,) = run(tmp_path / filename, {"prompt_ids": prompts, "seed": seed})
         np.testing.assert_array_equal(got, tokens)
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_beam_search_tokens_match(language_model, tmp_path, format):
+    """One file, two searches: the best beam, and every beam with its
+    log-probability (`return_all_beams=True`)."""
+    prompt = keras.Input((None,), dtype="int32", name="prompt_ids")
+    best, every = (
+        ka.TokenGenerator(
+            language_model,
+            MAX_LENGTH,
+            sampler=samplers.BeamSampler(
+                num_beams=3, return_all_beams=return_all_beams
+            ),
+        )
+        for return_all_beams in (False, True)
+    )
+    model = keras.Model(prompt, [best(prompt), *every(prompt)])
+    want = [[to_numpy(y) for y in model(prompts)] for prompts in PROMPTS]
+    for tokens, beams, _ in want:
+        np.testing.assert_array_equal(beams[:, 0], tokens)  # best first
+        assert not (beams[:, 0] == beams[:, 1]).all()  # a real search
+    filename, run = FORMATS[format]
+    _export(model, tmp_path / filename, format)
+    for prompts, (tokens, beams, log_probs) in zip(PROMPTS, want):
+        got = run(tmp_path / filename, {"prompt_ids": prompts})
+        np.testing.assert_array_equal(got[0], tokens)
+        np.testing.assert_array_equal(got[1], beams)
+        np.testing.assert_allclose(got[2], log_probs, rtol=1e-5)
 
 
 class _CachedAttention(keras.layers.Layer):
