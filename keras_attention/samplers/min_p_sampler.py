@@ -48,22 +48,17 @@ class MinPSampler(Sampler):
         self.seed = seed
 
     def get_next_token(self, probabilities):
+        threshold = self.p * ops.max(probabilities, axis=-1, keepdims=True)
+        if self.k is not None:
+            vocabulary_size = ops.shape(probabilities)[-1]
+            k = self.k
+            if isinstance(vocabulary_size, int):
+                k = min(k, vocabulary_size)
+            kth = ops.top_k(probabilities, k)[0][:, -1:]
+            threshold = ops.maximum(threshold, kth)
+        kept = ops.where(probabilities >= threshold, probabilities, 0.0)
         seed, position = self._draw_key()
-        if self.k is None:
-            threshold = self.p * ops.max(probabilities, axis=-1, keepdims=True)
-            kept = ops.where(probabilities >= threshold, probabilities, 0.0)
-            return _draws.gumbel_max(kept, seed, position)
-        vocabulary_size = ops.shape(probabilities)[-1]
-        k = self.k
-        if isinstance(vocabulary_size, int):
-            k = min(k, vocabulary_size)
-        top_probabilities, top_ids = ops.top_k(probabilities, k)
-        threshold = self.p * top_probabilities[:, :1]
-        kept = ops.where(top_probabilities >= threshold, top_probabilities, 0.0)
-        column = _draws.gumbel_max(
-            kept, seed, position, top_ids, vocabulary_size
-        )
-        return ops.take_along_axis(top_ids, column[:, None], axis=-1)[:, 0]
+        return _draws.inverse_cdf(kept, seed, position)
 
     def get_config(self):
         config = super().get_config()

@@ -28,9 +28,16 @@ class Sampler:
     unchanged.
 
     Random draws: the built-in random samplers hold no random state. They
-    draw with the Gumbel-max trick from a counter-based hash of `(seed,
-    position, row, token)`, so one seed gives the same tokens eagerly,
-    under `tf.function` / `jax.jit`, in a SavedModel and on every backend.
+    draw from a counter-based hash, so one seed gives the same tokens
+    eagerly, under `tf.function` / `jax.jit`, in a SavedModel and on every
+    backend: `RandomSampler` and `TopKSampler` by the Gumbel-max trick on
+    the hash of `(seed, position, row, token)` of each candidate (0.2's
+    `"sample"` draws); `TopPSampler` and `MinPSampler`, whose candidates
+    may be the whole vocabulary, from one uniform per row, the hash of
+    `(seed, position, row)`, by inverse transform over the kept tokens
+    (top-p: in the order of probability, which PyTorch's `top_k` may
+    change between tokens of exactly equal probability; min-p: in token-id
+    order).
     `next_token` (and so `__call__`) sets a draw context holding `(seed,
     position)` around each step, with `position` the index of the token
     drawn and `seed` the `seed` argument (default: the sampler's `seed`,

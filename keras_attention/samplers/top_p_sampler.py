@@ -16,7 +16,8 @@ class TopPSampler(Sampler):
     probability of at most `p` (the first token is always kept): the
     smallest prefix whose probability exceeds `p`, or every token. With
     `k`, only the `k` most likely tokens are candidates (their
-    probabilities are not renormalised before the cumulative sum).
+    probabilities are not renormalised before the cumulative sum). The
+    draw is an inverse transform over the kept tokens in that order.
 
     Args:
         p: float in `(0, 1]`.
@@ -62,12 +63,17 @@ class TopPSampler(Sampler):
         before = ops.concatenate(
             [ops.zeros_like(cumulative[:, :1]), cumulative[:, :-1]], axis=-1
         )
-        kept = ops.where(before <= self.p, sorted_probabilities, 0.0)
-        seed, position = self._draw_key()
-        column = _draws.gumbel_max(
-            kept, seed, position, sorted_ids, vocabulary_size
+        kept = before <= self.p
+        # Inverse transform over the kept prefix, in the sorted order: one
+        # uniform per row, and the one cumulative sum.
+        total = ops.max(
+            ops.where(kept, cumulative, 0.0), axis=-1, keepdims=True
         )
-        return ops.take_along_axis(sorted_ids, column[:, None], axis=-1)[:, 0]
+        seed, position = self._draw_key()
+        u = _draws.uniform(seed, position, (ops.shape(probabilities)[0], 1))
+        below = ops.logical_and(kept, cumulative < u * total)
+        column = ops.sum(ops.cast(below, "int32"), axis=-1, keepdims=True)
+        return ops.take_along_axis(sorted_ids, column, axis=-1)[:, 0]
 
     def get_config(self):
         config = super().get_config()

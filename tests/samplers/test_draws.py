@@ -1,5 +1,6 @@
 """The draws: the exact tokens of a NumPy emulation of the Gumbel-max
-draw on the hash (so the same on every backend), the same eagerly and
+draw (random, top-k) and of the inverse transform (top-p, min-p) on the
+hash (so the same on every backend), the same eagerly and
 traced, and exportable loops (no XLA op on TensorFlow)."""
 
 import keras
@@ -28,6 +29,17 @@ def _emulated(sampler, seed, position):
     if kind in ("top_p", "min_p"):
         rules["p"] = sampler.p
     keep = np.stack([toy.kept(row, kind, **rules) for row in q])
+    if kind in ("top_p", "min_p"):
+        # Inverse transform, one uniform per row: top-p in the order of
+        # probability, min-p in token-id order.
+        u = toy.uniform(seed, position, LOGITS.shape[0], 1)
+        order = np.argsort(-q, axis=-1, kind="stable")
+        if kind == "min_p":
+            order = np.broadcast_to(np.arange(q.shape[1]), q.shape)
+        kept = np.take_along_axis(np.where(keep, q, 0.0), order, axis=-1)
+        cumulative = np.cumsum(kept, axis=-1)
+        column = (cumulative < u * cumulative[:, -1:]).sum(axis=-1)
+        return np.take_along_axis(order, column[:, None], axis=-1)[:, 0]
     u = toy.uniform(seed, position, *LOGITS.shape)
     with np.errstate(divide="ignore"):
         scores = np.where(keep, np.log(q), -np.inf) - np.log(-np.log(u))

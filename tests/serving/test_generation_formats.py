@@ -39,8 +39,7 @@ PROMPTS = [
     np.array([[0, 7], [9, 8], [0, 2]], "int32"),
 ]
 SEEDS = [7, 123456789]
-STOP_SEQUENCE = [3, 4]
-# name: (sampler, stop_token_ids), for the sampled tokens.
+# name: (sampler, whether to add a stop sequence), for the sampled tokens.
 SAMPLED = {
     "top_k": lambda: (samplers.TopKSampler(k=5), None),
     "top_p": lambda: (
@@ -49,7 +48,7 @@ SAMPLED = {
             temperature=0.8,
             logits_processors=[samplers.RepetitionPenalty(1.3)],
         ),
-        [STOP_SEQUENCE],
+        True,
     ),
 }
 # format: (file name, runner)
@@ -153,23 +152,29 @@ def _stopped_rows(tokens, sequence):
 def test_sampled_tokens_match(language_model, tmp_path, format, sampler):
     prompt = keras.Input((None,), dtype="int32", name="prompt_ids")
     seed = keras.Input(batch_shape=(), dtype="int32", name="seed")
-    sampler, stop_token_ids = SAMPLED[sampler]()
-    generator = ka.TokenGenerator(
-        language_model,
-        MAX_LENGTH,
-        sampler=sampler,
-        stop_token_ids=stop_token_ids,
-    )
-    model = keras.Model([prompt, seed], generator(prompt, seed=seed))
+    sampler, with_stop = SAMPLED[sampler]()
     cases = [
         (prompts, np.array(seed, "int32"))
         for prompts in PROMPTS
         for seed in SEEDS
     ]
-    want = [to_numpy(model([prompts, seed])) for prompts, seed in cases]
+
+    def build(stop_token_ids=None):
+        generator = ka.TokenGenerator(
+            language_model,
+            MAX_LENGTH,
+            sampler=sampler,
+            stop_token_ids=stop_token_ids,
+        )
+        model = keras.Model([prompt, seed], generator(prompt, seed=seed))
+        return model, [to_numpy(model([p, s])) for p, s in cases]
+
+    model, want = build()
     assert not np.array_equal(want[0], want[1])  # the seed matters
-    if stop_token_ids:  # the stop sequence ends a row in some case
-        assert sum(_stopped_rows(w, STOP_SEQUENCE) for w in want) > 0
+    if with_stop:  # a stop sequence that ends the first row early
+        stop = [int(t) for t in want[0][0, 1:3]]
+        model, want = build([stop])
+        assert _stopped_rows(want[0], stop) > 0
     filename, run = FORMATS[format]
     # Keras' exporters give every input a batch axis unless told otherwise:
     # the scalar seed needs an explicit signature.
