@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import re
+import time
 
 import numpy as np
 
@@ -59,6 +60,31 @@ def write_report(report, text, output_dir, stem, indent=2):
     with open(base + ".md", "w") as f:
         f.write(text)
     return base
+
+
+def finish(report, markdown, args, name, backend, started, load_before):
+    """The end of a run that `targets_table` reports: its wall time and
+    the machine's load (other processes: the 1-minute load average, before
+    and after), the `.json` and `.md` files (`<name>[-<backend>]-<machine>-
+    <date>` unless `args.name`), and the targets and failed checks
+    printed. Returns the exit status: 1 if a check failed."""
+    report["wall_s"] = time.perf_counter() - started
+    report["load_average"] = [load_before, os.getloadavg()[0]]
+    tag = "" if backend == "tensorflow" else f"{backend}-"
+    stem = args.name or f"{name}-{tag}{report['machine']}-{report['date']}"
+    base = write_report(
+        report, markdown(report), args.output_dir, stem, indent=1
+    )
+    for t in report["targets"]:
+        print(
+            f"target {t['target']}: {t['goal']}, measured {t['measured']} "
+            f"({'met' if t['met'] else 'NOT met'})"
+        )
+    for c in report["checks"]:
+        if not c["passed"]:
+            print(f"check failed: {c}")
+    print(f"wrote {base}.json, {base}.md ({report['wall_s']:.0f} s)")
+    return 0 if report["passed"] else 1
 
 
 def versions(backend="tensorflow"):

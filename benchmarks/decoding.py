@@ -69,10 +69,10 @@ import numpy as np
 from benchmarks._common import RESULTS_DIR
 from benchmarks._common import compile_call
 from benchmarks._common import cpu_description
+from benchmarks._common import finish
 from benchmarks._common import machine_name
 from benchmarks._common import targets_table
 from benchmarks._common import versions as tensorflow_versions
-from benchmarks._common import write_report
 
 HEADS = 8
 HEAD_DIM = 64
@@ -748,24 +748,9 @@ def main(argv=None):
         passed=all(c["passed"] for c in checks),
         rows=rows,
     )
-    report["wall_s"] = time.perf_counter() - started
-    # Other processes on the machine: the 1-minute load average.
-    report["load_average"] = [load_before, os.getloadavg()[0]]
-    tag = "" if backend == "tensorflow" else f"{backend}-"
-    stem = args.name or f"decoding-{tag}{report['machine']}-{report['date']}"
-    base = write_report(
-        report, markdown(report), args.output_dir, stem, indent=1
+    return finish(
+        report, markdown, args, "decoding", backend, started, load_before
     )
-    for t in targets:
-        print(
-            f"target {t['target']}: {t['goal']}, measured {t['measured']} "
-            f"({'met' if t['met'] else 'NOT met'})"
-        )
-    for c in checks:
-        if not c["passed"]:
-            print(f"check failed: {c}")
-    print(f"wrote {base}.json, {base}.md ({report['wall_s']:.0f} s)")
-    return 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":

@@ -49,10 +49,10 @@ import numpy as np
 from benchmarks._common import RESULTS_DIR
 from benchmarks._common import compile_call
 from benchmarks._common import cpu_description
+from benchmarks._common import finish
 from benchmarks._common import machine_name
 from benchmarks._common import targets_table
 from benchmarks._common import versions as backend_versions
-from benchmarks._common import write_report
 
 SIZES = dict(
     vocabulary_size=5000,
@@ -498,23 +498,9 @@ def main(argv=None):
         passed=all(c["passed"] for c in checks),
         rows=rows,
     )
-    report["wall_s"] = time.perf_counter() - started
-    report["load_average"] = [load_before, os.getloadavg()[0]]
-    tag = "" if backend == "tensorflow" else f"{backend}-"
-    stem = args.name or f"generation-{tag}{report['machine']}-{report['date']}"
-    base = write_report(
-        report, markdown(report), args.output_dir, stem, indent=1
+    return finish(
+        report, markdown, args, "generation", backend, started, load_before
     )
-    for t in targets:
-        print(
-            f"target {t['target']}: {t['goal']}, measured {t['measured']} "
-            f"({'met' if t['met'] else 'NOT met'})"
-        )
-    for c in checks:
-        if not c["passed"]:
-            print(f"check failed: {c}")
-    print(f"wrote {base}.json, {base}.md ({report['wall_s']:.0f} s)")
-    return 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":
