@@ -81,26 +81,14 @@ def test_seeded_draws_same_eager_and_traced(sampler):
     assert (other != eager).any()
 
 
-def _generate(sampler):
-    cache, hidden = toy.initial_state()
-    return sampler(
-        toy.next,
-        ops.convert_to_tensor(toy.PROMPT),
-        cache=ops.convert_to_tensor(cache),
-        index=toy.INDEX,
-        mask=ops.convert_to_tensor(toy.MASK),
-        stop_token_ids=[3],
-    )
-
-
 @pytest.mark.parametrize(
     "sampler",
     [samplers.TopPSampler(p=0.8, seed=5), samplers.BeamSampler(num_beams=2)],
     ids=repr,
 )
 def test_generation_loop_same_eager_and_traced(sampler):
-    eager = to_numpy(_generate(sampler))
-    compiled = to_numpy(traced(lambda: _generate(sampler))())
+    eager = to_numpy(toy.run(sampler, stop_token_ids=[3]))
+    compiled = to_numpy(traced(lambda: toy.run(sampler, stop_token_ids=[3]))())
     np.testing.assert_array_equal(eager, compiled)
     # Each position draws anew: not the same token everywhere.
     assert len(set(eager[~toy.MASK].tolist())) > 1

@@ -17,19 +17,6 @@ from tests.testing import to_numpy
 keras_hub = import_keras_hub()
 
 
-def _run(sampler, stop_token_ids=None, hidden=False):
-    cache, hidden_states = toy.initial_state()
-    return sampler(
-        toy.next,
-        ops.convert_to_tensor(toy.PROMPT),
-        cache=ops.convert_to_tensor(cache),
-        index=toy.INDEX,
-        mask=ops.convert_to_tensor(toy.MASK),
-        stop_token_ids=stop_token_ids,
-        hidden_states=ops.convert_to_tensor(hidden_states) if hidden else None,
-    )
-
-
 # Stop tokens: none, two, and every row's first prompt token (a stop token
 # in the prompt does not stop the row).
 STOPS = [None, [3, 7], toy.PROMPT[:, 0].tolist()]
@@ -37,8 +24,8 @@ STOPS = [None, [3, 7], toy.PROMPT[:, 0].tolist()]
 
 @pytest.mark.parametrize("stop_token_ids", STOPS, ids=["", "stop", "prompt"])
 def test_greedy_same_tokens(stop_token_ids):
-    ours = _run(samplers.GreedySampler(), stop_token_ids)
-    theirs = _run(keras_hub.samplers.GreedySampler(), stop_token_ids)
+    ours = toy.run(samplers.GreedySampler(), stop_token_ids)
+    theirs = toy.run(keras_hub.samplers.GreedySampler(), stop_token_ids)
     np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs))
     # The prompt tokens are kept.
     np.testing.assert_array_equal(
@@ -49,8 +36,10 @@ def test_greedy_same_tokens(stop_token_ids):
 @pytest.mark.parametrize("num_beams", [1, 3])
 @pytest.mark.parametrize("return_all_beams", [False, True], ids=["", "all"])
 def test_beam_same_tokens_and_log_probs(num_beams, return_all_beams):
-    ours = _run(samplers.BeamSampler(num_beams, return_all_beams))
-    theirs = _run(keras_hub.samplers.BeamSampler(num_beams, return_all_beams))
+    ours = toy.run(samplers.BeamSampler(num_beams, return_all_beams))
+    theirs = toy.run(
+        keras_hub.samplers.BeamSampler(num_beams, return_all_beams)
+    )
     if not return_all_beams:
         np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs))
         return
@@ -62,8 +51,8 @@ def test_beam_same_tokens_and_log_probs(num_beams, return_all_beams):
 
 
 def test_contrastive_same_tokens():
-    ours = _run(samplers.ContrastiveSampler(k=3, alpha=0.6), hidden=True)
-    theirs = _run(
+    ours = toy.run(samplers.ContrastiveSampler(k=3, alpha=0.6), hidden=True)
+    theirs = toy.run(
         keras_hub.samplers.ContrastiveSampler(k=3, alpha=0.6), hidden=True
     )
     np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs))
@@ -71,7 +60,7 @@ def test_contrastive_same_tokens():
 
 def test_contrastive_needs_hidden_states():
     with pytest.raises(ValueError, match="`hidden_states`.*Received"):
-        _run(samplers.ContrastiveSampler())
+        toy.run(samplers.ContrastiveSampler())
 
 
 # -- random samplers: support and distribution -------------------------------
@@ -232,13 +221,13 @@ class ForbidTokens(samplers.Sampler):
 
 
 def test_keras_hub_style_subclass():
-    greedy = to_numpy(_run(samplers.GreedySampler()))
+    greedy = to_numpy(toy.run(samplers.GreedySampler()))
     forbidden = sorted(set(greedy[~toy.MASK].tolist()))[:1]
-    ours = to_numpy(_run(ForbidTokens(forbidden)))
+    ours = to_numpy(toy.run(ForbidTokens(forbidden)))
     assert forbidden[0] not in ours[~toy.MASK]
     np.testing.assert_array_equal(ours[toy.MASK], toy.PROMPT[toy.MASK])
     want = to_numpy(
-        _run(
+        toy.run(
             samplers.GreedySampler(
                 logits_processors=[samplers.BanTokens(forbidden)]
             )

@@ -58,6 +58,21 @@ def initial_state(prompt=PROMPT, index=INDEX):
     return cache, hidden
 
 
+def run(sampler, stop_token_ids=None, hidden=False):
+    """`sampler.__call__` on the toy model from its initial state, with
+    the hidden states when `hidden`."""
+    cache, hidden_states = initial_state()
+    return sampler(
+        next,
+        ops.convert_to_tensor(PROMPT),
+        cache=ops.convert_to_tensor(cache),
+        index=INDEX,
+        mask=ops.convert_to_tensor(MASK),
+        stop_token_ids=stop_token_ids,
+        hidden_states=ops.convert_to_tensor(hidden_states) if hidden else None,
+    )
+
+
 def lowbias32(x):
     """The 32-bit hash, in NumPy uint64 arithmetic."""
     x = np.asarray(x, np.uint64) & 0xFFFFFFFF
