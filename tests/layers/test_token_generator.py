@@ -1,7 +1,7 @@
 """`TokenGenerator`: cached generation equals recomputing the prefix,
 ragged prompts equal the prompts alone, seeded sampling is reproducible,
 and the SavedModel generates the same tokens as eager code (greedy, top-k,
-top-p with penalties, beam search). The draws' distribution is
+top-p and min-p with penalties, beam search). The draws' distribution is
 tests/samplers' subject."""
 
 import os
@@ -265,6 +265,13 @@ def test_savedmodel_generates_what_eager_code_does(lm, tmp_path):
                 logits_processors=[samplers.RepetitionPenalty(1.3)],
             ),
             stop_token_ids=[[4, 4]],
+        ),
+        "min_p": keras_attention.TokenGenerator(
+            lm,
+            MAX_LENGTH,
+            sampler=samplers.MinPSampler(
+                p=0.1, logits_processors=[samplers.FrequencyPenalty(0.5)]
+            ),
         ),
         "beam": keras_attention.TokenGenerator(
             lm, MAX_LENGTH, sampler=samplers.BeamSampler(num_beams=3)
