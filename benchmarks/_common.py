@@ -62,6 +62,16 @@ def write_report(report, text, output_dir, stem, indent=2):
     return base
 
 
+def run_footer(report):
+    """The reports' last line: wall time and the machine's load."""
+    return (
+        f"Total wall time: {report['wall_s']:.0f} s. Machine load (1-minute "
+        "load average, before and after; other processes included): "
+        + " and ".join(f"{x:.1f}" for x in report["load_average"])
+        + f" on {os.cpu_count()} cores."
+    )
+
+
 def finish(report, markdown, args, name, backend, started, load_before):
     """The end of a run that `targets_table` reports: its wall time and
     the machine's load (other processes: the 1-minute load average, before

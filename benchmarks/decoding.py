@@ -71,6 +71,7 @@ from benchmarks._common import compile_call
 from benchmarks._common import cpu_description
 from benchmarks._common import finish
 from benchmarks._common import machine_name
+from benchmarks._common import run_footer
 from benchmarks._common import targets_table
 from benchmarks._common import versions as tensorflow_versions
 
@@ -640,10 +641,7 @@ def markdown(report):
             + ", ".join(f"{c['check']} at C={c['context']}" for c in failed)
         ),
         "",
-        f"Total wall time: {report['wall_s']:.0f} s. Machine load (1-minute "
-        "load average, before and after; other processes included): "
-        + " and ".join(f"{x:.1f}" for x in report["load_average"])
-        + f" on {os.cpu_count()} cores.",
+        run_footer(report),
     ]
     return "\n".join(lines) + "\n"
 

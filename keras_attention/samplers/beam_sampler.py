@@ -112,25 +112,9 @@ class BeamSampler(Sampler):
             lambda x: ops.take(x, rows, axis=0), structure
         )
 
-    def __call__(
-        self,
-        next,
-        prompt,
-        cache=None,
-        index=0,
-        mask=None,
-        stop_token_ids=None,
-        hidden_states=None,
-        model=None,
-        **kwargs,
-    ):
-        prompt = ops.convert_to_tensor(prompt)
+    def _generate(self, next, prompt, cache, index, mask, stops, hidden):
+        stop_token_ids = stops
         batch_size, max_length = ops.shape(prompt)[0], ops.shape(prompt)[1]
-        index = ops.cast(index, "int32")
-        if mask is None:
-            mask = ops.zeros_like(prompt, dtype="bool")
-        else:
-            mask = ops.cast(mask, "bool")
         has_cache = cache is not None
         cache = self.repeat_beams(cache) if has_cache else ()
         prompt, mask = self.repeat_beams((prompt, mask))

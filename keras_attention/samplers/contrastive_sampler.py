@@ -23,8 +23,7 @@ class ContrastiveSampler(Sampler):
     Args:
         k: positive int, the number of candidates.
         alpha: float in `[0, 1]`, the weight of the similarity.
-        temperature: see `Sampler`.
-        logits_processors: see `Sampler`.
+        temperature, logits_processors: see `Sampler`.
 
     Call arguments:
         See `Sampler`; `hidden_states`: float `(batch_size, max_length,
@@ -58,18 +57,8 @@ class ContrastiveSampler(Sampler):
         self.k = k
         self.alpha = alpha
 
-    def __call__(
-        self,
-        next,
-        prompt,
-        cache=None,
-        index=0,
-        mask=None,
-        stop_token_ids=None,
-        hidden_states=None,
-        model=None,
-        **kwargs,
-    ):
+    def _generate(self, next, prompt, cache, index, mask, stops, hidden):
+        stop_token_ids, hidden_states = stops, hidden
         if hidden_states is None:
             raise ValueError(
                 "Argument `hidden_states` is required by "
@@ -77,14 +66,8 @@ class ContrastiveSampler(Sampler):
                 "far, `(batch_size, max_length, hidden_dim)`. Received: "
                 "hidden_states=None"
             )
-        prompt = ops.convert_to_tensor(prompt)
         hidden_states = ops.convert_to_tensor(hidden_states)
         max_length = ops.shape(prompt)[1]
-        index = ops.cast(index, "int32")
-        if mask is None:
-            mask = ops.zeros_like(prompt, dtype="bool")
-        else:
-            mask = ops.cast(mask, "bool")
         positions = ops.arange(max_length, dtype="int32")[None, :]
         logits, _, cache = next(prompt, cache, index)
         has_cache = cache is not None

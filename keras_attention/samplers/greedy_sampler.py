@@ -13,11 +13,7 @@ class GreedySampler(Sampler):
         temperature: see `Sampler` (no effect on the argmax).
         logits_processors: see `Sampler`.
 
-    Call arguments:
-        See `Sampler`.
-
-    Returns:
-        See `Sampler`.
+    Call arguments and returns: see `Sampler`.
 
     Example:
 

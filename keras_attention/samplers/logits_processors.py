@@ -179,20 +179,12 @@ class FrequencyPenalty(_Penalty):
     """Subtracts `penalty` times the number of occurrences in the history
     from each token's logit.
 
-    Args:
-        penalty: float; negative values favour repeats.
-
-    Call arguments:
-        logits, token_ids, index: as `RepetitionPenalty`.
-
-    Returns:
-        float32 `(batch_size, vocabulary_size)`.
+    Args, call arguments and returns: as `PresencePenalty`.
 
     Example:
 
-    >>> penalty = FrequencyPenalty(0.5)
-    >>> logits = np.zeros((1, 3), "float32")
-    >>> out = penalty(logits, np.array([[1, 1, 2]]), index=2)
+    >>> frequency = FrequencyPenalty(0.5)  # token 1 twice before index 2
+    >>> out = frequency(np.zeros((1, 3), "float32"), [[1, 1, 2]], index=2)
     >>> keras.ops.convert_to_numpy(out).tolist()
     [[0.0, -1.0, 0.0]]
     """

@@ -1,13 +1,12 @@
 import keras
 from keras import ops
 
-from keras_attention import _validation
 from keras_attention.samplers import _draws
-from keras_attention.samplers.sampler import Sampler
+from keras_attention.samplers._truncating import TruncatingSampler
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class MinPSampler(Sampler):
+class MinPSampler(TruncatingSampler):
     """Min-p sampling (Nguyen et al., 2024): keeps the tokens whose
     probability is at least `p` times the largest, then samples among them,
     with reproducible draws (see `Sampler`). Not in keras-hub.
@@ -19,33 +18,20 @@ class MinPSampler(Sampler):
         temperature: see `Sampler` (applied before the cut).
         logits_processors: see `Sampler`.
 
-    Call arguments:
-        See `Sampler`.
-
-    Returns:
-        See `Sampler`.
+    Call arguments and returns: see `Sampler`.
 
     Example:
 
-    >>> sampler = MinPSampler(p=0.5, seed=3)
-    >>> probabilities = np.array([[0.1, 0.5, 0.3, 0.1]], "float32")
-    >>> logits = np.log(probabilities)
-    >>> token = sampler.next_token(logits, np.zeros((1, 1), "int32"), 0)
-    >>> int(keras.ops.convert_to_numpy(token)[0]) in (1, 2)
+    >>> min_p = MinPSampler(p=0.5, seed=3)  # keeps 0.5 and 0.3
+    >>> logits = np.log(np.array([[0.1, 0.5, 0.3, 0.1]], "float32"))
+    >>> history = np.zeros((1, 1), "int32")
+    >>> tokens = min_p.next_token(logits, history, index=0)
+    >>> keras.ops.convert_to_numpy(tokens).tolist()[0] in (1, 2)
     True
 
     Reference:
         [Nguyen et al., 2024](https://arxiv.org/abs/2407.01082)
     """
-
-    def __init__(self, p=0.1, k=None, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        _validation.check_fraction("p", p)
-        _validation.check_positive_int("k", k, allow_none=True)
-        _validation.check_int32_seed(seed)
-        self.p = p
-        self.k = k
-        self.seed = seed
 
     def get_next_token(self, probabilities):
         threshold = self.p * ops.max(probabilities, axis=-1, keepdims=True)
@@ -59,8 +45,3 @@ class MinPSampler(Sampler):
         kept = ops.where(probabilities >= threshold, probabilities, 0.0)
         seed, position = self._draw_key()
         return _draws.inverse_cdf(kept, seed, position)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"p": self.p, "k": self.k, "seed": self.seed})
-        return config

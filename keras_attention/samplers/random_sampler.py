@@ -13,14 +13,9 @@ class RandomSampler(Sampler):
 
     Args:
         seed: optional int in `[0, 2**31 - 1]`; `None` means 0.
-        temperature: see `Sampler`.
-        logits_processors: see `Sampler`.
+        temperature, logits_processors: see `Sampler`.
 
-    Call arguments:
-        See `Sampler`.
-
-    Returns:
-        See `Sampler`.
+    Call arguments and returns: see `Sampler`.
 
     Example:
 

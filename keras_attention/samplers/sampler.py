@@ -136,12 +136,21 @@ class Sampler:
         model=None,
         **kwargs,
     ):
-        max_length = ops.shape(prompt)[1]
+        prompt = ops.convert_to_tensor(prompt)
         index = ops.cast(index, "int32")
         if mask is None:
             mask = ops.zeros_like(prompt, dtype="bool")
-        else:
-            mask = ops.cast(mask, "bool")
+        mask = ops.cast(mask, "bool")
+        return self._generate(
+            next, prompt, cache, index, mask, stop_token_ids, hidden_states
+        )
+
+    def _generate(self, next, prompt, cache, index, mask, stops, hidden):
+        """`__call__`'s loop, on a tensor `prompt`, an int32 `index` and a
+        bool `mask`; `stops` is `stop_token_ids`, `hidden` the hidden
+        states. The searches override it."""
+        stop_token_ids = stops
+        max_length = ops.shape(prompt)[1]
         # `ops.while_loop` takes no `None` among its loop variables.
         cache = () if cache is None else cache
 

@@ -15,14 +15,9 @@ class TopKSampler(Sampler):
     Args:
         k: positive int (at most the vocabulary is used).
         seed: optional int in `[0, 2**31 - 1]`; `None` means 0.
-        temperature: see `Sampler`.
-        logits_processors: see `Sampler`.
+        temperature, logits_processors: see `Sampler`.
 
-    Call arguments:
-        See `Sampler`.
-
-    Returns:
-        See `Sampler`.
+    Call arguments and returns: see `Sampler`.
 
     Example:
 

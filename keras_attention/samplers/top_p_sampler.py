@@ -1,13 +1,12 @@
 import keras
 from keras import ops
 
-from keras_attention import _validation
 from keras_attention.samplers import _draws
-from keras_attention.samplers.sampler import Sampler
+from keras_attention.samplers._truncating import TruncatingSampler
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class TopPSampler(Sampler):
+class TopPSampler(TruncatingSampler):
     """Nucleus (top-p) sampling with keras-hub's `TopPSampler` rule, and
     reproducible draws (see `Sampler`).
 
@@ -23,14 +22,9 @@ class TopPSampler(Sampler):
         p: float in `(0, 1]`.
         k: optional positive int, a top-k cut before top-p.
         seed: optional int in `[0, 2**31 - 1]`; `None` means 0.
-        temperature: see `Sampler`.
-        logits_processors: see `Sampler`.
+        temperature, logits_processors: see `Sampler`.
 
-    Call arguments:
-        See `Sampler`.
-
-    Returns:
-        See `Sampler`.
+    Call arguments and returns: see `Sampler`.
 
     Example:
 
@@ -41,15 +35,6 @@ class TopPSampler(Sampler):
     >>> int(keras.ops.convert_to_numpy(token)[0]) in (1, 2)
     True
     """
-
-    def __init__(self, p=0.1, k=None, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        _validation.check_fraction("p", p)
-        _validation.check_positive_int("k", k, allow_none=True)
-        _validation.check_int32_seed(seed)
-        self.p = p
-        self.k = k
-        self.seed = seed
 
     def get_next_token(self, probabilities):
         vocabulary_size = ops.shape(probabilities)[-1]
@@ -74,8 +59,3 @@ class TopPSampler(Sampler):
         below = ops.logical_and(kept, cumulative < u * total)
         column = ops.sum(ops.cast(below, "int32"), axis=-1, keepdims=True)
         return ops.take_along_axis(sorted_ids, column, axis=-1)[:, 0]
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"p": self.p, "k": self.k, "seed": self.seed})
-        return config
