@@ -7,11 +7,13 @@ machine has no TensorFlow, and a parent process must not start JAX on the
 device its workers use.
 """
 
+import datetime
 import json
 import logging
 import os
 import platform
 import re
+import shlex
 import time
 
 import numpy as np
@@ -62,6 +64,31 @@ def write_report(report, text, output_dir, stem, indent=2):
     return base
 
 
+def run_header(module, backend, argv, versions):
+    """The fields that open a run's report: machine, date, the command
+    that reproduces it, backend, device and versions."""
+    prefix = "" if backend == "tensorflow" else f"KERAS_BACKEND={backend} "
+    return dict(
+        machine=machine_name(),
+        date=datetime.date.today().isoformat(),
+        command=prefix
+        + f"python -m {module}"
+        + (" " + shlex.join(argv) if argv else ""),
+        backend=backend,
+        device=cpu_description(),
+        versions=versions,
+    )
+
+
+def checks_verdict(report, where):
+    """ "All checks passed.", or the failed checks, each named by
+    `where(check)`."""
+    failed = [c for c in report["checks"] if not c["passed"]]
+    if not failed:
+        return "All checks passed."
+    return "**Failed**: " + ", ".join(where(c) for c in failed)
+
+
 def run_footer(report):
     """The reports' last line: wall time and the machine's load."""
     return (
@@ -78,6 +105,7 @@ def finish(report, markdown, args, name, backend, started, load_before):
     and after), the `.json` and `.md` files (`<name>[-<backend>]-<machine>-
     <date>` unless `args.name`), and the targets and failed checks
     printed. Returns the exit status: 1 if a check failed."""
+    report["passed"] = all(c["passed"] for c in report["checks"])
     report["wall_s"] = time.perf_counter() - started
     report["load_average"] = [load_before, os.getloadavg()[0]]
     tag = "" if backend == "tensorflow" else f"{backend}-"

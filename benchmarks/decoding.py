@@ -57,21 +57,19 @@ Writes `benchmarks/results/decoding-<machine>-<date>.json` and `.md`
 """
 
 import argparse
-import datetime
 import os
 import platform
-import shlex
 import sys
 import time
 
 import numpy as np
 
 from benchmarks._common import RESULTS_DIR
+from benchmarks._common import checks_verdict
 from benchmarks._common import compile_call
-from benchmarks._common import cpu_description
 from benchmarks._common import finish
-from benchmarks._common import machine_name
 from benchmarks._common import run_footer
+from benchmarks._common import run_header
 from benchmarks._common import targets_table
 from benchmarks._common import versions as tensorflow_versions
 
@@ -624,7 +622,6 @@ def markdown(report):
             f"{d['recompute_step_outputs']:.1e} | "
             f"{d['prefill_vs_steps']:.1e} |"
         )
-    failed = [c for c in report["checks"] if not c["passed"]]
     lines += [
         "",
         f"Tolerances: ours vs keras-hub {HUB_TOLERANCE:g}, cached vs "
@@ -634,12 +631,7 @@ def markdown(report):
             for r in report["rows"]
         )
         + "); each compiled function traced once. "
-        + (
-            "All checks passed."
-            if not failed
-            else "**Failed**: "
-            + ", ".join(f"{c['check']} at C={c['context']}" for c in failed)
-        ),
+        + checks_verdict(report, lambda c: f"{c['check']} at C={c['context']}"),
         "",
         run_footer(report),
     ]
@@ -718,16 +710,8 @@ def main(argv=None):
     backend = _backend()
     rows = run(contexts, steps, args.rounds, prefill_reps, HEADS, HEAD_DIM)
     targets, checks = evaluate(rows)
-    prefix = "" if backend == "tensorflow" else f"KERAS_BACKEND={backend} "
     report = dict(
-        machine=machine_name(),
-        date=datetime.date.today().isoformat(),
-        command=prefix
-        + "python -m benchmarks.decoding"
-        + (" " + shlex.join(argv) if argv else ""),
-        backend=backend,
-        device=cpu_description(),
-        versions=versions(backend),
+        **run_header("benchmarks.decoding", backend, argv, versions(backend)),
         compiled_as=(
             "tf.function(jit_compile=False, autograph=False)"
             if backend == "tensorflow"
@@ -743,7 +727,6 @@ def main(argv=None):
         rounds=args.rounds,
         targets=targets,
         checks=checks,
-        passed=all(c["passed"] for c in checks),
         rows=rows,
     )
     return finish(

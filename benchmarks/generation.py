@@ -38,20 +38,18 @@ Writes `benchmarks/results/generation-<machine>-<date>.json` and `.md`
 """
 
 import argparse
-import datetime
 import os
-import shlex
 import sys
 import time
 
 import numpy as np
 
 from benchmarks._common import RESULTS_DIR
+from benchmarks._common import checks_verdict
 from benchmarks._common import compile_call
-from benchmarks._common import cpu_description
 from benchmarks._common import finish
-from benchmarks._common import machine_name
 from benchmarks._common import run_footer
+from benchmarks._common import run_header
 from benchmarks._common import targets_table
 from benchmarks._common import versions as backend_versions
 
@@ -394,18 +392,12 @@ def markdown(report):
             f"({row['ours_over_hub_time']:.2f}) | {first['ours']:.1f} s | "
             f"{first['hub']:.1f} s | {same} |"
         )
-    failed = [c for c in report["checks"] if not c["passed"]]
     lines += [
         "",
         "Checks: shapes `(batch, max_length)`, prompts kept, tokens in the "
         "vocabulary, greedy and beam tokens equal to keras-hub's, one "
         "compilation each. "
-        + (
-            "All passed."
-            if not failed
-            else "**Failed**: "
-            + ", ".join(f"{c['check']} ({c['sampler']})" for c in failed)
-        ),
+        + checks_verdict(report, lambda c: f"{c['check']} ({c['sampler']})"),
         "",
         run_footer(report),
     ]
@@ -472,16 +464,8 @@ def main(argv=None):
     backend = _backend()
     rows = run(sizes, batch, prompt_length, max_length, reps, args.samplers)
     targets, checks = evaluate(rows)
-    prefix = "" if backend == "tensorflow" else f"KERAS_BACKEND={backend} "
     report = dict(
-        machine=machine_name(),
-        date=datetime.date.today().isoformat(),
-        command=prefix
-        + "python -m benchmarks.generation"
-        + (" " + shlex.join(argv) if argv else ""),
-        backend=backend,
-        device=cpu_description(),
-        versions=versions(backend),
+        **run_header("benchmarks.generation", backend, argv, versions(backend)),
         ours_compiled_as=ours_compiled_as(),
         hub_compiled_as=rows[0]["hub_compiled_as"] if rows else None,
         sizes=sizes,
@@ -493,7 +477,6 @@ def main(argv=None):
         reps=reps,
         targets=targets,
         checks=checks,
-        passed=all(c["passed"] for c in checks),
         rows=rows,
     )
     return finish(
